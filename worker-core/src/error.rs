@@ -1,0 +1,157 @@
+//! Errors: what can go wrong with a call, and with bytes on the wire.
+
+use std::time::Duration;
+
+/// Encoding or decoding a value crossing the process boundary failed.
+///
+/// Returned by the generated dispatch code and by the decoders of [`crate::Call`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The bytes could not be decoded as the expected type.
+    #[error("could not decode {what}: {reason}")]
+    Decode {
+        /// What was being decoded (a type name).
+        what: &'static str,
+        /// The decoder's explanation.
+        reason: String,
+    },
+    /// Bytes were left over after decoding: the record does not match its type.
+    #[error("{extra} unexpected trailing bytes after decoding {what}")]
+    TrailingBytes {
+        /// What was being decoded (a type name).
+        what: &'static str,
+        /// How many bytes were left over.
+        extra: usize,
+    },
+    /// The value could not be encoded.
+    #[error("could not encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded (a type name).
+        what: &'static str,
+        /// The encoder's explanation.
+        reason: String,
+    },
+    /// The worker reported an encoding or decoding failure.
+    #[error("in the worker: {0}")]
+    Remote(String),
+    /// A shared-memory record failed validation.
+    #[error("corrupted shared-memory record: {0}")]
+    Corrupted(String),
+    /// A call named a method index that this worker type does not have.
+    #[error("unknown method index {0}")]
+    UnknownMethod(u32),
+}
+
+/// Why a call failed, returned by the proxy methods and by [`crate::Mediator::wait`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The encoded arguments (plus the smallest return reservation) do not fit in the
+    /// shared-memory allocation at all. Raise it with [`crate::Mediator::malloc`].
+    #[error(
+        "call to {method}() needs {needed} bytes of shared memory but the allocation is {allocation} bytes; raise it with malloc()"
+    )]
+    TooLarge {
+        /// The method called.
+        method: &'static str,
+        /// Bytes the call needs.
+        needed: usize,
+        /// Bytes the whole allocation has for payloads.
+        allocation: usize,
+    },
+    /// The return value did not fit in the free shared memory when the worker produced it.
+    #[error(
+        "the return value of {method}() is {needed} bytes, more than the {available} bytes free in the allocation of {allocation} bytes; raise it with malloc()"
+    )]
+    ReturnTooLarge {
+        /// The method called.
+        method: &'static str,
+        /// Bytes the encoded return value needs.
+        needed: usize,
+        /// Bytes that were free when it was produced.
+        available: usize,
+        /// Bytes the whole allocation has for payloads.
+        allocation: usize,
+    },
+    /// The call fits in the allocation, but not in what is free while other calls hold
+    /// their blocks, and no block was freed in time.
+    #[error(
+        "call to {method}() needs {needed} bytes of shared memory; {available} of {allocation} are free and {retained} are held by finished calls whose results were not taken with wait()"
+    )]
+    OutOfMemory {
+        /// The method called.
+        method: &'static str,
+        /// Bytes the call needs.
+        needed: usize,
+        /// Bytes free now.
+        available: usize,
+        /// Bytes the whole allocation has for payloads.
+        allocation: usize,
+        /// Bytes held by finished calls waiting to be taken by `wait`.
+        retained: usize,
+    },
+    /// Encoding the arguments or decoding the return failed.
+    #[error("call to {method}(): {source}")]
+    Wire {
+        /// The method called.
+        method: &'static str,
+        /// What went wrong.
+        #[source]
+        source: WireError,
+    },
+    /// The method panicked in the worker. The worker process was replaced.
+    #[error("{method}() panicked in worker {pid}: {message}")]
+    Panicked {
+        /// The method called.
+        method: &'static str,
+        /// The worker's process id.
+        pid: i32,
+        /// The panic message.
+        message: String,
+    },
+    /// The worker process died while it held the call.
+    #[error("worker {pid} running {method}() died: {cause}")]
+    Crashed {
+        /// The method called.
+        method: &'static str,
+        /// The worker's process id.
+        pid: i32,
+        /// How it died.
+        cause: crate::ExitCause,
+    },
+    /// The call ran longer than the mediator's timeout; its worker was killed.
+    #[error("{method}() ran longer than its timeout of {timeout:?}; worker {pid} was killed")]
+    Timeout {
+        /// The method called.
+        method: &'static str,
+        /// The worker's process id.
+        pid: i32,
+        /// The timeout in force.
+        timeout: Duration,
+    },
+    /// The call was cancelled before it returned (the mediator shut down, or retries ran out).
+    #[error("call to {method}() was cancelled: {reason}")]
+    Cancelled {
+        /// The method called.
+        method: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// `wait` gave up before the call finished. The call goes on; wait again or poll.
+    #[error("call {id} has not finished after waiting {waited:?}")]
+    WaitTimeout {
+        /// The call id.
+        id: u64,
+        /// How long `wait` waited.
+        waited: Duration,
+    },
+    /// No call with this id is known: it never existed, or its result was already taken by
+    /// `wait` or released after the `on_return` handler ran.
+    #[error("no pending result for call {0}: unknown id, or its result was already delivered")]
+    UnknownCall(u64),
+    /// The pool could not start or could not fork a worker.
+    #[error("the worker pool could not start: {0}")]
+    Pool(String),
+    /// The worker's `check_environment` reported problems; no process was forked.
+    #[error("check_environment() failed: {}", .0.join("; "))]
+    Environment(Vec<String>),
+}

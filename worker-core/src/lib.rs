@@ -1,0 +1,48 @@
+//! The runtime of forkworker. Users depend on the `forkworker` facade, not on this crate.
+//!
+//! # Map of the crate
+//!
+//! A call goes one way through these modules:
+//!
+//! | step | module |
+//! |---|---|
+//! | the user's type, as the macro describes it | [`worker`] |
+//! | the typed proxy, the queue, callbacks, `wait` | [`mediator`] |
+//! | encoding straight into shared memory | [`wire`] |
+//! | the shared-memory region and its layout | `shm` |
+//! | payload blocks inside the region | `arena` |
+//! | one request/response channel per worker, futex and eventfd wake-ups | `channel` |
+//! | forking, watching (pidfd), killing and reaping worker processes | `process` |
+//! | the loop a worker process runs after the fork | `worker_loop` |
+//! | a call's id, status, timings; the view handed to callbacks | [`call`] |
+//! | what can go wrong | [`error`] |
+#![deny(missing_docs)]
+
+mod arena;
+pub mod call;
+mod channel;
+pub mod error;
+pub mod mediator;
+mod process;
+mod shm;
+pub mod wire;
+pub mod worker;
+mod worker_loop;
+
+pub use call::{Call, CallId, CallStatus, ExitCause, Log, Timings};
+pub use error::{CallError, WireError};
+pub use mediator::{ForkStrategy, Mediator};
+pub use wire::ReturnSlot;
+pub use worker::Worker;
+
+/// Items the generated code calls. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::mediator::submit;
+    pub use crate::wire::decode;
+
+    /// Fails to compile, at the span of the type, unless `T` can be an argument.
+    pub fn assert_arg<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+    /// Fails to compile, at the span of the type, unless `T` can be a return value.
+    pub fn assert_return<T: serde::Serialize + serde::de::DeserializeOwned>() {}
+}

@@ -1,0 +1,145 @@
+//! The wire format: postcard, written straight into shared memory.
+//!
+//! Arguments are encoded by the parent as a tuple of borrows and decoded by the worker as a
+//! tuple of owned values; the two have the same postcard encoding. Byte payloads (`Vec<u8>`,
+//! `&[u8]`) are wrapped by the generated code in `serde_bytes`, so they move as one block.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::WireError;
+
+/// Encodes `value` into `buf`, returning the number of bytes written.
+///
+/// `Ok(None)` means the buffer was too small.
+pub fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut [u8],
+) -> Result<Option<usize>, WireError> {
+    match postcard::to_slice(value, buf) {
+        Ok(used) => Ok(Some(used.len())),
+        Err(postcard::Error::SerializeBufferFull) => Ok(None),
+        Err(e) => Err(WireError::Encode {
+            what: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Encodes `value` into a new vector.
+pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
+    postcard::to_allocvec(value).map_err(|e| WireError::Encode {
+        what: std::any::type_name::<T>(),
+        reason: e.to_string(),
+    })
+}
+
+/// The encoded size of `value`, without allocating.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError> {
+    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).map_err(|e| {
+        WireError::Encode {
+            what: std::any::type_name::<T>(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Decodes a `T` that must use every byte of `bytes`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    let what = std::any::type_name::<T>();
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(WireError::TrailingBytes {
+            what,
+            extra: rest.len(),
+        }),
+        Err(e) => Err(WireError::Decode {
+            what,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Where a worker writes a method's return value: a reservation in shared memory, with a
+/// private spill buffer when the value is larger than the reservation.
+pub struct ReturnSlot<'a> {
+    slot: &'a mut [u8],
+    written: Written,
+}
+
+/// What a [`ReturnSlot`] holds after the method returned.
+pub(crate) enum Written {
+    Nothing,
+    InSlot(usize),
+    Spilled(Vec<u8>),
+}
+
+impl<'a> ReturnSlot<'a> {
+    pub(crate) fn new(slot: &'a mut [u8]) -> Self {
+        ReturnSlot {
+            slot,
+            written: Written::Nothing,
+        }
+    }
+
+    pub(crate) fn into_written(self) -> Written {
+        self.written
+    }
+
+    /// Encodes the return value: into shared memory when it fits, else into a spill buffer
+    /// that the runtime copies once the parent has made room.
+    pub fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), WireError> {
+        self.written = match encode_into(value, self.slot)? {
+            Some(n) => Written::InSlot(n),
+            None => Written::Spilled(encode_to_vec(value)?),
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_tuple_and_owned_tuple_share_an_encoding() {
+        let numbers = [3u64, 5, 7];
+        let text = "hi";
+        let bytes = encode_to_vec(&(&numbers[..], text, serde_bytes::Bytes::new(b"ab"))).unwrap();
+        let (n, t, b): (Vec<u64>, String, serde_bytes::ByteBuf) = decode(&bytes).unwrap();
+        assert_eq!(
+            (n, t, b.into_vec()),
+            (numbers.to_vec(), "hi".into(), b"ab".to_vec())
+        );
+        assert_eq!(
+            encoded_len(&(&numbers[..], text, serde_bytes::Bytes::new(b"ab"))).unwrap(),
+            bytes.len()
+        );
+    }
+
+    #[test]
+    fn trailing_and_truncated_bytes_are_errors() {
+        let bytes = encode_to_vec(&(1u64, 2u64)).unwrap();
+        assert!(matches!(
+            decode::<(u64,)>(&bytes),
+            Err(WireError::TrailingBytes { .. })
+        ));
+        assert!(matches!(
+            decode::<(u64, u64)>(&bytes[..1]),
+            Err(WireError::Decode { .. })
+        ));
+        // A lying length prefix gives an error, not a huge allocation.
+        assert!(decode::<Vec<u8>>(&[0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    }
+
+    #[test]
+    fn return_slot_spills_when_too_small() {
+        let mut buf = [0u8; 4];
+        let mut slot = ReturnSlot::new(&mut buf);
+        slot.write(&vec![1u64; 100]).unwrap();
+        assert!(matches!(slot.into_written(), Written::Spilled(v) if v.len() > 4));
+        let mut slot = ReturnSlot::new(&mut buf);
+        slot.write(&7u8).unwrap();
+        assert!(matches!(slot.into_written(), Written::InSlot(1)));
+    }
+}

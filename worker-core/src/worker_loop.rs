@@ -1,0 +1,142 @@
+//! The loop a worker process runs after the fork: wait for a request, run the method, answer.
+//!
+//! A worker never returns into the code that forked it and never unwinds out of [`run`]: it
+//! leaves with `_exit`, so it runs no destructor of the parent's objects (which would, for one,
+//! unlink the parent's shared-memory segment).
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::os::fd::BorrowedFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering;
+
+use crate::channel::{Request, Response, eventfd_signal};
+use crate::shm::Region;
+use crate::wire::{ReturnSlot, Written};
+use crate::worker::Worker;
+
+/// Exit code of a worker whose `setup` or loop panicked.
+pub(crate) const EXIT_PANIC: i32 = 101;
+
+/// Everything a worker needs, captured before the fork.
+pub(crate) struct WorkerEnv<'a> {
+    pub(crate) region: &'a Region,
+    pub(crate) slot: usize,
+    /// The request sequence number at fork time: the worker waits for the next one.
+    pub(crate) start_seq: u32,
+    pub(crate) eventfd: BorrowedFd<'a>,
+    pub(crate) spin: bool,
+}
+
+/// Runs the worker until it is asked to exit, then leaves the process.
+pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
+    // SAFETY: ignoring SIGINT is always valid. A Ctrl-C in a terminal reaches the whole process
+    // group; the parent decides what happens to its workers.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let code = match catch_unwind(AssertUnwindSafe(|| serve(value, &env))) {
+        Ok(()) => 0,
+        Err(_) => EXIT_PANIC,
+    };
+    // SAFETY: leaving the process without running any destructor is the point.
+    unsafe { libc::_exit(code) }
+}
+
+fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
+    value.setup();
+    let channel = env.region.channel(env.slot);
+    let mut last = env.start_seq;
+    let mut spilled: Option<Vec<u8>> = None;
+    loop {
+        let req = channel.next_request(last, env.spin);
+        last = req.seq;
+        let answer = match req.kind {
+            Some(Request::Call) => {
+                spilled = None;
+                channel.mark_running(req.seq);
+                // SAFETY: the parent handed this block to us with the request and does not
+                // touch it until we answer.
+                let args = unsafe { env.region.payload(req.args_off, req.args_len) };
+                let ret = unsafe { env.region.payload_mut(req.ret_off, req.ret_cap) };
+                match (args, ret) {
+                    (Some(args), Some(ret)) => {
+                        Some(call(value, req.method, args, ret, &mut spilled))
+                    }
+                    _ => Some((Response::WireError, 0)),
+                }
+            }
+            Some(Request::Space) => match (spilled.take(), unsafe {
+                // SAFETY: as above, the new block is ours until we answer.
+                env.region.payload_mut(req.ret_off, req.ret_cap)
+            }) {
+                (Some(bytes), Some(ret)) if bytes.len() <= ret.len() => {
+                    ret[..bytes.len()].copy_from_slice(&bytes);
+                    Some((Response::Returned, bytes.len()))
+                }
+                (Some(_), _) => Some((Response::WireError, 0)),
+                (None, _) => None,
+            },
+            Some(Request::Exit) => {
+                value.teardown();
+                return;
+            }
+            None => None,
+        };
+        if let Some((kind, len)) = answer {
+            channel.respond(req.seq, kind, len);
+            if env.region.header().parent_sleeping.load(Ordering::SeqCst) != 0 {
+                eventfd_signal(env.eventfd);
+            }
+        }
+    }
+}
+
+/// Runs one method. Returns the answer kind and the bytes written at the start of `ret`.
+fn call<W: Worker>(
+    value: &mut W,
+    method: u32,
+    args: &[u8],
+    ret: &mut [u8],
+    spilled: &mut Option<Vec<u8>>,
+) -> (Response, usize) {
+    let mut slot = ReturnSlot::new(&mut *ret);
+    let outcome = catch_unwind(AssertUnwindSafe(|| value.dispatch(method, args, &mut slot)));
+    let written = slot.into_written();
+    let (kind, message) = match outcome {
+        Ok(Ok(())) => match written {
+            Written::InSlot(n) => return (Response::Returned, n),
+            Written::Spilled(bytes) => {
+                let n = bytes.len();
+                *spilled = Some(bytes);
+                return (Response::NeedSpace, n);
+            }
+            Written::Nothing => (
+                Response::WireError,
+                "the method wrote no return value".to_owned(),
+            ),
+        },
+        Ok(Err(e)) => (Response::WireError, e.to_string()),
+        Err(payload) => (Response::Panicked, panic_message(payload.as_ref())),
+    };
+    (kind, write_truncated(ret, &message))
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// Writes as much of `text` as fits, cut at a character boundary.
+fn write_truncated(buf: &mut [u8], text: &str) -> usize {
+    let mut n = text.len().min(buf.len());
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    buf[..n].copy_from_slice(&text.as_bytes()[..n]);
+    n
+}
