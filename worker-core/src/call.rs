@@ -1,5 +1,6 @@
 //! Calls: their ids, statuses, timings, and the view of a finished call handed to callbacks.
 
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Instant;
@@ -185,6 +186,7 @@ pub struct Call<'a, W: Worker> {
     pub(crate) record: &'a CallRecord,
     pub(crate) args: &'a [u8],
     pub(crate) ret: Option<&'a [u8]>,
+    pub(crate) retry: Cell<bool>,
     pub(crate) _w: PhantomData<fn() -> W>,
 }
 
@@ -233,6 +235,23 @@ impl<W: Worker> Call<'_, W> {
     pub fn return_value(&self) -> Option<Result<W::Return, WireError>> {
         self.ret
             .map(|bytes| W::decode_return(self.record.method, bytes))
+    }
+
+    /// Runs the call again once the callback returns: same id and arguments (they are still
+    /// in shared memory), [`Call::retries`] one higher, its previous status, result and
+    /// timings cleared. It goes to the back of the queue. Check `retries()` so as not to retry
+    /// forever:
+    ///
+    /// ```ignore
+    /// primes.on_timeout(|call, log| {
+    ///     if call.retries() < 3 {
+    ///         log.warn(format_args!("call {} timed out; retrying", call.id()));
+    ///         call.retry();
+    ///     }
+    /// });
+    /// ```
+    pub fn retry(&self) {
+        self.retry.set(true);
     }
 }
 

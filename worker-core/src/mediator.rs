@@ -1,13 +1,14 @@
 //! The mediator: the parent's handle on one pool of workers.
 //!
 //! A call's path: a generated proxy method calls [`submit`], which encodes the arguments
-//! straight into a block of shared memory and queues the call. [`Mediator::dispatch_queued`]
+//! straight into a block of shared memory and queues the call. `Mediator::dispatch_queued`
 //! hands queued calls, in call order, to idle workers through their channels. Whenever the
-//! caller drives the mediator ([`Mediator::poll`], [`Mediator::wait`]), [`Mediator::collect`]
+//! caller drives the mediator ([`Mediator::poll`], [`Mediator::wait`]), `Mediator::collect`
 //! reads the answers, notices dead workers and expired timeouts, and fires the callbacks.
 //! Between events the parent sleeps in `poll(2)` on an eventfd and the workers' pidfds, woken
 //! by an answer, a death, or the nearest deadline.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -134,6 +135,8 @@ pub struct Mediator<W: Worker> {
     ret_hints: Vec<usize>,
     /// Per method: whether the "large payload" warning was logged.
     warned_large: Vec<bool>,
+    /// Set while `shutdown` runs: retries are refused.
+    shutting_down: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -181,6 +184,7 @@ impl<W: Worker> Mediator<W> {
             next_id: 1,
             ret_hints: vec![MIN_RET; W::METHODS.len()],
             warned_large: vec![false; W::METHODS.len()],
+            shutting_down: false,
             _not_send: PhantomData,
         }
     }
@@ -425,12 +429,29 @@ impl<W: Worker> Mediator<W> {
         }
     }
 
+    /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
+    /// previous status, result and timings cleared; it goes to the back of the queue.
+    ///
+    /// The call must still be held by the mediator: a finished call no callback released and
+    /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
+    pub fn retry(&mut self, id: u64) -> Result<(), CallError> {
+        match self.calls.get(&id) {
+            Some(record) if record.status.is_final() && !self.finished.contains(&id) => {
+                self.requeue(id);
+                self.dispatch_queued();
+                Ok(())
+            }
+            _ => Err(CallError::UnknownCall(id)),
+        }
+    }
+
     /// Stops the pool: see "Ownership" above. Queued calls end as
     /// [`CallStatus::Cancelled`]. The mediator can start again afterwards.
     pub fn shutdown(&mut self) {
         if self.pool.is_none() {
             return;
         }
+        self.shutting_down = true;
         let now = Instant::now();
         let queued: Vec<u64> = self.queue.drain(..).collect();
         for id in queued {
@@ -497,7 +518,9 @@ impl<W: Worker> Mediator<W> {
         pool.slots.clear();
         // Only finished results are left; they point into the segment being removed.
         self.calls.clear();
+        self.queue.clear();
         drop(pool);
+        self.shutting_down = false;
     }
 }
 
@@ -765,7 +788,10 @@ impl<W: Worker> Mediator<W> {
         }
         self.enforce_timeouts();
         self.dispatch_queued();
-        self.fire_callbacks()
+        let finished = self.fire_callbacks();
+        // Callbacks may have retried calls.
+        self.dispatch_queued();
+        finished
     }
 
     /// Handles the answer of the worker in slot `i`, if it wrote one.
@@ -983,9 +1009,14 @@ impl<W: Worker> Mediator<W> {
                     record,
                     args,
                     ret,
+                    retry: Cell::new(false),
                     _w: PhantomData,
                 };
                 handler(&call, Log::new(&self.alias));
+                if call.retry.get() {
+                    self.requeue(id);
+                    continue;
+                }
             } else if let Some(error) = &record.error {
                 log::warn!(target: &self.alias, "call {id}: {error}");
             }
@@ -994,6 +1025,29 @@ impl<W: Worker> Mediator<W> {
             }
         }
         finished.len()
+    }
+
+    /// Puts a call back in the queue with one more retry and a clean state.
+    fn requeue(&mut self, id: u64) {
+        if self.shutting_down {
+            log::warn!(target: &self.alias, "call {id} not retried: the mediator is shutting down");
+            return;
+        }
+        let Some(record) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let (Some(block), Some(pool)) = (record.ret_block.take(), self.pool.as_mut()) {
+            pool.arena.free(block);
+        }
+        record.retries += 1;
+        record.status = CallStatus::Uncalled;
+        record.error = None;
+        record.ret = None;
+        record.pid = None;
+        record.posted = None;
+        record.timings = Timings::default();
+        record.timings.enter(CallStatus::Uncalled, Instant::now());
+        self.queue.push_back(id);
     }
 
     /// Frees a finished call's shared memory and forgets it.

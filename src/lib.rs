@@ -1,0 +1,55 @@
+//! # forkworker
+//!
+//! Typed method calls in pools of forked worker processes, with arguments and return values
+//! passed through shared memory. A thread cannot be killed; a process can. forkworker is for
+//! work that may hang, crash, leak or abort and must not take the host program down with it.
+//!
+//! ```
+//! use forkworker::prelude::*;
+//! use std::time::Duration;
+//!
+//! pub struct Primes;
+//!
+//! #[forkworker::worker]
+//! impl Primes {
+//!     /// Every prime in `start..end`.
+//!     pub fn sieve(&self, start: u64, end: u64) -> Vec<u64> {
+//!         (start.max(2)..end).filter(|&n| (2..n).take_while(|d| d * d <= n).all(|d| n % d != 0)).collect()
+//!     }
+//! }
+//!
+//! let mut primes = PrimesMediator::new("PrimeNumbers", Primes);
+//! primes.workers(4).timeout(Duration::from_secs(60));
+//! let id = primes.sieve(1000, 2000)?;                       // returns at once
+//! let found: Vec<u64> = primes.wait(id, Duration::from_secs(5))?;
+//! assert_eq!(found.first(), Some(&1009));
+//! let direct = primes.inline().sieve(1, 10);                // in this process, no fork
+//! assert_eq!(direct, [2, 3, 5, 7]);
+//! # Ok::<(), forkworker::CallError>(())
+//! ```
+//!
+//! See the README for the mapping from PHP-Daemon's Worker API to these names.
+#![deny(missing_docs)]
+
+#[doc(inline)]
+pub use worker_macros::worker;
+
+pub use worker_core::*;
+
+/// The names most programs need: `use forkworker::prelude::*;`.
+pub mod prelude {
+    pub use worker_core::{
+        Call, CallError, CallId, CallStatus, ExitCause, ForkStrategy, Log, Mediator, Worker,
+    };
+}
+
+/// The one door through which generated code reaches the runtime. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use ::core;
+    pub use ::serde::{Serialize, de::DeserializeOwned};
+    pub use ::serde_bytes::{ByteBuf, Bytes};
+    pub use ::std;
+    pub use worker_core::__private::*;
+    pub use worker_core::{CallError, CallId, Mediator, ReturnSlot, WireError, Worker};
+}

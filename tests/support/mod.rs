@@ -1,0 +1,256 @@
+//! A test runner for tests that fork: every test runs alone in a fresh, single-threaded
+//! process of this binary, so a fork inside a test is a fork from a single-threaded parent.
+//!
+//! The runner (the binary started by `cargo test`) starts one process per test, in a process
+//! group of its own, and after it ends checks what it left behind:
+//! - a process still alive in the test's process group (an orphaned worker) fails the test
+//!   and is killed;
+//! - a shared-memory segment of the test process under /dev/shm fails the test and is removed.
+//!
+//! Inside the test process, [`assert_no_children`] checks that every child was reaped
+//! (no zombie). It prints libtest's summary line, so `cargo test` reads it as usual.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One test: a name and a function that panics on failure.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(),
+}
+
+/// Declares the test list: `tests![a, b, c]` builds `main`.
+#[macro_export]
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        fn main() {
+            support::main(&[$(support::Test { name: stringify!($name), run: $name }),*]);
+        }
+    };
+}
+
+const CASE_VAR: &str = "FORKWORKER_TEST_CASE";
+/// Longest a single test may run before it is killed and failed.
+const TEST_LIMIT: Duration = Duration::from_secs(180);
+
+pub fn main(tests: &[Test]) {
+    if let Ok(name) = std::env::var(CASE_VAR) {
+        let test = tests
+            .iter()
+            .find(|t| t.name == name)
+            .expect("unknown test case");
+        (test.run)();
+        assert_no_children();
+        assert_no_segments(std::process::id());
+        std::process::exit(0);
+    }
+    // Orphaned workers of a failed test are re-parented to the runner, which reaps them.
+    // SAFETY: prctl with valid arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for t in tests {
+            println!("{}: test", t.name);
+        }
+        return;
+    }
+    let exact = args.iter().any(|a| a == "--exact");
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<&Test> = tests
+        .iter()
+        .filter(|t| {
+            filters.is_empty()
+                || filters.iter().any(|f| {
+                    if exact {
+                        t.name == f.as_str()
+                    } else {
+                        t.name.contains(f.as_str())
+                    }
+                })
+        })
+        .collect();
+    let started = Instant::now();
+    println!("\nrunning {} tests (one process each)", selected.len());
+    let mut failed = Vec::new();
+    for test in &selected {
+        let t0 = Instant::now();
+        match run_isolated(test.name) {
+            Ok(()) => println!(
+                "test {} ... ok ({:.2}s)",
+                test.name,
+                t0.elapsed().as_secs_f64()
+            ),
+            Err(output) => {
+                println!(
+                    "test {} ... FAILED ({:.2}s)",
+                    test.name,
+                    t0.elapsed().as_secs_f64()
+                );
+                failed.push((test.name, output));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for (name, output) in &failed {
+            println!("\n---- {name} ----\n{output}");
+        }
+        println!("\nfailures:");
+        for (name, _) in &failed {
+            println!("    {name}");
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        selected.len() - failed.len(),
+        failed.len(),
+        tests.len() - selected.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failed.is_empty() {
+        std::process::exit(101);
+    }
+}
+
+/// Runs one test in a child process; returns its output as the error if it failed.
+fn run_isolated(name: &str) -> Result<(), String> {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Command::new(exe)
+        .env(CASE_VAR, name)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("spawn test process");
+    let pid = child.id();
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + TEST_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            kill_group(pid);
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // The pipes close when every process holding them (the test and its workers) is gone:
+    // kill leftovers first so that the readers finish.
+    let leftovers = group_alive(pid);
+    if leftovers {
+        kill_group(pid);
+    }
+    let mut output = reader.join().unwrap_or_default();
+    output.push_str(&err_reader.join().unwrap_or_default());
+    let mut problems = Vec::new();
+    match status {
+        None => problems.push(format!("timed out after {TEST_LIMIT:?}")),
+        Some(s) if !s.success() => problems.push(format!("test process ended with {s}")),
+        Some(_) => {}
+    }
+    if leftovers {
+        problems.push("processes of the test were still running after it ended".into());
+    }
+    let segments = segments_of(pid);
+    if !segments.is_empty() {
+        for s in &segments {
+            let _ = std::fs::remove_file(format!("/dev/shm/{s}"));
+        }
+        problems.push(format!("shared-memory segments left behind: {segments:?}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{output}\n{}", problems.join("\n")))
+    }
+}
+
+fn group_alive(pgid: u32) -> bool {
+    // Give exiting workers a moment to disappear.
+    for _ in 0..100 {
+        // SAFETY: reaping adopted children of the group without blocking.
+        while unsafe { libc::waitpid(-(pgid as i32), std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        // SAFETY: signal 0 only checks for existence.
+        if unsafe { libc::kill(-(pgid as i32), 0) } != 0 {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn kill_group(pgid: u32) {
+    // SAFETY: SIGKILL to the test's own process group, then reaping what was adopted.
+    unsafe {
+        libc::kill(-(pgid as i32), libc::SIGKILL);
+        std::thread::sleep(Duration::from_millis(20));
+        while libc::waitpid(-(pgid as i32), std::ptr::null_mut(), libc::WNOHANG) > 0 {}
+    }
+}
+
+/// Segments created by process `pid` (forkworker names them `fw.<pid>.<alias>.<n>`).
+pub fn segments_of(pid: u32) -> Vec<String> {
+    let prefix = format!("fw.{pid}.");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Panics if this process has a child, alive or zombie.
+pub fn assert_no_children() {
+    // SAFETY: WNOHANG never blocks; status is a valid out-pointer.
+    let mut status = 0;
+    let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert!(
+        r == -1 && errno == Some(libc::ECHILD),
+        "a child process is left: waitpid returned {r} (0 = alive, >0 = a zombie was left unreaped)"
+    );
+}
+
+/// Panics if this process has a shared-memory segment under /dev/shm.
+pub fn assert_no_segments(pid: u32) {
+    let left = segments_of(pid);
+    assert!(left.is_empty(), "shared-memory segments left: {left:?}");
+}
+
+/// Whether process `pid` exists (alive or zombie).
+pub fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Waits up to `limit` for `cond`, checking every few milliseconds.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    cond()
+}

@@ -1,0 +1,8 @@
+pub struct Primes;
+
+#[forkworker::worker(crate = 42)]
+impl Primes {
+    pub fn ping(&self) {}
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+pub struct Primes;
+
+#[forkworker::worker(crate = ::forkworker, crate = ::forkworker)]
+impl Primes {
+    pub fn ping(&self) {}
+}
+
+fn main() {}

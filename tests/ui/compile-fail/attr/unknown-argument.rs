@@ -1,0 +1,8 @@
+pub struct Primes;
+
+#[forkworker::worker(workers = 4)]
+impl Primes {
+    pub fn ping(&self) {}
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn setup() {}
+}
+
+fn main() {}

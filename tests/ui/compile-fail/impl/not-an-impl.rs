@@ -1,0 +1,4 @@
+#[forkworker::worker]
+pub struct Primes;
+
+fn main() {}

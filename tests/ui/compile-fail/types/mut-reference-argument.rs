@@ -1,0 +1,10 @@
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn fill(&self, out: &mut Vec<u64>) {
+        out.push(2);
+    }
+}
+
+fn main() {}

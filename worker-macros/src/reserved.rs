@@ -1,0 +1,33 @@
+// The public methods of a generated `{Type}Mediator`: its constructor, every public method of
+// `Mediator` (reached through `Deref`), and the `Deref`/`DerefMut` methods themselves. A proxy
+// method with one of these names would hide the mediator's own method, so the macro rejects it.
+//
+// `tests/reserved.rs` (root package) `include!`s this file and checks the list against
+// `worker-core/src/mediator.rs`: keep this file a single constant.
+
+/// Names a proxied method may not have.
+pub const RESERVED: &[&str] = &[
+    "new",
+    "workers",
+    "timeout",
+    "malloc",
+    "strategy",
+    "grace",
+    "on_return",
+    "on_timeout",
+    "on_error",
+    "start",
+    "is_idle",
+    "status",
+    "timings",
+    "retry",
+    "wait",
+    "poll",
+    "inline",
+    "alias",
+    "pending",
+    "pids",
+    "shutdown",
+    "deref",
+    "deref_mut",
+];
