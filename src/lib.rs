@@ -39,7 +39,8 @@ pub use worker_core::*;
 /// The names most programs need: `use forkworker::prelude::*;`.
 pub mod prelude {
     pub use worker_core::{
-        Call, CallError, CallId, CallStatus, ExitCause, ForkStrategy, Log, Mediator, Worker,
+        Call, CallError, CallId, CallStatus, ErrorCounts, ExitCause, ForkStrategy, Log, Mediator,
+        Recycle, WireError, Worker,
     };
 }
 

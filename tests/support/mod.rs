@@ -58,6 +58,7 @@ pub fn main(tests: &[Test]) {
         return;
     }
     let exact = args.iter().any(|a| a == "--exact");
+    let nocapture = args.iter().any(|a| a == "--nocapture");
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let selected: Vec<&Test> = tests
         .iter()
@@ -78,11 +79,13 @@ pub fn main(tests: &[Test]) {
     for test in &selected {
         let t0 = Instant::now();
         match run_isolated(test.name) {
-            Ok(()) => println!(
-                "test {} ... ok ({:.2}s)",
-                test.name,
-                t0.elapsed().as_secs_f64()
-            ),
+            Ok(output) => {
+                let took = t0.elapsed().as_secs_f64();
+                println!("test {} ... ok ({took:.2}s)", test.name);
+                if nocapture && !output.trim().is_empty() {
+                    println!("{}", output.trim_end());
+                }
+            }
             Err(output) => {
                 println!(
                     "test {} ... FAILED ({:.2}s)",
@@ -116,8 +119,8 @@ pub fn main(tests: &[Test]) {
     }
 }
 
-/// Runs one test in a child process; returns its output as the error if it failed.
-fn run_isolated(name: &str) -> Result<(), String> {
+/// Runs one test in a child process; returns its output, as the error if it failed.
+fn run_isolated(name: &str) -> Result<String, String> {
     let exe = std::env::current_exe().expect("own path");
     let mut child = Command::new(exe)
         .env(CASE_VAR, name)
@@ -177,7 +180,7 @@ fn run_isolated(name: &str) -> Result<(), String> {
         problems.push(format!("shared-memory segments left behind: {segments:?}"));
     }
     if problems.is_empty() {
-        Ok(())
+        Ok(output)
     } else {
         Err(format!("{output}\n{}", problems.join("\n")))
     }

@@ -43,6 +43,11 @@ pub(crate) enum Response {
     Panicked = 3,
     /// Decoding the arguments or encoding the return failed; the message is at `ret_off`.
     WireError = 4,
+    /// The request failed validation (checksum, bounds); the message is at `ret_off` if
+    /// `ret_off` itself could be trusted, else the length is 0.
+    Corrupted = 5,
+    /// The worker got `Exit` and will not touch the channel again.
+    Exiting = 6,
 }
 
 impl Response {
@@ -52,6 +57,8 @@ impl Response {
             Response::NeedSpace,
             Response::Panicked,
             Response::WireError,
+            Response::Corrupted,
+            Response::Exiting,
         ]
         .into_iter()
         .find(|r| *r as u32 == v)
@@ -70,6 +77,8 @@ pub(crate) struct RequestHalf {
     pub(crate) args_len: AtomicU64,
     pub(crate) ret_off: AtomicU64,
     pub(crate) ret_cap: AtomicU64,
+    /// A checksum of the fields above and of `seq`, written before `seq`.
+    pub(crate) check: AtomicU64,
 }
 
 /// The response half, written by the worker.
@@ -87,6 +96,8 @@ pub(crate) struct ResponseHalf {
     pub(crate) ret_len: AtomicU64,
     /// CLOCK_MONOTONIC nanoseconds when the answer was written.
     pub(crate) finished_ns: AtomicU64,
+    /// A checksum of `seq`, `kind` and `ret_len`, written before `seq`.
+    pub(crate) check: AtomicU64,
 }
 
 /// One worker slot's channel.
@@ -100,12 +111,38 @@ pub(crate) struct Channel {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Posted {
     pub(crate) seq: u32,
+    /// Whether the request's checksum matched its fields.
+    pub(crate) valid: bool,
     pub(crate) kind: Option<Request>,
     pub(crate) method: u32,
     pub(crate) args_off: usize,
     pub(crate) args_len: usize,
     pub(crate) ret_off: usize,
     pub(crate) ret_cap: usize,
+}
+
+/// A checksum of a record's words (FNV-1a over their bytes), so that a scribbled or torn
+/// record is told apart from a real one. It protects the control words, not the payload,
+/// whose structure postcard validates when decoding.
+pub(crate) fn checksum(words: &[u64]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in words {
+        for b in w.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// An answer as the parent reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Answer {
+    pub(crate) kind: u32,
+    pub(crate) ret_len: usize,
+    pub(crate) finished_ns: u64,
+    /// Whether the answer's checksum matched its fields.
+    pub(crate) valid: bool,
 }
 
 /// How many times a side re-checks before sleeping, when more than one CPU is available.
@@ -186,6 +223,19 @@ impl Channel {
         r.ret_off.store(ret.0 as u64, Ordering::Relaxed);
         r.ret_cap.store(ret.1 as u64, Ordering::Relaxed);
         let seq = r.seq.load(Ordering::Relaxed).wrapping_add(1);
+        r.check.store(
+            checksum(&[
+                seq as u64,
+                kind as u64,
+                method as u64,
+                call_id,
+                args.0 as u64,
+                args.1 as u64,
+                ret.0 as u64,
+                ret.1 as u64,
+            ]),
+            Ordering::Relaxed,
+        );
         r.seq.store(seq, Ordering::SeqCst);
         if self.resp.sleeping.load(Ordering::SeqCst) != 0 {
             futex_wake(&r.seq);
@@ -193,14 +243,23 @@ impl Channel {
         seq
     }
 
-    /// Parent: the answer to request `seq`, if the worker wrote it: (kind, ret_len, finished).
-    pub(crate) fn answer(&self, seq: u32) -> Option<(u32, usize, u64)> {
-        (self.resp.seq.load(Ordering::Acquire) == seq).then(|| {
-            (
-                self.resp.kind.load(Ordering::Relaxed),
-                self.resp.ret_len.load(Ordering::Relaxed) as usize,
-                self.resp.finished_ns.load(Ordering::Relaxed),
-            )
+    /// Parent: whether the worker answered request `seq`.
+    pub(crate) fn answered(&self, seq: u32) -> bool {
+        self.resp.seq.load(Ordering::Acquire) == seq
+    }
+
+    /// Parent: the answer to request `seq`, if the worker wrote it.
+    pub(crate) fn answer(&self, seq: u32) -> Option<Answer> {
+        self.answered(seq).then(|| {
+            let kind = self.resp.kind.load(Ordering::Relaxed);
+            let ret_len = self.resp.ret_len.load(Ordering::Relaxed);
+            Answer {
+                kind,
+                ret_len: ret_len as usize,
+                finished_ns: self.resp.finished_ns.load(Ordering::Relaxed),
+                valid: self.resp.check.load(Ordering::Relaxed)
+                    == checksum(&[seq as u64, kind as u64, ret_len]),
+            }
         })
     }
 
@@ -231,14 +290,36 @@ impl Channel {
             self.resp.sleeping.store(0, Ordering::Relaxed);
         }
         let r = &self.req;
+        let seq = seq.load(Ordering::Acquire);
+        let kind = r.kind.load(Ordering::Relaxed);
+        let method = r.method.load(Ordering::Relaxed);
+        let call_id = r.call_id.load(Ordering::Relaxed);
+        let words = [
+            r.args_off.load(Ordering::Relaxed),
+            r.args_len.load(Ordering::Relaxed),
+            r.ret_off.load(Ordering::Relaxed),
+            r.ret_cap.load(Ordering::Relaxed),
+        ];
+        let valid = r.check.load(Ordering::Relaxed)
+            == checksum(&[
+                seq as u64,
+                kind as u64,
+                method as u64,
+                call_id,
+                words[0],
+                words[1],
+                words[2],
+                words[3],
+            ]);
         Posted {
-            seq: seq.load(Ordering::Acquire),
-            kind: Request::from_u32(r.kind.load(Ordering::Relaxed)),
-            method: r.method.load(Ordering::Relaxed),
-            args_off: r.args_off.load(Ordering::Relaxed) as usize,
-            args_len: r.args_len.load(Ordering::Relaxed) as usize,
-            ret_off: r.ret_off.load(Ordering::Relaxed) as usize,
-            ret_cap: r.ret_cap.load(Ordering::Relaxed) as usize,
+            seq,
+            valid,
+            kind: Request::from_u32(kind),
+            method,
+            args_off: words[0] as usize,
+            args_len: words[1] as usize,
+            ret_off: words[2] as usize,
+            ret_cap: words[3] as usize,
         }
     }
 
@@ -253,6 +334,10 @@ impl Channel {
         self.resp.kind.store(kind as u32, Ordering::Relaxed);
         self.resp.ret_len.store(ret_len as u64, Ordering::Relaxed);
         self.resp.finished_ns.store(now_ns(), Ordering::Relaxed);
+        self.resp.check.store(
+            checksum(&[seq as u64, kind as u64, ret_len as u64]),
+            Ordering::Relaxed,
+        );
         self.resp.seq.store(seq, Ordering::SeqCst);
     }
 }

@@ -155,3 +155,60 @@ pub enum CallError {
     #[error("check_environment() failed: {}", .0.join("; "))]
     Environment(Vec<String>),
 }
+
+/// Errors counted by kind, as in the seed's runtime statistics.
+///
+/// - `communication`: a worker died while it held a call, or could not be forked;
+/// - `corruption`: a shared-memory record failed validation (checksum, bounds, kind);
+/// - `catchall`: anything else (a panic, an encoding or decoding failure).
+///
+/// A worker whose own counts reach [`ErrorCounts::WORKER_LIMITS`] is replaced; the
+/// mediator's counts are compared with [`ErrorCounts::PARENT_LIMITS`] and an error is logged
+/// when one is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    /// Failures of the channel between the parent and a worker.
+    pub communication: u64,
+    /// Records that failed validation.
+    pub corruption: u64,
+    /// Any other error.
+    pub catchall: u64,
+}
+
+impl ErrorCounts {
+    /// Per worker: at these counts the worker is replaced (the seed's 10/10/10).
+    pub const WORKER_LIMITS: ErrorCounts = ErrorCounts {
+        communication: 10,
+        corruption: 10,
+        catchall: 10,
+    };
+    /// Per mediator: at these counts an error is logged (the seed's 50/25/25).
+    pub const PARENT_LIMITS: ErrorCounts = ErrorCounts {
+        communication: 50,
+        corruption: 25,
+        catchall: 25,
+    };
+
+    /// Whether any count reached its limit in `limits`.
+    pub fn reached(&self, limits: &ErrorCounts) -> bool {
+        self.communication >= limits.communication
+            || self.corruption >= limits.corruption
+            || self.catchall >= limits.catchall
+    }
+
+    pub(crate) fn add(&mut self, kind: ErrorKind) {
+        match kind {
+            ErrorKind::Communication => self.communication += 1,
+            ErrorKind::Corruption => self.corruption += 1,
+            ErrorKind::Catchall => self.catchall += 1,
+        }
+    }
+}
+
+/// The kind an error is counted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorKind {
+    Communication,
+    Corruption,
+    Catchall,
+}

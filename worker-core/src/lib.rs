@@ -7,12 +7,15 @@
 //! | step | module |
 //! |---|---|
 //! | the user's type, as the macro describes it | [`worker`] |
-//! | the typed proxy, the queue, callbacks, `wait` | [`mediator`] |
+//! | the typed proxy, the queue, timeouts, crashes, retries, callbacks, `wait` | [`mediator`] |
+//! | the settings: strategy, recycling | [`config`] |
 //! | encoding straight into shared memory | [`wire`] |
+//! | the worker processes of a mediator: spawn, deaths, kills, retiring, the parent's sleep | `pool` |
 //! | the shared-memory region and its layout | `shm` |
 //! | payload blocks inside the region | `arena` |
-//! | one request/response channel per worker, futex and eventfd wake-ups | `channel` |
-//! | forking, watching (pidfd), killing and reaping worker processes | `process` |
+//! | one request/response channel per worker, checksums, futex and eventfd wake-ups | `channel` |
+//! | forking, watching (pidfd), killing and reaping one process | `process` |
+//! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
 //! | the loop a worker process runs after the fork | `worker_loop` |
 //! | a call's id, status, timings; the view handed to callbacks | [`call`] |
 //! | what can go wrong | [`error`] |
@@ -21,8 +24,11 @@
 mod arena;
 pub mod call;
 mod channel;
+pub mod config;
 pub mod error;
+mod fork_server;
 pub mod mediator;
+mod pool;
 mod process;
 mod shm;
 pub mod wire;
@@ -30,8 +36,9 @@ pub mod worker;
 mod worker_loop;
 
 pub use call::{Call, CallId, CallStatus, ExitCause, Log, Timings};
-pub use error::{CallError, WireError};
-pub use mediator::{ForkStrategy, Mediator};
+pub use config::{ForkStrategy, Recycle};
+pub use error::{CallError, ErrorCounts, WireError};
+pub use mediator::Mediator;
 pub use wire::ReturnSlot;
 pub use worker::Worker;
 

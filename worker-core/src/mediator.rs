@@ -11,93 +11,30 @@
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::arena::{Arena, Block};
-use crate::call::{Call, CallId, CallRecord, CallStatus, Log, Timings};
+use crate::arena::Block;
+use crate::call::{Call, CallId, CallRecord, CallStatus, ExitCause, Log, Timings};
 use crate::channel::{self, Request, Response};
-use crate::error::{CallError, WireError};
-use crate::process::{self, Child};
-use crate::shm::Region;
+use crate::config::{Config, ForkStrategy, Recycle};
+use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
+use crate::pool::{Busy, Pool};
+use crate::process;
 use crate::wire;
 use crate::worker::Worker;
-use crate::worker_loop::{self, WorkerEnv};
 
-/// When worker processes are forked.
-///
-/// The default is [`ForkStrategy::Mixed`]: nothing is forked until the first call, so an
-/// unused mediator costs nothing, and after it every worker exists, so no later call waits for
-/// a fork.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ForkStrategy {
-    /// Fork one more worker only when a call is waiting and every live worker is busy.
-    /// Fewest processes; a burst of calls pays for forks.
-    Lazy,
-    /// Fork every worker at the first call; replace dead ones at once.
-    #[default]
-    Mixed,
-    /// Fork every worker when the pool starts (at [`Mediator::start`] or the first call) and
-    /// keep the count up.
-    Aggressive,
-}
-
-/// Settings of a pool; see the builder methods of [`Mediator`].
-#[derive(Debug, Clone)]
-struct Config {
-    workers: usize,
-    timeout: Option<Duration>,
-    malloc: usize,
-    strategy: ForkStrategy,
-    grace: Duration,
-}
-
-/// The default size of the payload area: 8 MiB.
-pub const DEFAULT_MALLOC: usize = 8 << 20;
-/// The default number of workers.
-pub const DEFAULT_WORKERS: usize = 1;
-/// The default grace period for running calls when a mediator shuts down.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 /// The smallest return reservation made with each call.
 const MIN_RET: usize = 256;
-/// How often, at most, `collect` looks for dead workers while it does not sleep.
-const DEATH_CHECK: Duration = Duration::from_millis(1);
 /// How long `submit` waits for running calls to free shared memory before giving up.
 const SPACE_WAIT: Duration = Duration::from_secs(30);
+/// How many times a call is requeued after its worker died before starting it.
+pub const MAX_REQUEUES: u32 = 3;
+/// How many workers in a row may die before answering a call before the pool stops forking.
+const START_FAILURE_LIMIT: u32 = 5;
 
 type Handler<W> = Box<dyn FnMut(&Call<'_, W>, Log<'_>)>;
-
-/// A call a worker holds.
-#[derive(Debug, Clone, Copy)]
-struct Busy {
-    call: u64,
-    seq: u32,
-    /// Where the worker writes the return value: (offset, capacity).
-    ret: (usize, usize),
-    deadline: Option<Instant>,
-}
-
-/// One place in the pool: a worker process (or none yet) and the call it holds.
-#[derive(Debug, Default)]
-struct Slot {
-    child: Option<Child>,
-    busy: Option<Busy>,
-    /// Calls this worker was given.
-    calls: u64,
-}
-
-/// The resources of a started pool.
-struct Pool {
-    region: Region,
-    arena: Arena,
-    eventfd: OwnedFd,
-    slots: Vec<Slot>,
-    spin: bool,
-    last_death_check: Instant,
-}
 
 /// The parent's handle on a pool of worker processes running the methods of `W`.
 ///
@@ -111,10 +48,11 @@ struct Pool {
 /// take more than a second), reaps every worker and removes the shared-memory segment.
 ///
 /// # Results
-/// A finished call is handed to its callback (`on_return` for a return, `on_timeout` for a
-/// timeout, `on_error` for any other failure). If any callback is installed, the call's
-/// shared memory is released after the callbacks ran, unless [`Mediator::wait`] is waiting for
-/// that very call. If none is installed, the result is kept until `wait` takes it.
+/// Every call is delivered once. A finished call goes to its callback if one is installed for
+/// its outcome (`on_return` for a return, `on_timeout` for a timeout, `on_error` for any other
+/// failure), and is then released, unless [`Mediator::wait`] is waiting for that very call,
+/// which then takes it too. A call with no callback for its outcome is kept, in shared memory,
+/// until `wait` takes it.
 ///
 /// A mediator is not `Send`: its workers are killed when the thread that forked them exits
 /// (Linux's parent-death signal follows the forking thread).
@@ -137,6 +75,12 @@ pub struct Mediator<W: Worker> {
     warned_large: Vec<bool>,
     /// Set while `shutdown` runs: retries are refused.
     shutting_down: bool,
+    /// Errors counted by kind since the mediator was made.
+    errors: ErrorCounts,
+    /// Whether the parent error limits were reported.
+    errors_reported: bool,
+    /// Workers that died in a row before answering any call.
+    start_failures: u32,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -167,13 +111,7 @@ impl<W: Worker> Mediator<W> {
         Mediator {
             alias: alias.into(),
             value,
-            config: Config {
-                workers: DEFAULT_WORKERS,
-                timeout: None,
-                malloc: DEFAULT_MALLOC,
-                strategy: ForkStrategy::default(),
-                grace: DEFAULT_GRACE,
-            },
+            config: Config::default(),
             on_return: None,
             on_timeout: None,
             on_error: None,
@@ -185,6 +123,9 @@ impl<W: Worker> Mediator<W> {
             ret_hints: vec![MIN_RET; W::METHODS.len()],
             warned_large: vec![false; W::METHODS.len()],
             shutting_down: false,
+            errors: ErrorCounts::default(),
+            errors_reported: false,
+            start_failures: 0,
             _not_send: PhantomData,
         }
     }
@@ -195,8 +136,8 @@ impl<W: Worker> Mediator<W> {
     }
 
     /// Sets the number of worker processes (at least 1; default 1). After the pool started it
-    /// can be lowered, or raised up to the count it started with; a higher count is clamped with
-    /// a warning, since the shared-memory layout is fixed at start.
+    /// can be lowered, or raised up to the count it started with; a higher count is clamped
+    /// with a warning, since the shared-memory layout is fixed at start.
     pub fn workers(&mut self, count: usize) -> &mut Self {
         let mut count = count.max(1);
         if let Some(pool) = &self.pool
@@ -211,10 +152,11 @@ impl<W: Worker> Mediator<W> {
         self
     }
 
-    /// Sets the time a call may run in a worker before the worker is killed and the call ends
-    /// with [`CallStatus::Timeout`]. No timeout by default; always set a plausible one.
-    /// Deadlines are enforced whenever the mediator is driven (`poll`, `wait`); `wait` wakes
-    /// for the nearest deadline, to within about a millisecond.
+    /// Sets the time a call may run in a worker before the worker is killed (SIGKILL), the call
+    /// ends with [`CallStatus::Timeout`] and `on_timeout` fires. No timeout by default; always
+    /// set a plausible one. Deadlines are enforced whenever the mediator is driven (`poll`,
+    /// `wait`); a waiting mediator wakes for the nearest deadline, to within about a
+    /// millisecond.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.config.timeout = Some(timeout);
         self
@@ -239,6 +181,31 @@ impl<W: Worker> Mediator<W> {
         self
     }
 
+    /// Sets when workers retire and are replaced; see [`Recycle`] (default: after about 30
+    /// minutes). Applies to workers forked afterwards.
+    pub fn recycle(&mut self, recycle: Recycle) -> &mut Self {
+        self.config.recycle = recycle;
+        self
+    }
+
+    /// Forks workers through a fork server: a small process forked when the pool starts, from
+    /// which every worker is forked.
+    ///
+    /// Forking from a process with several threads can deadlock the child on a lock another
+    /// thread held at that instant (stdout's, a logger's, any `Mutex`). With a fork server,
+    /// only the server is forked from this process: enable it and call [`Mediator::start`]
+    /// before the program starts its threads, and workers can be forked safely at any time
+    /// after. Workers then start from the object as it was at `start`. Set before the pool
+    /// starts.
+    pub fn fork_server(&mut self, enabled: bool) -> &mut Self {
+        if self.pool.is_some() {
+            log::warn!(target: &self.alias, "fork_server({enabled}) after the pool started is ignored");
+        } else {
+            self.config.fork_server = enabled;
+        }
+        self
+    }
+
     /// Sets how long running calls may go on when the mediator shuts down (default 5 s).
     pub fn grace(&mut self, grace: Duration) -> &mut Self {
         self.config.grace = grace;
@@ -252,7 +219,8 @@ impl<W: Worker> Mediator<W> {
         self
     }
 
-    /// Sets the callback for calls that timed out (their worker was killed).
+    /// Sets the callback for calls that timed out (their worker was killed). [`Call::retry`]
+    /// runs the call again.
     pub fn on_timeout(
         &mut self,
         handler: impl FnMut(&Call<'_, W>, Log<'_>) + 'static,
@@ -263,8 +231,8 @@ impl<W: Worker> Mediator<W> {
 
     /// Sets the callback for calls that failed otherwise: the worker crashed
     /// ([`CallStatus::Crashed`]), the method panicked ([`CallStatus::Panicked`]), the call
-    /// could not be encoded, decoded or fit ([`CallStatus::Failed`]), or it was cancelled.
-    /// [`Call::error`] says why.
+    /// could not be encoded, decoded or fit ([`CallStatus::Failed`]), or it was cancelled
+    /// ([`CallStatus::Cancelled`]). [`Call::error`] says why; [`Call::retry`] runs it again.
     pub fn on_error(&mut self, handler: impl FnMut(&Call<'_, W>, Log<'_>) + 'static) -> &mut Self {
         self.on_error = Some(Box::new(handler));
         self
@@ -277,7 +245,8 @@ impl<W: Worker> Mediator<W> {
     }
 
     /// Starts the pool now instead of at the first call: runs `check_environment`, creates the
-    /// shared memory and, with [`ForkStrategy::Aggressive`], forks every worker.
+    /// shared memory, starts the fork server if enabled and, with
+    /// [`ForkStrategy::Aggressive`], forks every worker.
     pub fn start(&mut self) -> Result<(), CallError> {
         if self.pool.is_some() {
             return Ok(());
@@ -288,31 +257,14 @@ impl<W: Worker> Mediator<W> {
         }
         if let Some(threads) = process::thread_count().filter(|&n| n > 1) {
             log::warn!(target: &self.alias,
-                "forking workers from a process with {threads} threads: a worker can deadlock on a lock another thread held at the fork; create mediators before starting threads");
+                "starting a pool in a process with {threads} threads: a forked process can deadlock on a lock another thread held at the fork; call fork_server(true) and start() before starting threads");
         }
-        let slots = self.config.workers;
-        let region =
-            Region::create(&self.alias, slots, self.config.malloc).map_err(CallError::Pool)?;
-        // SAFETY: plain eventfd creation; the fd is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(CallError::Pool(format!(
-                "eventfd failed: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        log::debug!(target: &self.alias, "shared memory {} with {} payload bytes", region.name(), region.arena_size());
-        self.pool = Some(Pool {
-            arena: Arena::new(region.arena_size()),
-            region,
-            // SAFETY: a fresh fd that nothing else owns.
-            eventfd: unsafe { OwnedFd::from_raw_fd(fd) },
-            slots: (0..slots).map(|_| Slot::default()).collect(),
-            spin: channel::spin_allowed(),
-            last_death_check: Instant::now(),
-        });
+        self.pool = Some(
+            Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?,
+        );
+        self.start_failures = 0;
         if self.config.strategy == ForkStrategy::Aggressive {
-            self.fill_pool()?;
+            self.fill_pool();
         }
         Ok(())
     }
@@ -326,36 +278,28 @@ impl<W: Worker> Mediator<W> {
         let Some(pool) = &self.pool else {
             return true;
         };
+        let workers = self.config.workers.min(pool.slots.len());
         let mut live = 0;
-        for (i, slot) in pool.slots.iter().enumerate().take(self.config.workers) {
-            if slot.child.is_some() {
-                live += 1;
-            }
+        for (i, slot) in pool.slots.iter().enumerate().take(workers) {
+            live += usize::from(slot.child.is_some());
             let free = match slot.busy {
                 None => slot.child.is_some(),
-                Some(b) => pool
-                    .region
-                    .channel(i)
-                    .answer(b.seq)
-                    .is_some_and(|(kind, _, _)| {
-                        Response::from_u32(kind) == Some(Response::Returned)
-                    }),
+                Some(b) => pool.region.channel(i).answer(b.seq).is_some_and(|a| {
+                    a.valid && Response::from_u32(a.kind) == Some(Response::Returned)
+                }),
             };
             if free {
                 return true;
             }
         }
-        live < self.config.workers
+        live < workers
     }
 
     /// The status of a call, or `None` if the id is unknown or its result was already
     /// delivered.
     pub fn status<R>(&self, id: CallId<R>) -> Option<CallStatus> {
         let record = self.calls.get(&id.raw())?;
-        if record.status == CallStatus::Called
-            && let (Some(pool), Some((slot, seq))) = (&self.pool, record.posted)
-            && pool.region.channel(slot).started(seq).is_some()
-        {
+        if record.status == CallStatus::Called && self.started_ns(record).is_some() {
             return Some(CallStatus::Running);
         }
         Some(record.status)
@@ -366,8 +310,7 @@ impl<W: Worker> Mediator<W> {
         let record = self.calls.get(&id.raw())?;
         let mut timings = record.timings.clone();
         if record.status == CallStatus::Called
-            && let (Some(pool), Some((slot, seq))) = (&self.pool, record.posted)
-            && let Some(ns) = pool.region.channel(slot).started(seq)
+            && let Some(ns) = self.started_ns(record)
         {
             let called = timings
                 .entered(CallStatus::Called)
@@ -375,6 +318,12 @@ impl<W: Worker> Mediator<W> {
             timings.enter(CallStatus::Running, to_instant(ns).max(called));
         }
         Some(timings)
+    }
+
+    /// The process id of the worker that holds a call (or last held it), or `None` if the
+    /// call is unknown or no worker took it yet.
+    pub fn worker_pid<R>(&self, id: CallId<R>) -> Option<i32> {
+        self.calls.get(&id.raw())?.pid
     }
 
     /// Calls queued or running.
@@ -387,8 +336,13 @@ impl<W: Worker> Mediator<W> {
         self.pool
             .iter()
             .flat_map(|p| p.slots.iter())
-            .filter_map(|s| s.child.as_ref().map(Child::pid))
+            .filter_map(|s| s.pid())
             .collect()
+    }
+
+    /// Errors counted since the mediator was made, by kind.
+    pub fn errors(&self) -> ErrorCounts {
+        self.errors
     }
 
     /// Processes every event that has arrived (answers, worker deaths, expired timeouts) and
@@ -415,7 +369,7 @@ impl<W: Worker> Mediator<W> {
             let Some(record) = self.calls.get_mut(&raw) else {
                 return Err(CallError::UnknownCall(raw));
             };
-            if record.status.is_final() && !self.finished.contains(&raw) {
+            if record.status.is_final() {
                 return self.take_result(id);
             }
             if Instant::now() >= deadline {
@@ -425,7 +379,9 @@ impl<W: Worker> Mediator<W> {
                     waited: start.elapsed(),
                 });
             }
-            self.sleep(Some(deadline));
+            if let Some(pool) = self.pool.as_mut() {
+                pool.sleep(Some(deadline));
+            }
         }
     }
 
@@ -445,81 +401,56 @@ impl<W: Worker> Mediator<W> {
         }
     }
 
-    /// Stops the pool: see "Ownership" above. Queued calls end as
-    /// [`CallStatus::Cancelled`]. The mediator can start again afterwards.
+    /// Stops the pool: see "Ownership" above. Queued calls end as [`CallStatus::Cancelled`],
+    /// and so do calls still running after the grace period. The mediator can start again
+    /// afterwards.
     pub fn shutdown(&mut self) {
         if self.pool.is_none() {
             return;
         }
         self.shutting_down = true;
         let now = Instant::now();
-        let queued: Vec<u64> = self.queue.drain(..).collect();
-        for id in queued {
-            self.finish(id, CallStatus::Cancelled, now, |m| CallError::Cancelled {
-                method: m,
-                reason: "the mediator shut down before a worker took the call".into(),
+        for id in std::mem::take(&mut self.queue) {
+            self.finish(id, CallStatus::Cancelled, now, |method| {
+                CallError::Cancelled {
+                    method,
+                    reason: "the mediator shut down before a worker took the call".into(),
+                }
             });
         }
         self.fire_callbacks();
         let grace_end = Instant::now() + self.config.grace;
         while self.busy_count() > 0 && Instant::now() < grace_end {
-            self.sleep(Some(grace_end));
+            if let Some(pool) = self.pool.as_mut() {
+                pool.sleep(Some(grace_end));
+            }
             self.collect();
         }
-        let now = Instant::now();
-        let mut killed = Vec::new();
-        for slot in &mut self.pool.as_mut().expect("checked above").slots {
-            if let Some(busy) = slot.busy.take() {
-                if let Some(child) = slot.child.as_mut() {
-                    child.kill();
-                }
-                killed.push(busy.call);
-            }
-        }
         let grace = self.config.grace;
-        for id in killed {
-            self.finish(id, CallStatus::Cancelled, now, |m| CallError::Cancelled {
-                method: m,
-                reason: format!(
-                    "still running {grace:?} after shutdown began; its worker was killed"
-                ),
-            });
+        let now = Instant::now();
+        let slots = self.pool.as_ref().map_or(0, |p| p.slots.len());
+        for i in 0..slots {
+            let pool = self.pool.as_mut().expect("checked above");
+            if pool.slots[i].busy.is_some() {
+                let (_, busy) = pool.clear(i);
+                if let Some(b) = busy {
+                    self.finish(b.call, CallStatus::Cancelled, now, |method| {
+                        CallError::Cancelled {
+                            method,
+                            reason: format!(
+                                "still running {grace:?} after shutdown began; its worker was killed"
+                            ),
+                        }
+                    });
+                }
+            }
         }
         self.fire_callbacks();
-        let Some(mut pool) = self.pool.take() else {
-            return;
-        };
-        for (i, slot) in pool.slots.iter().enumerate() {
-            if slot.child.is_some() {
-                pool.region
-                    .channel(i)
-                    .post(Request::Exit, 0, 0, (0, 0), (0, 0));
-            }
-        }
-        let exit_deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            for child in pool.slots.iter_mut().filter_map(|s| s.child.as_mut()) {
-                child.try_reap();
-            }
-            let live: Vec<BorrowedFd<'_>> = pool
-                .slots
-                .iter()
-                .filter_map(|s| s.child.as_ref())
-                .filter(|c| !c.is_reaped())
-                .map(Child::pidfd)
-                .collect();
-            let left = exit_deadline.saturating_duration_since(Instant::now());
-            if live.is_empty() || left.is_zero() {
-                break;
-            }
-            process::poll_readable(&live, left.as_millis().max(1) as i32);
-        }
-        // Dropping the children kills any that did not exit in time, and reaps all.
-        pool.slots.clear();
-        // Only finished results are left; they point into the segment being removed.
+        // Dropping the pool stops and reaps the workers, then removes the shared memory. The
+        // finished results left point into it, so they go too.
+        self.pool = None;
         self.calls.clear();
         self.queue.clear();
-        drop(pool);
         self.shutting_down = false;
     }
 }
@@ -531,6 +462,12 @@ impl<W: Worker> Mediator<W> {
             .get(method as usize)
             .copied()
             .unwrap_or("<unknown>")
+    }
+
+    /// When the worker holding `record` started running it, if it did.
+    fn started_ns(&self, record: &CallRecord) -> Option<u64> {
+        let (slot, seq) = record.posted?;
+        self.pool.as_ref()?.region.channel(slot).started(seq)
     }
 
     /// Encodes the arguments into shared memory and queues the call.
@@ -619,13 +556,13 @@ impl<W: Worker> Mediator<W> {
             }
             let in_flight = self.calls.values().any(|r| !r.status.is_final());
             if !in_flight || start.elapsed() > SPACE_WAIT {
-                let pool = self.pool.as_ref().expect("started");
                 let retained = self
                     .calls
                     .values()
                     .filter(|r| r.status.is_final())
                     .map(|r| r.block.len + r.ret_block.map_or(0, |b| b.len))
                     .sum();
+                let pool = self.pool.as_ref().expect("started");
                 return Err(CallError::OutOfMemory {
                     method: name,
                     needed: args_len + MIN_RET,
@@ -634,36 +571,49 @@ impl<W: Worker> Mediator<W> {
                     retained,
                 });
             }
-            self.sleep(Some(start + SPACE_WAIT));
+            self.pool
+                .as_mut()
+                .expect("started")
+                .sleep(Some(start + SPACE_WAIT));
             self.collect();
         }
     }
 
-    /// Forks a worker into slot `i`.
-    fn spawn(&mut self, i: usize) -> Result<(), CallError> {
+    /// Counts an error against the mediator and, if given, against a slot's worker.
+    fn count_error(&mut self, kind: ErrorKind, slot: Option<usize>) {
+        self.errors.add(kind);
+        if let (Some(i), Some(pool)) = (slot, self.pool.as_mut()) {
+            pool.count_error(i, kind);
+        }
+        if !self.errors_reported && self.errors.reached(&ErrorCounts::PARENT_LIMITS) {
+            self.errors_reported = true;
+            log::error!(target: &self.alias,
+                "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
+                self.errors, ErrorCounts::PARENT_LIMITS);
+        }
+    }
+
+    /// Forks a worker into slot `i`, unless workers keep dying before answering anything.
+    fn spawn(&mut self, i: usize) -> bool {
+        if self.start_failures >= START_FAILURE_LIMIT {
+            return false;
+        }
         let pool = self.pool.as_mut().expect("started");
-        let channel = pool.region.channel(i);
-        channel.reset();
-        let env = WorkerEnv {
-            region: &pool.region,
-            slot: i,
-            start_seq: channel.req.seq.load(Ordering::Relaxed),
-            eventfd: pool.eventfd.as_fd(),
-            spin: pool.spin,
-        };
-        let value = &mut self.value;
-        let child = process::spawn(|| worker_loop::run(value, env)).map_err(CallError::Pool)?;
-        log::debug!(target: &self.alias, "forked worker {} into slot {i}", child.pid());
-        pool.slots[i] = Slot {
-            child: Some(child),
-            busy: None,
-            calls: 0,
-        };
-        Ok(())
+        match pool.spawn(i, &mut self.value) {
+            Ok(pid) => {
+                log::debug!(target: &self.alias, "forked worker {pid} into slot {i}");
+                true
+            }
+            Err(e) => {
+                log::error!(target: &self.alias, "cannot fork a worker: {e}");
+                self.count_error(ErrorKind::Communication, None);
+                false
+            }
+        }
     }
 
     /// Forks workers into the empty slots up to the configured count.
-    fn fill_pool(&mut self) -> Result<(), CallError> {
+    fn fill_pool(&mut self) {
         let workers = self.config.workers;
         let empty: Vec<usize> = self.pool.as_ref().map_or(Vec::new(), |p| {
             (0..workers.min(p.slots.len()))
@@ -671,9 +621,8 @@ impl<W: Worker> Mediator<W> {
                 .collect()
         });
         for i in empty {
-            self.spawn(i)?;
+            self.spawn(i);
         }
-        Ok(())
     }
 
     /// Hands queued calls, oldest first, to idle workers, forking as the strategy allows.
@@ -681,63 +630,56 @@ impl<W: Worker> Mediator<W> {
         if self.queue.is_empty() {
             return;
         }
-        if self.config.strategy != ForkStrategy::Lazy
-            && let Err(e) = self.fill_pool()
-        {
-            log::error!(target: &self.alias, "cannot fork a worker: {e}");
+        if self.config.strategy != ForkStrategy::Lazy {
+            self.fill_pool();
         }
         while let Some(&id) = self.queue.front() {
             let Some(i) = self.idle_slot() else { break };
             self.queue.pop_front();
             self.post_call(i, id);
         }
+        if self.start_failures >= START_FAILURE_LIMIT {
+            self.fail_queue_after_start_failures();
+        }
     }
 
-    /// An idle live worker, or an empty slot with a freshly forked one (lazy strategy).
+    /// Workers keep dying before they answer anything (a `setup` that panics, say): forking
+    /// more would loop forever, so the queued calls fail instead.
+    fn fail_queue_after_start_failures(&mut self) {
+        let now = Instant::now();
+        let failures = self.start_failures;
+        for id in std::mem::take(&mut self.queue) {
+            self.finish(id, CallStatus::Failed, now, |_| {
+                CallError::Pool(format!(
+                    "{failures} workers in a row died before answering a call (see the log); no more are forked until the mediator is restarted"
+                ))
+            });
+        }
+    }
+
+    /// An idle live worker, or an empty slot with a freshly forked one.
     fn idle_slot(&mut self) -> Option<usize> {
         let pool = self.pool.as_ref()?;
         let workers = self.config.workers.min(pool.slots.len());
-        if let Some(i) =
-            (0..workers).find(|&i| pool.slots[i].child.is_some() && pool.slots[i].busy.is_none())
-        {
+        if let Some(i) = (0..workers).find(|&i| pool.slots[i].is_idle()) {
             return Some(i);
         }
         let empty = (0..workers).find(|&i| pool.slots[i].child.is_none())?;
-        match self.spawn(empty) {
-            Ok(()) => Some(empty),
-            Err(e) => {
-                log::error!(target: &self.alias, "cannot fork a worker: {e}");
-                None
-            }
-        }
+        self.spawn(empty).then_some(empty)
     }
 
     fn post_call(&mut self, i: usize, id: u64) {
         let pool = self.pool.as_mut().expect("started");
         let record = self.calls.get_mut(&id).expect("queued calls have records");
+        let args = (record.block.offset, record.args_len);
         let ret = (
             record.block.offset + record.args_len,
             record.block.len - record.args_len,
         );
-        let seq = pool.region.channel(i).post(
-            Request::Call,
-            record.method,
-            id,
-            (record.block.offset, record.args_len),
-            ret,
-        );
-        let now = Instant::now();
-        let slot = &mut pool.slots[i];
-        record.pid = slot.child.as_ref().map(Child::pid);
+        let seq = pool.post_call(i, id, record.method, args, ret, self.config.timeout);
+        record.pid = pool.slots[i].pid();
         record.posted = Some((i, seq));
-        record.set_status(CallStatus::Called, now);
-        slot.calls += 1;
-        slot.busy = Some(Busy {
-            call: id,
-            seq,
-            ret,
-            deadline: self.config.timeout.map(|t| now + t),
-        });
+        record.set_status(CallStatus::Called, Instant::now());
     }
 
     fn busy_count(&self) -> usize {
@@ -769,24 +711,22 @@ impl<W: Worker> Mediator<W> {
         self.finished.push(id);
     }
 
-    /// Reads answers, reaps dead workers, enforces timeouts, dispatches queued calls and runs
-    /// callbacks. Never blocks. Returns how many calls finished.
+    /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
+    /// queued calls and runs callbacks. Never blocks. Returns how many calls finished.
     fn collect(&mut self) -> usize {
-        let Some(pool) = self.pool.as_ref() else {
+        let Some(pool) = self.pool.as_mut() else {
             return 0;
         };
         let slots = pool.slots.len();
+        let check_deaths = pool.death_check_due();
         for i in 0..slots {
             self.read_answer(i);
         }
-        let pool = self.pool.as_mut().expect("checked above");
-        if pool.last_death_check.elapsed() >= DEATH_CHECK {
-            pool.last_death_check = Instant::now();
-            for i in 0..slots {
-                self.check_death(i);
-            }
+        if check_deaths {
+            self.reap_dead();
         }
         self.enforce_timeouts();
+        self.retire_worn();
         self.dispatch_queued();
         let finished = self.fire_callbacks();
         // Callbacks may have retried calls.
@@ -801,7 +741,7 @@ impl<W: Worker> Mediator<W> {
             return;
         };
         let channel = pool.region.channel(i);
-        let Some((kind, len, finished_ns)) = channel.answer(busy.seq) else {
+        let Some(answer) = channel.answer(busy.seq) else {
             return;
         };
         let started = channel.started(busy.seq);
@@ -815,15 +755,22 @@ impl<W: Worker> Mediator<W> {
             .unwrap_or_else(Instant::now);
         let running = started.map_or(called, |ns| to_instant(ns).max(called));
         record.timings.enter(CallStatus::Running, running);
-        let finished = to_instant(finished_ns).max(running);
+        let finished = to_instant(answer.finished_ns).max(running);
         let method = record.method;
-        // SAFETY: the worker answered, so it no longer writes the block.
+        let len = answer.ret_len;
+        let kind = if answer.valid {
+            Response::from_u32(answer.kind)
+        } else {
+            None
+        };
+        // The worker answered: it no longer writes the block.
         let text = |len: usize| {
+            // SAFETY: see above.
             unsafe { pool.region.payload(busy.ret.0, len.min(busy.ret.1)) }
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
-        match Response::from_u32(kind) {
+        match kind {
             Some(Response::Returned) if len <= busy.ret.1 => {
                 record.ret = Some((busy.ret.0, len));
                 // Give back what the reservation did not use.
@@ -836,13 +783,11 @@ impl<W: Worker> Mediator<W> {
                 self.ret_hints[method as usize] = len.max(MIN_RET);
                 let allocation = pool.arena.size();
                 pool.slots[i].busy = None;
+                self.start_failures = 0;
                 self.warn_if_large(method, len, allocation);
-                self.finish(
-                    busy.call,
-                    CallStatus::Returned,
-                    finished,
-                    |_| unreachable!(),
-                );
+                self.finish(busy.call, CallStatus::Returned, finished, |_| {
+                    unreachable!("a returned call has no error")
+                });
             }
             Some(Response::NeedSpace) => {
                 if let Some(block) = pool.arena.alloc(len) {
@@ -862,6 +807,7 @@ impl<W: Worker> Mediator<W> {
                 } else {
                     let (available, allocation) = (pool.arena.available(), pool.arena.size());
                     pool.slots[i].busy = None;
+                    self.start_failures = 0;
                     self.finish(busy.call, CallStatus::Failed, finished, |method| {
                         CallError::ReturnTooLarge {
                             method,
@@ -875,9 +821,10 @@ impl<W: Worker> Mediator<W> {
             Some(Response::Panicked) => {
                 let message = text(len);
                 let pid = record.pid.unwrap_or(0);
-                pool.slots[i].busy = None;
                 // The object may be half-updated: replace the process.
-                pool.slots[i].child = None;
+                pool.clear(i);
+                self.start_failures = 0;
+                self.count_error(ErrorKind::Catchall, None);
                 self.finish(busy.call, CallStatus::Panicked, finished, |method| {
                     CallError::Panicked {
                         method,
@@ -885,10 +832,13 @@ impl<W: Worker> Mediator<W> {
                         message,
                     }
                 });
+                self.replace_dead();
             }
             Some(Response::WireError) => {
                 let message = text(len);
                 pool.slots[i].busy = None;
+                self.start_failures = 0;
+                self.count_error(ErrorKind::Catchall, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
                         method,
@@ -896,56 +846,120 @@ impl<W: Worker> Mediator<W> {
                     }
                 });
             }
-            _ => {
-                // An answer we cannot read: the channel is not trustworthy, replace the worker.
+            Some(Response::Corrupted) => {
+                // The worker refused a request that failed its checksum.
                 pool.slots[i].busy = None;
-                pool.slots[i].child = None;
+                self.count_error(ErrorKind::Corruption, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
                         method,
-                        source: WireError::Corrupted(format!(
-                            "answer of kind {kind} with length {len} for a reservation of {} bytes",
-                            busy.ret.1
-                        )),
+                        source: WireError::Corrupted(
+                            "the worker received a request that failed validation".into(),
+                        ),
                     }
                 });
+            }
+            _ => {
+                // An answer that fails validation: the channel cannot be trusted, so the
+                // worker is replaced.
+                let detail = format!(
+                    "answer of kind {} with length {len} for a reservation of {} bytes, checksum {}",
+                    answer.kind,
+                    busy.ret.1,
+                    if answer.valid { "valid" } else { "invalid" }
+                );
+                pool.clear(i);
+                self.count_error(ErrorKind::Corruption, None);
+                log::warn!(target: &self.alias, "call {}: corrupted {detail}", busy.call);
+                self.finish(busy.call, CallStatus::Failed, finished, |method| {
+                    CallError::Wire {
+                        method,
+                        source: WireError::Corrupted(detail),
+                    }
+                });
+                self.replace_dead();
             }
         }
     }
 
-    /// Reaps the worker in slot `i` if it died, failing the call it held.
-    fn check_death(&mut self, i: usize) {
-        let pool = self.pool.as_mut().expect("started");
-        let slot = &mut pool.slots[i];
-        let Some(cause) = slot.child.as_mut().and_then(Child::try_reap) else {
+    /// Reaps the workers that died and settles the calls they held: a call the worker had
+    /// not started goes back to the front of the queue (up to [`MAX_REQUEUES`] times); a call
+    /// it was running ends as [`CallStatus::Crashed`].
+    fn reap_dead(&mut self) {
+        let dead = self.pool.as_mut().expect("started").dead_slots();
+        if dead.is_empty() {
             return;
-        };
-        let pid = slot.child.as_ref().map_or(0, Child::pid);
-        // A worker can answer and then die: take the answer first.
-        if slot.busy.is_some() {
-            self.read_answer(i);
         }
-        let slot = &mut self.pool.as_mut().expect("started").slots[i];
-        slot.child = None;
-        match slot.busy.take() {
-            Some(b) => {
+        for (i, cause) in dead {
+            // A worker can answer and then die: take the answer first.
+            self.read_answer(i);
+            let pool = self.pool.as_mut().expect("started");
+            if pool.slots[i].child.is_none() {
+                continue; // Its answer (a panic, say) already settled the slot.
+            }
+            let given = pool.calls_given(i);
+            let (pid, busy) = pool.clear(i);
+            let Some(b) = busy else {
+                log::warn!(target: &self.alias, "idle worker {pid} {cause}");
+                if given == 0 {
+                    self.start_failures += 1;
+                }
+                continue;
+            };
+            let started = pool.region.channel(i).started(b.seq).is_some()
+                || self
+                    .calls
+                    .get(&b.call)
+                    .is_some_and(|r| r.ret_block.is_some());
+            self.count_error(ErrorKind::Communication, None);
+            if started {
                 log::warn!(target: &self.alias, "worker {pid} {cause} while running call {}", b.call);
+                self.start_failures = 0;
                 self.finish(b.call, CallStatus::Crashed, Instant::now(), |method| {
                     CallError::Crashed { method, pid, cause }
                 });
+            } else {
+                self.start_failures += 1;
+                self.requeue_unstarted(b.call, pid, cause);
             }
-            None => log::warn!(target: &self.alias, "idle worker {pid} {cause}"),
         }
         self.replace_dead();
     }
 
-    /// Keeps the pool at size after a death, as the strategy says.
+    /// A call whose worker died before starting it goes back to the front of the queue.
+    fn requeue_unstarted(&mut self, id: u64, pid: i32, cause: ExitCause) {
+        let Some(record) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if record.retries >= MAX_REQUEUES {
+            log::error!(target: &self.alias,
+                "call {id}: its worker died before starting it {} times (last: {pid} {cause}); cancelled",
+                record.retries + 1);
+            let retries = record.retries;
+            self.finish(id, CallStatus::Cancelled, Instant::now(), |method| {
+                CallError::Cancelled {
+                    method,
+                    reason: format!(
+                        "its worker died before starting it {} times (last: worker {pid} {cause})",
+                        retries + 1
+                    ),
+                }
+            });
+            return;
+        }
+        log::info!(target: &self.alias, "call {id}: worker {pid} {cause} before starting it; requeued");
+        record.retries += 1;
+        record.status = CallStatus::Uncalled;
+        record.posted = None;
+        record.pid = None;
+        record.timings.enter(CallStatus::Uncalled, Instant::now());
+        self.queue.push_front(id);
+    }
+
+    /// Keeps the pool at size after a death, unless the strategy is lazy.
     fn replace_dead(&mut self) {
-        if self.config.strategy != ForkStrategy::Lazy
-            && (self.config.strategy == ForkStrategy::Aggressive || !self.queue.is_empty())
-            && let Err(e) = self.fill_pool()
-        {
-            log::error!(target: &self.alias, "cannot replace a worker: {e}");
+        if self.config.strategy != ForkStrategy::Lazy {
+            self.fill_pool();
         }
     }
 
@@ -956,30 +970,55 @@ impl<W: Worker> Mediator<W> {
         };
         let now = Instant::now();
         let pool = self.pool.as_mut().expect("started");
-        let mut expired = Vec::new();
-        for slot in &mut pool.slots {
-            if let Some(busy) = slot.busy
-                && busy.deadline.is_some_and(|d| d <= now)
-            {
-                let pid = slot.child.as_mut().map_or(0, |c| {
-                    c.kill();
-                    c.pid()
-                });
-                slot.child = None;
-                slot.busy = None;
-                expired.push((busy.call, pid));
-            }
+        let expired: Vec<usize> = (0..pool.slots.len())
+            .filter(|&i| {
+                pool.slots[i]
+                    .busy
+                    .is_some_and(|b| b.deadline.is_some_and(|d| d <= now))
+            })
+            .collect();
+        if expired.is_empty() {
+            return;
         }
-        for (id, pid) in expired {
-            log::warn!(target: &self.alias, "call {id} ran past its timeout of {timeout:?}; killed worker {pid}");
-            self.finish(id, CallStatus::Timeout, now, |method| CallError::Timeout {
-                method,
-                pid,
-                timeout,
+        for i in expired {
+            // An answer that arrived in time wins over the deadline.
+            self.read_answer(i);
+            let pool = self.pool.as_mut().expect("started");
+            if pool.slots[i].busy.is_none() {
+                continue;
+            }
+            let (pid, busy) = pool.clear(i);
+            let Some(b) = busy else { continue };
+            log::warn!(target: &self.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
+            self.finish(b.call, CallStatus::Timeout, now, |method| {
+                CallError::Timeout {
+                    method,
+                    pid,
+                    timeout,
+                }
             });
         }
-        if !self.queue.is_empty() || self.config.strategy == ForkStrategy::Aggressive {
-            self.replace_dead();
+        self.replace_dead();
+    }
+
+    /// Retires idle workers past their recycling or error limits; each is replaced first.
+    fn retire_worn(&mut self) {
+        let Some(pool) = self.pool.as_mut() else {
+            return;
+        };
+        let worn: Vec<usize> = (0..pool.slots.len()).filter(|&i| pool.is_worn(i)).collect();
+        for i in worn {
+            let pool = self.pool.as_mut().expect("started");
+            let old = pool.slots[i].pid().unwrap_or(0);
+            match pool.retire(i, &mut self.value) {
+                Ok(new) => {
+                    log::debug!(target: &self.alias, "worker {old} retired; {new} took its place")
+                }
+                Err(e) => {
+                    log::error!(target: &self.alias, "worker {old} retired; cannot fork its replacement: {e}");
+                    self.count_error(ErrorKind::Communication, None);
+                }
+            }
         }
     }
 
@@ -987,8 +1026,6 @@ impl<W: Worker> Mediator<W> {
     /// calls no one waits for. Returns how many calls it handled.
     fn fire_callbacks(&mut self) -> usize {
         let finished = std::mem::take(&mut self.finished);
-        let has_handlers =
-            self.on_return.is_some() || self.on_timeout.is_some() || self.on_error.is_some();
         for &id in &finished {
             let Some(record) = self.calls.get(&id) else {
                 continue;
@@ -1004,6 +1041,7 @@ impl<W: Worker> Mediator<W> {
                     .unwrap_or_default();
                 let ret = record
                     .ret
+                    // SAFETY: as above.
                     .and_then(|(off, len)| unsafe { pool.region.payload(off, len) });
                 let call = Call {
                     record,
@@ -1015,19 +1053,18 @@ impl<W: Worker> Mediator<W> {
                 handler(&call, Log::new(&self.alias));
                 if call.retry.get() {
                     self.requeue(id);
-                    continue;
+                } else if !record.awaited {
+                    // Handled: the callback was the call's one delivery.
+                    self.release(id);
                 }
             } else if let Some(error) = &record.error {
                 log::warn!(target: &self.alias, "call {id}: {error}");
-            }
-            if has_handlers && !record.awaited {
-                self.release(id);
             }
         }
         finished.len()
     }
 
-    /// Puts a call back in the queue with one more retry and a clean state.
+    /// Puts a finished call back in the queue with one more retry and a clean state.
     fn requeue(&mut self, id: u64) {
         if self.shutting_down {
             log::warn!(target: &self.alias, "call {id} not retried: the mediator is shutting down");
@@ -1079,60 +1116,6 @@ impl<W: Worker> Mediator<W> {
         };
         self.release(raw);
         result
-    }
-
-    /// Sleeps until an answer arrives, a worker dies, or the nearest deadline (the caller's
-    /// `until`, or a running call's timeout) passes. Spins briefly first on several CPUs.
-    fn sleep(&mut self, until: Option<Instant>) {
-        let Some(pool) = self.pool.as_mut() else {
-            return;
-        };
-        let answered = |pool: &Pool| {
-            pool.slots.iter().enumerate().any(|(i, s)| {
-                s.busy
-                    .is_some_and(|b| pool.region.channel(i).answer(b.seq).is_some())
-            })
-        };
-        if pool.spin {
-            for _ in 0..channel::PARENT_SPIN {
-                if answered(pool) {
-                    return;
-                }
-                std::hint::spin_loop();
-            }
-        }
-        let wake = pool
-            .slots
-            .iter()
-            .filter_map(|s| s.busy.and_then(|b| b.deadline))
-            .chain(until)
-            .min();
-        let timeout_ms = match wake {
-            None => -1,
-            Some(w) => {
-                let left = w.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return;
-                }
-                // Round up so that we wake after the deadline, not just before it.
-                (left.as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
-            }
-        };
-        let header = pool.region.header();
-        header.parent_sleeping.store(1, Ordering::SeqCst);
-        if !answered(pool) {
-            let mut fds = vec![pool.eventfd.as_fd()];
-            fds.extend(
-                pool.slots
-                    .iter()
-                    .filter_map(|s| s.child.as_ref().map(Child::pidfd)),
-            );
-            process::poll_readable(&fds, timeout_ms);
-        }
-        header.parent_sleeping.store(0, Ordering::Relaxed);
-        channel::eventfd_drain(pool.eventfd.as_fd());
-        // A pidfd may have woken us: look for deaths at the next collect.
-        pool.last_death_check = Instant::now() - DEATH_CHECK;
     }
 }
 

@@ -1,35 +1,52 @@
 //! Worker processes: forking, watching (pidfd), killing and reaping.
 //!
-//! Every worker is a direct child of the mediator's process. The parent holds a pidfd for each,
-//! which becomes readable the moment the process dies, so a crash wakes the parent's `poll`
-//! within a millisecond instead of waiting for a timeout. A worker is reaped exactly once, by
-//! [`Child::try_reap`] or [`Child::kill`]; dropping a [`Child`] kills and reaps it.
+//! The parent holds a pidfd for each worker, which becomes readable the moment the process
+//! dies, so a crash wakes the parent's `poll` within a millisecond instead of waiting for a
+//! timeout. A worker is reaped exactly once, by [`Child::try_reap`] or [`Child::kill`];
+//! dropping a [`Child`] kills and reaps it.
+//!
+//! A worker is either the parent's own child, reaped with `waitpid`, or a child of the fork
+//! server (see `fork_server`), which reaps it and relays how it ended.
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::cell::RefCell;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::call::ExitCause;
+use crate::fork_server::ForkServer;
 
-/// A forked worker process, owned by the parent until reaped.
+/// Who reaps a worker.
+#[derive(Debug)]
+enum Reaper {
+    /// The worker is our child.
+    Own,
+    /// The worker is the fork server's child; the server relays its end.
+    Server(Rc<RefCell<ForkServer>>),
+}
+
+/// A worker process, owned by the parent until reaped.
 #[derive(Debug)]
 pub(crate) struct Child {
     pid: Pid,
     pidfd: OwnedFd,
+    reaper: Reaper,
     reaped: Option<ExitCause>,
 }
 
-/// Forks a worker that runs `body`, which never returns.
+/// Forks a process that runs `body`, which never returns. Returns the child's pid.
 ///
 /// In the child, the parent-death signal is set to SIGKILL and the parent is checked to still
-/// be `parent`, so a worker never outlives the program even if the parent died during the fork.
-pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<Child, String> {
+/// be this process, so a child never outlives its parent, even one that died during the fork.
+pub(crate) fn fork_child(body: impl FnOnce() -> std::convert::Infallible) -> Result<Pid, String> {
     let parent = nix::unistd::getpid();
-    // SAFETY: the child only runs `body`, which leaves with `_exit` (see worker_loop), and
-    // touches no lock another thread of the parent could hold, except through user code in
-    // the worker's methods; threaded parents are warned about in `Mediator::start`.
+    // SAFETY: the child only runs `body`, which leaves with `_exit` (see worker_loop and
+    // fork_server). What a fork from a threaded process risks is documented on
+    // `Mediator::fork_server`, and warned about when it happens.
     match unsafe { fork() } {
         Err(e) => Err(format!("fork failed: {e}")),
         Ok(ForkResult::Child) => {
@@ -43,35 +60,68 @@ pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<C
             #[allow(unreachable_code)]
             match body() {}
         }
-        Ok(ForkResult::Parent { child }) => {
-            // SAFETY: pidfd_open on our own unreaped child: the pid cannot be reused before we
-            // reap it, so the fd refers to this child.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
-            if fd < 0 {
-                let err = std::io::Error::last_os_error();
-                let _ = kill(child, Signal::SIGKILL);
-                let _ = waitpid(child, None);
-                return Err(format!(
-                    "pidfd_open failed (Linux 5.3 or later is needed): {err}"
-                ));
-            }
-            // SAFETY: a fresh fd that nothing else owns.
-            let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-            Ok(Child {
-                pid: child,
-                pidfd,
-                reaped: None,
-            })
+        Ok(ForkResult::Parent { child }) => Ok(child),
+    }
+}
+
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open has no memory arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Forks a worker that is our own child.
+pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<Child, String> {
+    let pid = fork_child(body)?;
+    // Our own unreaped child: its pid cannot be reused before we reap it.
+    match pidfd_open(pid) {
+        Ok(pidfd) => Ok(Child {
+            pid,
+            pidfd,
+            reaper: Reaper::Own,
+            reaped: None,
+        }),
+        Err(err) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            Err(format!(
+                "pidfd_open failed (Linux 5.3 or later is needed): {err}"
+            ))
         }
     }
 }
 
-fn cause(status: WaitStatus) -> Option<ExitCause> {
+/// Takes charge of a worker the fork server forked, given the pidfd the server opened for it.
+pub(crate) fn adopt(pid: Pid, pidfd: OwnedFd, server: Rc<RefCell<ForkServer>>) -> Child {
+    Child {
+        pid,
+        pidfd,
+        reaper: Reaper::Server(server),
+        reaped: None,
+    }
+}
+
+pub(crate) fn cause(status: WaitStatus) -> Option<ExitCause> {
     match status {
         WaitStatus::Exited(_, code) => Some(ExitCause::Exited(code)),
         WaitStatus::Signaled(_, sig, _) => Some(ExitCause::Signaled(sig as i32)),
         _ => None,
     }
+}
+
+/// Whether a pidfd reports its process as ended, without blocking.
+fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut pfd, 1, 0) > 0 }
 }
 
 impl Child {
@@ -92,12 +142,25 @@ impl Child {
     /// Reaps the process if it has died, without blocking.
     pub(crate) fn try_reap(&mut self) -> Option<ExitCause> {
         if self.reaped.is_none() {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(status) => self.reaped = cause(status),
-                // Already reaped by someone else (a SIGCHLD handler of the program's, say).
-                Err(nix::errno::Errno::ECHILD) => self.reaped = Some(ExitCause::Exited(-1)),
-                Err(_) => {}
-            }
+            self.reaped = match &self.reaper {
+                Reaper::Own => match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(status) => cause(status),
+                    // Reaped by someone else (a SIGCHLD handler of the program's, say).
+                    Err(nix::errno::Errno::ECHILD) => Some(ExitCause::Exited(-1)),
+                    Err(_) => None,
+                },
+                Reaper::Server(server) => {
+                    if has_exited(self.pidfd.as_fd()) {
+                        Some(
+                            server
+                                .borrow_mut()
+                                .wait_exit(self.pid, Duration::from_secs(2)),
+                        )
+                    } else {
+                        None
+                    }
+                }
+            };
         }
         self.reaped
     }
@@ -107,17 +170,31 @@ impl Child {
         if let Some(c) = self.reaped {
             return c;
         }
-        let _ = kill(self.pid, Signal::SIGKILL);
-        let c = loop {
-            match waitpid(self.pid, None) {
-                Ok(status) => {
-                    if let Some(c) = cause(status) {
-                        break c;
+        // SAFETY: pidfd_send_signal on our pidfd: the signal cannot reach a reused pid.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        let c = match &self.reaper {
+            Reaper::Own => loop {
+                match waitpid(self.pid, None) {
+                    Ok(status) => {
+                        if let Some(c) = cause(status) {
+                            break c;
+                        }
                     }
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break ExitCause::Signaled(libc::SIGKILL),
                 }
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => break ExitCause::Signaled(libc::SIGKILL),
-            }
+            },
+            Reaper::Server(server) => server
+                .borrow_mut()
+                .wait_exit(self.pid, Duration::from_secs(2)),
         };
         self.reaped = Some(c);
         c
@@ -133,7 +210,6 @@ impl Drop for Child {
 /// Waits until one of `fds` is readable or `timeout_ms` passes (-1: no limit). Interrupted
 /// waits return early; the caller re-checks its state either way.
 pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) {
-    use std::os::fd::AsRawFd;
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|fd| libc::pollfd {

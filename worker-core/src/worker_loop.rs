@@ -17,6 +17,11 @@ use crate::worker::Worker;
 
 /// Exit code of a worker whose `setup` or loop panicked.
 pub(crate) const EXIT_PANIC: i32 = 101;
+/// Exit code of a worker that saw too many corrupted requests.
+pub(crate) const EXIT_CORRUPTION: i32 = 102;
+/// How many corrupted requests a worker answers before it exits to be replaced (the seed's
+/// worker-side threshold).
+const CORRUPTION_LIMIT: u32 = 10;
 
 /// Everything a worker needs, captured before the fork.
 pub(crate) struct WorkerEnv<'a> {
@@ -46,10 +51,12 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let channel = env.region.channel(env.slot);
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
+    let mut corrupted = 0;
     loop {
         let req = channel.next_request(last, env.spin);
         last = req.seq;
-        let answer = match req.kind {
+        let kind = if req.valid { req.kind } else { None };
+        let answer = match kind {
             Some(Request::Call) => {
                 spilled = None;
                 channel.mark_running(req.seq);
@@ -76,10 +83,20 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                 (None, _) => None,
             },
             Some(Request::Exit) => {
+                // Acknowledge first: from here on this worker never touches the channel, so
+                // the parent may hand the slot to a replacement while we tear down.
+                channel.respond(req.seq, Response::Exiting, 0);
                 value.teardown();
                 return;
             }
-            None => None,
+            None => {
+                corrupted += 1;
+                if corrupted >= CORRUPTION_LIMIT {
+                    // SAFETY: leaving without destructors, as everywhere in a worker.
+                    unsafe { libc::_exit(EXIT_CORRUPTION) };
+                }
+                Some((Response::Corrupted, 0))
+            }
         };
         if let Some((kind, len)) = answer {
             channel.respond(req.seq, kind, len);

@@ -1,0 +1,382 @@
+//! The worker processes of one mediator: the shared memory they use, forking them (directly or
+//! through the fork server), noticing their deaths, killing them, retiring worn ones, and the
+//! parent's sleep between events.
+//!
+//! The pool knows processes and channels; which call a worker holds and what becomes of it is
+//! the mediator's business.
+
+use std::cell::RefCell;
+use std::hash::BuildHasher;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::arena::Arena;
+use crate::call::ExitCause;
+use crate::channel::{self, Request};
+use crate::config::{Config, Recycle};
+use crate::error::{ErrorCounts, ErrorKind};
+use crate::fork_server::ForkServer;
+use crate::process::{self, Child};
+use crate::shm::Region;
+use crate::worker::Worker;
+use crate::worker_loop::{self, WorkerEnv};
+
+/// How often, at most, the pool looks for dead workers while the parent does not sleep.
+const DEATH_CHECK: Duration = Duration::from_millis(1);
+/// How long workers asked to exit may take before they are killed.
+const EXIT_LIMIT: Duration = Duration::from_secs(1);
+
+/// A call a worker holds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Busy {
+    pub(crate) call: u64,
+    pub(crate) seq: u32,
+    /// Where the worker writes the return value: (offset, capacity).
+    pub(crate) ret: (usize, usize),
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// One place in the pool: a worker process (or none) and the call it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub(crate) child: Option<Child>,
+    pub(crate) busy: Option<Busy>,
+    /// Calls this worker was given.
+    calls: u64,
+    /// This worker's own recycling limits, drawn with jitter when it was forked.
+    retire_after_calls: Option<u64>,
+    retire_at: Option<Instant>,
+    /// Errors seen with this worker.
+    pub(crate) errors: ErrorCounts,
+}
+
+impl Slot {
+    pub(crate) fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(Child::pid)
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        self.child.is_some() && self.busy.is_none()
+    }
+}
+
+/// The resources of a started pool.
+pub(crate) struct Pool {
+    pub(crate) region: Region,
+    pub(crate) arena: Arena,
+    eventfd: OwnedFd,
+    pub(crate) slots: Vec<Slot>,
+    /// Workers asked to exit (recycled), not yet reaped.
+    retiring: Vec<Child>,
+    server: Option<Rc<RefCell<ForkServer>>>,
+    spin: bool,
+    recycle: Recycle,
+    next_death_check: Instant,
+}
+
+/// A number in `[0, 1)`, different for every call.
+fn random_fraction() -> f64 {
+    let h = std::collections::hash_map::RandomState::new().hash_one(channel::now_ns());
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl Pool {
+    /// Creates the shared memory and, if configured, the fork server (which copies `value`).
+    pub(crate) fn create<W: Worker>(
+        alias: &str,
+        config: &Config,
+        value: &mut W,
+    ) -> Result<Pool, String> {
+        let slots = config.workers;
+        let region = Region::create(alias, slots, config.malloc)?;
+        // SAFETY: plain eventfd creation; the fd is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(format!(
+                "eventfd failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a fresh fd that nothing else owns.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let spin = channel::spin_allowed();
+        let server = if config.fork_server {
+            // The server runs in a copy of this process: `region` and `eventfd` stay where
+            // they are in its memory, since the server never returns from here.
+            let (region, eventfd) = (&region, eventfd.as_fd());
+            let server = ForkServer::start(move |slot, start_seq| {
+                let env = WorkerEnv {
+                    region,
+                    slot,
+                    start_seq,
+                    eventfd,
+                    spin,
+                };
+                worker_loop::run(&mut *value, env)
+            })?;
+            log::debug!(target: alias, "fork server {} started", server.pid());
+            Some(Rc::new(RefCell::new(server)))
+        } else {
+            None
+        };
+        log::debug!(target: alias, "shared memory {} with {} payload bytes", region.name(), region.arena_size());
+        Ok(Pool {
+            arena: Arena::new(region.arena_size()),
+            region,
+            eventfd,
+            slots: (0..slots).map(|_| Slot::default()).collect(),
+            retiring: Vec::new(),
+            server,
+            spin,
+            recycle: config.recycle,
+            next_death_check: Instant::now(),
+        })
+    }
+
+    /// Forks a worker into slot `i` (through the fork server if there is one).
+    pub(crate) fn spawn<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
+        let channel = self.region.channel(i);
+        channel.reset();
+        let start_seq = channel.req.seq.load(Ordering::Relaxed);
+        let child = match &self.server {
+            Some(server) => {
+                let (pid, pidfd) = server.borrow_mut().spawn(i, start_seq)?;
+                process::adopt(pid, pidfd, server.clone())
+            }
+            None => {
+                let env = WorkerEnv {
+                    region: &self.region,
+                    slot: i,
+                    start_seq,
+                    eventfd: self.eventfd.as_fd(),
+                    spin: self.spin,
+                };
+                process::spawn(|| worker_loop::run(value, env))?
+            }
+        };
+        let pid = child.pid();
+        let jitter = 1.0 - self.recycle.jitter.clamp(0.0, 1.0) * random_fraction();
+        self.slots[i] = Slot {
+            child: Some(child),
+            busy: None,
+            calls: 0,
+            retire_after_calls: self
+                .recycle
+                .max_calls
+                .map(|n| ((n as f64 * jitter) as u64).max(1)),
+            retire_at: self
+                .recycle
+                .max_age
+                .map(|age| Instant::now() + age.mul_f64(jitter)),
+            errors: ErrorCounts::default(),
+        };
+        Ok(pid)
+    }
+
+    /// Hands slot `i` a call: posts it on the channel and marks the slot busy.
+    pub(crate) fn post_call(
+        &mut self,
+        i: usize,
+        call: u64,
+        method: u32,
+        args: (usize, usize),
+        ret: (usize, usize),
+        timeout: Option<Duration>,
+    ) -> u32 {
+        let seq = self
+            .region
+            .channel(i)
+            .post(Request::Call, method, call, args, ret);
+        let slot = &mut self.slots[i];
+        slot.calls += 1;
+        slot.busy = Some(Busy {
+            call,
+            seq,
+            ret,
+            deadline: timeout.map(|t| Instant::now() + t),
+        });
+        seq
+    }
+
+    /// Counts an error against slot `i`'s worker.
+    pub(crate) fn count_error(&mut self, i: usize, kind: ErrorKind) {
+        self.slots[i].errors.add(kind);
+    }
+
+    /// Whether it is time to look for dead workers (every millisecond, or after a sleep).
+    pub(crate) fn death_check_due(&mut self) -> bool {
+        let now = Instant::now();
+        if now >= self.next_death_check {
+            self.next_death_check = now + DEATH_CHECK;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The slots whose worker has died (reaped now; the child stays in the slot until
+    /// [`Pool::clear`]). Also reaps retired workers that have exited.
+    pub(crate) fn dead_slots(&mut self) -> Vec<(usize, ExitCause)> {
+        self.retiring.retain_mut(|c| c.try_reap().is_none());
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.child.as_mut()?.try_reap()?)))
+            .collect()
+    }
+
+    /// Empties slot `i`, killing its worker if it still lives; returns its pid and its call.
+    pub(crate) fn clear(&mut self, i: usize) -> (i32, Option<Busy>) {
+        let slot = &mut self.slots[i];
+        let pid = slot.pid().unwrap_or(0);
+        if let Some(mut child) = slot.child.take() {
+            child.kill();
+        }
+        (pid, slot.busy.take())
+    }
+
+    /// How many calls slot `i`'s worker was given.
+    pub(crate) fn calls_given(&self, i: usize) -> u64 {
+        self.slots[i].calls
+    }
+
+    /// Whether slot `i`'s worker should retire now: idle and past its limits, or past the
+    /// per-worker error limits.
+    pub(crate) fn is_worn(&self, i: usize) -> bool {
+        let s = &self.slots[i];
+        s.is_idle()
+            && (s.retire_after_calls.is_some_and(|n| s.calls >= n)
+                || s.retire_at.is_some_and(|t| Instant::now() >= t)
+                || s.errors.reached(&ErrorCounts::WORKER_LIMITS))
+    }
+
+    /// Asks slot `i`'s worker to exit and forks its replacement into the slot.
+    ///
+    /// The replacement gets the same channel, so the old worker must be done with it first: it
+    /// acknowledges the exit request before its `teardown`, and one that does not within
+    /// [`EXIT_LIMIT`] is killed.
+    pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
+        if let Some(mut child) = self.slots[i].child.take() {
+            let channel = self.region.channel(i);
+            let seq = channel.post(Request::Exit, 0, 0, (0, 0), (0, 0));
+            let deadline = Instant::now() + EXIT_LIMIT;
+            let mut spins = 0u32;
+            while !channel.answered(seq) && child.try_reap().is_none() {
+                if Instant::now() >= deadline {
+                    child.kill();
+                    break;
+                }
+                spins += 1;
+                if spins < channel::PARENT_SPIN {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            self.retiring.push(child);
+        }
+        self.spawn(i, value)
+    }
+
+    /// Whether any busy worker has answered.
+    fn any_answer(&self) -> bool {
+        self.slots.iter().enumerate().any(|(i, s)| {
+            s.busy
+                .is_some_and(|b| self.region.channel(i).answered(b.seq))
+        })
+    }
+
+    /// Sleeps until an answer arrives, a worker dies, or the nearest deadline (`until`, or a
+    /// running call's timeout) passes. Spins briefly first when more than one CPU is available.
+    pub(crate) fn sleep(&mut self, until: Option<Instant>) {
+        if self.spin {
+            for _ in 0..channel::PARENT_SPIN {
+                if self.any_answer() {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let wake = self
+            .slots
+            .iter()
+            .filter_map(|s| s.busy.and_then(|b| b.deadline))
+            .chain(until)
+            .min();
+        let timeout_ms = match wake {
+            None => -1,
+            Some(w) => {
+                let left = w.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return;
+                }
+                // Round up so that we wake after the deadline, not just before it.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        let header = self.region.header();
+        header.parent_sleeping.store(1, Ordering::SeqCst);
+        if !self.any_answer() {
+            let mut fds = vec![self.eventfd.as_fd()];
+            fds.extend(self.live_pidfds());
+            process::poll_readable(&fds, timeout_ms);
+        }
+        header.parent_sleeping.store(0, Ordering::Relaxed);
+        channel::eventfd_drain(self.eventfd.as_fd());
+        // A pidfd may have woken us: look for deaths at once.
+        self.next_death_check = Instant::now();
+    }
+
+    fn live_pidfds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.child.as_ref())
+            .chain(&self.retiring)
+            .filter(|c| !c.is_reaped())
+            .map(Child::pidfd)
+    }
+
+    /// Asks every worker to exit, waits up to a second for them, then kills the rest and
+    /// reaps all. Busy workers must have been dealt with before.
+    pub(crate) fn stop_workers(&mut self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.child.is_some() {
+                self.region
+                    .channel(i)
+                    .post(Request::Exit, 0, 0, (0, 0), (0, 0));
+            }
+        }
+        let deadline = Instant::now() + EXIT_LIMIT;
+        loop {
+            for child in self
+                .slots
+                .iter_mut()
+                .filter_map(|s| s.child.as_mut())
+                .chain(self.retiring.iter_mut())
+            {
+                child.try_reap();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let live: Vec<BorrowedFd<'_>> = self.live_pidfds().collect();
+            if live.is_empty() || left.is_zero() {
+                break;
+            }
+            process::poll_readable(&live, left.as_millis().max(1) as i32);
+        }
+        // Dropping a child kills it if it did not exit in time, and reaps it.
+        for slot in &mut self.slots {
+            slot.child = None;
+        }
+        self.retiring.clear();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop_workers();
+        // The fork server goes last (it reaps the workers it forked); the region after it.
+        self.server = None;
+    }
+}
