@@ -82,6 +82,19 @@ impl Probe {
     pub fn fail(&self, message: String) -> u64 {
         panic!("{message}")
     }
+
+    /// Reports an error through the worker-side API, then returns.
+    pub fn complain(&self, fatal: bool) -> u32 {
+        assert!(forkworker::this_worker::is_worker());
+        assert_eq!(forkworker::this_worker::alias(), Some("Probe"));
+        forkworker::this_worker::log("complaining");
+        if fatal {
+            forkworker::this_worker::fatal_error("cannot go on");
+        } else {
+            forkworker::this_worker::error("something is off");
+        }
+        std::process::id()
+    }
 }
 
 fn probe() -> Probe {
@@ -414,6 +427,62 @@ fn retrying_from_on_timeout_counts_retries_and_stops_at_three() {
     assert_eq!(m.wait(id, LONG).unwrap().0, 9);
 }
 
+fn stats_count_every_method_and_error() {
+    let mut m = ProbeMediator::new("Probe", probe());
+    m.workers(2);
+    let ids: Vec<_> = (0..50).map(|n| m.echo(n).unwrap()).collect();
+    for id in ids {
+        m.wait(id, LONG).unwrap();
+    }
+    let id = m.sleep_ms(30).unwrap();
+    m.wait(id, LONG).unwrap();
+    let id = m.complain(false).unwrap();
+    m.wait(id, LONG).unwrap();
+    let stats = m.stats();
+    let echo = stats.methods.iter().find(|s| s.method == "echo").unwrap();
+    assert_eq!((echo.called.count, echo.running.count), (50, 50));
+    let sleep = stats
+        .methods
+        .iter()
+        .find(|s| s.method == "sleep_ms")
+        .unwrap();
+    assert!(sleep.running.p50 >= Duration::from_millis(30), "{sleep:?}");
+    assert!(sleep.running.mean >= Duration::from_millis(30));
+    assert!(echo.running.p99 < Duration::from_secs(1));
+    assert_eq!(stats.errors.catchall, 1, "this_worker::error was counted");
+    assert_eq!(stats.workers, 2);
+    assert_eq!(stats.worker_rss_kib.len(), 2);
+    assert!(stats.parent_rss_kib > 0);
+    let table = stats.to_string();
+    for needle in [
+        "Worker Runtime Statistics",
+        "echo",
+        "Called",
+        "Running",
+        "Communication",
+        "Catchall",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
+}
+
+fn fatal_error_restarts_the_worker_after_its_call() {
+    let mut m = ProbeMediator::new("Probe", probe());
+    m.workers(1);
+    let id = m.complain(true).unwrap();
+    let first = m.wait(id, LONG).expect("the call itself returns");
+    assert!(
+        support::eventually(LONG, || {
+            m.poll();
+            m.pids().first().is_some_and(|&p| p as u32 != first)
+        }),
+        "a new worker replaced the one that called fatal_error"
+    );
+    let id = m.pid().unwrap();
+    assert_ne!(m.wait(id, LONG).unwrap(), first);
+    assert_eq!(m.errors().catchall, 1);
+}
+
 pub struct Picky;
 
 #[forkworker::worker]
@@ -451,4 +520,6 @@ tests![
     check_environment_problems_stop_the_pool,
     a_call_that_never_returns_times_out_once_and_the_pool_goes_on,
     retrying_from_on_timeout_counts_retries_and_stops_at_three,
+    stats_count_every_method_and_error,
+    fatal_error_restarts_the_worker_after_its_call,
 ];

@@ -98,6 +98,8 @@ pub(crate) struct ResponseHalf {
     pub(crate) finished_ns: AtomicU64,
     /// A checksum of `seq`, `kind` and `ret_len`, written before `seq`.
     pub(crate) check: AtomicU64,
+    /// Errors the worker reported with `this_worker::error`, ever.
+    pub(crate) errors: AtomicU32,
 }
 
 /// One worker slot's channel.
@@ -202,6 +204,7 @@ impl Channel {
         self.resp.seq.store(seq, Ordering::Relaxed);
         self.resp.running_seq.store(seq, Ordering::Relaxed);
         self.resp.sleeping.store(0, Ordering::Relaxed);
+        self.resp.errors.store(0, Ordering::Relaxed);
     }
 
     /// Parent: posts a request and wakes the worker if it sleeps. Returns its sequence number.

@@ -25,20 +25,25 @@ mod arena;
 pub mod call;
 mod channel;
 pub mod config;
+pub mod drive;
 pub mod error;
 mod fork_server;
 pub mod mediator;
 mod pool;
 mod process;
 mod shm;
+pub mod stats;
+pub mod this_worker;
 pub mod wire;
 pub mod worker;
 mod worker_loop;
 
 pub use call::{Call, CallId, CallStatus, ExitCause, Log, Timings};
 pub use config::{ForkStrategy, Recycle};
+pub use drive::{Drive, sleep_on};
 pub use error::{CallError, ErrorCounts, WireError};
 pub use mediator::Mediator;
+pub use stats::{MethodStats, Stats, Summary};
 pub use wire::ReturnSlot;
 pub use worker::Worker;
 

@@ -19,9 +19,12 @@ use crate::arena::Block;
 use crate::call::{Call, CallId, CallRecord, CallStatus, ExitCause, Log, Timings};
 use crate::channel::{self, Request, Response};
 use crate::config::{Config, ForkStrategy, Recycle};
+use crate::drive::Drive;
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
 use crate::pool::{Busy, Pool};
 use crate::process;
+use crate::stats::{self, MethodStats, Recorder, Stats};
+use crate::this_worker;
 use crate::wire;
 use crate::worker::Worker;
 
@@ -81,6 +84,10 @@ pub struct Mediator<W: Worker> {
     errors_reported: bool,
     /// Workers that died in a row before answering any call.
     start_failures: u32,
+    /// When the pool started.
+    started_at: Option<Instant>,
+    /// Per method: queue waits and run times.
+    timing: Vec<(Recorder, Recorder)>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -126,6 +133,8 @@ impl<W: Worker> Mediator<W> {
             errors: ErrorCounts::default(),
             errors_reported: false,
             start_failures: 0,
+            started_at: None,
+            timing: vec![Default::default(); W::METHODS.len()],
             _not_send: PhantomData,
         }
     }
@@ -255,14 +264,17 @@ impl<W: Worker> Mediator<W> {
         if !problems.is_empty() {
             return Err(CallError::Environment(problems));
         }
-        if let Some(threads) = process::thread_count().filter(|&n| n > 1) {
+        if self.config.fork_server
+            && let Some(threads) = process::thread_count().filter(|&n| n > 1)
+        {
             log::warn!(target: &self.alias,
-                "starting a pool in a process with {threads} threads: a forked process can deadlock on a lock another thread held at the fork; call fork_server(true) and start() before starting threads");
+                "starting the fork server in a process with {threads} threads: it can inherit a lock another thread held at the fork; call start() before starting threads");
         }
         self.pool = Some(
             Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?,
         );
         self.start_failures = 0;
+        self.started_at = Some(Instant::now());
         if self.config.strategy == ForkStrategy::Aggressive {
             self.fill_pool();
         }
@@ -343,6 +355,36 @@ impl<W: Worker> Mediator<W> {
     /// Errors counted since the mediator was made, by kind.
     pub fn errors(&self) -> ErrorCounts {
         self.errors
+    }
+
+    /// A snapshot of the statistics: per method, the time calls waited for a worker and ran
+    /// (mean, median, p90, p99, count), error counts, processes and memory. Its `Display` is
+    /// the seed's runtime statistics table.
+    pub fn stats(&self) -> Stats {
+        let pids = self.pids();
+        Stats {
+            alias: self.alias.clone(),
+            uptime: self.started_at.map_or(Duration::ZERO, |t| t.elapsed()),
+            workers: pids.len(),
+            configured_workers: self.config.workers,
+            queued: self.queue.len(),
+            running: self.busy_count(),
+            methods: W::METHODS
+                .iter()
+                .zip(&self.timing)
+                .map(|(&method, (called, running))| MethodStats {
+                    method,
+                    called: called.summary(),
+                    running: running.summary(),
+                })
+                .collect(),
+            errors: self.errors,
+            parent_rss_kib: stats::rss_kib(0),
+            worker_rss_kib: pids.iter().map(|&p| (p, stats::rss_kib(p))).collect(),
+            shared_memory: self.pool.as_ref().map_or((0, 0), |p| {
+                (p.arena.size(), p.arena.size() - p.arena.available())
+            }),
+        }
     }
 
     /// Processes every event that has arrived (answers, worker deaths, expired timeouts) and
@@ -705,7 +747,18 @@ impl<W: Worker> Mediator<W> {
             .max()
             .unwrap_or(at);
         record.set_status(status, at.max(floor));
-        if status != CallStatus::Returned {
+        if status == CallStatus::Returned {
+            let t = &record.timings;
+            if let (Some(called), Some(running), Some(returned)) = (
+                t.entered(CallStatus::Uncalled),
+                t.entered(CallStatus::Running),
+                t.entered(CallStatus::Returned),
+            ) && let Some((queue, run)) = self.timing.get_mut(record.method as usize)
+            {
+                queue.record(running - called);
+                run.record(returned - running);
+            }
+        } else {
             record.error = Some(error(Self::method_name(record.method)));
         }
         self.finished.push(id);
@@ -745,6 +798,11 @@ impl<W: Worker> Mediator<W> {
             return;
         };
         let started = channel.started(busy.seq);
+        for _ in 0..pool.take_worker_errors(i) {
+            self.count_error(ErrorKind::Catchall, Some(i));
+        }
+        let pool = self.pool.as_mut().expect("started");
+        let channel = pool.region.channel(i);
         let record = self
             .calls
             .get_mut(&busy.call)
@@ -900,7 +958,11 @@ impl<W: Worker> Mediator<W> {
             let given = pool.calls_given(i);
             let (pid, busy) = pool.clear(i);
             let Some(b) = busy else {
-                log::warn!(target: &self.alias, "idle worker {pid} {cause}");
+                if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
+                    log::info!(target: &self.alias, "worker {pid} exited after fatal_error(); replacing it");
+                } else {
+                    log::warn!(target: &self.alias, "idle worker {pid} {cause}");
+                }
                 if given == 0 {
                     self.start_failures += 1;
                 }
@@ -1116,6 +1178,45 @@ impl<W: Worker> Mediator<W> {
         };
         self.release(raw);
         result
+    }
+}
+
+impl<W: Worker> Drive for Mediator<W> {
+    fn alias(&self) -> &str {
+        Mediator::alias(self)
+    }
+
+    fn poll(&mut self) -> usize {
+        Mediator::poll(self)
+    }
+
+    fn stats(&self) -> Stats {
+        Mediator::stats(self)
+    }
+
+    fn pending(&self) -> usize {
+        Mediator::pending(self)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.pool.as_ref().and_then(Pool::next_deadline)
+    }
+
+    fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
+        match self.pool.as_mut() {
+            Some(pool) => pool.begin_sleep(fds),
+            None => true,
+        }
+    }
+
+    fn end_sleep(&mut self) {
+        if let Some(pool) = self.pool.as_mut() {
+            pool.end_sleep();
+        }
+    }
+
+    fn shutdown(&mut self) {
+        Mediator::shutdown(self)
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::cell::RefCell;
 use std::hash::BuildHasher;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -50,6 +50,8 @@ pub(crate) struct Slot {
     retire_at: Option<Instant>,
     /// Errors seen with this worker.
     pub(crate) errors: ErrorCounts,
+    /// How many of the errors the worker reported itself were counted.
+    reported_errors: u32,
 }
 
 impl Slot {
@@ -74,6 +76,21 @@ pub(crate) struct Pool {
     spin: bool,
     recycle: Recycle,
     next_death_check: Instant,
+    /// Whether forking with several threads alive was warned about.
+    warned_threads: bool,
+    alias: String,
+}
+
+/// Milliseconds until `wake` for poll(2), rounded up so that a sleeper wakes after the
+/// deadline and not just before it; -1 (no limit) for none.
+pub(crate) fn timeout_ms(wake: Option<Instant>) -> i32 {
+    match wake {
+        None => -1,
+        Some(w) => {
+            let left = w.saturating_duration_since(Instant::now());
+            left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+        }
+    }
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -108,6 +125,7 @@ impl Pool {
             let (region, eventfd) = (&region, eventfd.as_fd());
             let server = ForkServer::start(move |slot, start_seq| {
                 let env = WorkerEnv {
+                    alias,
                     region,
                     slot,
                     start_seq,
@@ -132,6 +150,8 @@ impl Pool {
             spin,
             recycle: config.recycle,
             next_death_check: Instant::now(),
+            warned_threads: false,
+            alias: alias.to_owned(),
         })
     }
 
@@ -146,7 +166,15 @@ impl Pool {
                 process::adopt(pid, pidfd, server.clone())
             }
             None => {
+                if !self.warned_threads
+                    && let Some(threads) = process::thread_count().filter(|&n| n > 1)
+                {
+                    self.warned_threads = true;
+                    log::warn!(target: &self.alias,
+                        "forking a worker from a process with {threads} threads: it can deadlock on a lock another thread held at the fork; call fork_server(true) and start() before starting threads");
+                }
                 let env = WorkerEnv {
+                    alias: &self.alias,
                     region: &self.region,
                     slot: i,
                     start_seq,
@@ -171,6 +199,7 @@ impl Pool {
                 .max_age
                 .map(|age| Instant::now() + age.mul_f64(jitter)),
             errors: ErrorCounts::default(),
+            reported_errors: 0,
         };
         Ok(pid)
     }
@@ -237,6 +266,15 @@ impl Pool {
         (pid, slot.busy.take())
     }
 
+    /// Errors slot `i`'s worker reported (`this_worker::error`) since the last look.
+    pub(crate) fn take_worker_errors(&mut self, i: usize) -> u32 {
+        let total = self.region.channel(i).resp.errors.load(Ordering::Relaxed);
+        let slot = &mut self.slots[i];
+        let new = total.wrapping_sub(slot.reported_errors);
+        slot.reported_errors = total;
+        new
+    }
+
     /// How many calls slot `i`'s worker was given.
     pub(crate) fn calls_given(&self, i: usize) -> u64 {
         self.slots[i].calls
@@ -288,45 +326,64 @@ impl Pool {
         })
     }
 
-    /// Sleeps until an answer arrives, a worker dies, or the nearest deadline (`until`, or a
-    /// running call's timeout) passes. Spins briefly first when more than one CPU is available.
-    pub(crate) fn sleep(&mut self, until: Option<Instant>) {
+    /// The nearest deadline of a running call.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.busy.and_then(|b| b.deadline))
+            .min()
+    }
+
+    /// Before sleeping: announces it to the workers (so that they write the eventfd when they
+    /// answer) and adds the descriptors to wait on to `fds`. Returns false, having announced
+    /// nothing, if an answer is already there (after a short spin on several CPUs).
+    pub(crate) fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool {
         if self.spin {
             for _ in 0..channel::PARENT_SPIN {
                 if self.any_answer() {
-                    return;
+                    return false;
                 }
                 std::hint::spin_loop();
             }
         }
-        let wake = self
-            .slots
-            .iter()
-            .filter_map(|s| s.busy.and_then(|b| b.deadline))
-            .chain(until)
-            .min();
-        let timeout_ms = match wake {
-            None => -1,
-            Some(w) => {
-                let left = w.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return;
-                }
-                // Round up so that we wake after the deadline, not just before it.
-                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-            }
-        };
-        let header = self.region.header();
-        header.parent_sleeping.store(1, Ordering::SeqCst);
-        if !self.any_answer() {
-            let mut fds = vec![self.eventfd.as_fd()];
-            fds.extend(self.live_pidfds());
-            process::poll_readable(&fds, timeout_ms);
+        self.region
+            .header()
+            .parent_sleeping
+            .store(1, Ordering::SeqCst);
+        if self.any_answer() {
+            self.region
+                .header()
+                .parent_sleeping
+                .store(0, Ordering::Relaxed);
+            return false;
         }
-        header.parent_sleeping.store(0, Ordering::Relaxed);
+        fds.push(self.eventfd.as_raw_fd());
+        fds.extend(self.live_pidfds().map(|fd| fd.as_raw_fd()));
+        true
+    }
+
+    /// After sleeping: withdraws the announcement, empties the eventfd, and makes the next
+    /// collection look for dead workers (a pidfd may have woken us).
+    pub(crate) fn end_sleep(&mut self) {
+        self.region
+            .header()
+            .parent_sleeping
+            .store(0, Ordering::Relaxed);
         channel::eventfd_drain(self.eventfd.as_fd());
-        // A pidfd may have woken us: look for deaths at once.
         self.next_death_check = Instant::now();
+    }
+
+    /// Sleeps until an answer arrives, a worker dies, or the nearest deadline (`until`, or a
+    /// running call's timeout) passes.
+    pub(crate) fn sleep(&mut self, until: Option<Instant>) {
+        let mut fds = Vec::new();
+        if self.begin_sleep(&mut fds) {
+            process::poll_raw(
+                &fds,
+                timeout_ms(self.next_deadline().into_iter().chain(until).min()),
+            );
+            self.end_sleep();
+        }
     }
 
     fn live_pidfds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {

@@ -222,6 +222,20 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) {
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
 }
 
+/// Waits until one of the raw descriptors `fds` is readable or `timeout_ms` passes.
+pub(crate) fn poll_raw(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: a valid array of pollfd of the given length.
+    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+}
+
 /// How many threads this process has (from /proc/self/status), if known.
 pub(crate) fn thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -14,7 +14,7 @@ use crate::channel::Channel;
 /// Written at the start of every segment; a segment without it is not ours.
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
 /// The layout version; bumped whenever `Header` or `Channel` change.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// The header occupies the first bytes of the segment, padded to this size.
 const HEADER_SIZE: usize = 4096;
 

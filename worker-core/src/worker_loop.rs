@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 
 use crate::channel::{Request, Response, eventfd_signal};
 use crate::shm::Region;
+use crate::this_worker;
 use crate::wire::{ReturnSlot, Written};
 use crate::worker::Worker;
 
@@ -25,6 +26,7 @@ const CORRUPTION_LIMIT: u32 = 10;
 
 /// Everything a worker needs, captured before the fork.
 pub(crate) struct WorkerEnv<'a> {
+    pub(crate) alias: &'a str,
     pub(crate) region: &'a Region,
     pub(crate) slot: usize,
     /// The request sequence number at fork time: the worker waits for the next one.
@@ -47,8 +49,9 @@ pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
 }
 
 fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
-    value.setup();
     let channel = env.region.channel(env.slot);
+    this_worker::enter(env.alias, channel);
+    value.setup();
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
@@ -102,6 +105,11 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             channel.respond(req.seq, kind, len);
             if env.region.header().parent_sleeping.load(Ordering::SeqCst) != 0 {
                 eventfd_signal(env.eventfd);
+            }
+            if this_worker::fatal_requested() {
+                value.teardown();
+                // SAFETY: leaving without destructors, as everywhere in a worker.
+                unsafe { libc::_exit(this_worker::EXIT_FATAL) };
             }
         }
     }

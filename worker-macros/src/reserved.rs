@@ -31,6 +31,7 @@ pub const RESERVED: &[&str] = &[
     "pids",
     "worker_pid",
     "errors",
+    "stats",
     "shutdown",
     "deref",
     "deref_mut",

@@ -1,0 +1,9 @@
+// `stats` is a public method of the generated mediator; a proxy named so would hide it.
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn stats(&self) {}
+}
+
+fn main() {}

@@ -1,0 +1,61 @@
+//! Driving several mediators (and anything else with descriptors to wait on) from one loop:
+//! the daemon's view of a mediator.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::time::Instant;
+
+use crate::process;
+use crate::stats::Stats;
+
+/// A pool an event loop can drive: poll it, sleep on its events, read its statistics.
+///
+/// Implemented by [`crate::Mediator`]; pass `&mut *mediator` (a generated `{Type}Mediator`
+/// dereferences to one).
+pub trait Drive {
+    /// The mediator's alias.
+    fn alias(&self) -> &str;
+    /// Processes every event that arrived and runs callbacks, without blocking. Returns how
+    /// many calls finished.
+    fn poll(&mut self) -> usize;
+    /// A snapshot of its statistics.
+    fn stats(&self) -> Stats;
+    /// Calls queued or running.
+    fn pending(&self) -> usize;
+    /// The nearest deadline (a running call's timeout) it must be polled at.
+    fn next_deadline(&self) -> Option<Instant>;
+    /// Prepares to sleep: adds the descriptors whose readiness means an event to `fds`.
+    /// Returns false if an event is already there (then do not sleep, and do not call
+    /// [`Drive::end_sleep`]).
+    fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool;
+    /// Ends a sleep begun with [`Drive::begin_sleep`].
+    fn end_sleep(&mut self);
+    /// Stops the pool (see [`crate::Mediator::shutdown`]).
+    fn shutdown(&mut self);
+}
+
+/// Sleeps until one of `drives` has an event, one of `extra` is readable, or the nearest
+/// deadline (`until`, or a call's timeout) passes. Does not poll: call [`Drive::poll`] after.
+pub fn sleep_on(drives: &mut [&mut dyn Drive], extra: &[BorrowedFd<'_>], until: Option<Instant>) {
+    let mut fds: Vec<RawFd> = extra.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut asleep = Vec::with_capacity(drives.len());
+    let mut ready = false;
+    for (i, d) in drives.iter_mut().enumerate() {
+        if d.begin_sleep(&mut fds) {
+            asleep.push(i);
+        } else {
+            ready = true;
+            break;
+        }
+    }
+    if !ready {
+        let wake = drives
+            .iter()
+            .filter_map(|d| d.next_deadline())
+            .chain(until)
+            .min();
+        process::poll_raw(&fds, crate::pool::timeout_ms(wake));
+    }
+    for i in asleep {
+        drives[i].end_sleep();
+    }
+}
