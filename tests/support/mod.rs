@@ -209,14 +209,22 @@ fn kill_group(pgid: u32) {
     }
 }
 
-/// Segments created by process `pid` (forkworker names them `fw.<pid>.<alias>.<n>`).
+/// The application name persistent mediators of test process `pid` use: their segments are
+/// `fw.app.<app>.<alias>`, found by [`segments_of`] too.
+pub fn app_name(pid: u32) -> String {
+    format!("t{pid}")
+}
+
+/// Segments created by process `pid`: `fw.<pid>.<alias>.<n>`, and persistent ones named after
+/// [`app_name`].
 pub fn segments_of(pid: u32) -> Vec<String> {
     let prefix = format!("fw.{pid}.");
+    let persistent = format!("fw.app.{}.", app_name(pid));
     std::fs::read_dir("/dev/shm")
         .map(|d| {
             d.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
+                .filter(|n| n.starts_with(&prefix) || n.starts_with(&persistent))
                 .collect()
         })
         .unwrap_or_default()

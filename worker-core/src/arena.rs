@@ -65,6 +65,29 @@ impl Arena {
         Some(Block { offset, len })
     }
 
+    /// Takes exactly `len` bytes (rounded up) at `offset` out of the free list, for blocks
+    /// recovered from a journal. False if any of it is not free (or `offset` is not aligned).
+    pub(crate) fn reserve(&mut self, offset: usize, len: usize) -> Option<Block> {
+        let len = round_up(len);
+        if !offset.is_multiple_of(ALIGN) {
+            return None;
+        }
+        let (&start, &free_len) = self.free.range(..=offset).next_back()?;
+        let end = offset.checked_add(len)?;
+        if end > start + free_len {
+            return None;
+        }
+        self.free.remove(&start);
+        if offset > start {
+            self.free.insert(start, offset - start);
+        }
+        if start + free_len > end {
+            self.free.insert(end, start + free_len - end);
+        }
+        self.used += len;
+        Some(Block { offset, len })
+    }
+
     /// Returns a block to the free list, merging it with free neighbours.
     pub(crate) fn free(&mut self, block: Block) {
         debug_assert!(block.offset + block.len <= self.size);
@@ -119,6 +142,21 @@ mod tests {
         a.free(z);
         assert_eq!(a.available(), a.size());
         assert_eq!(a.free.len(), 1);
+    }
+
+    #[test]
+    fn reserve_takes_exact_blocks_and_refuses_overlaps() {
+        let mut a = Arena::new(64 * 10);
+        let b = a.reserve(128, 100).unwrap();
+        assert_eq!((b.offset, b.len), (128, 128));
+        assert!(a.reserve(192, 1).is_none(), "overlaps the first");
+        assert!(a.reserve(1, 1).is_none(), "not aligned");
+        assert!(a.reserve(64 * 9, 128).is_none(), "past the end");
+        assert_eq!(a.reserve(0, 64).unwrap().offset, 0);
+        assert_eq!(a.available(), 64 * 7);
+        assert_eq!(a.alloc(64).unwrap().offset, 64);
+        a.free(b);
+        assert_eq!(a.alloc(128).unwrap().offset, 128);
     }
 
     #[test]

@@ -167,6 +167,8 @@ pub(crate) struct CallRecord {
     pub(crate) ret_block: Option<crate::arena::Block>,
     /// The worker slot and request sequence number the call was posted with.
     pub(crate) posted: Option<(usize, u32)>,
+    /// Its entry in the shared-memory journal.
+    pub(crate) entry: usize,
     /// `wait` is waiting for this call: keep its result after `on_return`.
     pub(crate) awaited: bool,
 }

@@ -84,6 +84,10 @@ pub(crate) struct Config {
     pub(crate) grace: Duration,
     pub(crate) recycle: Recycle,
     pub(crate) fork_server: bool,
+    /// The application name of a persistent mediator's segment.
+    pub(crate) persist: Option<String>,
+    /// Whether to recover the calls found in a persistent segment.
+    pub(crate) recover: bool,
 }
 
 /// The default size of the payload area: 8 MiB.
@@ -103,6 +107,8 @@ impl Default for Config {
             grace: DEFAULT_GRACE,
             recycle: Recycle::default(),
             fork_server: false,
+            persist: None,
+            recover: false,
         }
     }
 }

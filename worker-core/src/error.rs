@@ -89,6 +89,16 @@ pub enum CallError {
         /// Bytes held by finished calls waiting to be taken by `wait`.
         retained: usize,
     },
+    /// Every journal entry is taken: too many calls are queued or running at once.
+    #[error(
+        "call to {method}() refused: {capacity} calls are already queued or running; raise malloc() (one call per 512 bytes, at least 1024 calls) or wait for some"
+    )]
+    TooManyCalls {
+        /// The method called.
+        method: &'static str,
+        /// How many calls the journal holds.
+        capacity: usize,
+    },
     /// Encoding the arguments or decoding the return failed.
     #[error("call to {method}(): {source}")]
     Wire {

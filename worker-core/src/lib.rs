@@ -28,6 +28,7 @@ pub mod config;
 pub mod drive;
 pub mod error;
 mod fork_server;
+mod journal;
 pub mod mediator;
 mod pool;
 mod process;

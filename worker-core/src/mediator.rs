@@ -21,6 +21,7 @@ use crate::channel::{self, Request, Response};
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
+use crate::journal;
 use crate::pool::{Busy, Pool};
 use crate::process;
 use crate::stats::{self, MethodStats, Recorder, Stats};
@@ -88,6 +89,8 @@ pub struct Mediator<W: Worker> {
     started_at: Option<Instant>,
     /// Per method: queue waits and run times.
     timing: Vec<(Recorder, Recorder)>,
+    /// Free journal entries.
+    free_entries: Vec<usize>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -135,6 +138,7 @@ impl<W: Worker> Mediator<W> {
             start_failures: 0,
             started_at: None,
             timing: vec![Default::default(); W::METHODS.len()],
+            free_entries: Vec::new(),
             _not_send: PhantomData,
         }
     }
@@ -215,6 +219,31 @@ impl<W: Worker> Mediator<W> {
         self
     }
 
+    /// Makes the mediator persistent: its shared memory is named after `app` and the alias
+    /// (`/dev/shm/fw.app.<app>.<alias>`) instead of after this process, and it is kept when
+    /// the mediator is dropped with calls still queued or running, so that a restarted
+    /// program finds them. See [`Mediator::recover`]. Set before the pool starts.
+    pub fn persist(&mut self, app: impl Into<String>) -> &mut Self {
+        if self.pool.is_some() {
+            log::warn!(target: &self.alias, "persist() after the pool started is ignored");
+        } else {
+            self.config.persist = Some(app.into());
+        }
+        self
+    }
+
+    /// With [`Mediator::persist`]: whether to complete, at start, the calls an earlier run
+    /// left in the shared memory (the seed's `--recoverworkers`). Calls that were queued run
+    /// as they were; calls that were running run again with `retries()` one higher; calls that
+    /// returned but were not delivered go to `on_return`. Recovered calls are delivered to the
+    /// callbacks (no `CallId` of them exists in the new program). Without recovery, what an
+    /// earlier run left is removed at start, with a log line. A segment made with other
+    /// `workers()` or `malloc()` is never misread: it is removed with a warning that says so.
+    pub fn recover(&mut self, recover: bool) -> &mut Self {
+        self.config.recover = recover;
+        self
+    }
+
     /// Sets how long running calls may go on when the mediator shuts down (default 5 s).
     pub fn grace(&mut self, grace: Duration) -> &mut Self {
         self.config.grace = grace;
@@ -270,10 +299,18 @@ impl<W: Worker> Mediator<W> {
             log::warn!(target: &self.alias,
                 "starting the fork server in a process with {threads} threads: it can inherit a lock another thread held at the fork; call start() before starting threads");
         }
-        self.pool = Some(
-            Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?,
-        );
+        let (pool, matching) =
+            Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?;
+        self.free_entries = (0..pool.region.entries()).rev().collect();
+        self.pool = Some(pool);
         self.start_failures = 0;
+        if matching {
+            if self.config.recover {
+                self.recover_calls();
+            } else {
+                self.purge_journal();
+            }
+        }
         self.started_at = Some(Instant::now());
         if self.config.strategy == ForkStrategy::Aggressive {
             self.fill_pool();
@@ -443,6 +480,56 @@ impl<W: Worker> Mediator<W> {
         }
     }
 
+    /// Stops the pool but keeps unfinished calls for the next run (the daemon's graceful
+    /// stop): no new call is started, running calls may finish until their timeout (or the
+    /// grace period if there is none), and the calls still queued or running after it stay in
+    /// the persistent shared memory, which is kept. Returns how many calls were kept. Without
+    /// [`Mediator::persist`] nothing can be kept: this is [`Mediator::shutdown`].
+    pub fn suspend(&mut self) -> usize {
+        if self.pool.is_none() {
+            return 0;
+        }
+        if self.config.persist.is_none() {
+            log::warn!(target: &self.alias, "suspend() without persist(): shutting down instead");
+            self.shutdown();
+            return 0;
+        }
+        self.shutting_down = true;
+        // Running calls may finish; queued ones are not started.
+        let queued = std::mem::take(&mut self.queue);
+        let limit = Instant::now() + self.config.timeout.unwrap_or(self.config.grace);
+        while self.busy_count() > 0 && Instant::now() < limit {
+            if let Some(pool) = self.pool.as_mut() {
+                pool.sleep(Some(limit));
+            }
+            self.collect();
+        }
+        self.collect();
+        let pool = self.pool.as_mut().expect("checked above");
+        let mut kept = queued.len();
+        for i in 0..pool.slots.len() {
+            // Killed while running: the journal says it was started, so it runs again, with
+            // one more retry, after recovery.
+            if pool.clear(i).1.is_some() {
+                kept += 1;
+            }
+        }
+        // Results not delivered yet stay in the journal too.
+        kept += self
+            .calls
+            .values()
+            .filter(|r| r.status == CallStatus::Returned)
+            .count();
+        let mut pool = self.pool.take().expect("checked above");
+        pool.region.keep(kept > 0);
+        log::info!(target: &self.alias, "suspended with {kept} calls kept in {}", pool.region.name());
+        drop(pool);
+        self.calls.clear();
+        self.finished.clear();
+        self.shutting_down = false;
+        kept
+    }
+
     /// Stops the pool: see "Ownership" above. Queued calls end as [`CallStatus::Cancelled`],
     /// and so do calls still running after the grace period. The mediator can start again
     /// afterwards.
@@ -527,6 +614,12 @@ impl<W: Worker> Mediator<W> {
         let args_len = wire::encoded_len(args).map_err(wire_err)?;
         let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
         self.warn_if_large(method, args_len, allocation);
+        let Some(&entry) = self.free_entries.last() else {
+            return Err(CallError::TooManyCalls {
+                method: name,
+                capacity: self.pool.as_ref().map_or(0, |p| p.region.entries()),
+            });
+        };
         let block = self.alloc_call_block(method, args_len)?;
         let pool = self.pool.as_mut().expect("started above");
         // SAFETY: the block was just allocated: no worker has it.
@@ -538,6 +631,10 @@ impl<W: Worker> Mediator<W> {
         }
         let id = self.next_id;
         self.next_id += 1;
+        self.free_entries.pop();
+        pool.region
+            .entry(entry)
+            .write_call(id, method, 0, (block.offset, args_len));
         let mut timings = Timings::default();
         timings.enter(CallStatus::Uncalled, Instant::now());
         self.calls.insert(
@@ -555,6 +652,7 @@ impl<W: Worker> Mediator<W> {
                 ret: None,
                 ret_block: None,
                 posted: None,
+                entry,
                 awaited: false,
             },
         );
@@ -719,6 +817,9 @@ impl<W: Worker> Mediator<W> {
             record.block.len - record.args_len,
         );
         let seq = pool.post_call(i, id, record.method, args, ret, self.config.timeout);
+        pool.region
+            .entry(record.entry)
+            .write_progress(journal::PENDING, Some((i, seq)), None);
         record.pid = pool.slots[i].pid();
         record.posted = Some((i, seq));
         record.set_status(CallStatus::Called, Instant::now());
@@ -760,6 +861,10 @@ impl<W: Worker> Mediator<W> {
             }
         } else {
             record.error = Some(error(Self::method_name(record.method)));
+            // A failed call is final: a restarted program must not run it again.
+            if let Some(pool) = self.pool.as_ref() {
+                pool.region.entry(record.entry).clear();
+            }
         }
         self.finished.push(id);
     }
@@ -831,6 +936,11 @@ impl<W: Worker> Mediator<W> {
         match kind {
             Some(Response::Returned) if len <= busy.ret.1 => {
                 record.ret = Some((busy.ret.0, len));
+                pool.region.entry(record.entry).write_progress(
+                    journal::RETURNED,
+                    record.posted,
+                    record.ret,
+                );
                 // Give back what the reservation did not use.
                 if let Some(rb) = record.ret_block {
                     record.block = pool.arena.shrink(record.block, record.args_len);
@@ -1015,6 +1125,14 @@ impl<W: Worker> Mediator<W> {
         record.posted = None;
         record.pid = None;
         record.timings.enter(CallStatus::Uncalled, Instant::now());
+        if let Some(pool) = self.pool.as_ref() {
+            pool.region.entry(record.entry).write_call(
+                id,
+                record.method,
+                record.retries,
+                (record.block.offset, record.args_len),
+            );
+        }
         self.queue.push_front(id);
     }
 
@@ -1126,6 +1244,130 @@ impl<W: Worker> Mediator<W> {
         finished.len()
     }
 
+    /// Clears a journal an earlier run left, when recovery is off.
+    fn purge_journal(&mut self) {
+        let pool = self.pool.as_ref().expect("started");
+        let mut purged = 0;
+        for i in 0..pool.region.entries() {
+            let entry = pool.region.entry(i);
+            if entry.read(i).is_some() {
+                purged += 1;
+            }
+            entry.clear();
+        }
+        if purged > 0 {
+            log::info!(target: &self.alias,
+                "removed {purged} calls an earlier run left in {} (start with recovery to complete them instead)",
+                pool.region.name());
+        }
+    }
+
+    /// Rebuilds the calls an earlier run left in the journal: queued and running ones are
+    /// queued again in call order (running ones with one more retry), returned ones wait for
+    /// their `on_return`.
+    fn recover_calls(&mut self) {
+        let pool = self.pool.as_mut().expect("started");
+        let mut found = Vec::new();
+        let mut corrupted = 0;
+        for i in 0..pool.region.entries() {
+            match pool.region.entry(i).read(i) {
+                None => {}
+                Some(Ok(r)) => found.push(r),
+                Some(Err(e)) => {
+                    log::warn!(target: &self.alias, "recovery: {e}; that call is lost");
+                    pool.region.entry(i).clear();
+                    corrupted += 1;
+                }
+            }
+        }
+        found.sort_by_key(|r| r.id);
+        let (mut queued, mut rerun, mut returned) = (0, 0, 0);
+        let now = Instant::now();
+        for r in found {
+            let method_ok = (r.method as usize) < W::METHODS.len();
+            let journal::Progress { state, posted, ret } =
+                r.progress.unwrap_or(journal::Progress {
+                    state: journal::PENDING,
+                    posted: None,
+                    ret: None,
+                });
+            // The return value right after the arguments: one block; elsewhere: two.
+            let (block, ret_block) = match ret {
+                Some((off, len)) if state == journal::RETURNED && off == r.args.0 + r.args.1 => {
+                    (pool.arena.reserve(r.args.0, r.args.1 + len), None)
+                }
+                Some((off, len)) if state == journal::RETURNED => (
+                    pool.arena.reserve(r.args.0, r.args.1),
+                    Some(pool.arena.reserve(off, len)),
+                ),
+                _ => (pool.arena.reserve(r.args.0, r.args.1), None),
+            };
+            let (Some(block), true, true) =
+                (block, method_ok, ret_block.is_none_or(|b| b.is_some()))
+            else {
+                log::warn!(target: &self.alias,
+                    "recovery: call {} has an invalid or overlapping record; it is lost", r.id);
+                if let Some(b) = block {
+                    pool.arena.free(b);
+                }
+                if let Some(Some(b)) = ret_block {
+                    pool.arena.free(b);
+                }
+                pool.region.entry(r.index).clear();
+                corrupted += 1;
+                continue;
+            };
+            self.free_entries.retain(|&e| e != r.index);
+            let started = r.progress.is_none()
+                || posted.is_some_and(|(slot, seq)| {
+                    slot >= pool.slots.len() || pool.region.channel(slot).started(seq).is_some()
+                });
+            let mut record = CallRecord {
+                id: r.id,
+                method: r.method,
+                status: CallStatus::Uncalled,
+                retries: r.retries,
+                pid: None,
+                timings: Timings::default(),
+                error: None,
+                block,
+                args_len: r.args.1,
+                ret: None,
+                ret_block: ret_block.flatten(),
+                posted: None,
+                entry: r.index,
+                awaited: false,
+            };
+            record.timings.enter(CallStatus::Uncalled, now);
+            if state == journal::RETURNED {
+                record.ret = ret;
+                record.set_status(CallStatus::Returned, now);
+                self.finished.push(r.id);
+                returned += 1;
+            } else {
+                if started {
+                    record.retries += 1;
+                    rerun += 1;
+                } else {
+                    queued += 1;
+                }
+                pool.region
+                    .entry(r.index)
+                    .write_call(r.id, r.method, record.retries, r.args);
+                self.queue.push_back(r.id);
+            }
+            self.next_id = self.next_id.max(r.id + 1);
+            self.calls.insert(r.id, record);
+        }
+        for _ in 0..corrupted {
+            self.count_error(ErrorKind::Corruption, None);
+        }
+        let pool = self.pool.as_ref().expect("started");
+        log::info!(target: &self.alias,
+            "recovered from {}: {queued} queued calls, {rerun} that were running (run again, retries + 1), {returned} returned and not yet delivered, {corrupted} lost to corruption",
+            pool.region.name());
+    }
+
     /// Puts a finished call back in the queue with one more retry and a clean state.
     fn requeue(&mut self, id: u64) {
         if self.shutting_down {
@@ -1139,6 +1381,14 @@ impl<W: Worker> Mediator<W> {
             pool.arena.free(block);
         }
         record.retries += 1;
+        if let Some(pool) = self.pool.as_ref() {
+            pool.region.entry(record.entry).write_call(
+                id,
+                record.method,
+                record.retries,
+                (record.block.offset, record.args_len),
+            );
+        }
         record.status = CallStatus::Uncalled;
         record.error = None;
         record.ret = None;
@@ -1154,6 +1404,8 @@ impl<W: Worker> Mediator<W> {
         if let Some(record) = self.calls.remove(&id)
             && let Some(pool) = self.pool.as_mut()
         {
+            pool.region.entry(record.entry).clear();
+            self.free_entries.push(record.entry);
             pool.arena.free(record.block);
             if let Some(b) = record.ret_block {
                 pool.arena.free(b);
@@ -1221,7 +1473,12 @@ impl<W: Worker> Drive for Mediator<W> {
 }
 
 impl<W: Worker> Drop for Mediator<W> {
+    /// Shuts down; a persistent mediator suspends instead, keeping unfinished calls.
     fn drop(&mut self) {
-        self.shutdown();
+        if self.config.persist.is_some() {
+            self.suspend();
+        } else {
+            self.shutdown();
+        }
     }
 }

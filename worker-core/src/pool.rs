@@ -19,7 +19,7 @@ use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind};
 use crate::fork_server::ForkServer;
 use crate::process::{self, Child};
-use crate::shm::Region;
+use crate::shm::{Found, Region};
 use crate::worker::Worker;
 use crate::worker_loop::{self, WorkerEnv};
 
@@ -101,13 +101,26 @@ fn random_fraction() -> f64 {
 
 impl Pool {
     /// Creates the shared memory and, if configured, the fork server (which copies `value`).
+    /// A persistent mediator's segment is opened if it exists with the same layout; then
+    /// `matching` is true and its journal can be recovered.
     pub(crate) fn create<W: Worker>(
         alias: &str,
         config: &Config,
         value: &mut W,
-    ) -> Result<Pool, String> {
+    ) -> Result<(Pool, bool), String> {
         let slots = config.workers;
-        let region = Region::create(alias, slots, config.malloc)?;
+        let (region, matching) = match &config.persist {
+            None => (Region::create(alias, slots, config.malloc)?, false),
+            Some(app) => match Region::open_persistent(app, alias, slots, config.malloc)? {
+                Found::Created(r) => (r, false),
+                Found::Matching(r) => (r, true),
+                Found::Replaced(r, why) => {
+                    log::warn!(target: alias,
+                        "the shared memory {} left by an earlier run cannot be read: {why}; its calls are lost. Start with the earlier workers() and malloc() to recover them", r.name());
+                    (r, false)
+                }
+            },
+        };
         // SAFETY: plain eventfd creation; the fd is checked below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
@@ -140,7 +153,7 @@ impl Pool {
             None
         };
         log::debug!(target: alias, "shared memory {} with {} payload bytes", region.name(), region.arena_size());
-        Ok(Pool {
+        let pool = Pool {
             arena: Arena::new(region.arena_size()),
             region,
             eventfd,
@@ -152,7 +165,8 @@ impl Pool {
             next_death_check: Instant::now(),
             warned_threads: false,
             alias: alias.to_owned(),
-        })
+        };
+        Ok((pool, matching))
     }
 
     /// Forks a worker into slot `i` (through the fork server if there is one).

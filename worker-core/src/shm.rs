@@ -1,22 +1,29 @@
 //! The shared-memory region: one segment per mediator, laid out as a header, one channel per
-//! worker slot, and the payload area that [`crate::arena`] divides into blocks.
+//! worker slot, the call journal, and the payload area that [`crate::arena`] divides into
+//! blocks.
 //!
 //! The segment is created by the parent (`shared_memory`, `shm_open` + `mmap`), pre-faulted so
 //! that the first copy into it runs at memcpy speed, and inherited by workers through `fork`.
 //! Workers never drop the handle (they leave with `_exit`), so only the parent unlinks it.
+//!
+//! A segment is named after the process (`fw.<pid>.<alias>.<n>`), or, for a persistent
+//! mediator, after the application and the alias (`fw.app.<app>.<alias>`), so that a restarted
+//! program finds it again and recovers its calls (see `journal`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use shared_memory::{Shmem, ShmemConf};
+use shared_memory::{Shmem, ShmemConf, ShmemError};
 
 use crate::channel::Channel;
+use crate::journal::Entry;
 
 /// Written at the start of every segment; a segment without it is not ours.
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
-/// The layout version; bumped whenever `Header` or `Channel` change.
-const VERSION: u32 = 2;
+/// The layout version; bumped whenever `Header`, `Channel` or `Entry` change.
+const VERSION: u32 = 3;
 /// The header occupies the first bytes of the segment, padded to this size.
 const HEADER_SIZE: usize = 4096;
+const PAGE: usize = 4096;
 
 /// The first bytes of the segment.
 #[repr(C)]
@@ -25,6 +32,7 @@ pub(crate) struct Header {
     version: AtomicU32,
     slots: AtomicU32,
     arena_size: AtomicU64,
+    entries: AtomicU64,
     /// Set by the parent while it sleeps in `poll`; a worker that sees it writes the eventfd.
     pub(crate) parent_sleeping: AtomicU32,
 }
@@ -34,7 +42,19 @@ pub(crate) struct Region {
     shmem: Shmem,
     base: *mut u8,
     slots: usize,
+    entries: usize,
     arena_size: usize,
+}
+
+/// A segment found under a persistent name.
+pub(crate) enum Found {
+    /// None: a new one was created.
+    Created(Region),
+    /// One with the same layout: its journal can be read.
+    Matching(Region),
+    /// One with another layout (or not ours): it was removed and a new one created. The text
+    /// says what differed.
+    Replaced(Region, String),
 }
 
 /// Every segment name of this process starts with this; the rest is the alias and a counter.
@@ -42,24 +62,56 @@ pub(crate) fn segment_prefix() -> String {
     format!("fw.{}.", std::process::id())
 }
 
-fn sanitize(alias: &str) -> String {
-    alias
-        .chars()
+fn sanitize(name: &str) -> String {
+    name.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(40)
         .collect()
 }
 
+/// The name of a persistent mediator's segment.
+pub(crate) fn persistent_name(app: &str, alias: &str) -> String {
+    format!("/fw.app.{}.{}", sanitize(app), sanitize(alias))
+}
+
+/// How many journal entries a payload area of `arena_size` bytes gets: one per 512 bytes
+/// (a call takes at least 320: its arguments and a 256-byte return reservation, in 64-byte
+/// blocks), at least 1,024. The journal adds a quarter to the segment's size.
+pub(crate) fn entries_for(arena_size: usize) -> usize {
+    (arena_size / 512).max(1024)
+}
+
+fn layout(slots: usize, entries: usize) -> (usize, usize) {
+    let channels_end = HEADER_SIZE + slots * std::mem::size_of::<Channel>();
+    let journal = channels_end.div_ceil(PAGE) * PAGE;
+    let arena = (journal + entries * std::mem::size_of::<Entry>()).div_ceil(PAGE) * PAGE;
+    (journal, arena)
+}
+
+/// Removes a segment by name, if it exists.
+pub(crate) fn unlink(name: &str) {
+    if let Ok(c) = std::ffi::CString::new(name) {
+        // SAFETY: a valid C string.
+        unsafe { libc::shm_unlink(c.as_ptr()) };
+    }
+}
+
 impl Region {
-    /// Creates and pre-faults a segment for `slots` workers and `arena_size` payload bytes.
+    /// Creates and pre-faults a segment named after this process, for `slots` workers and
+    /// `arena_size` payload bytes.
     pub(crate) fn create(alias: &str, slots: usize, arena_size: usize) -> Result<Region, String> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("/{}{}.{n}", segment_prefix(), sanitize(alias));
-        let total = Self::arena_offset(slots) + arena_size;
+        Self::create_named(&name, slots, arena_size)
+    }
+
+    fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, String> {
+        let entries = entries_for(arena_size);
+        let total = layout(slots, entries).1 + arena_size;
         let shmem = ShmemConf::new()
             .size(total)
-            .os_id(&name)
+            .os_id(name)
             .create()
             .map_err(|e| {
                 format!("cannot create shared memory segment {name} of {total} bytes: {e}")
@@ -72,24 +124,100 @@ impl Region {
             shmem,
             base,
             slots,
+            entries,
             arena_size,
         };
         let h = region.header();
         h.version.store(VERSION, Ordering::Relaxed);
         h.slots.store(slots as u32, Ordering::Relaxed);
         h.arena_size.store(arena_size as u64, Ordering::Relaxed);
+        h.entries.store(entries as u64, Ordering::Relaxed);
         h.magic.store(MAGIC, Ordering::Release);
         Ok(region)
     }
 
-    fn arena_offset(slots: usize) -> usize {
-        let end = HEADER_SIZE + slots * std::mem::size_of::<Channel>();
-        end.div_ceil(4096) * 4096
+    /// Opens the persistent segment of `app` and `alias` if it exists and has this layout;
+    /// otherwise removes whatever is there and creates a new one.
+    pub(crate) fn open_persistent(
+        app: &str,
+        alias: &str,
+        slots: usize,
+        arena_size: usize,
+    ) -> Result<Found, String> {
+        let name = persistent_name(app, alias);
+        let shmem = match ShmemConf::new().os_id(&name).open() {
+            Ok(shmem) => shmem,
+            Err(ShmemError::MapOpenFailed(code)) if code == libc::ENOENT as u32 => {
+                return Self::create_named(&name, slots, arena_size).map(Found::Created);
+            }
+            Err(e) => return Err(format!("cannot open shared memory segment {name}: {e}")),
+        };
+        let entries = entries_for(arena_size);
+        let expected = layout(slots, entries).1 + arena_size;
+        let why = if shmem.len() < HEADER_SIZE {
+            Some(format!("it is {} bytes, too small to be ours", shmem.len()))
+        } else {
+            // SAFETY: at least HEADER_SIZE bytes are mapped; the header is atomics only.
+            let h = unsafe { &*(shmem.as_ptr() as *const Header) };
+            let (magic, version) = (
+                h.magic.load(Ordering::Acquire),
+                h.version.load(Ordering::Relaxed),
+            );
+            let (old_slots, old_arena) = (
+                h.slots.load(Ordering::Relaxed) as usize,
+                h.arena_size.load(Ordering::Relaxed) as usize,
+            );
+            if magic != MAGIC {
+                Some("it is not a forkworker segment".to_owned())
+            } else if version != VERSION {
+                Some(format!(
+                    "it has layout version {version}, this build reads {VERSION}"
+                ))
+            } else if old_slots != slots || old_arena != arena_size {
+                Some(format!(
+                    "it was made for workers({old_slots}) and malloc({old_arena}), now workers({slots}) and malloc({arena_size})"
+                ))
+            } else if shmem.len() != expected
+                || h.entries.load(Ordering::Relaxed) as usize != entries
+            {
+                Some(format!(
+                    "its size {} is not the expected {expected}",
+                    shmem.len()
+                ))
+            } else {
+                None
+            }
+        };
+        match why {
+            None => {
+                let mut shmem = shmem;
+                shmem.set_owner(true);
+                let base = shmem.as_ptr();
+                Ok(Found::Matching(Region {
+                    shmem,
+                    base,
+                    slots,
+                    entries,
+                    arena_size,
+                }))
+            }
+            Some(why) => {
+                drop(shmem);
+                unlink(&name);
+                let region = Self::create_named(&name, slots, arena_size)?;
+                Ok(Found::Replaced(region, why))
+            }
+        }
     }
 
     /// The segment's name, as under /dev/shm.
     pub(crate) fn name(&self) -> &str {
         self.shmem.get_os_id()
+    }
+
+    /// Keeps the segment when this mapping is dropped (for recovery), or not.
+    pub(crate) fn keep(&mut self, keep: bool) {
+        self.shmem.set_owner(!keep);
     }
 
     pub(crate) fn header(&self) -> &Header {
@@ -105,8 +233,29 @@ impl Region {
         unsafe { &*(self.base.add(HEADER_SIZE) as *const Channel).add(slot) }
     }
 
+    /// Journal entry `i`.
+    pub(crate) fn entry(&self, i: usize) -> &Entry {
+        assert!(
+            i < self.entries,
+            "journal entry {i} out of {}",
+            self.entries
+        );
+        let offset = layout(self.slots, self.entries).0;
+        // SAFETY: in bounds (checked), page-aligned start, atomics only.
+        unsafe { &*(self.base.add(offset) as *const Entry).add(i) }
+    }
+
+    /// How many journal entries there are.
+    pub(crate) fn entries(&self) -> usize {
+        self.entries
+    }
+
     pub(crate) fn arena_size(&self) -> usize {
         self.arena_size
+    }
+
+    fn arena_offset(&self) -> usize {
+        layout(self.slots, self.entries).1
     }
 
     /// The payload bytes `offset..offset + len`, or `None` if out of the payload area.
@@ -118,12 +267,7 @@ impl Region {
         let end = offset.checked_add(len)?;
         (end <= self.arena_size).then(|| {
             // SAFETY: in bounds (checked); exclusivity is the caller's promise.
-            unsafe {
-                std::slice::from_raw_parts(
-                    self.base.add(Self::arena_offset(self.slots) + offset),
-                    len,
-                )
-            }
+            unsafe { std::slice::from_raw_parts(self.base.add(self.arena_offset() + offset), len) }
         })
     }
 
@@ -137,10 +281,7 @@ impl Region {
         (end <= self.arena_size).then(|| {
             // SAFETY: in bounds (checked); exclusivity is the caller's promise.
             unsafe {
-                std::slice::from_raw_parts_mut(
-                    self.base.add(Self::arena_offset(self.slots) + offset),
-                    len,
-                )
+                std::slice::from_raw_parts_mut(self.base.add(self.arena_offset() + offset), len)
             }
         })
     }

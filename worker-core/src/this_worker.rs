@@ -4,7 +4,7 @@
 //! These are process-wide functions, so any code running in a worker (a method, a helper it
 //! calls, a library's callback) can use them without a parameter threaded through:
 //!
-//! ```no_run
+//! ```ignore
 //! use forkworker::this_worker;
 //!
 //! pub struct Parser;
