@@ -39,8 +39,9 @@ pub use worker_core::*;
 /// The names most programs need: `use forkworker::prelude::*;`.
 pub mod prelude {
     pub use worker_core::{
-        Call, CallError, CallId, CallStatus, ErrorCounts, ExitCause, ForkStrategy, Log, Mediator,
-        Recycle, WireError, Worker,
+        Application, Call, CallError, CallId, CallStatus, Control, Daemon, ErrorCounts, ExitCause,
+        FnMediator, ForkStrategy, Log, Mediator, Recycle, TaskError, TaskId, Tasks, WireError,
+        Worker, WorkerKey, Workers, this_worker,
     };
 }
 

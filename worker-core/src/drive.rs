@@ -31,6 +31,14 @@ pub trait Drive {
     fn end_sleep(&mut self);
     /// Stops the pool (see [`crate::Mediator::shutdown`]).
     fn shutdown(&mut self);
+    /// Stops the pool keeping unfinished calls (see [`crate::Mediator::suspend`]); returns
+    /// how many were kept.
+    fn suspend(&mut self) -> usize;
+    /// Sets whether the pool recovers an earlier run's calls when it starts (see
+    /// [`crate::Mediator::recover`]).
+    fn set_recover(&mut self, recover: bool);
+    /// Starts the pool now (see [`crate::Mediator::start`]).
+    fn start_pool(&mut self) -> Result<(), crate::CallError>;
 }
 
 /// Sleeps until one of `drives` has an event, one of `extra` is readable, or the nearest

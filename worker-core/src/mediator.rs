@@ -40,6 +40,9 @@ const START_FAILURE_LIMIT: u32 = 5;
 
 type Handler<W> = Box<dyn FnMut(&Call<'_, W>, Log<'_>)>;
 
+/// A callback lent for one [`Mediator::poll_with`].
+pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
+
 /// The parent's handle on a pool of worker processes running the methods of `W`.
 ///
 /// `#[forkworker::worker]` generates a `{Type}Mediator` that wraps a `Mediator<Type>` and
@@ -428,6 +431,13 @@ impl<W: Worker> Mediator<W> {
     /// runs the callbacks, without blocking. Returns how many calls finished.
     pub fn poll(&mut self) -> usize {
         self.collect()
+    }
+
+    /// As [`Mediator::poll`], and the finished calls that no callback of the mediator's takes
+    /// go to `handler` (an event loop that owns the state the callbacks act on, such as the
+    /// daemon host, lends its callbacks this way).
+    pub fn poll_with(&mut self, handler: &mut ExternalHandler<'_, W>) -> usize {
+        self.collect_with(Some(handler))
     }
 
     /// Blocks until call `id` finishes or `timeout` passes, driving the pool (and its
@@ -872,6 +882,12 @@ impl<W: Worker> Mediator<W> {
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
     /// queued calls and runs callbacks. Never blocks. Returns how many calls finished.
     fn collect(&mut self) -> usize {
+        self.collect_with(None)
+    }
+
+    /// [`Mediator::collect`], with `external` for the calls no callback of the mediator's
+    /// takes.
+    fn collect_with(&mut self, external: Option<&mut ExternalHandler<'_, W>>) -> usize {
         let Some(pool) = self.pool.as_mut() else {
             return 0;
         };
@@ -886,7 +902,7 @@ impl<W: Worker> Mediator<W> {
         self.enforce_timeouts();
         self.retire_worn();
         self.dispatch_queued();
-        let finished = self.fire_callbacks();
+        let finished = self.fire_callbacks_with(external);
         // Callbacks may have retried calls.
         self.dispatch_queued();
         finished
@@ -1205,15 +1221,25 @@ impl<W: Worker> Mediator<W> {
     /// Runs the callbacks of finished calls in the order they finished, then releases the
     /// calls no one waits for. Returns how many calls it handled.
     fn fire_callbacks(&mut self) -> usize {
+        self.fire_callbacks_with(None)
+    }
+
+    /// [`Mediator::fire_callbacks`], with `external` for the calls no callback of the
+    /// mediator's takes.
+    fn fire_callbacks_with(&mut self, mut external: Option<&mut ExternalHandler<'_, W>>) -> usize {
         let finished = std::mem::take(&mut self.finished);
         for &id in &finished {
             let Some(record) = self.calls.get(&id) else {
                 continue;
             };
-            let handler = match record.status {
-                CallStatus::Returned => self.on_return.as_mut(),
-                CallStatus::Timeout => self.on_timeout.as_mut(),
-                _ => self.on_error.as_mut(),
+            let own = match record.status {
+                CallStatus::Returned => self.on_return.as_deref_mut(),
+                CallStatus::Timeout => self.on_timeout.as_deref_mut(),
+                _ => self.on_error.as_deref_mut(),
+            };
+            let handler: Option<&mut ExternalHandler<'_, W>> = match own {
+                Some(h) => Some(h),
+                None => external.as_deref_mut(),
             };
             if let (Some(handler), Some(pool)) = (handler, self.pool.as_ref()) {
                 // SAFETY: the call is final: no worker writes its blocks any more.
@@ -1469,6 +1495,18 @@ impl<W: Worker> Drive for Mediator<W> {
 
     fn shutdown(&mut self) {
         Mediator::shutdown(self)
+    }
+
+    fn suspend(&mut self) -> usize {
+        Mediator::suspend(self)
+    }
+
+    fn set_recover(&mut self, recover: bool) {
+        Mediator::recover(self, recover);
+    }
+
+    fn start_pool(&mut self) -> Result<(), CallError> {
+        Mediator::start(self)
     }
 }
 

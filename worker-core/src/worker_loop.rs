@@ -37,9 +37,9 @@ pub(crate) struct WorkerEnv<'a> {
 
 /// Runs the worker until it is asked to exit, then leaves the process.
 pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
-    // SAFETY: ignoring SIGINT is always valid. A Ctrl-C in a terminal reaches the whole process
-    // group; the parent decides what happens to its workers.
-    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    // The daemon's handlers would only set flags in this copy: default actions again, and
+    // SIGINT ignored (a Ctrl-C reaches the whole process group; the parent decides).
+    crate::signals::reset_in_child();
     let code = match catch_unwind(AssertUnwindSafe(|| serve(value, &env))) {
         Ok(()) => 0,
         Err(_) => EXIT_PANIC,

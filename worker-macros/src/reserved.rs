@@ -28,6 +28,7 @@ pub const RESERVED: &[&str] = &[
     "retry",
     "wait",
     "poll",
+    "poll_with",
     "inline",
     "alias",
     "pending",

@@ -1,0 +1,478 @@
+//! The daemon host: an application's event loop with its worker pools, signals, runtime
+//! statistics, single instance and recovery (the seed's `Core_Daemon`).
+//!
+//! The daemon owns the mediators and the application's state side by side, so a callback can
+//! have `&mut` access to both: the state, and every *other* mediator (a mediator's own calls
+//! are retried with [`Call::retry`]).
+//!
+//! ```ignore
+//! struct App { found: u64 }
+//!
+//! impl Application for App {
+//!     fn execute(&mut self, workers: &mut Workers<Self>, ctl: &mut Control) {
+//!         if ctl.iteration() % 10 == 0 {
+//!             workers.get(self.factors).call(rand_number()).ok();
+//!         }
+//!     }
+//! }
+//!
+//! let mut daemon = Daemon::new("PrimeNumbers", App { found: 0 });
+//! let primes = daemon.add(PrimesMediator::new("PrimeNumbers", Primes::new()));
+//! let factors = daemon.add(FnMediator::new("GetFactors", factors));
+//! daemon.on_return(factors, move |app, workers, call, log| {
+//!     if let Some(Ok(found)) = call.return_value() {
+//!         workers.get(primes).primes_among(&found).ok();
+//!     }
+//! });
+//! daemon.on_timeout(factors, |_, _, call, _| if call.retries() < 3 { call.retry() });
+//! daemon.run()?;
+//! ```
+//!
+//! | signal | what the daemon does (in its loop; the handler only sets a flag) |
+//! |---|---|
+//! | SIGINT, SIGTERM | graceful stop: no new call starts, running calls may finish until their timeout, queued ones stay in shared memory for the next run (with recovery); exit 0 |
+//! | SIGHUP | graceful restart: as above, then the program re-executes itself with `--recover-workers` |
+//! | SIGUSR1 | writes every pool's statistics table to the log |
+//! | SIGCONT | wakes the loop |
+
+use std::any::Any;
+use std::ops::DerefMut;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::call::{Call, CallStatus, Log};
+use crate::drive::{Drive, sleep_on};
+use crate::instance::{InstanceLock, PidFile};
+use crate::mediator::Mediator;
+use crate::signals::Signals;
+use crate::task::Tasks;
+use crate::this_worker;
+use crate::worker::Worker;
+
+/// The flag that turns recovery on, as the seed's `--recoverworkers`.
+pub const RECOVER_FLAG: &str = "--recover-workers";
+
+/// An application run by a [`Daemon`].
+pub trait Application: Sized + 'static {
+    /// Runs once, before the loop.
+    fn setup(&mut self, _workers: &mut Workers<Self>, _ctl: &mut Control) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs every loop interval (or, with an interval of zero, after every wake-up), after
+    /// every pool was polled and its callbacks ran.
+    fn execute(&mut self, workers: &mut Workers<Self>, ctl: &mut Control);
+
+    /// Runs once when the loop ends, before the pools stop.
+    fn teardown(&mut self, _workers: &mut Workers<Self>, _ctl: &mut Control) {}
+}
+
+/// The loop's state, handed to the application.
+#[derive(Debug)]
+pub struct Control {
+    iteration: u64,
+    started: Instant,
+    stop: Option<Stop>,
+}
+
+/// How a daemon's loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stopped (SIGINT, SIGTERM, or [`Control::stop`]).
+    Shutdown,
+    /// Restarting (SIGHUP, or [`Control::restart`]): [`Daemon::run`] re-executes the program
+    /// with recovery on, and returns this only if that fails.
+    Restart,
+}
+
+impl Control {
+    /// How many times `execute` ran before this one.
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+
+    /// Time since the loop started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Ends the loop gracefully after this iteration.
+    pub fn stop(&mut self) {
+        self.stop = Some(Stop::Shutdown);
+    }
+
+    /// Ends the loop gracefully and restarts the program with recovery on.
+    pub fn restart(&mut self) {
+        self.stop = Some(Stop::Restart);
+    }
+}
+
+/// Typed access to a pool added to a [`Daemon`]; copy it into callbacks.
+pub struct WorkerKey<M> {
+    index: usize,
+    _m: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for WorkerKey<M> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<M> Copy for WorkerKey<M> {}
+
+impl<M> std::fmt::Debug for WorkerKey<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WorkerKey({})", self.index)
+    }
+}
+
+/// A daemon callback: the application, the other pools, the finished call, a logger.
+type DaemonHandler<A, W> = Box<dyn FnMut(&mut A, &mut Workers<A>, &Call<'_, W>, Log<'_>)>;
+
+/// What the daemon needs of a pool, whatever its worker type.
+trait Registered<A> {
+    fn mediator_any(&mut self) -> &mut dyn Any;
+    fn entry_any(&mut self) -> &mut dyn Any;
+    fn drive(&mut self) -> &mut dyn Drive;
+    fn poll(&mut self, app: &mut A, workers: &mut Workers<A>) -> usize;
+}
+
+struct Entry<A, M, W: Worker> {
+    mediator: M,
+    on_return: Option<DaemonHandler<A, W>>,
+    on_timeout: Option<DaemonHandler<A, W>>,
+    on_error: Option<DaemonHandler<A, W>>,
+}
+
+impl<A, M, W> Registered<A> for Entry<A, M, W>
+where
+    A: 'static,
+    M: DerefMut<Target = Mediator<W>> + 'static,
+    W: Worker,
+{
+    fn mediator_any(&mut self) -> &mut dyn Any {
+        &mut self.mediator
+    }
+
+    fn entry_any(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn drive(&mut self) -> &mut dyn Drive {
+        &mut *self.mediator
+    }
+
+    fn poll(&mut self, app: &mut A, workers: &mut Workers<A>) -> usize {
+        let Entry {
+            mediator,
+            on_return,
+            on_timeout,
+            on_error,
+        } = self;
+        let mut handler = |call: &Call<'_, W>, log: Log<'_>| {
+            let callback = match call.status() {
+                CallStatus::Returned => on_return.as_mut(),
+                CallStatus::Timeout => on_timeout.as_mut(),
+                _ => on_error.as_mut(),
+            };
+            match (callback, call.error()) {
+                (Some(callback), _) => callback(app, workers, call, log),
+                (None, Some(error)) => log.warn(format_args!("call {}: {error}", call.id())),
+                (None, None) => {}
+            }
+        };
+        mediator.poll_with(&mut handler)
+    }
+}
+
+/// The pools of a daemon, reachable from the application and from callbacks by their
+/// [`WorkerKey`].
+pub struct Workers<A> {
+    entries: Vec<Option<Box<dyn Registered<A>>>>,
+    tasks: Tasks,
+}
+
+impl<A: 'static> Workers<A> {
+    /// The pool of `key`, or `None` if it is the one whose callback is running (retry its
+    /// calls with [`Call::retry`]).
+    pub fn try_get<M: 'static>(&mut self, key: WorkerKey<M>) -> Option<&mut M> {
+        self.entries
+            .get_mut(key.index)?
+            .as_mut()?
+            .mediator_any()
+            .downcast_mut::<M>()
+    }
+
+    /// The pool of `key`.
+    ///
+    /// # Panics
+    /// Inside a callback of that very pool, which is busy delivering the call: use
+    /// [`Workers::try_get`] or [`Call::retry`] there.
+    pub fn get<M: 'static>(&mut self, key: WorkerKey<M>) -> &mut M {
+        self.try_get(key)
+            .expect("a pool cannot be reached from its own callback; use call.retry() or try_get")
+    }
+
+    /// The daemon's ad-hoc background processes (the seed's Task API): each runs a closure
+    /// once in a forked process; the loop polls them and sleeps on them with the pools.
+    pub fn tasks(&mut self) -> &mut Tasks {
+        &mut self.tasks
+    }
+
+    fn drives(&mut self) -> Vec<&mut dyn Drive> {
+        self.entries
+            .iter_mut()
+            .flatten()
+            .map(|e| e.drive())
+            .collect()
+    }
+}
+
+/// An application's event loop: see the module documentation.
+pub struct Daemon<A: Application> {
+    name: String,
+    app: A,
+    workers: Workers<A>,
+    loop_interval: Duration,
+    recover: bool,
+    pid_file: Option<PathBuf>,
+    lock_dir: PathBuf,
+}
+
+impl<A: Application> Daemon<A> {
+    /// A daemon named `name` (its pools' shared memory, lock file and log lines are named
+    /// after it) running `app`. Recovery is on if the program's arguments contain
+    /// [`RECOVER_FLAG`]. The loop interval is 1 s.
+    pub fn new(name: impl Into<String>, app: A) -> Self {
+        Daemon {
+            name: name.into(),
+            app,
+            workers: Workers {
+                entries: Vec::new(),
+                tasks: Tasks::new("tasks"),
+            },
+            loop_interval: Duration::from_secs(1),
+            recover: std::env::args().any(|a| a == RECOVER_FLAG),
+            pid_file: None,
+            lock_dir: std::env::temp_dir(),
+        }
+    }
+
+    /// Sets how often `execute` runs (zero: after every wake-up, as fast as events arrive).
+    pub fn loop_interval(&mut self, interval: Duration) -> &mut Self {
+        self.loop_interval = interval;
+        self
+    }
+
+    /// Turns recovery of the calls an earlier run left on or off (see
+    /// [`Mediator::recover`]).
+    pub fn recover_workers(&mut self, recover: bool) -> &mut Self {
+        self.recover = recover;
+        self
+    }
+
+    /// Writes the daemon's pid to `path` while it runs.
+    pub fn pid_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Where the single-instance lock file `<name>.lock` goes (default: the temp directory).
+    pub fn lock_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
+        self.lock_dir = dir.into();
+        self
+    }
+
+    /// The application.
+    pub fn app(&mut self) -> &mut A {
+        &mut self.app
+    }
+
+    /// Adds a pool; it becomes persistent under the daemon's name, so its calls can be
+    /// recovered after a restart.
+    pub fn add<M, W>(&mut self, mut mediator: M) -> WorkerKey<M>
+    where
+        M: DerefMut<Target = Mediator<W>> + 'static,
+        W: Worker,
+    {
+        mediator.persist(self.name.clone());
+        self.workers.entries.push(Some(Box::new(Entry::<A, M, W> {
+            mediator,
+            on_return: None,
+            on_timeout: None,
+            on_error: None,
+        })));
+        WorkerKey {
+            index: self.workers.entries.len() - 1,
+            _m: std::marker::PhantomData,
+        }
+    }
+
+    fn entry<M, W>(&mut self, key: WorkerKey<M>) -> &mut Entry<A, M, W>
+    where
+        M: DerefMut<Target = Mediator<W>> + 'static,
+        W: Worker,
+    {
+        self.workers.entries[key.index]
+            .as_mut()
+            .and_then(|e| e.entry_any().downcast_mut::<Entry<A, M, W>>())
+            .expect("a WorkerKey of this daemon")
+    }
+
+    /// Sets the callback for `key`'s calls that returned: it gets the application, the other
+    /// pools, the call and a logger.
+    pub fn on_return<M, W>(
+        &mut self,
+        key: WorkerKey<M>,
+        callback: impl FnMut(&mut A, &mut Workers<A>, &Call<'_, W>, Log<'_>) + 'static,
+    ) -> &mut Self
+    where
+        M: DerefMut<Target = Mediator<W>> + 'static,
+        W: Worker,
+    {
+        self.entry(key).on_return = Some(Box::new(callback));
+        self
+    }
+
+    /// Sets the callback for `key`'s calls that timed out.
+    pub fn on_timeout<M, W>(
+        &mut self,
+        key: WorkerKey<M>,
+        callback: impl FnMut(&mut A, &mut Workers<A>, &Call<'_, W>, Log<'_>) + 'static,
+    ) -> &mut Self
+    where
+        M: DerefMut<Target = Mediator<W>> + 'static,
+        W: Worker,
+    {
+        self.entry(key).on_timeout = Some(Box::new(callback));
+        self
+    }
+
+    /// Sets the callback for `key`'s calls that failed otherwise (crash, panic, ...).
+    pub fn on_error<M, W>(
+        &mut self,
+        key: WorkerKey<M>,
+        callback: impl FnMut(&mut A, &mut Workers<A>, &Call<'_, W>, Log<'_>) + 'static,
+    ) -> &mut Self
+    where
+        M: DerefMut<Target = Mediator<W>> + 'static,
+        W: Worker,
+    {
+        self.entry(key).on_error = Some(Box::new(callback));
+        self
+    }
+
+    /// Typed access to a pool before the loop runs.
+    pub fn worker<M: 'static>(&mut self, key: WorkerKey<M>) -> &mut M {
+        self.workers.get(key)
+    }
+
+    /// Runs the loop until a signal or the application stops it; see the module docs. On a
+    /// restart it re-executes the program with [`RECOVER_FLAG`] and does not return unless
+    /// that fails.
+    pub fn run(mut self) -> Result<Stop, String> {
+        let name = self.name.clone();
+        let lock_path = self.lock_dir.join(format!("{name}.lock"));
+        let _lock = InstanceLock::acquire(&lock_path).map_err(|e| e.to_string())?;
+        let _pid = match &self.pid_file {
+            Some(p) => Some(PidFile::create(p).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let signals =
+            Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        // SAFETY: `self.app` stays where it is for the whole loop, during which workers fork.
+        unsafe { this_worker::set_daemon_state(&self.app) };
+        let recover = self.recover;
+        for entry in self.workers.entries.iter_mut().flatten() {
+            entry.drive().set_recover(recover);
+        }
+        let mut ctl = Control {
+            iteration: 0,
+            started: Instant::now(),
+            stop: None,
+        };
+        log::info!(target: &name, "daemon {name} started (pid {}, recovery {})", std::process::id(), if recover { "on" } else { "off" });
+        self.app.setup(&mut self.workers, &mut ctl)?;
+        for entry in self.workers.entries.iter_mut().flatten() {
+            entry.drive().start_pool().map_err(|e| e.to_string())?;
+        }
+        let mut next_execute = Instant::now();
+        let stop = loop {
+            let events = signals.take();
+            if events.stats {
+                for d in self.workers.drives() {
+                    log::info!(target: &name, "\n{}", d.stats());
+                }
+            }
+            if events.shutdown {
+                break Stop::Shutdown;
+            }
+            if events.restart {
+                break Stop::Restart;
+            }
+            self.poll_all();
+            let now = Instant::now();
+            if now >= next_execute || self.loop_interval.is_zero() {
+                self.app.execute(&mut self.workers, &mut ctl);
+                ctl.iteration += 1;
+                next_execute = (next_execute + self.loop_interval).max(now);
+                self.poll_all();
+            }
+            if let Some(stop) = ctl.stop {
+                break stop;
+            }
+            let until = (!self.loop_interval.is_zero())
+                .then_some(next_execute)
+                .into_iter()
+                .chain(self.workers.tasks.next_deadline())
+                .min();
+            let Workers { entries, tasks } = &mut self.workers;
+            let mut extra = tasks.wake_fds();
+            extra.push(signals.wake_fd());
+            let mut drives: Vec<&mut dyn Drive> =
+                entries.iter_mut().flatten().map(|e| e.drive()).collect();
+            sleep_on(&mut drives, &extra, until);
+        };
+        log::info!(target: &name, "daemon {name} stopping ({stop:?})");
+        self.app.teardown(&mut self.workers, &mut ctl);
+        let mut kept = 0;
+        for d in self.workers.drives() {
+            kept += d.suspend();
+        }
+        log::info!(target: &name, "daemon {name} stopped; {kept} calls kept for the next run");
+        drop(self);
+        drop(signals);
+        if stop == Stop::Restart {
+            return Err(reexec_with_recovery());
+        }
+        Ok(stop)
+    }
+
+    /// Polls every pool, each with the application and the other pools at hand, and the
+    /// tasks.
+    fn poll_all(&mut self) {
+        self.workers.tasks.poll();
+        for i in 0..self.workers.entries.len() {
+            let Some(mut entry) = self.workers.entries[i].take() else {
+                continue;
+            };
+            entry.poll(&mut self.app, &mut self.workers);
+            self.workers.entries[i] = Some(entry);
+        }
+    }
+}
+
+/// Re-executes this program with [`RECOVER_FLAG`]; returns only on failure, with the error.
+fn reexec_with_recovery() -> String {
+    use std::os::unix::process::CommandExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return format!("cannot restart: {e}"),
+    };
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == RECOVER_FLAG) {
+        args.push(RECOVER_FLAG.to_owned());
+    }
+    let err = std::process::Command::new(exe).args(args).exec();
+    format!("cannot restart: {err}")
+}

@@ -1,0 +1,308 @@
+//! One instance at a time: a lock file held with `flock`, and a pid file.
+//!
+//! [`InstanceLock::acquire`] takes an exclusive, non-blocking `flock` on a lock file and
+//! writes this process's pid into it; a second instance gets
+//! [`InstanceError::Held`], naming the file and the pid of the holder. The kernel releases
+//! the lock when the holder exits, however it exits (even by SIGKILL), so a stale lock file
+//! never blocks a restart. The file itself is left in place (removing a lock file is racy).
+//!
+//! ```
+//! use forkworker_core::instance::{InstanceError, InstanceLock};
+//!
+//! let path = std::env::temp_dir().join(format!("doc-{}.lock", std::process::id()));
+//! let lock = InstanceLock::acquire(&path)?;
+//! // A second acquisition (another open of the file) fails, naming the holder.
+//! match InstanceLock::acquire(&path) {
+//!     Err(InstanceError::Held { pid, .. }) => assert_eq!(pid, Some(std::process::id() as i32)),
+//!     other => panic!("expected Held, got {other:?}"),
+//! }
+//! drop(lock);
+//! let again = InstanceLock::acquire(&path)?;
+//! # drop(again);
+//! # std::fs::remove_file(&path).unwrap();
+//! # Ok::<(), InstanceError>(())
+//! ```
+//!
+//! # Forked children
+//! A `flock` belongs to the open file, which a forked child shares. Dropping the lock releases
+//! it for all of them; but if the holder dies without dropping it, the lock stays held until
+//! every process it forked after `acquire` (a worker, a task) has exited too. Workers and tasks
+//! die with their parent, so this only delays a restart by as long as they take to die. The
+//! file is opened close-on-exec, so programs started with `exec` do not hold it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long [`InstanceLock::acquire`] waits for a holder that has just taken the lock to
+/// write its pid.
+const PID_WAIT: Duration = Duration::from_millis(200);
+
+/// Why an instance lock or a pid file could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// Another process holds the lock.
+    #[error("another instance holds the lock file {}{}", path.display(), holder(*pid))]
+    Held {
+        /// The lock file.
+        path: PathBuf,
+        /// The holder's pid, as it wrote it into the lock file (`None` if unreadable).
+        pid: Option<i32>,
+    },
+    /// The file could not be opened, locked, read or written.
+    #[error("cannot use {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn holder(pid: Option<i32>) -> String {
+    match pid {
+        Some(pid) => format!(" (pid {pid})"),
+        None => " (its pid is not in the file)".to_owned(),
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> InstanceError + '_ {
+    move |source| InstanceError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The pid written in `file`, if it holds one.
+fn read_pid(file: &mut File) -> Option<i32> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    text.trim().parse().ok().filter(|&pid: &i32| pid > 0)
+}
+
+/// Writes `pid` and a newline as the whole content of `file`.
+fn write_pid(file: &mut File, pid: u32) -> io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(format!("{pid}\n").as_bytes())?;
+    file.flush()
+}
+
+/// An exclusive lock on a lock file, held until dropped (or until the process exits).
+///
+/// The file holds the holder's pid while the lock is held; it is emptied on drop.
+#[derive(Debug)]
+pub struct InstanceLock {
+    file: File,
+    path: PathBuf,
+    pid: u32,
+}
+
+impl InstanceLock {
+    /// Takes the lock on `path`, creating the file (mode 0644) if needed, and writes this
+    /// process's pid into it.
+    ///
+    /// # Errors
+    /// [`InstanceError::Held`] if another open of the file holds the lock: another process,
+    /// or another `InstanceLock` of this one. [`InstanceError::Io`] if the file cannot be
+    /// opened, locked or written.
+    pub fn acquire(path: impl AsRef<Path>) -> Result<InstanceLock, InstanceError> {
+        let path = path.as_ref();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(io_error(path))?;
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => {
+                    // The holder writes its pid right after locking: give it a moment.
+                    let end = Instant::now() + PID_WAIT;
+                    let pid = loop {
+                        let pid = read_pid(&mut file);
+                        if pid.is_some() || Instant::now() >= end {
+                            break pid;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    };
+                    return Err(InstanceError::Held {
+                        path: path.to_owned(),
+                        pid,
+                    });
+                }
+                _ => return Err(io_error(path)(err)),
+            }
+        }
+        let pid = std::process::id();
+        write_pid(&mut file, pid).map_err(io_error(path))?;
+        Ok(InstanceLock {
+            file,
+            path: path.to_owned(),
+            pid,
+        })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        // Only the process that took the lock clears the pid; closing the file releases the
+        // lock (once every process that shares the open file has closed it or exited).
+        if std::process::id() == self.pid {
+            let _ = self.file.set_len(0);
+            // SAFETY: flock on an fd we own.
+            unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
+/// A file holding this process's pid, written at creation and removed on drop.
+///
+/// It tells scripts which process to signal; it does not keep a second instance out (use
+/// [`InstanceLock`] for that).
+///
+/// ```
+/// use forkworker_core::instance::PidFile;
+///
+/// let path = std::env::temp_dir().join(format!("doc-{}.pid", std::process::id()));
+/// let pid_file = PidFile::create(&path)?;
+/// assert_eq!(std::fs::read_to_string(&path)?, format!("{}\n", std::process::id()));
+/// drop(pid_file);
+/// assert!(!path.exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct PidFile {
+    path: PathBuf,
+    pid: u32,
+}
+
+impl PidFile {
+    /// Writes this process's pid into `path` (created with mode 0644, or truncated).
+    ///
+    /// # Errors
+    /// [`InstanceError::Io`] if the file cannot be written.
+    pub fn create(path: impl AsRef<Path>) -> Result<PidFile, InstanceError> {
+        let path = path.as_ref();
+        let pid = std::process::id();
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(io_error(path))?;
+        write_pid(&mut file, pid).map_err(io_error(path))?;
+        Ok(PidFile {
+            path: path.to_owned(),
+            pid,
+        })
+    }
+
+    /// The pid file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        // Removed only by the process that wrote it, and only if it still names it (another
+        // instance may have replaced it).
+        if std::process::id() == self.pid
+            && std::fs::read_to_string(&self.path)
+                .is_ok_and(|text| text.trim() == self.pid.to_string())
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "forkworker-unit-{}-{name}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ))
+    }
+
+    #[test]
+    fn a_second_lock_fails_with_the_holder_named_until_the_first_is_dropped() {
+        let path = temp("lock");
+        let lock = InstanceLock::acquire(&path).expect("first");
+        assert_eq!(lock.path(), path);
+        let me = std::process::id() as i32;
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{me}\n"),
+            "the holder's pid is in the file"
+        );
+        let err = InstanceLock::acquire(&path).expect_err("held");
+        match &err {
+            InstanceError::Held { path: p, pid } => {
+                assert_eq!((p, *pid), (&path, Some(me)));
+            }
+            other => panic!("expected Held, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains(&path.display().to_string()) && message.contains(&me.to_string()),
+            "{message}"
+        );
+        drop(lock);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "emptied");
+        let again = InstanceLock::acquire(&path).expect("free again");
+        drop(again);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn an_unusable_path_is_an_io_error_naming_it() {
+        let path = temp("missing-dir").join("x.lock");
+        let err = InstanceLock::acquire(&path).expect_err("no such directory");
+        assert!(matches!(err, InstanceError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains(&path.display().to_string()));
+        assert!(PidFile::create(&path).is_err());
+    }
+
+    #[test]
+    fn a_pid_file_is_written_and_removed_unless_replaced() {
+        let path = temp("pid");
+        let pid_file = PidFile::create(&path).expect("create");
+        assert_eq!(pid_file.path(), path);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        drop(pid_file);
+        assert!(!path.exists());
+        // Replaced by another instance: left alone.
+        let pid_file = PidFile::create(&path).expect("create");
+        std::fs::write(&path, "1\n").unwrap();
+        drop(pid_file);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
