@@ -1,11 +1,20 @@
-//! The seed's PrimeNumbers worker, ported: four worker processes find primes while the parent
-//! keeps calling, and results come back through `on_return` and through typed `wait`.
+//! The seed's PrimeNumbers daemon, ported: a `PrimeNumbers` pool of four workers (the `Primes`
+//! object: sieve, is_prime, primes_among) and a `GetFactors` pool made from a closure. Jobs
+//! are triggered by a timer (every few iterations) and by a signal (SIGCONT). When GetFactors
+//! returns, its callback hands the factors to PrimeNumbers — one pool's callback acting on
+//! another pool — and a GetFactors call that times out is retried up to three times. SIGUSR1
+//! writes the runtime statistics table to the log.
 //!
-//! Run it with `cargo run --release --example primes`.
+//! ```sh
+//! cargo run --release --example primes                      # 40 iterations of 100 ms, then stops
+//! cargo run --release --example primes -- --forever         # until SIGINT / SIGTERM
+//! cargo run --release --example primes -- --recover-workers # complete what a killed run left
+//! ```
+//!
+//! While it runs: `kill -USR1 <pid>` (statistics), `kill -CONT <pid>` (a job),
+//! `kill -HUP <pid>` (graceful restart with recovery), `kill -TERM <pid>` (graceful stop).
 
-use std::cell::Cell;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use forkworker::prelude::*;
 
@@ -28,8 +37,7 @@ impl Primes {
         let small: Vec<u64> = (2..=root).filter(|&n| is_prime(n)).collect();
         let mut composite = vec![false; (end - start + 1) as usize];
         for p in small {
-            let first = (p * p).max(start.div_ceil(p) * p);
-            let mut m = first;
+            let mut m = (p * p).max(start.div_ceil(p) * p);
             while m <= end {
                 composite[(m - start) as usize] = true;
                 m += p;
@@ -51,11 +59,6 @@ impl Primes {
         self.served += 1;
         numbers.iter().copied().filter(|&n| is_prime(n)).collect()
     }
-
-    /// How many calls this worker process served.
-    pub fn served(&self) -> u64 {
-        self.served
-    }
 }
 
 fn is_prime(n: u64) -> bool {
@@ -65,29 +68,115 @@ fn is_prime(n: u64) -> bool {
             .all(|d| !n.is_multiple_of(d))
 }
 
-fn main() -> Result<(), CallError> {
-    // Log lines (ours and the library's warnings) go to stderr.
+/// The factors of `n`; the seed's GetFactors closure. One number in seven is made to hang
+/// past the pool's timeout, to show timeouts and retries.
+fn factors(n: u64) -> Vec<u64> {
+    if n.is_multiple_of(7) {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    (1..=n).filter(|d| n.is_multiple_of(*d)).collect()
+}
+
+type Factors = FnMediator<fn(u64) -> Vec<u64>, u64, Vec<u64>>;
+
+/// The application: what the seed's daemon class held.
+struct PrimeNumbers {
+    primes: Option<WorkerKey<PrimesMediator>>,
+    factors: Option<WorkerKey<Factors>>,
+    /// Stop after this many iterations (0: run until a signal).
+    iterations: u64,
+    jobs: u64,
+    seed: u64,
+}
+
+impl PrimeNumbers {
+    fn next_number(&mut self) -> u64 {
+        // A small xorshift: numbers between 1,000 and 10,000, as in the seed.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        1_000 + self.seed % 9_000
+    }
+}
+
+impl Application for PrimeNumbers {
+    fn setup(&mut self, workers: &mut Workers<Self>, _ctl: &mut Control) -> Result<(), String> {
+        let primes = workers.get(self.primes.expect("added in main"));
+        let id = primes.sieve(1_000, 2_000).map_err(|e| e.to_string())?;
+        log::info!(target: "PrimeNumbers", "setup: queued sieve(1000, 2000) as call {id}");
+        Ok(())
+    }
+
+    fn execute(&mut self, workers: &mut Workers<Self>, ctl: &mut Control) {
+        let (primes, factors) = (self.primes.unwrap(), self.factors.unwrap());
+        // Timer-triggered jobs.
+        if ctl.iteration().is_multiple_of(4) {
+            let n = self.next_number();
+            match workers.get(factors).call(n) {
+                Ok(id) => log::info!(target: "PrimeNumbers", "GetFactors({n}) queued as call {id}"),
+                Err(e) => log::warn!(target: "PrimeNumbers", "GetFactors({n}) refused: {e}"),
+            }
+            self.jobs += 1;
+        }
+        if ctl.iteration().is_multiple_of(10) {
+            let start = ctl.iteration() * 10_000;
+            workers.get(primes).sieve(start, start + 9_999).ok();
+            self.jobs += 1;
+        }
+        // Signal-triggered job: SIGCONT.
+        if ctl.signals().wake {
+            log::info!(target: "PrimeNumbers", "SIGCONT: checking whether 1000000007 is prime");
+            workers.get(primes).is_prime(1_000_000_007).ok();
+        }
+        // Show the statistics once in a bounded run, as SIGUSR1 would.
+        if self.iterations > 0 && ctl.iteration() == self.iterations / 2 {
+            // SAFETY: raising a signal at ourselves; the daemon turns it into a flag.
+            unsafe { libc::raise(libc::SIGUSR1) };
+        }
+        if self.iterations > 0 && ctl.iteration() + 1 >= self.iterations {
+            log::info!(target: "PrimeNumbers", "{} jobs queued; stopping", self.jobs);
+            ctl.stop();
+        }
+    }
+}
+
+fn main() {
     log::set_logger(&StderrLog).ok();
     log::set_max_level(log::LevelFilter::Info);
+    let forever = std::env::args().any(|a| a == "--forever");
+
+    let mut daemon = Daemon::new(
+        "PrimeNumbers",
+        PrimeNumbers {
+            primes: None,
+            factors: None,
+            iterations: if forever { 0 } else { 40 },
+            jobs: 0,
+            seed: 0x2545_f491_4f6c_dd1d,
+        },
+    );
+    daemon.loop_interval(Duration::from_millis(100));
 
     let mut primes = PrimesMediator::new("PrimeNumbers", Primes { served: 0 });
     primes
         .workers(4)
         .timeout(Duration::from_secs(60))
         .malloc(4 << 20);
+    let primes = daemon.add(primes);
 
-    let returned = Rc::new(Cell::new(0u32));
-    let counter = returned.clone();
-    primes.on_return(move |call, log| {
-        counter.set(counter.get() + 1);
+    let mut factors: Factors = FnMediator::new("GetFactors", factors as fn(u64) -> Vec<u64>);
+    factors.workers(2).timeout(Duration::from_secs(1));
+    let factors = daemon.add(factors);
+
+    daemon.app().primes = Some(primes);
+    daemon.app().factors = Some(factors);
+
+    daemon.on_return(primes, |_app, _workers, call, log| {
         match (call.args(), call.return_value()) {
-            (Ok(PrimesArgs::Sieve { start, end }), Some(Ok(PrimesReturn::Sieve(found))))
-                if call.id().is_multiple_of(50) =>
-            {
+            (Ok(PrimesArgs::Sieve { start, end }), Some(Ok(PrimesReturn::Sieve(found)))) => {
                 log.info(format_args!(
-                    "job {} sieve({start}, {end}) in worker {:?}: {} primes, from {:?} to {:?}",
+                    "job {} sieve({start}, {end}): {} primes, from {:?} to {:?}",
                     call.id(),
-                    call.pid(),
                     found.len(),
                     found.first(),
                     found.last()
@@ -98,66 +187,58 @@ fn main() -> Result<(), CallError> {
                 Some(Ok(PrimesReturn::PrimesAmong(found))),
             ) => {
                 log.info(format_args!(
-                    "job {}: among {numbers:?} the primes are {found:?}",
-                    call.id()
+                    "job {}: among {} factors the primes are {found:?}",
+                    call.id(),
+                    numbers.len()
                 ));
+            }
+            (_, Some(Ok(PrimesReturn::IsPrime(p)))) => {
+                log.info(format_args!("job {}: is_prime = {p}", call.id()));
             }
             _ => {}
         }
     });
-
-    let started = Instant::now();
-    // A few hundred background calls, answered through on_return.
-    let mut calls = 0u32;
-    for i in 0..300u64 {
-        primes.sieve(i * 10_000, i * 10_000 + 9_999)?;
-        calls += 1;
-        if i % 60 == 0 {
-            primes.primes_among(&[i, i + 1, i + 2, i + 3, 97, 1_000_003])?;
-            calls += 1;
+    // One pool's callback acting on another pool: the factors go to PrimeNumbers.
+    daemon.on_return(factors, move |_app, workers, call, log| {
+        if let Some(Ok(found)) = call.return_value() {
+            log.info(format_args!(
+                "job {}: {} factors of {:?}",
+                call.id(),
+                found.len(),
+                call.args().ok()
+            ));
+            if let Err(e) = workers.get(primes).primes_among(&found) {
+                log.warn(format_args!("primes_among refused: {e}"));
+            }
         }
-        primes.poll();
+    });
+    daemon.on_timeout(factors, |_app, _workers, call, log| {
+        if call.retries() < 3 {
+            log.warn(format_args!(
+                "job {} GetFactors({:?}) timed out; retry {}",
+                call.id(),
+                call.args().ok(),
+                call.retries() + 1
+            ));
+            call.retry();
+        } else {
+            log.error(format_args!(
+                "job {} timed out 4 times; giving up",
+                call.id()
+            ));
+        }
+    });
+
+    match daemon.run() {
+        Ok(stop) => println!("PrimeNumbers stopped: {stop:?}"),
+        Err(e) => {
+            eprintln!("PrimeNumbers: {e}");
+            std::process::exit(1);
+        }
     }
-    while returned.get() < calls {
-        primes.poll();
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    println!(
-        "{} background calls returned in {:.1} ms",
-        returned.get(),
-        started.elapsed().as_secs_f64() * 1e3
-    );
-
-    // The same work, typed and blocking: wait returns the method's own return type.
-    let id: CallId<Vec<u64>> = primes.sieve(1_000, 2_000)?;
-    println!("status right after the call: {:?}", primes.status(id));
-    let found: Vec<u64> = primes.wait(id, Duration::from_secs(5))?;
-    println!(
-        "sieve(1000, 2000) in a worker: {} primes, first {:?}, last {:?}",
-        found.len(),
-        found.first(),
-        found.last()
-    );
-    let id = primes.is_prime(1_000_000_007)?;
-    println!(
-        "is_prime(1000000007) = {}",
-        primes.wait(id, Duration::from_secs(5))?
-    );
-
-    // Inline: the same method, in this process, with no fork and no callbacks.
-    let direct = primes.inline().sieve(1_000, 2_000);
-    assert_eq!(direct, found);
-    println!(
-        "inline sieve agrees; the parent's own object served {} call",
-        primes.inline().served()
-    );
-
-    println!("worker pids: {:?}", primes.pids());
-    Ok(())
-    // Dropping `primes` stops and reaps the workers and removes the shared memory.
 }
 
-/// A minimal logger for the example: level, target (the worker's alias) and message.
+/// A minimal logger for the example: level, target (the pool's alias) and message.
 struct StderrLog;
 
 impl log::Log for StderrLog {

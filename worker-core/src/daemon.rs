@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 use crate::call::{Call, CallStatus, Log};
 use crate::drive::{Drive, sleep_on};
 use crate::instance::{InstanceLock, PidFile};
-use crate::mediator::Mediator;
-use crate::signals::Signals;
+use crate::mediator::{ExternalHandler, Mediator};
+use crate::signals::{SignalEvents, Signals};
 use crate::task::Tasks;
 use crate::this_worker;
 use crate::worker::Worker;
@@ -73,6 +73,7 @@ pub struct Control {
     iteration: u64,
     started: Instant,
     stop: Option<Stop>,
+    signals: SignalEvents,
 }
 
 /// How a daemon's loop ended.
@@ -94,6 +95,13 @@ impl Control {
     /// Time since the loop started.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The signals that arrived since the previous `execute` (the daemon has already acted
+    /// on them: logged statistics for SIGUSR1; SIGCONT only wakes the loop, for the
+    /// application to act on).
+    pub fn signals(&self) -> SignalEvents {
+        self.signals
     }
 
     /// Ends the loop gracefully after this iteration.
@@ -135,6 +143,7 @@ trait Registered<A> {
     fn entry_any(&mut self) -> &mut dyn Any;
     fn drive(&mut self) -> &mut dyn Drive;
     fn poll(&mut self, app: &mut A, workers: &mut Workers<A>) -> usize;
+    fn suspend(&mut self, app: &mut A, workers: &mut Workers<A>) -> usize;
 }
 
 struct Entry<A, M, W: Worker> {
@@ -163,6 +172,31 @@ where
     }
 
     fn poll(&mut self, app: &mut A, workers: &mut Workers<A>) -> usize {
+        self.with_handler(app, workers, |mediator, handler| {
+            mediator.poll_with(handler)
+        })
+    }
+
+    fn suspend(&mut self, app: &mut A, workers: &mut Workers<A>) -> usize {
+        self.with_handler(app, workers, |mediator, handler| {
+            mediator.suspend_with(Some(handler))
+        })
+    }
+}
+
+impl<A, M, W> Entry<A, M, W>
+where
+    M: DerefMut<Target = Mediator<W>>,
+    W: Worker,
+{
+    /// Runs `f` on the mediator with a handler that hands finished calls to this pool's
+    /// daemon callbacks, with the application and the other pools.
+    fn with_handler<T>(
+        &mut self,
+        app: &mut A,
+        workers: &mut Workers<A>,
+        f: impl FnOnce(&mut Mediator<W>, &mut ExternalHandler<'_, W>) -> T,
+    ) -> T {
         let Entry {
             mediator,
             on_return,
@@ -181,7 +215,7 @@ where
                 (None, None) => {}
             }
         };
-        mediator.poll_with(&mut handler)
+        f(mediator, &mut handler)
     }
 }
 
@@ -390,6 +424,7 @@ impl<A: Application> Daemon<A> {
             iteration: 0,
             started: Instant::now(),
             stop: None,
+            signals: SignalEvents::default(),
         };
         log::info!(target: &name, "daemon {name} started (pid {}, recovery {})", std::process::id(), if recover { "on" } else { "off" });
         self.app.setup(&mut self.workers, &mut ctl)?;
@@ -399,6 +434,8 @@ impl<A: Application> Daemon<A> {
         let mut next_execute = Instant::now();
         let stop = loop {
             let events = signals.take();
+            ctl.signals.stats |= events.stats;
+            ctl.signals.wake |= events.wake;
             if events.stats {
                 for d in self.workers.drives() {
                     log::info!(target: &name, "\n{}", d.stats());
@@ -415,6 +452,7 @@ impl<A: Application> Daemon<A> {
             if now >= next_execute || self.loop_interval.is_zero() {
                 self.app.execute(&mut self.workers, &mut ctl);
                 ctl.iteration += 1;
+                ctl.signals = SignalEvents::default();
                 next_execute = (next_execute + self.loop_interval).max(now);
                 self.poll_all();
             }
@@ -436,8 +474,11 @@ impl<A: Application> Daemon<A> {
         log::info!(target: &name, "daemon {name} stopping ({stop:?})");
         self.app.teardown(&mut self.workers, &mut ctl);
         let mut kept = 0;
-        for d in self.workers.drives() {
-            kept += d.suspend();
+        for i in 0..self.workers.entries.len() {
+            if let Some(mut entry) = self.workers.entries[i].take() {
+                kept += entry.suspend(&mut self.app, &mut self.workers);
+                self.workers.entries[i] = Some(entry);
+            }
         }
         log::info!(target: &name, "daemon {name} stopped; {kept} calls kept for the next run");
         drop(self);

@@ -496,6 +496,12 @@ impl<W: Worker> Mediator<W> {
     /// the persistent shared memory, which is kept. Returns how many calls were kept. Without
     /// [`Mediator::persist`] nothing can be kept: this is [`Mediator::shutdown`].
     pub fn suspend(&mut self) -> usize {
+        self.suspend_with(None)
+    }
+
+    /// [`Mediator::suspend`], delivering the calls that finish meanwhile to `handler` when no
+    /// callback of the mediator's takes them (see [`Mediator::poll_with`]).
+    pub fn suspend_with(&mut self, mut handler: Option<&mut ExternalHandler<'_, W>>) -> usize {
         if self.pool.is_none() {
             return 0;
         }
@@ -508,13 +514,13 @@ impl<W: Worker> Mediator<W> {
         // Running calls may finish; queued ones are not started.
         let queued = std::mem::take(&mut self.queue);
         let limit = Instant::now() + self.config.timeout.unwrap_or(self.config.grace);
+        self.collect_with(handler.as_deref_mut());
         while self.busy_count() > 0 && Instant::now() < limit {
             if let Some(pool) = self.pool.as_mut() {
                 pool.sleep(Some(limit));
             }
-            self.collect();
+            self.collect_with(handler.as_deref_mut());
         }
-        self.collect();
         let pool = self.pool.as_mut().expect("checked above");
         let mut kept = queued.len();
         for i in 0..pool.slots.len() {

@@ -23,7 +23,7 @@
 //! }
 //! ```
 //!
-//! Called in the parent (through `inline()`, say), [`log`] and [`error`] just log, and
+//! Called in the parent (through `inline()`, say), [`log()`] and [`error()`] just log, and
 //! [`fatal_error`] logs without exiting.
 
 use std::any::TypeId;

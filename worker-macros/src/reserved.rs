@@ -17,6 +17,7 @@ pub const RESERVED: &[&str] = &[
     "persist",
     "recover",
     "suspend",
+    "suspend_with",
     "grace",
     "on_return",
     "on_timeout",

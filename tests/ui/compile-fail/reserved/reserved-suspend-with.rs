@@ -1,0 +1,9 @@
+// `suspend_with` is a public method of the generated mediator; a proxy named so would hide it.
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn suspend_with(&self) {}
+}
+
+fn main() {}
