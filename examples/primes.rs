@@ -123,6 +123,12 @@ impl Application for PrimeNumbers {
             workers.get(primes).sieve(start, start + 9_999).ok();
             self.jobs += 1;
         }
+        // A steady stream of small jobs: a few hundred over a bounded run.
+        for _ in 0..6 {
+            let n = self.next_number() * 1_000_003;
+            workers.get(primes).is_prime(n).ok();
+            self.jobs += 1;
+        }
         // Signal-triggered job: SIGCONT.
         if ctl.signals().wake {
             log::info!(target: "PrimeNumbers", "SIGCONT: checking whether 1000000007 is prime");
@@ -192,8 +198,10 @@ fn main() {
                     numbers.len()
                 ));
             }
-            (_, Some(Ok(PrimesReturn::IsPrime(p)))) => {
-                log.info(format_args!("job {}: is_prime = {p}", call.id()));
+            (Ok(PrimesArgs::IsPrime { n }), Some(Ok(PrimesReturn::IsPrime(p))))
+                if call.id().is_multiple_of(50) || n == 1_000_000_007 =>
+            {
+                log.info(format_args!("job {}: is_prime({n}) = {p}", call.id()));
             }
             _ => {}
         }

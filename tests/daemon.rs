@@ -305,6 +305,47 @@ fn sigterm_keeps_queued_calls_and_recovery_completes_all_100() {
     cleanup();
 }
 
+fn a_sigkilled_daemon_loses_none_of_1000_calls() {
+    let pid = start_daemon(
+        Plan::Queue {
+            n: 1_000,
+            ms: 1,
+            stop_when_done: false,
+        },
+        false,
+    );
+    assert!(eventually(LONG, || report_counts().len() >= 100));
+    signal(pid, libc::SIGKILL);
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let first = report_counts();
+    assert!(first.len() < 1_000, "killed before the queue drained");
+    // Its workers die with it; the lock is free again once they are gone.
+    let pid = start_daemon(
+        Plan::Queue {
+            n: 0,
+            ms: 0,
+            stop_when_done: true,
+        },
+        true,
+    );
+    assert_eq!(wait_exit(pid), 0, "{}", read(&paths().report));
+    let all = report_counts();
+    let lost: Vec<u64> = (0..1_000).filter(|n| !all.contains_key(n)).collect();
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    let twice = all.values().filter(|&&c| c > 1).count();
+    println!(
+        "first run delivered {}, recovery the rest; {twice} delivered twice",
+        first.len()
+    );
+    assert!(
+        twice <= 2,
+        "at most the calls in flight at the kill run twice: {twice}"
+    );
+    assert!(support::segments_of(test_pid()).is_empty());
+    cleanup();
+}
+
 fn a_worker_reads_the_applications_state_as_forked() {
     let pid = start_daemon(Plan::Secret, false);
     assert_eq!(wait_exit(pid), 0);
@@ -335,6 +376,7 @@ fn a_second_instance_refuses_to_start() {
 tests![
     sigusr1_writes_the_statistics_table,
     sigterm_keeps_queued_calls_and_recovery_completes_all_100,
+    a_sigkilled_daemon_loses_none_of_1000_calls,
     a_worker_reads_the_applications_state_as_forked,
     a_second_instance_refuses_to_start,
 ];

@@ -208,7 +208,7 @@ impl ForkServer {
 /// The server's loop: fork workers on request, reap them and report how they ended. Leaves
 /// when the parent closes its end of the socket (or dies: parent-death signal).
 fn serve(sock: OwnedFd, mut body: impl FnMut(usize, u32) -> Infallible) -> Infallible {
-    crate::signals::reset_in_child();
+    crate::process::in_child();
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     let code = match (

@@ -35,6 +35,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long [`InstanceLock::acquire`] waits for a holder that has just taken the lock to
@@ -93,6 +94,20 @@ fn write_pid(file: &mut File, pid: u32) -> io::Result<()> {
     file.flush()
 }
 
+/// The descriptor of the lock this process holds, -1 if none: forked children close it, so
+/// that a daemon killed with SIGKILL frees its lock at once, not when its last worker died.
+static HELD_LOCK_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// In a freshly forked child: closes its copy of the instance lock's descriptor (the parent
+/// keeps the lock).
+pub(crate) fn close_in_child() {
+    let fd = HELD_LOCK_FD.swap(-1, Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: our copy of the descriptor; nothing in the child uses it.
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// An exclusive lock on a lock file, held until dropped (or until the process exits).
 ///
 /// The file holds the holder's pid while the lock is held; it is emptied on drop.
@@ -149,6 +164,7 @@ impl InstanceLock {
         }
         let pid = std::process::id();
         write_pid(&mut file, pid).map_err(io_error(path))?;
+        HELD_LOCK_FD.store(file.as_raw_fd(), Ordering::Relaxed);
         Ok(InstanceLock {
             file,
             path: path.to_owned(),
@@ -167,6 +183,7 @@ impl Drop for InstanceLock {
         // Only the process that took the lock clears the pid; closing the file releases the
         // lock (once every process that shares the open file has closed it or exited).
         if std::process::id() == self.pid {
+            HELD_LOCK_FD.store(-1, Ordering::Relaxed);
             let _ = self.file.set_len(0);
             // SAFETY: flock on an fd we own.
             unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };

@@ -222,6 +222,14 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) {
     unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
 }
 
+/// What every forked child (worker, fork server, task) does first: give the signals the
+/// daemon handles their default actions again (SIGINT ignored) and close its copy of the
+/// daemon's instance lock.
+pub(crate) fn in_child() {
+    crate::signals::reset_in_child();
+    crate::instance::close_in_child();
+}
+
 /// Waits until one of the raw descriptors `fds` is readable or `timeout_ms` passes.
 pub(crate) fn poll_raw(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
     let mut pfds: Vec<libc::pollfd> = fds

@@ -348,7 +348,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// What the task process runs: the closure, then one message to the parent, then `_exit`.
 fn task_main<R: Serialize>(f: impl FnOnce() -> R, fd: RawFd) -> std::convert::Infallible {
-    crate::signals::reset_in_child();
+    crate::process::in_child();
     let outcome = catch_unwind(AssertUnwindSafe(|| wire::encode_to_vec(&f())));
     let (tag, body, code) = match outcome {
         Ok(Ok(bytes)) => (TAG_VALUE, bytes, 0),

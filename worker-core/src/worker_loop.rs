@@ -39,7 +39,7 @@ pub(crate) struct WorkerEnv<'a> {
 pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
     // The daemon's handlers would only set flags in this copy: default actions again, and
     // SIGINT ignored (a Ctrl-C reaches the whole process group; the parent decides).
-    crate::signals::reset_in_child();
+    crate::process::in_child();
     let code = match catch_unwind(AssertUnwindSafe(|| serve(value, &env))) {
         Ok(()) => 0,
         Err(_) => EXIT_PANIC,
