@@ -137,6 +137,9 @@ impl<M> std::fmt::Debug for WorkerKey<M> {
 /// A daemon callback: the application, the other pools, the finished call, a logger.
 type DaemonHandler<A, W> = Box<dyn FnMut(&mut A, &mut Workers<A>, &Call<'_, W>, Log<'_>)>;
 
+/// Picks one of an entry's three callbacks.
+type HandlerField<A, M, W> = fn(&mut Entry<A, M, W>) -> &mut Option<DaemonHandler<A, W>>;
+
 /// What the daemon needs of a pool, whatever its worker type.
 trait Registered<A> {
     fn mediator_any(&mut self) -> &mut dyn Any;
@@ -342,15 +345,23 @@ impl<A: Application> Daemon<A> {
         }
     }
 
-    fn entry<M, W>(&mut self, key: WorkerKey<M>) -> &mut Entry<A, M, W>
+    /// Sets one of `key`'s callbacks, chosen by `which`.
+    fn set_handler<M, W>(
+        &mut self,
+        key: WorkerKey<M>,
+        which: HandlerField<A, M, W>,
+        callback: DaemonHandler<A, W>,
+    ) -> &mut Self
     where
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        self.workers.entries[key.index]
+        let entry = self.workers.entries[key.index]
             .as_mut()
             .and_then(|e| e.entry_any().downcast_mut::<Entry<A, M, W>>())
-            .expect("a WorkerKey of this daemon")
+            .expect("a WorkerKey of this daemon");
+        *which(entry) = Some(callback);
+        self
     }
 
     /// Sets the callback for `key`'s calls that returned: it gets the application, the other
@@ -364,8 +375,7 @@ impl<A: Application> Daemon<A> {
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        self.entry(key).on_return = Some(Box::new(callback));
-        self
+        self.set_handler(key, |e| &mut e.on_return, Box::new(callback))
     }
 
     /// Sets the callback for `key`'s calls that timed out.
@@ -378,8 +388,7 @@ impl<A: Application> Daemon<A> {
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        self.entry(key).on_timeout = Some(Box::new(callback));
-        self
+        self.set_handler(key, |e| &mut e.on_timeout, Box::new(callback))
     }
 
     /// Sets the callback for `key`'s calls that failed otherwise (crash, panic, ...).
@@ -392,8 +401,7 @@ impl<A: Application> Daemon<A> {
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        self.entry(key).on_error = Some(Box::new(callback));
-        self
+        self.set_handler(key, |e| &mut e.on_error, Box::new(callback))
     }
 
     /// Typed access to a pool before the loop runs.

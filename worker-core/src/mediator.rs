@@ -183,12 +183,7 @@ impl<W: Worker> Mediator<W> {
     /// queued or running. Takes effect when the pool starts; later calls are ignored with a
     /// warning.
     pub fn malloc(&mut self, bytes: usize) -> &mut Self {
-        if self.pool.is_some() {
-            log::warn!(target: &self.alias, "malloc({bytes}) after the pool started is ignored");
-        } else {
-            self.config.malloc = bytes;
-        }
-        self
+        self.before_start("malloc", |c| c.malloc = bytes)
     }
 
     /// Sets when workers are forked; see [`ForkStrategy`] (default `Mixed`).
@@ -214,12 +209,7 @@ impl<W: Worker> Mediator<W> {
     /// after. Workers then start from the object as it was at `start`. Set before the pool
     /// starts.
     pub fn fork_server(&mut self, enabled: bool) -> &mut Self {
-        if self.pool.is_some() {
-            log::warn!(target: &self.alias, "fork_server({enabled}) after the pool started is ignored");
-        } else {
-            self.config.fork_server = enabled;
-        }
-        self
+        self.before_start("fork_server", |c| c.fork_server = enabled)
     }
 
     /// Makes the mediator persistent: its shared memory is named after `app` and the alias
@@ -227,12 +217,8 @@ impl<W: Worker> Mediator<W> {
     /// the mediator is dropped with calls still queued or running, so that a restarted
     /// program finds them. See [`Mediator::recover`]. Set before the pool starts.
     pub fn persist(&mut self, app: impl Into<String>) -> &mut Self {
-        if self.pool.is_some() {
-            log::warn!(target: &self.alias, "persist() after the pool started is ignored");
-        } else {
-            self.config.persist = Some(app.into());
-        }
-        self
+        let app = app.into();
+        self.before_start("persist", |c| c.persist = Some(app))
     }
 
     /// With [`Mediator::persist`]: whether to complete, at start, the calls an earlier run
@@ -602,6 +588,17 @@ impl<W: Worker> Mediator<W> {
 
 // The engine: everything below runs in the parent and is private.
 impl<W: Worker> Mediator<W> {
+    /// Applies a setting that only takes effect when the pool starts; after it, warns and
+    /// ignores it.
+    fn before_start(&mut self, what: &str, set: impl FnOnce(&mut Config)) -> &mut Self {
+        if self.pool.is_some() {
+            log::warn!(target: &self.alias, "{what}() after the pool started is ignored");
+        } else {
+            set(&mut self.config);
+        }
+        self
+    }
+
     fn method_name(method: u32) -> &'static str {
         W::METHODS
             .get(method as usize)

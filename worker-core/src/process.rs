@@ -210,16 +210,8 @@ impl Drop for Child {
 /// Waits until one of `fds` is readable or `timeout_ms` passes (-1: no limit). Interrupted
 /// waits return early; the caller re-checks its state either way.
 pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // SAFETY: a valid array of pollfd of the given length.
-    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    poll_raw(&raw, timeout_ms);
 }
 
 /// What every forked child (worker, fork server, task) does first: give the signals the

@@ -335,17 +335,6 @@ fn write_all(fd: RawFd, mut bytes: &[u8]) -> bool {
     true
 }
 
-/// The text of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
-}
-
 /// What the task process runs: the closure, then one message to the parent, then `_exit`.
 fn task_main<R: Serialize>(f: impl FnOnce() -> R, fd: RawFd) -> std::convert::Infallible {
     crate::process::in_child();
@@ -355,7 +344,7 @@ fn task_main<R: Serialize>(f: impl FnOnce() -> R, fd: RawFd) -> std::convert::In
         Ok(Err(e)) => (TAG_WIRE, e.to_string().into_bytes(), EXIT_WIRE),
         Err(payload) => (
             TAG_PANIC,
-            panic_message(payload.as_ref()).into_bytes(),
+            crate::worker_loop::panic_message(payload.as_ref()).into_bytes(),
             EXIT_PANIC,
         ),
     };
