@@ -50,8 +50,9 @@ pub mod prelude {
 pub mod __private {
     pub use ::core;
     pub use ::serde::{Serialize, de::DeserializeOwned};
-    pub use ::serde_bytes::{ByteBuf, Bytes};
+    pub use ::serde_bytes::Bytes;
     pub use ::std;
     pub use worker_core::__private::*;
+    pub use worker_core::wire::ByteBuf;
     pub use worker_core::{CallError, CallId, Mediator, ReturnSlot, WireError, Worker};
 }

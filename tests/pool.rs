@@ -215,6 +215,35 @@ fn an_oversized_call_gets_its_error_and_the_next_call_works() {
     assert_eq!(m.wait(id, LONG).unwrap().0, 8);
 }
 
+fn a_return_waits_for_room_while_other_calls_free_it() {
+    let mut m = ProbeMediator::new("Probe", probe());
+    let lens = Rc::new(RefCell::new(Vec::new()));
+    let failed = Rc::new(RefCell::new(Vec::new()));
+    let (sink, errors) = (lens.clone(), failed.clone());
+    m.workers(3)
+        .malloc(1 << 20)
+        .on_return(move |call, _| {
+            if let Some(Ok(ProbeReturn::Filled(v))) = call.return_value() {
+                sink.borrow_mut().push(v.len());
+            }
+        })
+        .on_error(move |call, _| errors.borrow_mut().push(format!("{:?}", call.error())));
+    // Each return takes 40% of the allocation: at most two fit at once.
+    for _ in 0..6 {
+        m.filled(400_000).unwrap();
+    }
+    assert!(support::eventually(LONG, || {
+        m.poll();
+        lens.borrow().len() + failed.borrow().len() == 6
+    }));
+    assert_eq!(
+        *failed.borrow(),
+        Vec::<String>::new(),
+        "no call failed for want of room"
+    );
+    assert_eq!(*lens.borrow(), [400_000; 6]);
+}
+
 fn status_goes_called_running_returned_with_ordered_times() {
     let mut m = ProbeMediator::new("Probe", probe());
     m.workers(1);
@@ -510,6 +539,7 @@ tests![
     ten_thousand_calls_through_on_return_fire_once_each,
     sixteen_mib_arguments_and_returns_arrive_intact,
     an_oversized_call_gets_its_error_and_the_next_call_works,
+    a_return_waits_for_room_while_other_calls_free_it,
     status_goes_called_running_returned_with_ordered_times,
     is_idle_turns_false_when_all_workers_are_busy_and_true_after,
     inline_calls_run_in_this_process,

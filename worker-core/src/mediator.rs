@@ -88,6 +88,11 @@ pub struct Mediator<W: Worker> {
     errors_reported: bool,
     /// Workers that died in a row before answering any call.
     start_failures: u32,
+    /// A worker died or was killed: fork its replacement at the next collection, after the
+    /// call's outcome was reported (a report should not wait for a fork).
+    refill_due: bool,
+    /// Set while `collect` gives workers waiting for room their last chance.
+    room_pass: bool,
     /// When the pool started.
     started_at: Option<Instant>,
     /// Per method: queue waits and run times.
@@ -139,6 +144,8 @@ impl<W: Worker> Mediator<W> {
             errors: ErrorCounts::default(),
             errors_reported: false,
             start_failures: 0,
+            refill_due: false,
+            room_pass: false,
             started_at: None,
             timing: vec![Default::default(); W::METHODS.len()],
             free_entries: Vec::new(),
@@ -896,6 +903,9 @@ impl<W: Worker> Mediator<W> {
         };
         let slots = pool.slots.len();
         let check_deaths = pool.death_check_due();
+        if std::mem::take(&mut self.refill_due) {
+            self.replace_dead();
+        }
         for i in 0..slots {
             self.read_answer(i);
         }
@@ -906,6 +916,13 @@ impl<W: Worker> Mediator<W> {
         self.retire_worn();
         self.dispatch_queued();
         let finished = self.fire_callbacks_with(external);
+        // Released calls may have made the room a worker waits for; a worker that still finds
+        // none, with no other call left to free any, fails its call.
+        self.room_pass = true;
+        for i in self.pool.as_ref().map_or(Vec::new(), Pool::awaiting_room) {
+            self.read_answer(i);
+        }
+        self.room_pass = false;
         // Callbacks may have retried calls.
         self.dispatch_queued();
         finished
@@ -989,8 +1006,15 @@ impl<W: Worker> Mediator<W> {
                     pool.slots[i].busy = Some(Busy {
                         seq,
                         ret: (block.offset, block.len),
+                        awaiting_room: false,
                         ..busy
                     });
+                } else if len <= pool.arena.size() && (!self.room_pass || pool.others_running(i)) {
+                    // Room may be freed when this collection delivers finished calls, or when
+                    // other calls are done: ask again then (the call's timeout still runs).
+                    if let Some(b) = pool.slots[i].busy.as_mut() {
+                        b.awaiting_room = true;
+                    }
                 } else {
                     let (available, allocation) = (pool.arena.available(), pool.arena.size());
                     pool.slots[i].busy = None;
@@ -1019,7 +1043,7 @@ impl<W: Worker> Mediator<W> {
                         message,
                     }
                 });
-                self.replace_dead();
+                self.refill_due = true;
             }
             Some(Response::WireError) => {
                 let message = text(len);
@@ -1064,7 +1088,7 @@ impl<W: Worker> Mediator<W> {
                         source: WireError::Corrupted(detail),
                     }
                 });
-                self.replace_dead();
+                self.refill_due = true;
             }
         }
     }
@@ -1114,7 +1138,7 @@ impl<W: Worker> Mediator<W> {
                 self.requeue_unstarted(b.call, pid, cause);
             }
         }
-        self.replace_dead();
+        self.refill_due = true;
     }
 
     /// A call whose worker died before starting it goes back to the front of the queue.
@@ -1197,7 +1221,7 @@ impl<W: Worker> Mediator<W> {
                 }
             });
         }
-        self.replace_dead();
+        self.refill_due = true;
     }
 
     /// Retires idle workers past their recycling or error limits; each is replaced first.

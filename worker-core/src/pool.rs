@@ -36,6 +36,10 @@ pub(crate) struct Busy {
     /// Where the worker writes the return value: (offset, capacity).
     pub(crate) ret: (usize, usize),
     pub(crate) deadline: Option<Instant>,
+    /// The worker answered that its return value needs more room than is free: the answer is
+    /// read again at each collection until room is found. The parent does not count it as an
+    /// event to wake for.
+    pub(crate) awaiting_room: bool,
 }
 
 /// One place in the pool: a worker process (or none) and the call it holds.
@@ -81,16 +85,9 @@ pub(crate) struct Pool {
     alias: String,
 }
 
-/// Milliseconds until `wake` for poll(2), rounded up so that a sleeper wakes after the
-/// deadline and not just before it; -1 (no limit) for none.
-pub(crate) fn timeout_ms(wake: Option<Instant>) -> i32 {
-    match wake {
-        None => -1,
-        Some(w) => {
-            let left = w.saturating_duration_since(Instant::now());
-            left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-        }
-    }
+/// The time left until `wake`, for a poll; `None` (no limit) for none.
+pub(crate) fn time_left(wake: Option<Instant>) -> Option<Duration> {
+    wake.map(|w| w.saturating_duration_since(Instant::now()))
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -239,8 +236,25 @@ impl Pool {
             seq,
             ret,
             deadline: timeout.map(|t| Instant::now() + t),
+            awaiting_room: false,
         });
         seq
+    }
+
+    /// Whether a worker other than slot `i`'s holds a call that is not itself waiting for
+    /// room: when it is done, room may be freed.
+    pub(crate) fn others_running(&self, i: usize) -> bool {
+        self.slots
+            .iter()
+            .enumerate()
+            .any(|(j, s)| j != i && s.busy.is_some_and(|b| !b.awaiting_room))
+    }
+
+    /// The slots whose worker waits for room for its return value.
+    pub(crate) fn awaiting_room(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| self.slots[i].busy.is_some_and(|b| b.awaiting_room))
+            .collect()
     }
 
     /// Counts an error against slot `i`'s worker.
@@ -314,16 +328,12 @@ impl Pool {
             let channel = self.region.channel(i);
             let seq = channel.post(Request::Exit, 0, 0, (0, 0), (0, 0));
             let deadline = Instant::now() + EXIT_LIMIT;
-            let mut spins = 0u32;
-            while !channel.answered(seq) && child.try_reap().is_none() {
-                if Instant::now() >= deadline {
-                    child.kill();
-                    break;
-                }
-                spins += 1;
-                if spins < channel::PARENT_SPIN {
-                    std::hint::spin_loop();
-                } else {
+            if !(self.spin && channel::spin_until(|| channel.answered(seq))) {
+                while !channel.answered(seq) && child.try_reap().is_none() {
+                    if Instant::now() >= deadline {
+                        child.kill();
+                        break;
+                    }
                     std::thread::sleep(Duration::from_micros(50));
                 }
             }
@@ -336,7 +346,7 @@ impl Pool {
     fn any_answer(&self) -> bool {
         self.slots.iter().enumerate().any(|(i, s)| {
             s.busy
-                .is_some_and(|b| self.region.channel(i).answered(b.seq))
+                .is_some_and(|b| !b.awaiting_room && self.region.channel(i).answered(b.seq))
         })
     }
 
@@ -352,13 +362,8 @@ impl Pool {
     /// answer) and adds the descriptors to wait on to `fds`. Returns false, having announced
     /// nothing, if an answer is already there (after a short spin on several CPUs).
     pub(crate) fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool {
-        if self.spin {
-            for _ in 0..channel::PARENT_SPIN {
-                if self.any_answer() {
-                    return false;
-                }
-                std::hint::spin_loop();
-            }
+        if self.spin && channel::spin_until(|| self.any_answer()) {
+            return false;
         }
         self.region
             .header()
@@ -394,7 +399,7 @@ impl Pool {
         if self.begin_sleep(&mut fds) {
             process::poll_raw(
                 &fds,
-                timeout_ms(self.next_deadline().into_iter().chain(until).min()),
+                time_left(self.next_deadline().into_iter().chain(until).min()),
             );
             self.end_sleep();
         }

@@ -211,7 +211,8 @@ impl Drop for Child {
 /// waits return early; the caller re-checks its state either way.
 pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) {
     let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-    poll_raw(&raw, timeout_ms);
+    let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+    poll_raw(&raw, timeout);
 }
 
 /// What every forked child (worker, fork server, task) does first: give the signals the
@@ -222,8 +223,10 @@ pub(crate) fn in_child() {
     crate::instance::close_in_child();
 }
 
-/// Waits until one of the raw descriptors `fds` is readable or `timeout_ms` passes.
-pub(crate) fn poll_raw(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
+/// Waits until one of the raw descriptors `fds` is readable or `timeout` passes (`None`: no
+/// limit), to the nanosecond (`ppoll`), so that a deadline is met without rounding to
+/// milliseconds.
+pub(crate) fn poll_raw(fds: &[std::os::fd::RawFd], timeout: Option<Duration>) {
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|&fd| libc::pollfd {
@@ -232,8 +235,23 @@ pub(crate) fn poll_raw(fds: &[std::os::fd::RawFd], timeout_ms: i32) {
             revents: 0,
         })
         .collect();
-    // SAFETY: a valid array of pollfd of the given length.
-    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: a valid array of pollfd of the given length; a valid or null timespec; no
+    // signal mask change.
+    unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            ts_ptr,
+            std::ptr::null(),
+        )
+    };
 }
 
 /// How many threads this process has (from /proc/self/status), if known.
