@@ -61,6 +61,16 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// which then takes it too. A call with no callback for its outcome is kept, in shared memory,
 /// until `wait` takes it.
 ///
+/// # Delivery guarantee
+/// Every call a proxy accepted ends exactly once in a final status and is delivered exactly
+/// once (to its callback or to `wait`) within one run of the program. Its method runs at most
+/// once per run of the call: a call is requeued behind the caller's back only when its worker
+/// died before starting it (at most [`MAX_REQUEUES`] times); a call that was running when its
+/// worker died ends [`CallStatus::Crashed`] and is re-run only if you [`Call::retry`] it.
+/// Across a crash of the parent, a persistent mediator ([`Mediator::persist`]) recovers every
+/// call that had not been delivered: at least once, since a call whose callback ran just
+/// before the parent died is delivered again.
+///
 /// A mediator is not `Send`: its workers are killed when the thread that forked them exits
 /// (Linux's parent-death signal follows the forking thread).
 pub struct Mediator<W: Worker> {
