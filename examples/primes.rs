@@ -6,7 +6,7 @@
 //! writes the runtime statistics table to the log.
 //!
 //! ```sh
-//! cargo run --release --example primes                      # 40 iterations of 100 ms, then stops
+//! cargo run --release --example primes                      # 40 iterations of 100 ms, drains, stops
 //! cargo run --release --example primes -- --forever         # until SIGINT / SIGTERM
 //! cargo run --release --example primes -- --recover-workers # complete what a killed run left
 //! ```
@@ -109,6 +109,15 @@ impl Application for PrimeNumbers {
 
     fn execute(&mut self, workers: &mut Workers<Self>, ctl: &mut Control) {
         let (primes, factors) = (self.primes.unwrap(), self.factors.unwrap());
+        // A bounded run stops queuing at its last iteration, then stops once every call was
+        // delivered, so that nothing is left for a next run.
+        if self.iterations > 0 && ctl.iteration() >= self.iterations {
+            if workers.get(primes).pending() + workers.get(factors).pending() == 0 {
+                log::info!(target: "PrimeNumbers", "{} jobs done; stopping", self.jobs);
+                ctl.stop();
+            }
+            return;
+        }
         // Timer-triggered jobs.
         if ctl.iteration().is_multiple_of(4) {
             let n = self.next_number();
@@ -138,10 +147,6 @@ impl Application for PrimeNumbers {
         if self.iterations > 0 && ctl.iteration() == self.iterations / 2 {
             // SAFETY: raising a signal at ourselves; the daemon turns it into a flag.
             unsafe { libc::raise(libc::SIGUSR1) };
-        }
-        if self.iterations > 0 && ctl.iteration() + 1 >= self.iterations {
-            log::info!(target: "PrimeNumbers", "{} jobs queued; stopping", self.jobs);
-            ctl.stop();
         }
     }
 }
