@@ -1,9 +1,12 @@
 //! Calls: their ids, statuses, timings, and the view of a finished call handed to callbacks.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::error::{CallError, WireError};
 use crate::worker::Worker;
@@ -133,19 +136,90 @@ impl fmt::Display for ExitCause {
 }
 
 /// The time a call entered each status it went through.
-#[derive(Debug, Clone, Default)]
+///
+/// Held as CLOCK_MONOTONIC nanoseconds (the clock workers stamp their answers with, read once
+/// per event) and turned into `Instant`s only when asked: the parent records several times
+/// per call and most are never looked at.
+#[derive(Clone, Default)]
 pub struct Timings {
-    entered: [Option<Instant>; CallStatus::ALL.len()],
+    /// Nanoseconds per status; 0 for a status not entered (the clock is past 0 once the
+    /// system has booted).
+    entered: [u64; CallStatus::ALL.len()],
 }
 
 impl Timings {
     /// When the call entered `status`, if it did.
     pub fn entered(&self, status: CallStatus) -> Option<Instant> {
-        self.entered[status as usize]
+        self.entered_ns(status).map(to_instant)
     }
 
-    pub(crate) fn enter(&mut self, status: CallStatus, at: Instant) {
-        self.entered[status as usize] = Some(at);
+    pub(crate) fn entered_ns(&self, status: CallStatus) -> Option<u64> {
+        Some(self.entered[status as usize]).filter(|&ns| ns != 0)
+    }
+
+    /// The latest time any status was entered.
+    pub(crate) fn latest_ns(&self) -> Option<u64> {
+        self.entered.iter().copied().max().filter(|&ns| ns != 0)
+    }
+
+    pub(crate) fn enter(&mut self, status: CallStatus, at_ns: u64) {
+        self.entered[status as usize] = at_ns;
+    }
+}
+
+impl fmt::Debug for Timings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entered: Vec<Option<Instant>> =
+            CallStatus::ALL.iter().map(|&s| self.entered(s)).collect();
+        f.debug_struct("Timings")
+            .field("entered", &entered)
+            .finish()
+    }
+}
+
+/// The `Instant` of a CLOCK_MONOTONIC reading in nanoseconds (as `channel::now_ns` gives).
+///
+/// `Instant` is CLOCK_MONOTONIC on Linux too, so the two differ by a constant: one pair of
+/// readings taken together, once per process (a forked worker inherits it), fixes it, and a
+/// conversion is then an addition instead of two clock reads.
+pub(crate) fn to_instant(ns: u64) -> Instant {
+    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
+    let &(at, at_ns) = ANCHOR.get_or_init(|| (Instant::now(), crate::channel::now_ns()));
+    if ns >= at_ns {
+        at + Duration::from_nanos(ns - at_ns)
+    } else {
+        at.checked_sub(Duration::from_nanos(at_ns - ns))
+            .unwrap_or(at)
+    }
+}
+
+/// The parent's calls by id.
+///
+/// Ids are numbers the mediator hands out in sequence, never chosen by anyone else, so the
+/// protection of the default SipHash against chosen keys buys nothing, at about 150
+/// instructions per lookup and several lookups per call. A multiplication by an odd constant
+/// maps sequential ids to distinct low bits (hashbrown's bucket index) and mixes them into
+/// the high bits (its control byte).
+pub(crate) type CallMap = HashMap<u64, CallRecord, BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`CallMap`]; see there.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u64` keys; kept correct for any other use.
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -157,7 +231,8 @@ pub(crate) struct CallRecord {
     pub(crate) retries: u32,
     pub(crate) pid: Option<i32>,
     pub(crate) timings: Timings,
-    pub(crate) error: Option<CallError>,
+    /// Boxed: rare, and large enough to double the size of every record moved around.
+    pub(crate) error: Option<Box<CallError>>,
     /// The payload block in shared memory: arguments, then the return reservation.
     pub(crate) block: crate::arena::Block,
     pub(crate) args_len: usize,
@@ -174,9 +249,9 @@ pub(crate) struct CallRecord {
 }
 
 impl CallRecord {
-    pub(crate) fn set_status(&mut self, status: CallStatus, at: Instant) {
+    pub(crate) fn set_status(&mut self, status: CallStatus, at_ns: u64) {
         self.status = status;
-        self.timings.enter(status, at);
+        self.timings.enter(status, at_ns);
     }
 }
 
@@ -225,7 +300,7 @@ impl<W: Worker> Call<'_, W> {
 
     /// Why the call failed, if it did.
     pub fn error(&self) -> Option<&CallError> {
-        self.record.error.as_ref()
+        self.record.error.as_deref()
     }
 
     /// The call's arguments, decoded from shared memory.

@@ -123,16 +123,23 @@ pub(crate) struct Posted {
     pub(crate) ret_cap: usize,
 }
 
-/// A checksum of a record's words (FNV-1a over their bytes), so that a scribbled or torn
-/// record is told apart from a real one. It protects the control words, not the payload,
-/// whose structure postcard validates when decoding.
-pub(crate) fn checksum(words: &[u64]) -> u64 {
+/// A checksum of a record's words, so that a scribbled or torn record is told apart from a
+/// real one. It protects the control words, not the payload, whose structure postcard
+/// validates when decoding.
+///
+/// Word by word (FNV-1a's start and shape, a 64-bit odd multiplier, then a xor-shift that
+/// carries high bits down): each step is a bijection, so a change to any one word always
+/// changes the result, at about a sixth of the instructions of FNV-1a over bytes (the parent
+/// computes five per call). The journal's entries outlive the program: changing this function
+/// changes the segment layout version (`shm::VERSION`). `const` so that the checksums of fixed
+/// records are computed at compile time.
+pub(crate) const fn checksum(words: &[u64]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in words {
-        for b in w.to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+    let mut i = 0;
+    while i < words.len() {
+        h = (h ^ words[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^= h >> 29;
+        i += 1;
     }
     h
 }

@@ -23,6 +23,11 @@ pub(crate) const RETURNED: u32 = 2;
 /// `slot` when the call was not posted to a worker.
 const NOT_POSTED: u32 = u32::MAX;
 
+/// The checksums of the two progress parts every call writes whatever it is (pending and not
+/// posted, when made; free, when released), computed at compile time.
+const FREE_CHECK: u64 = checksum(&[FREE as u64, NOT_POSTED as u64, 0, 0, 0]);
+const UNPOSTED_CHECK: u64 = checksum(&[PENDING as u64, NOT_POSTED as u64, 0, 0, 0]);
+
 /// One journal entry.
 #[repr(C, align(64))]
 pub(crate) struct Entry {
@@ -95,15 +100,17 @@ impl Entry {
     ) {
         let (slot, seq) = posted.map_or((NOT_POSTED, 0), |(s, q)| (s as u32, q));
         let (ret_off, ret_len) = ret.map_or((0, 0), |(o, l)| (o as u64, l as u64));
+        let check = match (state, posted, ret) {
+            (FREE, None, None) => FREE_CHECK,
+            (PENDING, None, None) => UNPOSTED_CHECK,
+            _ => checksum(&[state as u64, slot as u64, seq as u64, ret_off, ret_len]),
+        };
         self.state.store(state, Ordering::Relaxed);
         self.slot.store(slot, Ordering::Relaxed);
         self.seq.store(seq, Ordering::Relaxed);
         self.ret_off.store(ret_off, Ordering::Relaxed);
         self.ret_len.store(ret_len, Ordering::Relaxed);
-        self.progress_check.store(
-            checksum(&[state as u64, slot as u64, seq as u64, ret_off, ret_len]),
-            Ordering::Release,
-        );
+        self.progress_check.store(check, Ordering::Release);
     }
 
     /// Frees the entry.

@@ -9,14 +9,14 @@
 //! by an answer, a death, or the nearest deadline.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::arena::Block;
-use crate::call::{Call, CallId, CallRecord, CallStatus, ExitCause, Log, Timings};
+use crate::call::{Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings};
 use crate::channel::{self, Request, Response};
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
@@ -81,7 +81,7 @@ pub struct Mediator<W: Worker> {
     on_timeout: Option<Handler<W>>,
     on_error: Option<Handler<W>>,
     pool: Option<Pool>,
-    calls: HashMap<u64, CallRecord>,
+    calls: CallMap,
     queue: VecDeque<u64>,
     /// Calls that reached a final status and whose callbacks have not run yet, in order.
     finished: Vec<u64>,
@@ -125,12 +125,6 @@ pub fn submit<W: Worker, A: Serialize + ?Sized, R>(
     Ok(CallId::new(id, decode))
 }
 
-fn to_instant(ns: u64) -> Instant {
-    let (now, now_ns) = (Instant::now(), channel::now_ns());
-    now.checked_sub(Duration::from_nanos(now_ns.saturating_sub(ns)))
-        .unwrap_or(now)
-}
-
 impl<W: Worker> Mediator<W> {
     /// A mediator for `value` under the name `alias` (used in log lines and in the name of the
     /// shared-memory segment). Nothing is forked and no memory is shared until
@@ -144,7 +138,7 @@ impl<W: Worker> Mediator<W> {
             on_timeout: None,
             on_error: None,
             pool: None,
-            calls: HashMap::new(),
+            calls: CallMap::default(),
             queue: VecDeque::new(),
             finished: Vec::new(),
             next_id: 1,
@@ -368,9 +362,9 @@ impl<W: Worker> Mediator<W> {
             && let Some(ns) = self.started_ns(record)
         {
             let called = timings
-                .entered(CallStatus::Called)
-                .unwrap_or_else(Instant::now);
-            timings.enter(CallStatus::Running, to_instant(ns).max(called));
+                .entered_ns(CallStatus::Called)
+                .unwrap_or_else(channel::now_ns);
+            timings.enter(CallStatus::Running, ns.max(called));
         }
         Some(timings)
     }
@@ -557,7 +551,7 @@ impl<W: Worker> Mediator<W> {
             return;
         }
         self.shutting_down = true;
-        let now = Instant::now();
+        let now = channel::now_ns();
         for id in std::mem::take(&mut self.queue) {
             self.finish(id, CallStatus::Cancelled, now, |method| {
                 CallError::Cancelled {
@@ -575,7 +569,7 @@ impl<W: Worker> Mediator<W> {
             self.collect();
         }
         let grace = self.config.grace;
-        let now = Instant::now();
+        let now = channel::now_ns();
         let slots = self.pool.as_ref().map_or(0, |p| p.slots.len());
         for i in 0..slots {
             let pool = self.pool.as_mut().expect("checked above");
@@ -666,7 +660,7 @@ impl<W: Worker> Mediator<W> {
             .entry(entry)
             .write_call(id, method, 0, (block.offset, args_len));
         let mut timings = Timings::default();
-        timings.enter(CallStatus::Uncalled, Instant::now());
+        timings.enter(CallStatus::Uncalled, channel::now_ns());
         self.calls.insert(
             id,
             CallRecord {
@@ -707,7 +701,8 @@ impl<W: Worker> Mediator<W> {
     fn alloc_call_block(&mut self, method: u32, args_len: usize) -> Result<Block, CallError> {
         let name = Self::method_name(method);
         let hint = self.ret_hints[method as usize];
-        let start = Instant::now();
+        // Read the clock only once the allocation is full: most calls never wait.
+        let mut start = None;
         loop {
             let pool = self.pool.as_mut().expect("started");
             let size = pool.arena.size();
@@ -724,6 +719,7 @@ impl<W: Worker> Mediator<W> {
             if let Some(b) = pool.arena.alloc(args_len + MIN_RET) {
                 return Ok(b);
             }
+            let start = *start.get_or_insert_with(Instant::now);
             let in_flight = self.calls.values().any(|r| !r.status.is_final());
             if !in_flight || start.elapsed() > SPACE_WAIT {
                 let retained = self
@@ -785,13 +781,16 @@ impl<W: Worker> Mediator<W> {
     /// Forks workers into the empty slots up to the configured count.
     fn fill_pool(&mut self) {
         let workers = self.config.workers;
-        let empty: Vec<usize> = self.pool.as_ref().map_or(Vec::new(), |p| {
-            (0..workers.min(p.slots.len()))
-                .filter(|&i| p.slots[i].child.is_none())
-                .collect()
-        });
-        for i in empty {
-            self.spawn(i);
+        let slots = self.pool.as_ref().map_or(0, |p| workers.min(p.slots.len()));
+        // By index, not through a collected list: this runs with every dispatch.
+        for i in 0..slots {
+            if self
+                .pool
+                .as_ref()
+                .is_some_and(|p| p.slots[i].child.is_none())
+            {
+                self.spawn(i);
+            }
         }
     }
 
@@ -816,7 +815,7 @@ impl<W: Worker> Mediator<W> {
     /// Workers keep dying before they answer anything (a `setup` that panics, say): forking
     /// more would loop forever, so the queued calls fail instead.
     fn fail_queue_after_start_failures(&mut self) {
-        let now = Instant::now();
+        let now = channel::now_ns();
         let failures = self.start_failures;
         for id in std::mem::take(&mut self.queue) {
             self.finish(id, CallStatus::Failed, now, |_| {
@@ -852,7 +851,7 @@ impl<W: Worker> Mediator<W> {
             .write_progress(journal::PENDING, Some((i, seq)), None);
         record.pid = pool.slots[i].pid();
         record.posted = Some((i, seq));
-        record.set_status(CallStatus::Called, Instant::now());
+        record.set_status(CallStatus::Called, channel::now_ns());
     }
 
     fn busy_count(&self) -> usize {
@@ -866,31 +865,27 @@ impl<W: Worker> Mediator<W> {
         &mut self,
         id: u64,
         status: CallStatus,
-        at: Instant,
+        at_ns: u64,
         error: impl FnOnce(&'static str) -> CallError,
     ) {
         let Some(record) = self.calls.get_mut(&id) else {
             return;
         };
-        let floor = CallStatus::ALL
-            .iter()
-            .filter_map(|&s| record.timings.entered(s))
-            .max()
-            .unwrap_or(at);
-        record.set_status(status, at.max(floor));
+        let floor = record.timings.latest_ns().unwrap_or(at_ns);
+        record.set_status(status, at_ns.max(floor));
         if status == CallStatus::Returned {
             let t = &record.timings;
             if let (Some(called), Some(running), Some(returned)) = (
-                t.entered(CallStatus::Uncalled),
-                t.entered(CallStatus::Running),
-                t.entered(CallStatus::Returned),
+                t.entered_ns(CallStatus::Uncalled),
+                t.entered_ns(CallStatus::Running),
+                t.entered_ns(CallStatus::Returned),
             ) && let Some((queue, run)) = self.timing.get_mut(record.method as usize)
             {
-                queue.record(running - called);
-                run.record(returned - running);
+                queue.record(Duration::from_nanos(running.saturating_sub(called)));
+                run.record(Duration::from_nanos(returned.saturating_sub(running)));
             }
         } else {
-            record.error = Some(error(Self::method_name(record.method)));
+            record.error = Some(Box::new(error(Self::method_name(record.method))));
             // A failed call is final: a restarted program must not run it again.
             if let Some(pool) = self.pool.as_ref() {
                 pool.region.entry(record.entry).clear();
@@ -912,7 +907,9 @@ impl<W: Worker> Mediator<W> {
             return 0;
         };
         let slots = pool.slots.len();
-        let check_deaths = pool.death_check_due();
+        // One clock read for the collection's periodic checks.
+        let now = Instant::now();
+        let check_deaths = pool.death_check_due(now);
         if std::mem::take(&mut self.refill_due) {
             self.replace_dead();
         }
@@ -923,14 +920,16 @@ impl<W: Worker> Mediator<W> {
             self.reap_dead();
         }
         self.enforce_timeouts();
-        self.retire_worn();
+        self.retire_worn(now);
         self.dispatch_queued();
         let finished = self.fire_callbacks_with(external);
         // Released calls may have made the room a worker waits for; a worker that still finds
         // none, with no other call left to free any, fails its call.
         self.room_pass = true;
-        for i in self.pool.as_ref().map_or(Vec::new(), Pool::awaiting_room) {
-            self.read_answer(i);
+        for i in 0..slots {
+            if self.pool.as_ref().is_some_and(|p| p.is_awaiting_room(i)) {
+                self.read_answer(i);
+            }
         }
         self.room_pass = false;
         // Callbacks may have retried calls.
@@ -960,11 +959,11 @@ impl<W: Worker> Mediator<W> {
             .expect("busy calls have records");
         let called = record
             .timings
-            .entered(CallStatus::Called)
-            .unwrap_or_else(Instant::now);
-        let running = started.map_or(called, |ns| to_instant(ns).max(called));
+            .entered_ns(CallStatus::Called)
+            .unwrap_or_else(channel::now_ns);
+        let running = started.map_or(called, |ns| ns.max(called));
         record.timings.enter(CallStatus::Running, running);
-        let finished = to_instant(answer.finished_ns).max(running);
+        let finished = answer.finished_ns.max(running);
         let method = record.method;
         let len = answer.ret_len;
         let kind = if answer.valid {
@@ -1140,7 +1139,7 @@ impl<W: Worker> Mediator<W> {
             if started {
                 log::warn!(target: &self.alias, "worker {pid} {cause} while running call {}", b.call);
                 self.start_failures = 0;
-                self.finish(b.call, CallStatus::Crashed, Instant::now(), |method| {
+                self.finish(b.call, CallStatus::Crashed, channel::now_ns(), |method| {
                     CallError::Crashed { method, pid, cause }
                 });
             } else {
@@ -1161,7 +1160,7 @@ impl<W: Worker> Mediator<W> {
                 "call {id}: its worker died before starting it {} times (last: {pid} {cause}); cancelled",
                 record.retries + 1);
             let retries = record.retries;
-            self.finish(id, CallStatus::Cancelled, Instant::now(), |method| {
+            self.finish(id, CallStatus::Cancelled, channel::now_ns(), |method| {
                 CallError::Cancelled {
                     method,
                     reason: format!(
@@ -1177,7 +1176,9 @@ impl<W: Worker> Mediator<W> {
         record.status = CallStatus::Uncalled;
         record.posted = None;
         record.pid = None;
-        record.timings.enter(CallStatus::Uncalled, Instant::now());
+        record
+            .timings
+            .enter(CallStatus::Uncalled, channel::now_ns());
         if let Some(pool) = self.pool.as_ref() {
             pool.region.entry(record.entry).write_call(
                 id,
@@ -1213,6 +1214,7 @@ impl<W: Worker> Mediator<W> {
         if expired.is_empty() {
             return;
         }
+        let now_ns = channel::now_ns();
         for i in expired {
             // An answer that arrived in time wins over the deadline.
             self.read_answer(i);
@@ -1223,7 +1225,7 @@ impl<W: Worker> Mediator<W> {
             let (pid, busy) = pool.clear(i);
             let Some(b) = busy else { continue };
             log::warn!(target: &self.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
-            self.finish(b.call, CallStatus::Timeout, now, |method| {
+            self.finish(b.call, CallStatus::Timeout, now_ns, |method| {
                 CallError::Timeout {
                     method,
                     pid,
@@ -1235,13 +1237,15 @@ impl<W: Worker> Mediator<W> {
     }
 
     /// Retires idle workers past their recycling or error limits; each is replaced first.
-    fn retire_worn(&mut self) {
-        let Some(pool) = self.pool.as_mut() else {
-            return;
-        };
-        let worn: Vec<usize> = (0..pool.slots.len()).filter(|&i| pool.is_worn(i)).collect();
-        for i in worn {
+    fn retire_worn(&mut self, now: Instant) {
+        let slots = self.pool.as_ref().map_or(0, |p| p.slots.len());
+        // By index, not through a collected list: this runs at every collection, and
+        // retiring one worker does not change whether another is worn.
+        for i in 0..slots {
             let pool = self.pool.as_mut().expect("started");
+            if !pool.is_worn(i, now) {
+                continue;
+            }
             let old = pool.slots[i].pid().unwrap_or(0);
             match pool.retire(i, &mut self.value) {
                 Ok(new) => {
@@ -1264,7 +1268,7 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::fire_callbacks`], with `external` for the calls no callback of the
     /// mediator's takes.
     fn fire_callbacks_with(&mut self, mut external: Option<&mut ExternalHandler<'_, W>>) -> usize {
-        let finished = std::mem::take(&mut self.finished);
+        let mut finished = std::mem::take(&mut self.finished);
         for &id in &finished {
             let Some(record) = self.calls.get(&id) else {
                 continue;
@@ -1304,7 +1308,13 @@ impl<W: Worker> Mediator<W> {
                 log::warn!(target: &self.alias, "call {id}: {error}");
             }
         }
-        finished.len()
+        let handled = finished.len();
+        // Hand the buffer back, so that the next call to finish does not allocate a new one.
+        if self.finished.is_empty() {
+            finished.clear();
+            self.finished = finished;
+        }
+        handled
     }
 
     /// Clears a journal an earlier run left, when recovery is off.
@@ -1345,7 +1355,7 @@ impl<W: Worker> Mediator<W> {
         }
         found.sort_by_key(|r| r.id);
         let (mut queued, mut rerun, mut returned) = (0, 0, 0);
-        let now = Instant::now();
+        let now = channel::now_ns();
         for r in found {
             let method_ok = (r.method as usize) < W::METHODS.len();
             let journal::Progress { state, posted, ret } =
@@ -1458,15 +1468,22 @@ impl<W: Worker> Mediator<W> {
         record.pid = None;
         record.posted = None;
         record.timings = Timings::default();
-        record.timings.enter(CallStatus::Uncalled, Instant::now());
+        record
+            .timings
+            .enter(CallStatus::Uncalled, channel::now_ns());
         self.queue.push_back(id);
     }
 
     /// Frees a finished call's shared memory and forgets it.
     fn release(&mut self, id: u64) {
-        if let Some(record) = self.calls.remove(&id)
-            && let Some(pool) = self.pool.as_mut()
-        {
+        if let Some(record) = self.calls.remove(&id) {
+            self.free_record(&record);
+        }
+    }
+
+    /// Frees the shared memory of a call taken out of `calls`.
+    fn free_record(&mut self, record: &CallRecord) {
+        if let Some(pool) = self.pool.as_mut() {
             pool.region.entry(record.entry).clear();
             self.free_entries.push(record.entry);
             pool.arena.free(record.block);
@@ -1479,7 +1496,7 @@ impl<W: Worker> Mediator<W> {
     /// Takes the result of a finished call out of the mediator.
     fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
-        let record = self.calls.get(&raw).ok_or(CallError::UnknownCall(raw))?;
+        let record = self.calls.remove(&raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret, self.pool.as_ref()) {
             (CallStatus::Returned, Some((off, len)), Some(pool)) => {
                 // SAFETY: the call returned: the worker no longer writes its block.
@@ -1489,9 +1506,14 @@ impl<W: Worker> Mediator<W> {
                     source,
                 })
             }
-            _ => Err(record.error.clone().unwrap_or(CallError::UnknownCall(raw))),
+            _ => Err(record
+                .error
+                .as_deref()
+                .cloned()
+                .unwrap_or(CallError::UnknownCall(raw))),
         };
-        self.release(raw);
+        // Freed after decoding: until then the bytes must stay where they are.
+        self.free_record(&record);
         result
     }
 }

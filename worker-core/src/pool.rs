@@ -250,11 +250,9 @@ impl Pool {
             .any(|(j, s)| j != i && s.busy.is_some_and(|b| !b.awaiting_room))
     }
 
-    /// The slots whose worker waits for room for its return value.
-    pub(crate) fn awaiting_room(&self) -> Vec<usize> {
-        (0..self.slots.len())
-            .filter(|&i| self.slots[i].busy.is_some_and(|b| b.awaiting_room))
-            .collect()
+    /// Whether slot `i`'s worker waits for room for its return value.
+    pub(crate) fn is_awaiting_room(&self, i: usize) -> bool {
+        self.slots[i].busy.is_some_and(|b| b.awaiting_room)
     }
 
     /// Counts an error against slot `i`'s worker.
@@ -263,8 +261,7 @@ impl Pool {
     }
 
     /// Whether it is time to look for dead workers (every millisecond, or after a sleep).
-    pub(crate) fn death_check_due(&mut self) -> bool {
-        let now = Instant::now();
+    pub(crate) fn death_check_due(&mut self, now: Instant) -> bool {
         if now >= self.next_death_check {
             self.next_death_check = now + DEATH_CHECK;
             true
@@ -308,13 +305,13 @@ impl Pool {
         self.slots[i].calls
     }
 
-    /// Whether slot `i`'s worker should retire now: idle and past its limits, or past the
-    /// per-worker error limits.
-    pub(crate) fn is_worn(&self, i: usize) -> bool {
+    /// Whether slot `i`'s worker should retire at `now`: idle and past its limits, or past
+    /// the per-worker error limits.
+    pub(crate) fn is_worn(&self, i: usize, now: Instant) -> bool {
         let s = &self.slots[i];
         s.is_idle()
             && (s.retire_after_calls.is_some_and(|n| s.calls >= n)
-                || s.retire_at.is_some_and(|t| Instant::now() >= t)
+                || s.retire_at.is_some_and(|t| now >= t)
                 || s.errors.reached(&ErrorCounts::WORKER_LIMITS))
     }
 

@@ -19,8 +19,9 @@ use crate::journal::Entry;
 
 /// Written at the start of every segment; a segment without it is not ours.
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
-/// The layout version; bumped whenever `Header`, `Channel` or `Entry` change.
-const VERSION: u32 = 3;
+/// The layout version; bumped whenever `Header`, `Channel`, `Entry` or
+/// `channel::checksum` change.
+const VERSION: u32 = 4;
 /// The header occupies the first bytes of the segment, padded to this size.
 const HEADER_SIZE: usize = 4096;
 const PAGE: usize = 4096;
