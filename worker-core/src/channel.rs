@@ -82,13 +82,16 @@ pub(crate) struct RequestHalf {
 }
 
 /// The response half, written by the worker.
+///
+/// The offsets of `seq` (16), `kind` (20), `ret_len` (24) and `check` (40) are relied on by
+/// the forged-answer test in tests/faults.rs.
 #[repr(C, align(64))]
 pub(crate) struct ResponseHalf {
     /// Set by the worker before it sleeps on `RequestHalf::seq`.
     pub(crate) sleeping: AtomicU32,
-    /// The sequence number of the request the worker started running.
-    pub(crate) running_seq: AtomicU32,
-    /// CLOCK_MONOTONIC nanoseconds when it started.
+    _unused: AtomicU32,
+    /// CLOCK_MONOTONIC nanoseconds when the worker started the request answered, or 0 when it
+    /// did not start one with it (an answer to `Space`, `Exit` or a corrupted request).
     pub(crate) started_ns: AtomicU64,
     /// The sequence number of the request answered; written last.
     pub(crate) seq: AtomicU32,
@@ -102,11 +105,26 @@ pub(crate) struct ResponseHalf {
     pub(crate) errors: AtomicU32,
 }
 
+/// The worker's running mark, written by the worker when it starts a call.
+///
+/// It has a cache line of its own: the parent spins on the response half while a call runs,
+/// and a write there would take that line away from it once more per call. The parent reads
+/// the mark only when asked for a running call's status, when a worker died, and at recovery;
+/// the answer carries its own copy of the start time.
+#[repr(C, align(64))]
+pub(crate) struct RunningMark {
+    /// The sequence number of the request the worker started running.
+    pub(crate) seq: AtomicU32,
+    /// CLOCK_MONOTONIC nanoseconds when it started.
+    pub(crate) started_ns: AtomicU64,
+}
+
 /// One worker slot's channel.
 #[repr(C)]
 pub(crate) struct Channel {
     pub(crate) req: RequestHalf,
     pub(crate) resp: ResponseHalf,
+    pub(crate) running: RunningMark,
 }
 
 /// A request as the worker reads it.
@@ -148,6 +166,8 @@ pub(crate) const fn checksum(words: &[u64]) -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Answer {
     pub(crate) kind: u32,
+    /// When the worker started the request answered, if it started one with it.
+    pub(crate) started_ns: Option<u64>,
     pub(crate) ret_len: usize,
     pub(crate) finished_ns: u64,
     /// Whether the answer's checksum matched its fields.
@@ -206,7 +226,7 @@ impl Channel {
     pub(crate) fn reset(&self) {
         let seq = self.req.seq.load(Ordering::Relaxed);
         self.resp.seq.store(seq, Ordering::Relaxed);
-        self.resp.running_seq.store(seq, Ordering::Relaxed);
+        self.running.seq.store(seq, Ordering::Relaxed);
         self.resp.sleeping.store(0, Ordering::Relaxed);
         self.resp.errors.store(0, Ordering::Relaxed);
     }
@@ -260,8 +280,10 @@ impl Channel {
         self.answered(seq).then(|| {
             let kind = self.resp.kind.load(Ordering::Relaxed);
             let ret_len = self.resp.ret_len.load(Ordering::Relaxed);
+            let started_ns = self.resp.started_ns.load(Ordering::Relaxed);
             Answer {
                 kind,
+                started_ns: (started_ns != 0).then_some(started_ns),
                 ret_len: ret_len as usize,
                 finished_ns: self.resp.finished_ns.load(Ordering::Relaxed),
                 valid: self.resp.check.load(Ordering::Relaxed)
@@ -272,8 +294,8 @@ impl Channel {
 
     /// Parent: when the worker started request `seq`, if it did.
     pub(crate) fn started(&self, seq: u32) -> Option<u64> {
-        (self.resp.running_seq.load(Ordering::Acquire) == seq)
-            .then(|| self.resp.started_ns.load(Ordering::Relaxed))
+        (self.running.seq.load(Ordering::Acquire) == seq)
+            .then(|| self.running.started_ns.load(Ordering::Relaxed))
     }
 
     /// Worker: waits for the request after `last`, spinning first if `spin`, then sleeping.
@@ -327,14 +349,18 @@ impl Channel {
         }
     }
 
-    /// Worker: announces that it started request `seq`.
-    pub(crate) fn mark_running(&self, seq: u32) {
-        self.resp.started_ns.store(now_ns(), Ordering::Relaxed);
-        self.resp.running_seq.store(seq, Ordering::Release);
+    /// Worker: announces that it started request `seq`; returns the time, for the answer.
+    pub(crate) fn mark_running(&self, seq: u32) -> u64 {
+        let now = now_ns();
+        self.running.started_ns.store(now, Ordering::Relaxed);
+        self.running.seq.store(seq, Ordering::Release);
+        now
     }
 
-    /// Worker: answers request `seq`; the caller then wakes the parent if it sleeps.
-    pub(crate) fn respond(&self, seq: u32, kind: Response, ret_len: usize) {
+    /// Worker: answers request `seq`, which it started at `started_ns` (0 if it started
+    /// nothing with it); the caller then wakes the parent if it sleeps.
+    pub(crate) fn respond(&self, seq: u32, kind: Response, ret_len: usize, started_ns: u64) {
+        self.resp.started_ns.store(started_ns, Ordering::Relaxed);
         self.resp.kind.store(kind as u32, Ordering::Relaxed);
         self.resp.ret_len.store(ret_len as u64, Ordering::Relaxed);
         self.resp.finished_ns.store(now_ns(), Ordering::Relaxed);

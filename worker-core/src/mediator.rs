@@ -450,15 +450,17 @@ impl<W: Worker> Mediator<W> {
             Some(record) => record.awaited = true,
             None => return Err(CallError::UnknownCall(raw)),
         }
+        // One clock read per round, for the collection and the deadline.
+        let mut now = start;
         loop {
-            self.collect();
+            self.collect_with_at(None, now);
             let Some(record) = self.calls.get_mut(&raw) else {
                 return Err(CallError::UnknownCall(raw));
             };
             if record.status.is_final() {
                 return self.take_result(id);
             }
-            if Instant::now() >= deadline {
+            if now >= deadline {
                 record.awaited = false;
                 return Err(CallError::WaitTimeout {
                     id: raw,
@@ -468,6 +470,7 @@ impl<W: Worker> Mediator<W> {
             if let Some(pool) = self.pool.as_mut() {
                 pool.sleep(Some(deadline));
             }
+            now = Instant::now();
         }
     }
 
@@ -659,8 +662,10 @@ impl<W: Worker> Mediator<W> {
         pool.region
             .entry(entry)
             .write_call(id, method, 0, (block.offset, args_len));
+        // One clock read for the call's creation and, when a worker is idle, its dispatch.
+        let now = channel::now_ns();
         let mut timings = Timings::default();
-        timings.enter(CallStatus::Uncalled, channel::now_ns());
+        timings.enter(CallStatus::Uncalled, now);
         self.calls.insert(
             id,
             CallRecord {
@@ -681,7 +686,7 @@ impl<W: Worker> Mediator<W> {
             },
         );
         self.queue.push_back(id);
-        self.dispatch_queued();
+        self.dispatch_queued_at(Some(now));
         Ok(id)
     }
 
@@ -796,8 +801,23 @@ impl<W: Worker> Mediator<W> {
 
     /// Hands queued calls, oldest first, to idle workers, forking as the strategy allows.
     fn dispatch_queued(&mut self) {
+        self.dispatch_queued_at(None)
+    }
+
+    /// [`Mediator::dispatch_queued`], with the time the caller just read, if any, as the time
+    /// the calls are handed over (a fork in between reads the clock again).
+    fn dispatch_queued_at(&mut self, mut now: Option<u64>) {
         if self.queue.is_empty() {
             return;
+        }
+        // A worker to fork first takes long enough to make the reading stale.
+        if now.is_some()
+            && self.pool.as_ref().is_some_and(|p| {
+                let workers = self.config.workers.min(p.slots.len());
+                p.slots[..workers].iter().any(|s| s.child.is_none())
+            })
+        {
+            now = None;
         }
         if self.config.strategy != ForkStrategy::Lazy {
             self.fill_pool();
@@ -805,7 +825,7 @@ impl<W: Worker> Mediator<W> {
         while let Some(&id) = self.queue.front() {
             let Some(i) = self.idle_slot() else { break };
             self.queue.pop_front();
-            self.post_call(i, id);
+            self.post_call(i, id, now.take());
         }
         if self.start_failures >= START_FAILURE_LIMIT {
             self.fail_queue_after_start_failures();
@@ -837,7 +857,9 @@ impl<W: Worker> Mediator<W> {
         self.spawn(empty).then_some(empty)
     }
 
-    fn post_call(&mut self, i: usize, id: u64) {
+    /// Posts call `id` to slot `i`'s worker; `now`, if given, is a clock reading taken just
+    /// before, used as the time the call was handed over.
+    fn post_call(&mut self, i: usize, id: u64, now: Option<u64>) {
         let pool = self.pool.as_mut().expect("started");
         let record = self.calls.get_mut(&id).expect("queued calls have records");
         let args = (record.block.offset, record.args_len);
@@ -851,7 +873,7 @@ impl<W: Worker> Mediator<W> {
             .write_progress(journal::PENDING, Some((i, seq)), None);
         record.pid = pool.slots[i].pid();
         record.posted = Some((i, seq));
-        record.set_status(CallStatus::Called, channel::now_ns());
+        record.set_status(CallStatus::Called, now.unwrap_or_else(channel::now_ns));
     }
 
     fn busy_count(&self) -> usize {
@@ -903,12 +925,20 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::collect`], with `external` for the calls no callback of the mediator's
     /// takes.
     fn collect_with(&mut self, external: Option<&mut ExternalHandler<'_, W>>) -> usize {
+        self.collect_with_at(external, Instant::now())
+    }
+
+    /// [`Mediator::collect_with`], with `now`, a clock reading the caller just took, for the
+    /// collection's periodic checks.
+    fn collect_with_at(
+        &mut self,
+        external: Option<&mut ExternalHandler<'_, W>>,
+        now: Instant,
+    ) -> usize {
         let Some(pool) = self.pool.as_mut() else {
             return 0;
         };
         let slots = pool.slots.len();
-        // One clock read for the collection's periodic checks.
-        let now = Instant::now();
         let check_deaths = pool.death_check_due(now);
         if std::mem::take(&mut self.refill_due) {
             self.replace_dead();
@@ -947,7 +977,7 @@ impl<W: Worker> Mediator<W> {
         let Some(answer) = channel.answer(busy.seq) else {
             return;
         };
-        let started = channel.started(busy.seq);
+        let started = answer.started_ns;
         for _ in 0..pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }

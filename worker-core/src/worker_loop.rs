@@ -59,10 +59,11 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         let req = channel.next_request(last, env.spin);
         last = req.seq;
         let kind = if req.valid { req.kind } else { None };
+        let mut started_ns = 0;
         let answer = match kind {
             Some(Request::Call) => {
                 spilled = None;
-                channel.mark_running(req.seq);
+                started_ns = channel.mark_running(req.seq);
                 // SAFETY: the parent handed this block to us with the request and does not
                 // touch it until we answer.
                 let args = unsafe { env.region.payload(req.args_off, req.args_len) };
@@ -88,7 +89,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             Some(Request::Exit) => {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
-                channel.respond(req.seq, Response::Exiting, 0);
+                channel.respond(req.seq, Response::Exiting, 0, 0);
                 value.teardown();
                 return;
             }
@@ -102,7 +103,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             }
         };
         if let Some((kind, len)) = answer {
-            channel.respond(req.seq, kind, len);
+            channel.respond(req.seq, kind, len, started_ns);
             if env.region.header().parent_sleeping.load(Ordering::SeqCst) != 0 {
                 eventfd_signal(env.eventfd);
             }
