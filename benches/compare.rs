@@ -369,6 +369,24 @@ fn wait_change(line: &Line, mine: &Line, last: u32, spin_ns: u32) -> u32 {
     }
 }
 
+/// A fresh page of anonymous memory shared with the children forked after it, zeroed; it is
+/// never unmapped (it lives as long as the bench).
+fn shared_page() -> *mut libc::c_void {
+    // SAFETY: a new anonymous shared mapping of one page; checked below.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mmap failed");
+    page
+}
+
 /// Forks a child that runs `body` and leaves with `_exit`; it dies with this process.
 fn fork_child(body: impl FnOnce()) -> i32 {
     let parent = std::process::id() as i32;
@@ -406,22 +424,10 @@ struct FutexFloor {
 }
 
 impl FutexFloor {
-    /// Forks the peer. Spins `spin` times before sleeping when more than one CPU is available
-    /// (none otherwise), as forkworker's channel does.
+    /// Forks the peer. Spins for `spin` nanoseconds before sleeping when more than one CPU is
+    /// available (not at all otherwise), as forkworker's channel does.
     fn start(spin: u32) -> FutexFloor {
-        // SAFETY: a fresh anonymous shared mapping of one page, checked below.
-        let page = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(page, libc::MAP_FAILED, "mmap failed");
-        let page = page.cast::<PingPage>();
+        let page = shared_page().cast::<PingPage>();
         let spin = if spin_allowed() { spin } else { 0 };
         let addr = page as usize;
         let pid = fork_child(move || {
@@ -860,20 +866,8 @@ fn main() {
 
     // ---- Phase 1: every fork, while single-threaded. ----
     assert_single_threaded("start");
-    // SAFETY: a fresh anonymous shared mapping for the crash stamp, checked below; it lives
-    // until the process exits.
-    let stamp_page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(stamp_page, libc::MAP_FAILED, "mmap failed");
-    let stamp = stamp_page as usize;
+    // The crash stamp's page lives until the process exits.
+    let stamp = shared_page() as usize;
 
     let memory = measure_memory(stamp);
     let biggest = cfg.payloads.iter().map(|p| p.0).max().unwrap_or(MIB);

@@ -314,48 +314,30 @@ fn serve_loop(
             let _ = mask.thread_unblock();
             body(msg.a as usize, msg.b as u32)
         });
-        match forked {
-            Ok(pid) => {
-                // SAFETY: pidfd_open on our own unreaped child.
-                let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-                if fd < 0 {
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(0);
+        // Our own unreaped child: its pid cannot be reused before we reap it.
+        let spawned = forked
+            .map_err(|_| errno(std::io::Error::last_os_error()))
+            .and_then(|pid| match process::pidfd_open(pid) {
+                Ok(fd) => Ok((pid, fd)),
+                Err(e) => {
                     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                    send(
-                        sock,
-                        Msg {
-                            tag: FAILED,
-                            a: errno,
-                            b: 0,
-                        },
-                        None,
-                    );
-                } else {
-                    send(
-                        sock,
-                        Msg {
-                            tag: SPAWNED,
-                            a: pid.as_raw(),
-                            b: 0,
-                        },
-                        Some(fd as RawFd),
-                    );
-                    // SAFETY: our copy of the descriptor, now sent.
-                    unsafe { libc::close(fd as RawFd) };
+                    Err(errno(e))
                 }
-            }
-            Err(_) => {
-                let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-                send(
-                    sock,
-                    Msg {
-                        tag: FAILED,
-                        a: errno,
-                        b: 0,
-                    },
-                    None,
-                );
-            }
-        }
+            });
+        // Sending passes a copy of the descriptor; ours closes when `fd` drops.
+        let (msg, fd) = match &spawned {
+            Ok((pid, fd)) => ((SPAWNED, pid.as_raw()), Some(fd.as_raw_fd())),
+            Err(errno) => ((FAILED, *errno), None),
+        };
+        send(
+            sock,
+            Msg {
+                tag: msg.0,
+                a: msg.1,
+                b: 0,
+            },
+            fd,
+        );
     }
 }

@@ -64,7 +64,8 @@ pub(crate) fn fork_child(body: impl FnOnce() -> std::convert::Infallible) -> Res
     }
 }
 
-fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+/// A pidfd for `pid`: readable once the process has ended.
+pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open has no memory arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {
