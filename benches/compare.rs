@@ -1219,6 +1219,25 @@ fn cleanup_problems(me: u32) -> Vec<String> {
     problems
 }
 
+/// Round trips per batch in `--only empty` and `--only futex`.
+const BATCH: usize = 1_000;
+
+/// The tenth percentile and the median of per-batch times: on a VM whose rounds are bimodal
+/// (a side descheduled now and then), the low percentile shows the cost of the path itself.
+fn print_batches(what: &str, batches: &[f64]) {
+    if std::env::var_os("BATCHES").is_some() {
+        let all: Vec<String> = batches.iter().map(|&b| format!("{:.0}", b * 1e9)).collect();
+        eprintln!("{what}: {}", all.join(" "));
+    }
+    let mut sorted = batches.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    println!(
+        "{what}: batches of {BATCH}: p10 {}, median {}",
+        fmt_time(sorted[sorted.len() / 10]),
+        fmt_time(median(&sorted))
+    );
+}
+
 /// `--only WHAT [--count N]`: one forkworker path (or the futex floor) alone, with no
 /// procspawn and no other floor, for a profiler (`perf stat`, `valgrind --tool=callgrind
 /// --trace-children=yes`). WHAT is `empty`, `throughput`, `throughput2`, `echo64`, `futex` or
@@ -1235,8 +1254,11 @@ fn profile_only(what: &str, count: Option<usize>) {
     let n = match what {
         "empty" => {
             let n = count.unwrap_or(100_000);
-            fw_empty(&mut m, n);
-            n
+            let batches: Vec<f64> = (0..n.div_ceil(BATCH))
+                .map(|_| fw_empty(&mut m, BATCH))
+                .collect();
+            print_batches(what, &batches);
+            n.div_ceil(BATCH) * BATCH
         }
         "throughput" | "throughput2" => {
             let n = count.unwrap_or(100_000);
@@ -1251,11 +1273,41 @@ fn profile_only(what: &str, count: Option<usize>) {
             }
             n
         }
+        "paired" => {
+            // Alternating batches of forkworker's empty call and of the futex floor, in this
+            // one process: both see the same placement of processes on CPUs.
+            let n = count.unwrap_or(100_000);
+            let mut floor = FutexFloor::start(SPIN);
+            let (mut fw, mut fl) = (Vec::new(), Vec::new());
+            for _ in 0..n.div_ceil(BATCH) {
+                fw.push(fw_empty(&mut m, BATCH));
+                let t = Instant::now();
+                (0..BATCH).for_each(|_| floor.round_trip());
+                fl.push(t.elapsed().as_secs_f64() / BATCH as f64);
+            }
+            print_batches("empty", &fw);
+            print_batches("futex", &fl);
+            let mut ratios: Vec<f64> = fw.iter().zip(&fl).map(|(a, b)| a / b).collect();
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "empty / futex, batch by batch: p10 {:.2}x, median {:.2}x",
+                ratios[ratios.len() / 10],
+                median(&ratios)
+            );
+            2 * n.div_ceil(BATCH) * BATCH
+        }
         "futex" | "futex-long" => {
             let n = count.unwrap_or(100_000);
             let mut floor = FutexFloor::start(if what == "futex" { SPIN } else { LONG_SPIN });
-            (0..n).for_each(|_| floor.round_trip());
-            n
+            let batches: Vec<f64> = (0..n.div_ceil(BATCH))
+                .map(|_| {
+                    let t = Instant::now();
+                    (0..BATCH).for_each(|_| floor.round_trip());
+                    t.elapsed().as_secs_f64() / BATCH as f64
+                })
+                .collect();
+            print_batches(what, &batches);
+            n.div_ceil(BATCH) * BATCH
         }
         _ => {
             eprintln!("--only takes empty, throughput, throughput2, echo64, futex or futex-long");

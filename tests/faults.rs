@@ -333,8 +333,8 @@ fn a_call_is_cancelled_after_three_requeues_and_nothing_hangs() {
 }
 
 /// The layout of a channel in the segment (see worker-core/src/channel.rs and shm.rs): the
-/// first channel starts at 4096; its response half at +64, whose `seq` is at +16, `kind` at
-/// +20, `ret_len` at +24 and `check` at +40. The request half's `seq` is at +0.
+/// first channel starts at 4096; its response half at +64, whose `seq` is at +8, `kind` at
+/// +12, `ret_len` at +16 and `check` at +40. The request half's `seq` is at +0.
 const CHANNEL0: usize = 4096;
 
 fn a_forged_answer_in_shared_memory_fails_its_call_only() {
@@ -366,10 +366,10 @@ fn a_forged_answer_in_shared_memory_fails_its_call_only() {
         assert_ne!(base as isize, -1);
         let req_seq = std::ptr::read_volatile(base.add(CHANNEL0) as *const u32);
         let resp = base.add(CHANNEL0 + 64);
-        std::ptr::write_volatile(resp.add(20) as *mut u32, 1); // "returned"
-        std::ptr::write_volatile(resp.add(24) as *mut u64, 1 << 40); // a huge length
+        std::ptr::write_volatile(resp.add(12) as *mut u32, 1); // "returned"
+        std::ptr::write_volatile(resp.add(16) as *mut u64, 1 << 40); // a huge length
         std::ptr::write_volatile(resp.add(40) as *mut u64, 0xdead_beef); // a wrong checksum
-        std::ptr::write_volatile(resp.add(16) as *mut u32, req_seq);
+        std::ptr::write_volatile(resp.add(8) as *mut u32, req_seq);
         libc::munmap(base.cast(), 8192);
     }
     match m.wait(id, LONG) {

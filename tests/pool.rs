@@ -152,6 +152,50 @@ fn ten_thousand_calls_through_on_return_fire_once_each() {
     assert_eq!(m.pending(), 0);
 }
 
+/// Small arguments and returns travel inside the channel's cache lines (up to 24 and 16
+/// encoded bytes), larger ones in the payload area: every size around those limits arrives
+/// intact, through `wait` and through `on_return`, and the calls' timings stay ordered.
+fn payloads_of_every_size_around_the_channel_line_arrive_intact() {
+    let mut m = ProbeMediator::new("Probe", probe());
+    m.workers(2);
+    for len in 0..=80usize {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+        let id = m.reverse(data.clone()).expect("call");
+        let back = m.wait(id, LONG).expect("result");
+        assert!(back.iter().rev().eq(data.iter()), "{len} bytes came back");
+        let id = m.filled(len as u64).expect("call");
+        assert_eq!(
+            m.wait(id, LONG).unwrap(),
+            vec![0xA5; len],
+            "{len} bytes filled"
+        );
+    }
+    let returned = Rc::new(RefCell::new(Vec::new()));
+    let seen = returned.clone();
+    m.on_return(move |call, _log| {
+        let t = call.timings();
+        let called = t.entered(CallStatus::Called).unwrap();
+        let running = t.entered(CallStatus::Running).unwrap();
+        let done = t.entered(CallStatus::Returned).unwrap();
+        assert!(called <= running && running <= done);
+        let Some(Ok(ProbeReturn::Filled(v))) = call.return_value() else {
+            panic!("unexpected return for {call:?}");
+        };
+        assert!(v.iter().all(|&b| b == 0xA5));
+        seen.borrow_mut().push(v.len());
+    });
+    for len in 0..=40u64 {
+        m.filled(len).expect("call");
+    }
+    assert!(support::eventually(LONG, || {
+        m.poll();
+        returned.borrow().len() == 41
+    }));
+    let mut lens = returned.borrow().clone();
+    lens.sort();
+    assert_eq!(lens, (0..=40).collect::<Vec<_>>());
+}
+
 fn sixteen_mib_arguments_and_returns_arrive_intact() {
     let mut m = ProbeMediator::new("Probe", probe());
     m.workers(2).malloc(64 << 20);
@@ -537,6 +581,7 @@ fn check_environment_problems_stop_the_pool() {
 tests![
     ten_thousand_calls_over_four_workers_return_once,
     ten_thousand_calls_through_on_return_fire_once_each,
+    payloads_of_every_size_around_the_channel_line_arrive_intact,
     sixteen_mib_arguments_and_returns_arrive_intact,
     an_oversized_call_gets_its_error_and_the_next_call_works,
     a_return_waits_for_room_while_other_calls_free_it,

@@ -238,9 +238,10 @@ mod tests {
         let mut slot = ReturnSlot::new(&mut buf);
         w.dispatch(method, args, &mut slot)?;
         match slot.into_written() {
-            wire::Written::InSlot(n) => Ok(buf[..n].to_vec()),
-            wire::Written::Spilled(v) => Ok(v),
-            wire::Written::Nothing => panic!("nothing written"),
+            (wire::Written::Inline(n), inline) => Ok(inline[..n].to_vec()),
+            (wire::Written::InSlot(n), _) => Ok(buf[..n].to_vec()),
+            (wire::Written::Spilled(v), _) => Ok(v),
+            (wire::Written::Nothing, _) => panic!("nothing written"),
         }
     }
 

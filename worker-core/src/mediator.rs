@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::arena::Block;
 use crate::call::{Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings};
-use crate::channel::{self, Request, Response};
+use crate::channel::{self, ArgsAt, Request, Response};
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
@@ -452,13 +452,31 @@ impl<W: Worker> Mediator<W> {
         }
         // One clock read per round, for the collection and the deadline.
         let mut now = start;
+        // Set when the sleep ended on the answer to this very call: that answer alone is then
+        // read, not the whole pool, and the result goes back at once. The round before the
+        // sleep collected everything; the next `wait` or `poll` does again.
+        let mut answered = None;
         loop {
-            self.collect_with_at(None, now);
+            let short = answered.take();
+            match short {
+                Some(slot) => {
+                    if let Some(result) = self.take_returned(slot, id) {
+                        return result;
+                    }
+                    self.collect_answer(slot);
+                }
+                None => {
+                    self.collect_with_at(None, now);
+                }
+            }
             let Some(record) = self.calls.get_mut(&raw) else {
                 return Err(CallError::UnknownCall(raw));
             };
             if record.status.is_final() {
                 return self.take_result(id);
+            }
+            if short.is_some() {
+                now = Instant::now();
             }
             if now >= deadline {
                 record.awaited = false;
@@ -467,10 +485,17 @@ impl<W: Worker> Mediator<W> {
                     waited: start.elapsed(),
                 });
             }
+            let posted = record.posted;
             if let Some(pool) = self.pool.as_mut() {
                 pool.sleep(Some(deadline));
+                answered = posted
+                    .filter(|&(i, seq)| pool.region.channel(i).answered(seq))
+                    .map(|(i, _)| i);
             }
-            now = Instant::now();
+            // The short round needs no clock reading unless the call goes on.
+            if answered.is_none() {
+                now = Instant::now();
+            }
         }
     }
 
@@ -659,35 +684,64 @@ impl<W: Worker> Mediator<W> {
         let id = self.next_id;
         self.next_id += 1;
         self.free_entries.pop();
-        pool.region
-            .entry(entry)
-            .write_call(id, method, 0, (block.offset, args_len));
-        // One clock read for the call's creation and, when a worker is idle, its dispatch.
+        // With nothing queued before it and a worker idle, the call goes out at once, before
+        // the bookkeeping below: the worker runs it meanwhile. (The call is in the journal
+        // before this function returns, which is when the caller can count on it.)
+        let slot = if self.queue.is_empty() {
+            self.ready_slot()
+        } else {
+            None
+        };
+        let posted = slot.map(|i| (i, self.post_block(i, id, method, block, args_len)));
+        // One clock read for the call's creation and its hand-over, if it was handed over.
         let now = channel::now_ns();
+        let pool = self.pool.as_ref().expect("started above");
+        let journal = pool.region.entry(entry);
+        journal.write_call(id, method, 0, (block.offset, args_len));
         let mut timings = Timings::default();
         timings.enter(CallStatus::Uncalled, now);
+        let mut status = CallStatus::Uncalled;
+        if posted.is_some() {
+            journal.write_progress(journal::PENDING, posted, None);
+            timings.enter(CallStatus::Called, now);
+            status = CallStatus::Called;
+        }
         self.calls.insert(
             id,
             CallRecord {
                 id,
                 method,
-                status: CallStatus::Uncalled,
+                status,
                 retries: 0,
-                pid: None,
+                pid: posted.and_then(|(i, _)| pool.slots[i].pid()),
                 timings,
                 error: None,
                 block,
                 args_len,
                 ret: None,
                 ret_block: None,
-                posted: None,
+                posted,
                 entry,
                 awaited: false,
             },
         );
-        self.queue.push_back(id);
-        self.dispatch_queued_at(Some(now));
+        if posted.is_none() {
+            self.queue.push_back(id);
+            self.dispatch_queued_at(Some(now));
+        }
         Ok(id)
+    }
+
+    /// An idle worker that can take a call now, as `dispatch_queued` would choose it; `None`
+    /// when that would fork a worker first, which it does for an empty slot unless the
+    /// strategy is lazy.
+    fn ready_slot(&self) -> Option<usize> {
+        let pool = self.pool.as_ref()?;
+        let live = &pool.slots[..self.config.workers.min(pool.slots.len())];
+        if self.config.strategy != ForkStrategy::Lazy && live.iter().any(|s| s.child.is_none()) {
+            return None;
+        }
+        (0..live.len()).find(|&i| live[i].is_idle() && !pool.is_worn(i, None))
     }
 
     fn warn_if_large(&mut self, method: u32, len: usize, allocation: usize) {
@@ -860,20 +914,37 @@ impl<W: Worker> Mediator<W> {
     /// Posts call `id` to slot `i`'s worker; `now`, if given, is a clock reading taken just
     /// before, used as the time the call was handed over.
     fn post_call(&mut self, i: usize, id: u64, now: Option<u64>) {
-        let pool = self.pool.as_mut().expect("started");
+        let record = self.calls.get(&id).expect("queued calls have records");
+        let (method, block, args_len) = (record.method, record.block, record.args_len);
+        let seq = self.post_block(i, id, method, block, args_len);
+        let pool = self.pool.as_ref().expect("started");
         let record = self.calls.get_mut(&id).expect("queued calls have records");
-        let args = (record.block.offset, record.args_len);
-        let ret = (
-            record.block.offset + record.args_len,
-            record.block.len - record.args_len,
-        );
-        let seq = pool.post_call(i, id, record.method, args, ret, self.config.timeout);
         pool.region
             .entry(record.entry)
             .write_progress(journal::PENDING, Some((i, seq)), None);
         record.pid = pool.slots[i].pid();
         record.posted = Some((i, seq));
         record.set_status(CallStatus::Called, now.unwrap_or_else(channel::now_ns));
+    }
+
+    /// Posts call `id`, whose arguments are the first `args_len` bytes of `block`, to slot
+    /// `i`'s worker. Returns the request's sequence number.
+    fn post_block(&mut self, i: usize, id: u64, method: u32, block: Block, args_len: usize) -> u32 {
+        let pool = self.pool.as_mut().expect("started");
+        let (offset, len) = (block.offset, args_len);
+        // Small arguments ride in the request's cache line: the worker then never reads the
+        // block, which stays in this process's cache. The block keeps them for the journal.
+        let mut small = [0u8; channel::INLINE_ARGS];
+        // SAFETY: the block is this call's; no worker writes it before the call is posted.
+        let args = match unsafe { pool.region.payload(offset, len) } {
+            Some(bytes) if len <= small.len() => {
+                small[..len].copy_from_slice(bytes);
+                ArgsAt::Inline(&small[..len])
+            }
+            _ => ArgsAt::Block(offset, len),
+        };
+        let ret = (offset + len, block.len - len);
+        pool.post_call(i, id, method, args, ret, self.config.timeout)
     }
 
     fn busy_count(&self) -> usize {
@@ -967,6 +1038,73 @@ impl<W: Worker> Mediator<W> {
         finished
     }
 
+    /// The shortest way from an answer to a result, taken by `wait` when slot `i`'s worker
+    /// answered the awaited call `id`: if the call returned and no `on_return` handler wants
+    /// it, the result is decoded and the call released at once, with the bookkeeping of
+    /// [`Mediator::read_answer`], [`Mediator::finish`] and [`Mediator::take_result`] that a
+    /// delivered call needs and nothing else: one lookup instead of five, no journal entry
+    /// for a return that is delivered in the same breath (a parent killed in between leaves
+    /// the call pending, and a recovery runs it again: at least once), no trip through the
+    /// callback queue. `None`: anything else; the caller takes the general path.
+    fn take_returned<R>(&mut self, i: usize, id: CallId<R>) -> Option<Result<R, CallError>> {
+        if self.on_return.is_some() {
+            return None;
+        }
+        let pool = self.pool.as_mut()?;
+        let busy = pool.slots[i].busy.filter(|b| b.call == id.raw())?;
+        let answer = pool.region.channel(i).answer(busy.seq)?;
+        let len = answer.ret_len;
+        if !answer.valid || answer.kind != Response::Returned as u32 || len > busy.ret.1 {
+            return None;
+        }
+        let record = self.calls.remove(&id.raw())?;
+        let errors = pool.take_worker_errors(i);
+        pool.slots[i].busy = None;
+        self.start_failures = 0;
+        for _ in 0..errors {
+            self.count_error(ErrorKind::Catchall, Some(i));
+        }
+        let method = record.method;
+        let t = &record.timings;
+        let uncalled = t.entered_ns(CallStatus::Uncalled).unwrap_or(0);
+        let called = t.entered_ns(CallStatus::Called).unwrap_or(uncalled);
+        let running = answer.started_ns.map_or(called, |ns| ns.max(called));
+        let returned = answer.finished_ns.max(running);
+        if let Some((queue, run)) = self.timing.get_mut(method as usize) {
+            queue.record(Duration::from_nanos(running.saturating_sub(uncalled)));
+            run.record(Duration::from_nanos(returned - running));
+        }
+        self.ret_hints[method as usize] = len.max(MIN_RET);
+        let pool = self.pool.as_ref().expect("started");
+        let allocation = pool.arena.size();
+        let decoded = match &answer.inline {
+            Some(bytes) => id.decode(&bytes[..len]),
+            // SAFETY: the worker answered: it no longer writes the block.
+            None => id.decode(unsafe { pool.region.payload(busy.ret.0, len) }.unwrap_or_default()),
+        };
+        let result = decoded.map_err(|source| CallError::Wire {
+            method: Self::method_name(method),
+            source,
+        });
+        self.free_record(&record);
+        self.warn_if_large(method, len, allocation);
+        self.retire_if_worn(i, None);
+        self.dispatch_queued();
+        Some(result)
+    }
+
+    /// The short collection, after the answer of slot `i`'s worker woke us: that answer,
+    /// then the queue and the callbacks.
+    fn collect_answer(&mut self, i: usize) {
+        self.read_answer(i);
+        // A worker that reached its call or error limit with this answer gets no other call.
+        self.retire_if_worn(i, None);
+        self.dispatch_queued();
+        self.fire_callbacks_with(None);
+        // Callbacks may have retried calls.
+        self.dispatch_queued();
+    }
+
     /// Handles the answer of the worker in slot `i`, if it wrote one.
     fn read_answer(&mut self, i: usize) {
         let pool = self.pool.as_mut().expect("started");
@@ -1010,6 +1148,14 @@ impl<W: Worker> Mediator<W> {
         };
         match kind {
             Some(Response::Returned) if len <= busy.ret.1 => {
+                if let Some(bytes) = answer.inline {
+                    // The value came inside the answer: put it where a returned value lies,
+                    // for the journal and for `wait`.
+                    // SAFETY: the reservation is this call's and the worker answered.
+                    if let Some(dst) = unsafe { pool.region.payload_mut(busy.ret.0, len) } {
+                        dst.copy_from_slice(&bytes[..len]);
+                    }
+                }
                 record.ret = Some((busy.ret.0, len));
                 pool.region.entry(record.entry).write_progress(
                     journal::RETURNED,
@@ -1038,8 +1184,7 @@ impl<W: Worker> Mediator<W> {
                     let seq = channel.post(
                         Request::Space,
                         method,
-                        busy.call,
-                        (0, 0),
+                        ArgsAt::Block(0, 0),
                         (block.offset, block.len),
                     );
                     pool.slots[i].busy = Some(Busy {
@@ -1272,19 +1417,24 @@ impl<W: Worker> Mediator<W> {
         // By index, not through a collected list: this runs at every collection, and
         // retiring one worker does not change whether another is worn.
         for i in 0..slots {
-            let pool = self.pool.as_mut().expect("started");
-            if !pool.is_worn(i, now) {
-                continue;
+            self.retire_if_worn(i, Some(now));
+        }
+    }
+
+    /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
+    fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
+        let pool = self.pool.as_mut().expect("started");
+        if !pool.is_worn(i, now) {
+            return;
+        }
+        let old = pool.slots[i].pid().unwrap_or(0);
+        match pool.retire(i, &mut self.value) {
+            Ok(new) => {
+                log::debug!(target: &self.alias, "worker {old} retired; {new} took its place")
             }
-            let old = pool.slots[i].pid().unwrap_or(0);
-            match pool.retire(i, &mut self.value) {
-                Ok(new) => {
-                    log::debug!(target: &self.alias, "worker {old} retired; {new} took its place")
-                }
-                Err(e) => {
-                    log::error!(target: &self.alias, "worker {old} retired; cannot fork its replacement: {e}");
-                    self.count_error(ErrorKind::Communication, None);
-                }
+            Err(e) => {
+                log::error!(target: &self.alias, "worker {old} retired; cannot fork its replacement: {e}");
+                self.count_error(ErrorKind::Communication, None);
             }
         }
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::arena::Arena;
 use crate::call::ExitCause;
-use crate::channel::{self, Request};
+use crate::channel::{self, ArgsAt, Request};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind};
 use crate::fork_server::ForkServer;
@@ -221,14 +221,14 @@ impl Pool {
         i: usize,
         call: u64,
         method: u32,
-        args: (usize, usize),
+        args: ArgsAt<'_>,
         ret: (usize, usize),
         timeout: Option<Duration>,
     ) -> u32 {
         let seq = self
             .region
             .channel(i)
-            .post(Request::Call, method, call, args, ret);
+            .post(Request::Call, method, args, ret);
         let slot = &mut self.slots[i];
         slot.calls += 1;
         slot.busy = Some(Busy {
@@ -306,12 +306,12 @@ impl Pool {
     }
 
     /// Whether slot `i`'s worker should retire at `now`: idle and past its limits, or past
-    /// the per-worker error limits.
-    pub(crate) fn is_worn(&self, i: usize, now: Instant) -> bool {
+    /// the per-worker error limits. Without `now`, the age limit is not looked at.
+    pub(crate) fn is_worn(&self, i: usize, now: Option<Instant>) -> bool {
         let s = &self.slots[i];
         s.is_idle()
             && (s.retire_after_calls.is_some_and(|n| s.calls >= n)
-                || s.retire_at.is_some_and(|t| now >= t)
+                || s.retire_at.zip(now).is_some_and(|(t, now)| now >= t)
                 || s.errors.reached(&ErrorCounts::WORKER_LIMITS))
     }
 
@@ -323,7 +323,7 @@ impl Pool {
     pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
         if let Some(mut child) = self.slots[i].child.take() {
             let channel = self.region.channel(i);
-            let seq = channel.post(Request::Exit, 0, 0, (0, 0), (0, 0));
+            let seq = channel.post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0));
             let deadline = Instant::now() + EXIT_LIMIT;
             if !(self.spin && channel::spin_until(|| channel.answered(seq))) {
                 while !channel.answered(seq) && child.try_reap().is_none() {
@@ -418,7 +418,7 @@ impl Pool {
             if slot.child.is_some() {
                 self.region
                     .channel(i)
-                    .post(Request::Exit, 0, 0, (0, 0), (0, 0));
+                    .post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0));
             }
         }
         let deadline = Instant::now() + EXIT_LIMIT;

@@ -21,7 +21,7 @@ use crate::journal::Entry;
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
 /// The layout version; bumped whenever `Header`, `Channel`, `Entry` or
 /// `channel::checksum` change.
-const VERSION: u32 = 5;
+const VERSION: u32 = 6;
 /// The header occupies the first bytes of the segment, padded to this size.
 const HEADER_SIZE: usize = 4096;
 const PAGE: usize = 4096;

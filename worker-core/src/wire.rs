@@ -7,6 +7,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::channel::INLINE_RET;
 use crate::error::WireError;
 
 /// Encodes `value` into `buf`, returning the number of bytes written.
@@ -60,9 +61,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     }
 }
 
-/// Where a worker writes a method's return value: a reservation in shared memory, with a
-/// private spill buffer when the value is larger than the reservation.
+/// Where a worker writes a method's return value: a few bytes carried in the answer itself,
+/// or a reservation in shared memory, with a private spill buffer when the value is larger
+/// than the reservation.
 pub struct ReturnSlot<'a> {
+    inline: [u8; INLINE_RET],
     slot: &'a mut [u8],
     written: Written,
 }
@@ -70,6 +73,8 @@ pub struct ReturnSlot<'a> {
 /// What a [`ReturnSlot`] holds after the method returned.
 pub(crate) enum Written {
     Nothing,
+    /// The first n bytes of the inline buffer.
+    Inline(usize),
     InSlot(usize),
     Spilled(Vec<u8>),
 }
@@ -77,18 +82,25 @@ pub(crate) enum Written {
 impl<'a> ReturnSlot<'a> {
     pub(crate) fn new(slot: &'a mut [u8]) -> Self {
         ReturnSlot {
+            inline: [0; INLINE_RET],
             slot,
             written: Written::Nothing,
         }
     }
 
-    pub(crate) fn into_written(self) -> Written {
-        self.written
+    /// What was written, and the inline buffer.
+    pub(crate) fn into_written(self) -> (Written, [u8; INLINE_RET]) {
+        (self.written, self.inline)
     }
 
-    /// Encodes the return value: into shared memory when it fits, else into a spill buffer
-    /// that the runtime copies once the parent has made room.
+    /// Encodes the return value: into the answer when it is small, else into shared memory
+    /// when it fits, else into a spill buffer that the runtime copies once the parent has
+    /// made room.
     pub fn write<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), WireError> {
+        if let Some(n) = encode_into(value, &mut self.inline)? {
+            self.written = Written::Inline(n);
+            return Ok(());
+        }
         self.written = match encode_into(value, self.slot)? {
             Some(n) => Written::InSlot(n),
             None => Written::Spilled(encode_to_vec(value)?),
@@ -133,14 +145,22 @@ mod tests {
     }
 
     #[test]
-    fn return_slot_spills_when_too_small() {
-        let mut buf = [0u8; 4];
+    fn return_slot_goes_inline_then_in_slot_then_spills() {
+        let mut buf = [0u8; 64];
         let mut slot = ReturnSlot::new(&mut buf);
         slot.write(&vec![1u64; 100]).unwrap();
-        assert!(matches!(slot.into_written(), Written::Spilled(v) if v.len() > 4));
+        assert!(matches!(slot.into_written().0, Written::Spilled(v) if v.len() > 64));
+        let mut slot = ReturnSlot::new(&mut buf);
+        slot.write(&vec![1u8; 40]).unwrap();
+        assert!(matches!(slot.into_written().0, Written::InSlot(41)));
         let mut slot = ReturnSlot::new(&mut buf);
         slot.write(&7u8).unwrap();
-        assert!(matches!(slot.into_written(), Written::InSlot(1)));
+        let (written, inline) = slot.into_written();
+        assert!(matches!(written, Written::Inline(1)));
+        assert_eq!(inline[0], 7);
+        let mut slot = ReturnSlot::new(&mut buf);
+        slot.write(&[9u8; INLINE_RET - 1]).unwrap();
+        assert!(matches!(slot.into_written().0, Written::Inline(n) if n == INLINE_RET - 1));
     }
 }
 

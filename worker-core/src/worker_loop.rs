@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
-use crate::channel::{Request, Response, eventfd_signal};
+use crate::channel::{INLINE_RET, PostedArgs, Request, Response, eventfd_signal};
 use crate::shm::Region;
 use crate::this_worker;
 use crate::wire::{ReturnSlot, Written};
@@ -63,16 +63,19 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         let answer = match kind {
             Some(Request::Call) => {
                 spilled = None;
-                started_ns = channel.mark_running(req.seq);
+                started_ns = channel.mark_running(req.seq, req.prompt);
                 // SAFETY: the parent handed this block to us with the request and does not
                 // touch it until we answer.
-                let args = unsafe { env.region.payload(req.args_off, req.args_len) };
+                let args = match &req.args {
+                    PostedArgs::Inline { len, bytes } => Some(&bytes[..*len]),
+                    PostedArgs::Block(off, len) => unsafe { env.region.payload(*off, *len) },
+                };
                 let ret = unsafe { env.region.payload_mut(req.ret_off, req.ret_cap) };
                 match (args, ret) {
                     (Some(args), Some(ret)) => {
                         Some(call(value, req.method, args, ret, &mut spilled))
                     }
-                    _ => Some((Response::WireError, 0)),
+                    _ => Some(Reply::block(Response::WireError, 0)),
                 }
             }
             Some(Request::Space) => match (spilled.take(), unsafe {
@@ -81,15 +84,15 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             }) {
                 (Some(bytes), Some(ret)) if bytes.len() <= ret.len() => {
                     ret[..bytes.len()].copy_from_slice(&bytes);
-                    Some((Response::Returned, bytes.len()))
+                    Some(Reply::block(Response::Returned, bytes.len()))
                 }
-                (Some(_), _) => Some((Response::WireError, 0)),
+                (Some(_), _) => Some(Reply::block(Response::WireError, 0)),
                 (None, _) => None,
             },
             Some(Request::Exit) => {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
-                channel.respond(req.seq, Response::Exiting, 0, 0);
+                channel.respond(req.seq, Response::Exiting, 0, None, 0);
                 value.teardown();
                 return;
             }
@@ -99,11 +102,12 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                     // SAFETY: leaving without destructors, as everywhere in a worker.
                     unsafe { libc::_exit(EXIT_CORRUPTION) };
                 }
-                Some((Response::Corrupted, 0))
+                Some(Reply::block(Response::Corrupted, 0))
             }
         };
-        if let Some((kind, len)) = answer {
-            channel.respond(req.seq, kind, len, started_ns);
+        if let Some(reply) = answer {
+            let inline = reply.inline.as_ref().map(|b| &b[..reply.len]);
+            channel.respond(req.seq, reply.kind, reply.len, inline, started_ns);
             if env.region.header().parent_sleeping.load(Ordering::SeqCst) != 0 {
                 eventfd_signal(env.eventfd);
             }
@@ -116,24 +120,49 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     }
 }
 
-/// Runs one method. Returns the answer kind and the bytes written at the start of `ret`.
+/// A worker's answer, before it is written to the channel.
+struct Reply {
+    kind: Response,
+    /// Bytes written: at the start of the return block, or of `inline` if it is set.
+    len: usize,
+    inline: Option<[u8; INLINE_RET]>,
+}
+
+impl Reply {
+    fn block(kind: Response, len: usize) -> Reply {
+        Reply {
+            kind,
+            len,
+            inline: None,
+        }
+    }
+}
+
+/// Runs one method and says where its return value (or error message) was written.
 fn call<W: Worker>(
     value: &mut W,
     method: u32,
     args: &[u8],
     ret: &mut [u8],
     spilled: &mut Option<Vec<u8>>,
-) -> (Response, usize) {
+) -> Reply {
     let mut slot = ReturnSlot::new(&mut *ret);
     let outcome = catch_unwind(AssertUnwindSafe(|| value.dispatch(method, args, &mut slot)));
-    let written = slot.into_written();
+    let (written, inline) = slot.into_written();
     let (kind, message) = match outcome {
         Ok(Ok(())) => match written {
-            Written::InSlot(n) => return (Response::Returned, n),
+            Written::Inline(n) => {
+                return Reply {
+                    kind: Response::Returned,
+                    len: n,
+                    inline: Some(inline),
+                };
+            }
+            Written::InSlot(n) => return Reply::block(Response::Returned, n),
             Written::Spilled(bytes) => {
                 let n = bytes.len();
                 *spilled = Some(bytes);
-                return (Response::NeedSpace, n);
+                return Reply::block(Response::NeedSpace, n);
             }
             Written::Nothing => (
                 Response::WireError,
@@ -143,7 +172,7 @@ fn call<W: Worker>(
         Ok(Err(e)) => (Response::WireError, e.to_string()),
         Err(payload) => (Response::Panicked, panic_message(payload.as_ref())),
     };
-    (kind, write_truncated(ret, &message))
+    Reply::block(kind, write_truncated(ret, &message))
 }
 
 /// The text of a panic payload.
