@@ -177,14 +177,14 @@ impl fmt::Debug for Timings {
     }
 }
 
-/// The `Instant` of a CLOCK_MONOTONIC reading in nanoseconds (as `channel::now_ns` gives).
+/// The `Instant` of a CLOCK_MONOTONIC reading in nanoseconds (as `clock::now_ns` gives).
 ///
 /// `Instant` is CLOCK_MONOTONIC on Linux too, so the two differ by a constant: one pair of
 /// readings taken together, once per process (a forked worker inherits it), fixes it, and a
 /// conversion is then an addition instead of two clock reads.
 pub(crate) fn to_instant(ns: u64) -> Instant {
     static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
-    let &(at, at_ns) = ANCHOR.get_or_init(|| (Instant::now(), crate::channel::now_ns()));
+    let &(at, at_ns) = ANCHOR.get_or_init(|| (Instant::now(), crate::clock::now_ns()));
     if ns >= at_ns {
         at + Duration::from_nanos(ns - at_ns)
     } else {

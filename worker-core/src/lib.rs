@@ -14,6 +14,7 @@
 //! | the shared-memory region and its layout | `shm` |
 //! | payload blocks inside the region | `arena` |
 //! | one request/response channel per worker, checksums, futex and eventfd wake-ups | `channel` |
+//! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC | `clock` |
 //! | forking, watching (pidfd), killing and reaping one process | `process` |
 //! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
 //! | the loop a worker process runs after the fork | `worker_loop` |
@@ -38,6 +39,7 @@
 mod arena;
 pub mod call;
 mod channel;
+mod clock;
 pub mod closure;
 pub mod config;
 pub mod daemon;

@@ -16,8 +16,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::arena::Block;
-use crate::call::{Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings};
+use crate::call::{
+    Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant,
+};
 use crate::channel::{self, ArgsAt, Request, Response};
+use crate::clock;
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
@@ -363,7 +366,7 @@ impl<W: Worker> Mediator<W> {
         {
             let called = timings
                 .entered_ns(CallStatus::Called)
-                .unwrap_or_else(channel::now_ns);
+                .unwrap_or_else(clock::now_ns);
             timings.enter(CallStatus::Running, ns.max(called));
         }
         Some(timings)
@@ -444,7 +447,7 @@ impl<W: Worker> Mediator<W> {
     /// this returns [`CallError::UnknownCall`].
     pub fn wait<R>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
         let raw = id.raw();
-        let start = Instant::now();
+        let start = self.now();
         let deadline = start + timeout;
         match self.calls.get_mut(&raw) {
             Some(record) => record.awaited = true,
@@ -469,23 +472,25 @@ impl<W: Worker> Mediator<W> {
                     self.collect_with_at(None, now);
                 }
             }
-            let Some(record) = self.calls.get_mut(&raw) else {
+            let Some(record) = self.calls.get(&raw) else {
                 return Err(CallError::UnknownCall(raw));
             };
             if record.status.is_final() {
                 return self.take_result(id);
             }
+            let posted = record.posted;
             if short.is_some() {
-                now = Instant::now();
+                now = self.now();
             }
             if now >= deadline {
-                record.awaited = false;
+                if let Some(record) = self.calls.get_mut(&raw) {
+                    record.awaited = false;
+                }
                 return Err(CallError::WaitTimeout {
                     id: raw,
                     waited: start.elapsed(),
                 });
             }
-            let posted = record.posted;
             if let Some(pool) = self.pool.as_mut() {
                 pool.sleep(Some(deadline));
                 answered = posted
@@ -494,7 +499,7 @@ impl<W: Worker> Mediator<W> {
             }
             // The short round needs no clock reading unless the call goes on.
             if answered.is_none() {
-                now = Instant::now();
+                now = self.now();
             }
         }
     }
@@ -579,7 +584,7 @@ impl<W: Worker> Mediator<W> {
             return;
         }
         self.shutting_down = true;
-        let now = channel::now_ns();
+        let now = clock::now_ns();
         for id in std::mem::take(&mut self.queue) {
             self.finish(id, CallStatus::Cancelled, now, |method| {
                 CallError::Cancelled {
@@ -597,7 +602,7 @@ impl<W: Worker> Mediator<W> {
             self.collect();
         }
         let grace = self.config.grace;
-        let now = channel::now_ns();
+        let now = clock::now_ns();
         let slots = self.pool.as_ref().map_or(0, |p| p.slots.len());
         for i in 0..slots {
             let pool = self.pool.as_mut().expect("checked above");
@@ -643,6 +648,14 @@ impl<W: Worker> Mediator<W> {
             .get(method as usize)
             .copied()
             .unwrap_or("<unknown>")
+    }
+
+    /// The time, read through the pool's tick counter when the pool runs (see `clock`).
+    fn now(&mut self) -> Instant {
+        match self.pool.as_mut() {
+            Some(pool) => to_instant(pool.clock.now_ns()),
+            None => Instant::now(),
+        }
     }
 
     /// When the worker holding `record` started running it, if it did.
@@ -694,8 +707,8 @@ impl<W: Worker> Mediator<W> {
         };
         let posted = slot.map(|i| (i, self.post_block(i, id, method, block, args_len)));
         // One clock read for the call's creation and its hand-over, if it was handed over.
-        let now = channel::now_ns();
-        let pool = self.pool.as_ref().expect("started above");
+        let pool = self.pool.as_mut().expect("started above");
+        let now = pool.clock.now_ns();
         let journal = pool.region.entry(entry);
         journal.write_call(id, method, 0, (block.offset, args_len));
         let mut timings = Timings::default();
@@ -889,7 +902,7 @@ impl<W: Worker> Mediator<W> {
     /// Workers keep dying before they answer anything (a `setup` that panics, say): forking
     /// more would loop forever, so the queued calls fail instead.
     fn fail_queue_after_start_failures(&mut self) {
-        let now = channel::now_ns();
+        let now = clock::now_ns();
         let failures = self.start_failures;
         for id in std::mem::take(&mut self.queue) {
             self.finish(id, CallStatus::Failed, now, |_| {
@@ -924,7 +937,7 @@ impl<W: Worker> Mediator<W> {
             .write_progress(journal::PENDING, Some((i, seq)), None);
         record.pid = pool.slots[i].pid();
         record.posted = Some((i, seq));
-        record.set_status(CallStatus::Called, now.unwrap_or_else(channel::now_ns));
+        record.set_status(CallStatus::Called, now.unwrap_or_else(clock::now_ns));
     }
 
     /// Posts call `id`, whose arguments are the first `args_len` bytes of `block`, to slot
@@ -996,7 +1009,8 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::collect`], with `external` for the calls no callback of the mediator's
     /// takes.
     fn collect_with(&mut self, external: Option<&mut ExternalHandler<'_, W>>) -> usize {
-        self.collect_with_at(external, Instant::now())
+        let now = self.now();
+        self.collect_with_at(external, now)
     }
 
     /// [`Mediator::collect_with`], with `now`, a clock reading the caller just took, for the
@@ -1069,7 +1083,7 @@ impl<W: Worker> Mediator<W> {
         let uncalled = t.entered_ns(CallStatus::Uncalled).unwrap_or(0);
         let called = t.entered_ns(CallStatus::Called).unwrap_or(uncalled);
         let running = answer.started_ns.map_or(called, |ns| ns.max(called));
-        let returned = answer.finished_ns.max(running);
+        let returned = answer.finished_ns(running);
         if let Some((queue, run)) = self.timing.get_mut(method as usize) {
             queue.record(Duration::from_nanos(running.saturating_sub(uncalled)));
             run.record(Duration::from_nanos(returned - running));
@@ -1128,10 +1142,10 @@ impl<W: Worker> Mediator<W> {
         let called = record
             .timings
             .entered_ns(CallStatus::Called)
-            .unwrap_or_else(channel::now_ns);
+            .unwrap_or_else(clock::now_ns);
         let running = started.map_or(called, |ns| ns.max(called));
         record.timings.enter(CallStatus::Running, running);
-        let finished = answer.finished_ns.max(running);
+        let finished = answer.finished_ns(running);
         let method = record.method;
         let len = answer.ret_len;
         let kind = if answer.valid {
@@ -1314,7 +1328,7 @@ impl<W: Worker> Mediator<W> {
             if started {
                 log::warn!(target: &self.alias, "worker {pid} {cause} while running call {}", b.call);
                 self.start_failures = 0;
-                self.finish(b.call, CallStatus::Crashed, channel::now_ns(), |method| {
+                self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
                     CallError::Crashed { method, pid, cause }
                 });
             } else {
@@ -1335,7 +1349,7 @@ impl<W: Worker> Mediator<W> {
                 "call {id}: its worker died before starting it {} times (last: {pid} {cause}); cancelled",
                 record.retries + 1);
             let retries = record.retries;
-            self.finish(id, CallStatus::Cancelled, channel::now_ns(), |method| {
+            self.finish(id, CallStatus::Cancelled, clock::now_ns(), |method| {
                 CallError::Cancelled {
                     method,
                     reason: format!(
@@ -1351,9 +1365,7 @@ impl<W: Worker> Mediator<W> {
         record.status = CallStatus::Uncalled;
         record.posted = None;
         record.pid = None;
-        record
-            .timings
-            .enter(CallStatus::Uncalled, channel::now_ns());
+        record.timings.enter(CallStatus::Uncalled, clock::now_ns());
         if let Some(pool) = self.pool.as_ref() {
             pool.region.entry(record.entry).write_call(
                 id,
@@ -1389,7 +1401,7 @@ impl<W: Worker> Mediator<W> {
         if expired.is_empty() {
             return;
         }
-        let now_ns = channel::now_ns();
+        let now_ns = clock::now_ns();
         for i in expired {
             // An answer that arrived in time wins over the deadline.
             self.read_answer(i);
@@ -1535,7 +1547,7 @@ impl<W: Worker> Mediator<W> {
         }
         found.sort_by_key(|r| r.id);
         let (mut queued, mut rerun, mut returned) = (0, 0, 0);
-        let now = channel::now_ns();
+        let now = clock::now_ns();
         for r in found {
             let method_ok = (r.method as usize) < W::METHODS.len();
             let journal::Progress { state, posted, ret } =
@@ -1648,9 +1660,7 @@ impl<W: Worker> Mediator<W> {
         record.pid = None;
         record.posted = None;
         record.timings = Timings::default();
-        record
-            .timings
-            .enter(CallStatus::Uncalled, channel::now_ns());
+        record.timings.enter(CallStatus::Uncalled, clock::now_ns());
         self.queue.push_back(id);
     }
 

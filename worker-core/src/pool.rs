@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::arena::Arena;
-use crate::call::ExitCause;
+use crate::call::{ExitCause, to_instant};
 use crate::channel::{self, ArgsAt, Request};
+use crate::clock::{self, Clock};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind};
 use crate::fork_server::ForkServer;
@@ -80,6 +81,8 @@ pub(crate) struct Pool {
     spin: bool,
     recycle: Recycle,
     next_death_check: Instant,
+    /// The parent's time on the hot path.
+    pub(crate) clock: Clock,
     /// Whether forking with several threads alive was warned about.
     warned_threads: bool,
     alias: String,
@@ -92,7 +95,7 @@ pub(crate) fn time_left(wake: Option<Instant>) -> Option<Duration> {
 
 /// A number in `[0, 1)`, different for every call.
 fn random_fraction() -> f64 {
-    let h = std::collections::hash_map::RandomState::new().hash_one(channel::now_ns());
+    let h = std::collections::hash_map::RandomState::new().hash_one(clock::now_ns());
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -106,6 +109,8 @@ impl Pool {
         value: &mut W,
     ) -> Result<(Pool, bool), String> {
         let slots = config.workers;
+        // Before any fork, so that the fork server and the workers inherit the calibration.
+        clock::calibrate();
         let (region, matching) = match &config.persist {
             None => (Region::create(alias, slots, config.malloc)?, false),
             Some(app) => match Region::open_persistent(app, alias, slots, config.malloc)? {
@@ -160,6 +165,7 @@ impl Pool {
             spin,
             recycle: config.recycle,
             next_death_check: Instant::now(),
+            clock: Clock::new(),
             warned_threads: false,
             alias: alias.to_owned(),
         };
@@ -235,7 +241,7 @@ impl Pool {
             call,
             seq,
             ret,
-            deadline: timeout.map(|t| Instant::now() + t),
+            deadline: timeout.map(|t| to_instant(self.clock.now_ns()) + t),
             awaiting_room: false,
         });
         seq

@@ -11,6 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
 use crate::channel::{INLINE_RET, PostedArgs, Request, Response, eventfd_signal};
+use crate::clock;
 use crate::shm::Region;
 use crate::this_worker;
 use crate::wire::{ReturnSlot, Written};
@@ -60,10 +61,12 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         last = req.seq;
         let kind = if req.valid { req.kind } else { None };
         let mut started_ns = 0;
+        let mut start_ticks = None;
         let answer = match kind {
             Some(Request::Call) => {
                 spilled = None;
                 started_ns = channel.mark_running(req.seq, req.prompt);
+                start_ticks = Some(clock::ticks());
                 // SAFETY: the parent handed this block to us with the request and does not
                 // touch it until we answer.
                 let args = match &req.args {
@@ -92,7 +95,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             Some(Request::Exit) => {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
-                channel.respond(req.seq, Response::Exiting, 0, None, 0);
+                channel.respond(req.seq, Response::Exiting, 0, None, 0, None);
                 value.teardown();
                 return;
             }
@@ -107,7 +110,10 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         };
         if let Some(reply) = answer {
             let inline = reply.inline.as_ref().map(|b| &b[..reply.len]);
-            channel.respond(req.seq, reply.kind, reply.len, inline, started_ns);
+            let run_ticks = start_ticks.map(|t| clock::ticks().wrapping_sub(t));
+            channel.respond(
+                req.seq, reply.kind, reply.len, inline, started_ns, run_ticks,
+            );
             if env.region.header().parent_sleeping.load(Ordering::SeqCst) != 0 {
                 eventfd_signal(env.eventfd);
             }
