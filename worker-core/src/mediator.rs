@@ -36,6 +36,9 @@ use crate::worker::Worker;
 const MIN_RET: usize = 256;
 /// How long `submit` waits for running calls to free shared memory before giving up.
 const SPACE_WAIT: Duration = Duration::from_secs(30);
+/// The longest `wait` goes without a full collection while answers keep coming (see
+/// `Mediator::nothing_to_collect`).
+const FULL_EVERY: Duration = Duration::from_millis(1);
 /// How many times a call is requeued after its worker died before starting it.
 pub const MAX_REQUEUES: u32 = 3;
 /// How many workers in a row may die before answering a call before the pool stops forking.
@@ -112,7 +115,19 @@ pub struct Mediator<W: Worker> {
     timing: Vec<(Recorder, Recorder)>,
     /// Free journal entries.
     free_entries: Vec<usize>,
+    /// When the last full collection ran.
+    collected_at: Option<Instant>,
     _not_send: PhantomData<*const ()>,
+}
+
+/// What `wait` reads before looking at its call again.
+enum Round {
+    /// Everything: `collect`.
+    Full,
+    /// The answer of the worker in this slot, which holds the awaited call.
+    Answer(usize),
+    /// Nothing.
+    Nothing,
 }
 
 /// Queues a call of method `method` with encoded-from-borrow `args`. Called by generated proxy
@@ -156,6 +171,7 @@ impl<W: Worker> Mediator<W> {
             started_at: None,
             timing: vec![Default::default(); W::METHODS.len()],
             free_entries: Vec::new(),
+            collected_at: None,
             _not_send: PhantomData,
         }
     }
@@ -449,29 +465,43 @@ impl<W: Worker> Mediator<W> {
         let raw = id.raw();
         let start = self.now();
         let deadline = start + timeout;
-        match self.calls.get_mut(&raw) {
-            Some(record) => record.awaited = true,
+        let (status, posted) = match self.calls.get_mut(&raw) {
+            Some(record) => {
+                record.awaited = true;
+                (record.status, record.posted)
+            }
             None => return Err(CallError::UnknownCall(raw)),
-        }
+        };
         // One clock read per round, for the collection and the deadline.
         let mut now = start;
-        // Set when the sleep ended on the answer to this very call: that answer alone is then
-        // read, not the whole pool, and the result goes back at once. The round before the
-        // sleep collected everything; the next `wait` or `poll` does again.
-        let mut answered = None;
+        // What to read before looking at the call: everything (a full collection), only the
+        // answer of the worker that holds it (it has answered: the result then goes back at
+        // once), or nothing (a call just handed to a worker, with nothing else to read: the
+        // collection would only delay the spin that sees the answer come). Anything else that
+        // wakes the sleep brings a full collection, as does a last one older than FULL_EVERY
+        // (so that periodic checks, such as a worker's age, still run).
+        let due = self.collected_at.is_none_or(|t| now >= t + FULL_EVERY);
+        let mut round = match self.answered_slot(posted) {
+            _ if due => Round::Full,
+            Some(i) => Round::Answer(i),
+            None if status == CallStatus::Called && self.nothing_to_collect() => Round::Nothing,
+            None => Round::Full,
+        };
         loop {
-            let short = answered.take();
-            match short {
-                Some(slot) => {
+            let short = match std::mem::replace(&mut round, Round::Full) {
+                Round::Answer(slot) => {
                     if let Some(result) = self.take_returned(slot, id) {
                         return result;
                     }
                     self.collect_answer(slot);
+                    true
                 }
-                None => {
+                Round::Full => {
                     self.collect_with_at(None, now);
+                    false
                 }
-            }
+                Round::Nothing => false,
+            };
             let Some(record) = self.calls.get(&raw) else {
                 return Err(CallError::UnknownCall(raw));
             };
@@ -479,7 +509,7 @@ impl<W: Worker> Mediator<W> {
                 return self.take_result(id);
             }
             let posted = record.posted;
-            if short.is_some() {
+            if short {
                 now = self.now();
             }
             if now >= deadline {
@@ -493,15 +523,32 @@ impl<W: Worker> Mediator<W> {
             }
             if let Some(pool) = self.pool.as_mut() {
                 pool.sleep(Some(deadline));
-                answered = posted
-                    .filter(|&(i, seq)| pool.region.channel(i).answered(seq))
-                    .map(|(i, _)| i);
+            }
+            if let Some(i) = self.answered_slot(posted) {
+                round = Round::Answer(i);
             }
             // The short round needs no clock reading unless the call goes on.
-            if answered.is_none() {
+            if !matches!(round, Round::Answer(_)) {
                 now = self.now();
             }
         }
+    }
+
+    /// Whether `wait` may skip its first collection: no worker answered, and nothing is
+    /// queued, finished or due for a refill.
+    fn nothing_to_collect(&self) -> bool {
+        self.queue.is_empty()
+            && self.finished.is_empty()
+            && !self.refill_due
+            && self.pool.as_ref().is_some_and(|p| !p.any_answer())
+    }
+
+    /// The slot of the worker that holds a call `posted` there, if it answered.
+    fn answered_slot(&self, posted: Option<(usize, u32)>) -> Option<usize> {
+        let pool = self.pool.as_ref()?;
+        posted
+            .filter(|&(i, seq)| pool.region.channel(i).answered(seq))
+            .map(|(i, _)| i)
     }
 
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
@@ -1023,6 +1070,7 @@ impl<W: Worker> Mediator<W> {
         let Some(pool) = self.pool.as_mut() else {
             return 0;
         };
+        self.collected_at = Some(now);
         let slots = pool.slots.len();
         let check_deaths = pool.death_check_due(now);
         if std::mem::take(&mut self.refill_due) {

@@ -346,7 +346,7 @@ impl Pool {
     }
 
     /// Whether any busy worker has answered.
-    fn any_answer(&self) -> bool {
+    pub(crate) fn any_answer(&self) -> bool {
         self.slots.iter().enumerate().any(|(i, s)| {
             s.busy
                 .is_some_and(|b| !b.awaiting_room && self.region.channel(i).answered(b.seq))
