@@ -56,11 +56,6 @@ pub(crate) fn calibrate() {
     source();
 }
 
-/// Whether this process counts ticks with the time-stamp counter.
-pub(crate) fn uses_tsc() -> bool {
-    source().tsc
-}
-
 /// Whether the kernel keeps time with the time-stamp counter: it then checked that the
 /// counter is invariant and synchronized between CPUs, and would have switched away from it
 /// otherwise.
@@ -143,6 +138,8 @@ pub(crate) fn span_ns(ticks: u64) -> u64 {
 /// a real clock read every few milliseconds keeps them within about a microsecond of it.
 #[derive(Debug)]
 pub(crate) struct Clock {
+    /// Whether ticks are the counter (else every reading is a real clock read).
+    tsc: bool,
     base_ticks: u64,
     base_ns: u64,
     /// Nanoseconds per tick, refined at each re-anchoring over the span since the last.
@@ -164,6 +161,7 @@ impl Clock {
         let s = source();
         let (ns, t, _) = if s.tsc { pair() } else { (now_ns(), 0, 0) };
         Clock {
+            tsc: s.tsc,
             base_ticks: t,
             base_ns: ns,
             rate: s.rate,
@@ -173,7 +171,7 @@ impl Clock {
 
     /// CLOCK_MONOTONIC nanoseconds, now.
     pub(crate) fn now_ns(&mut self) -> u64 {
-        if !uses_tsc() {
+        if !self.tsc {
             return now_ns();
         }
         let t = read_tsc();

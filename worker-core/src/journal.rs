@@ -73,6 +73,24 @@ pub(crate) struct Progress {
 impl Entry {
     /// Records a new (or requeued) call as pending and not posted.
     pub(crate) fn write_call(&self, id: u64, method: u32, retries: u32, args: (usize, usize)) {
+        self.write_call_words(id, method, retries, args);
+        self.write_progress(PENDING, None, None);
+    }
+
+    /// Records a new call as pending and already `posted` to a worker (`write_call` then
+    /// `write_progress`, without the intermediate "not posted").
+    pub(crate) fn write_posted_call(
+        &self,
+        id: u64,
+        method: u32,
+        args: (usize, usize),
+        posted: (usize, u32),
+    ) {
+        self.write_call_words(id, method, 0, args);
+        self.write_progress(PENDING, Some(posted), None);
+    }
+
+    fn write_call_words(&self, id: u64, method: u32, retries: u32, args: (usize, usize)) {
         self.id.store(id, Ordering::Relaxed);
         self.method.store(method, Ordering::Relaxed);
         self.retries.store(retries, Ordering::Relaxed);
@@ -88,7 +106,6 @@ impl Entry {
             ]),
             Ordering::Release,
         );
-        self.write_progress(PENDING, None, None);
     }
 
     /// Records where the call is: pending (posted or not) or returned.
@@ -205,6 +222,11 @@ mod tests {
         assert_eq!(progress.state, RETURNED);
         e.clear();
         assert_eq!(e.read(3), None);
+        e.write_posted_call(8, 1, (256, 3), (0, 4));
+        let r = e.read(3).unwrap().unwrap();
+        assert_eq!((r.id, r.method, r.retries, r.args), (8, 1, 0, (256, 3)));
+        let progress = r.progress.unwrap();
+        assert_eq!((progress.state, progress.posted), (PENDING, Some((0, 4))));
     }
 
     #[test]

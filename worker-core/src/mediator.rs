@@ -757,14 +757,16 @@ impl<W: Worker> Mediator<W> {
         let pool = self.pool.as_mut().expect("started above");
         let now = pool.clock.now_ns();
         let journal = pool.region.entry(entry);
-        journal.write_call(id, method, 0, (block.offset, args_len));
         let mut timings = Timings::default();
         timings.enter(CallStatus::Uncalled, now);
         let mut status = CallStatus::Uncalled;
-        if posted.is_some() {
-            journal.write_progress(journal::PENDING, posted, None);
-            timings.enter(CallStatus::Called, now);
-            status = CallStatus::Called;
+        match posted {
+            Some(posted) => {
+                journal.write_posted_call(id, method, (block.offset, args_len), posted);
+                timings.enter(CallStatus::Called, now);
+                status = CallStatus::Called;
+            }
+            None => journal.write_call(id, method, 0, (block.offset, args_len)),
         }
         self.calls.insert(
             id,
@@ -1034,8 +1036,8 @@ impl<W: Worker> Mediator<W> {
                 t.entered_ns(CallStatus::Returned),
             ) && let Some((queue, run)) = self.timing.get_mut(record.method as usize)
             {
-                queue.record(Duration::from_nanos(running.saturating_sub(called)));
-                run.record(Duration::from_nanos(returned.saturating_sub(running)));
+                queue.record_ns(running.saturating_sub(called));
+                run.record_ns(returned.saturating_sub(running));
             }
         } else {
             record.error = Some(Box::new(error(Self::method_name(record.method))));
@@ -1133,8 +1135,8 @@ impl<W: Worker> Mediator<W> {
         let running = answer.started_ns.map_or(called, |ns| ns.max(called));
         let returned = answer.finished_ns(running);
         if let Some((queue, run)) = self.timing.get_mut(method as usize) {
-            queue.record(Duration::from_nanos(running.saturating_sub(uncalled)));
-            run.record(Duration::from_nanos(returned - running));
+            queue.record_ns(running.saturating_sub(uncalled));
+            run.record_ns(returned - running);
         }
         self.ret_hints[method as usize] = len.max(MIN_RET);
         let pool = self.pool.as_ref().expect("started");
