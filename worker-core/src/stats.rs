@@ -46,11 +46,7 @@ impl Recorder {
         };
         Summary {
             count: self.count,
-            mean: if self.count == 0 {
-                Duration::ZERO
-            } else {
-                Duration::from_nanos(self.sum_ns / self.count)
-            },
+            mean: Duration::from_nanos(self.sum_ns.checked_div(self.count).unwrap_or(0)),
             p50: pct(0.5),
             p90: pct(0.9),
             p99: pct(0.99),
