@@ -10,7 +10,9 @@
 //! Floors and peers, all measured in this run and interleaved round by round with forkworker,
 //! so that a noisy VM slows both sides alike:
 //! - a raw two-process ping-pong through a futex word in a shared mapping, spinning briefly
-//!   before sleeping, as forkworker's channel does;
+//!   before sleeping, as forkworker's channel does (the spin measured with the time-stamp
+//!   counter; and, for comparison, the same floor measuring its spin with the clock, whose
+//!   reads cost it about 100 ns per round trip on these VMs);
 //! - a pipe-pair ping-pong;
 //! - two `memcpy`s of the payload between pre-faulted buffers;
 //! - `procspawn` (re-executes this binary for its workers; IPC through `ipc-channel`) with its
@@ -343,11 +345,49 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
-/// Waits until `line.seq` differs from `last`: spin `spin` times, then sleep, announcing the
-/// sleep in `mine.sleeping` so that the peer knows to wake us.
-fn wait_change(line: &Line, mine: &Line, last: u32, spin_ns: u32) -> u32 {
-    // Spin by time, reading the clock every 64 checks, as forkworker does.
-    let start = Instant::now();
+/// How a floor side measures its spin: with the CPU's time-stamp counter (about 10 ns a read),
+/// as forkworker's channel does, or with the clock (60-100 ns a read on these VMs: it costs
+/// the floor about 100 ns per round trip, which is how forkworker spun until it moved to the
+/// counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Ticks,
+    Clock,
+}
+
+/// The time-stamp counter (the clock's nanoseconds where there is none).
+fn ticks() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: RDTSC has no preconditions on x86_64.
+    return unsafe { core::arch::x86_64::_rdtsc() };
+    #[cfg(not(target_arch = "x86_64"))]
+    return mono_ns();
+}
+
+/// Counter ticks per nanosecond, measured once over 20 ms (the floor's own calibration: a
+/// floor must not depend on the code it measures).
+fn ticks_per_ns() -> f64 {
+    static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        let (t0, n0) = (ticks(), mono_ns());
+        std::thread::sleep(Duration::from_millis(20));
+        let (t1, n1) = (ticks(), mono_ns());
+        (t1 - t0) as f64 / (n1 - n0) as f64
+    })
+}
+
+/// Waits until `line.seq` differs from `last`: spins for `spin_ns`, then sleeps, announcing
+/// the sleep in `mine.sleeping` so that the peer knows to wake us.
+fn wait_change(line: &Line, mine: &Line, last: u32, spin_ns: u32, budget: Budget) -> u32 {
+    // Spin by time, looking at the counter (or the clock) every 64 checks.
+    let (start, limit) = match budget {
+        Budget::Ticks => (ticks(), (spin_ns as f64 * ticks_per_ns()) as u64),
+        Budget::Clock => (mono_ns(), spin_ns as u64),
+    };
+    let elapsed = || match budget {
+        Budget::Ticks => ticks().wrapping_sub(start),
+        Budget::Clock => mono_ns() - start,
+    };
     let mut spinning = spin_ns > 0;
     loop {
         let now = line.seq.load(Ordering::Acquire);
@@ -361,7 +401,7 @@ fn wait_change(line: &Line, mine: &Line, last: u32, spin_ns: u32) -> u32 {
                 }
                 std::hint::spin_loop();
             }
-            spinning = start.elapsed() < Duration::from_nanos(spin_ns as u64);
+            spinning = elapsed() < limit;
             continue;
         }
         mine.sleeping.store(1, Ordering::SeqCst);
@@ -424,12 +464,19 @@ struct FutexFloor {
     pid: i32,
     seq: u32,
     spin: u32,
+    budget: Budget,
 }
 
 impl FutexFloor {
     /// Forks the peer. Spins for `spin` nanoseconds before sleeping when more than one CPU is
     /// available (not at all otherwise), as forkworker's channel does.
     fn start(spin: u32) -> FutexFloor {
+        Self::start_with(spin, Budget::Ticks)
+    }
+
+    /// [`FutexFloor::start`], measuring the spin with `budget`.
+    fn start_with(spin: u32, budget: Budget) -> FutexFloor {
+        ticks_per_ns(); // before the fork: the child inherits it
         let page = shared_page().cast::<PingPage>();
         let spin = if spin_allowed() { spin } else { 0 };
         let addr = page as usize;
@@ -438,7 +485,7 @@ impl FutexFloor {
             let p = unsafe { &*(addr as *const PingPage) };
             let mut last = 0;
             loop {
-                last = wait_change(&p.req, &p.resp, last, spin);
+                last = wait_change(&p.req, &p.resp, last, spin, budget);
                 if last == u32::MAX {
                     return;
                 }
@@ -453,6 +500,7 @@ impl FutexFloor {
             pid,
             seq: 0,
             spin,
+            budget,
         }
     }
 
@@ -473,7 +521,7 @@ impl FutexFloor {
         if p.resp.sleeping.load(Ordering::SeqCst) != 0 {
             futex_wake(&p.req.seq);
         }
-        while wait_change(&p.resp, &p.req, last, self.spin) != self.seq {}
+        while wait_change(&p.resp, &p.req, last, self.spin, self.budget) != self.seq {}
     }
 }
 
@@ -894,6 +942,7 @@ fn main() {
     };
     let mut futex = FutexFloor::start(SPIN);
     let mut futex_long = FutexFloor::start(LONG_SPIN);
+    let mut futex_clock = FutexFloor::start_with(SPIN, Budget::Clock);
     let mut pipe = PipeFloor::start();
     let faults = measure_faults(&cfg, stamp);
     let queue_noop = measure_queue_memory(&cfg, stamp, 0);
@@ -912,13 +961,14 @@ fn main() {
     fw_empty(m1, cfg.empty_fast / 10 + 1);
     (0..cfg.empty_fast / 10 + 1).for_each(|_| futex.round_trip());
     (0..cfg.empty_fast / 10 + 1).for_each(|_| futex_long.round_trip());
+    (0..cfg.empty_fast / 10 + 1).for_each(|_| futex_clock.round_trip());
     (0..cfg.empty_pipe / 10 + 1).for_each(|_| pipe.round_trip());
     ps_empty(&ps1, 5);
     ps_empty(&ps2, 5);
     fw_empty(m2, 100);
 
-    let (mut e_fw, mut e_fx, mut e_fl, mut e_pp, mut e_ps) =
-        (vec![], vec![], vec![], vec![], vec![]);
+    let (mut e_fw, mut e_fx, mut e_fl, mut e_fc, mut e_pp, mut e_ps) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let per_call = |n: usize, f: &mut dyn FnMut()| {
         let t = Instant::now();
         (0..n).for_each(|_| f());
@@ -939,15 +989,17 @@ fn main() {
             e_ratio.push(fw / fx);
         }
         e_fl.push(per_call(cfg.empty_fast, &mut || futex_long.round_trip()));
+        e_fc.push(per_call(cfg.empty_fast, &mut || futex_clock.round_trip()));
         e_pp.push(per_call(cfg.empty_pipe, &mut || pipe.round_trip()));
         e_ps.push(ps_empty(&ps1, cfg.empty_ps));
         if cfg.verbose {
             let l = |v: &[f64]| fmt_time(v[v.len() - 1]);
             eprintln!(
-                "empty round: forkworker {} futex {} futex-long {} pipe {} procspawn {}",
+                "empty round: forkworker {} futex {} futex-long {} futex-clock {} pipe {} procspawn {}",
                 l(&e_fw),
                 l(&e_fx),
                 l(&e_fl),
+                l(&e_fc),
                 l(&e_pp),
                 l(&e_ps)
             );
@@ -1024,6 +1076,7 @@ fn main() {
     drop(pools);
     drop(futex);
     drop(futex_long);
+    drop(futex_clock);
     drop(pipe);
     let leftovers = cleanup_problems(me);
 
@@ -1058,6 +1111,16 @@ fn main() {
         fmt_time(fw),
         fmt_time(fl),
         format!("{:.2}x", fw / fl),
+    ));
+    let fc = median(&e_fc);
+    rows.push(row(
+        format!(
+            "empty call round trip vs futex ping-pong floor (spin {} us measured with the clock, as forkworker did before it read the counter)",
+            SPIN / 1000
+        ),
+        fmt_time(fw),
+        fmt_time(fc),
+        format!("{:.2}x", fw / fc),
     ));
     rows.push(row(
         "empty call round trip vs pipe ping-pong",
@@ -1256,8 +1319,9 @@ fn print_batches(what: &str, batches: &[f64]) {
 
 /// `--only WHAT [--count N]`: one forkworker path (or the futex floor) alone, with no
 /// procspawn and no other floor, for a profiler (`perf stat`, `valgrind --tool=callgrind
-/// --trace-children=yes`). WHAT is `empty`, `throughput`, `throughput2`, `echo64`, `futex` or
-/// `futex-long`.
+/// --trace-children=yes`). WHAT is `empty`, `paired` (the empty call and the futex floor in
+/// alternating batches), `throughput`, `throughput2`, `echo64`, `futex`, `futex-long` or
+/// `futex-clock`.
 fn profile_only(what: &str, count: Option<usize>) {
     let stamp = 0;
     let mut m = BenchMediator::new("bench-profile", Bench { stamp });
@@ -1312,9 +1376,13 @@ fn profile_only(what: &str, count: Option<usize>) {
             );
             2 * n.div_ceil(BATCH) * BATCH
         }
-        "futex" | "futex-long" => {
+        "futex" | "futex-long" | "futex-clock" => {
             let n = count.unwrap_or(100_000);
-            let mut floor = FutexFloor::start(if what == "futex" { SPIN } else { LONG_SPIN });
+            let mut floor = match what {
+                "futex" => FutexFloor::start(SPIN),
+                "futex-clock" => FutexFloor::start_with(SPIN, Budget::Clock),
+                _ => FutexFloor::start(LONG_SPIN),
+            };
             let batches: Vec<f64> = (0..n.div_ceil(BATCH))
                 .map(|_| {
                     let t = Instant::now();
@@ -1326,7 +1394,9 @@ fn profile_only(what: &str, count: Option<usize>) {
             n.div_ceil(BATCH) * BATCH
         }
         _ => {
-            eprintln!("--only takes empty, throughput, throughput2, echo64, futex or futex-long");
+            eprintln!(
+                "--only takes empty, paired, throughput, throughput2, echo64, futex, futex-long or futex-clock"
+            );
             std::process::exit(2);
         }
     };
