@@ -1250,6 +1250,7 @@ impl<W: Worker> Mediator<W> {
                         method,
                         ArgsAt::Block(0, 0),
                         (block.offset, block.len),
+                        false,
                     );
                     pool.slots[i].busy = Some(Busy {
                         seq,

@@ -79,6 +79,8 @@ pub(crate) struct Pool {
     retiring: Vec<Child>,
     server: Option<Rc<RefCell<ForkServer>>>,
     spin: bool,
+    /// CPUs available, to tell workers whether the pool is crowded.
+    cpus: usize,
     recycle: Recycle,
     next_death_check: Instant,
     /// The parent's time on the hot path.
@@ -145,7 +147,6 @@ impl Pool {
                     slot,
                     start_seq,
                     eventfd,
-                    spin,
                 };
                 worker_loop::run(&mut *value, env)
             })?;
@@ -163,6 +164,7 @@ impl Pool {
             retiring: Vec::new(),
             server,
             spin,
+            cpus: channel::cpus(),
             recycle: config.recycle,
             next_death_check: Instant::now(),
             clock: Clock::new(),
@@ -196,7 +198,6 @@ impl Pool {
                     slot: i,
                     start_seq,
                     eventfd: self.eventfd.as_fd(),
-                    spin: self.spin,
                 };
                 process::spawn(|| worker_loop::run(value, env))?
             }
@@ -231,10 +232,13 @@ impl Pool {
         ret: (usize, usize),
         timeout: Option<Duration>,
     ) -> u32 {
+        // With this call, as many busy workers and the parent as CPUs or more: crowded.
+        let busy = self.slots.iter().filter(|s| s.busy.is_some()).count() + 1;
+        let crowded = busy + 1 > self.cpus;
         let seq = self
             .region
             .channel(i)
-            .post(Request::Call, method, args, ret);
+            .post(Request::Call, method, args, ret, crowded);
         let slot = &mut self.slots[i];
         slot.calls += 1;
         slot.busy = Some(Busy {
@@ -329,7 +333,7 @@ impl Pool {
     pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
         if let Some(mut child) = self.slots[i].child.take() {
             let channel = self.region.channel(i);
-            let seq = channel.post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0));
+            let seq = channel.post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
             let deadline = Instant::now() + EXIT_LIMIT;
             if !(self.spin && channel::spin_until(|| channel.answered(seq))) {
                 while !channel.answered(seq) && child.try_reap().is_none() {
@@ -424,7 +428,7 @@ impl Pool {
             if slot.child.is_some() {
                 self.region
                     .channel(i)
-                    .post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0));
+                    .post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
             }
         }
         let deadline = Instant::now() + EXIT_LIMIT;

@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 
-use crate::channel::{INLINE_RET, PostedArgs, Request, Response, eventfd_signal};
+use crate::channel::{self, INLINE_RET, PostedArgs, Request, Response, eventfd_signal};
 use crate::clock;
 use crate::shm::Region;
 use crate::this_worker;
@@ -33,7 +33,6 @@ pub(crate) struct WorkerEnv<'a> {
     /// The request sequence number at fork time: the worker waits for the next one.
     pub(crate) start_seq: u32,
     pub(crate) eventfd: BorrowedFd<'a>,
-    pub(crate) spin: bool,
 }
 
 /// Runs the worker until it is asked to exit, then leaves the process.
@@ -56,8 +55,10 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
+    let mut spin_ns = channel::worker_spin_ns(false);
     loop {
-        let req = channel.next_request(last, env.spin);
+        let req = channel.next_request(last, spin_ns);
+        spin_ns = channel::worker_spin_ns(req.crowded);
         last = req.seq;
         let kind = if req.valid { req.kind } else { None };
         let mut started_ns = 0;
