@@ -115,8 +115,8 @@ pub struct Mediator<W: Worker> {
     timing: Vec<(Recorder, Recorder)>,
     /// Free journal entries.
     free_entries: Vec<usize>,
-    /// When the last full collection ran.
-    collected_at: Option<Instant>,
+    /// When the last full collection ran (CLOCK_MONOTONIC nanoseconds).
+    collected_at: Option<u64>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -463,8 +463,10 @@ impl<W: Worker> Mediator<W> {
     /// this returns [`CallError::UnknownCall`].
     pub fn wait<R>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
         let raw = id.raw();
-        let start = self.now();
-        let deadline = start + timeout;
+        // Times in CLOCK_MONOTONIC nanoseconds from the pool's clock; an `Instant` is made
+        // only for a sleep or a full collection.
+        let start = self.now_ns();
+        let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
         let (status, posted) = match self.calls.get_mut(&raw) {
             Some(record) => {
                 record.awaited = true;
@@ -480,7 +482,9 @@ impl<W: Worker> Mediator<W> {
         // collection would only delay the spin that sees the answer come). Anything else that
         // wakes the sleep brings a full collection, as does a last one older than FULL_EVERY
         // (so that periodic checks, such as a worker's age, still run).
-        let due = self.collected_at.is_none_or(|t| now >= t + FULL_EVERY);
+        let due = self
+            .collected_at
+            .is_none_or(|t| now >= t + FULL_EVERY.as_nanos() as u64);
         let mut round = match self.answered_slot(posted) {
             _ if due => Round::Full,
             Some(i) => Round::Answer(i),
@@ -510,7 +514,7 @@ impl<W: Worker> Mediator<W> {
             }
             let posted = record.posted;
             if short {
-                now = self.now();
+                now = self.now_ns();
             }
             if now >= deadline {
                 if let Some(record) = self.calls.get_mut(&raw) {
@@ -518,18 +522,18 @@ impl<W: Worker> Mediator<W> {
                 }
                 return Err(CallError::WaitTimeout {
                     id: raw,
-                    waited: start.elapsed(),
+                    waited: Duration::from_nanos(now - start),
                 });
             }
             if let Some(pool) = self.pool.as_mut() {
-                pool.sleep(Some(deadline));
+                pool.sleep(Some(to_instant(deadline)));
             }
             if let Some(i) = self.answered_slot(posted) {
                 round = Round::Answer(i);
             }
             // The short round needs no clock reading unless the call goes on.
             if !matches!(round, Round::Answer(_)) {
-                now = self.now();
+                now = self.now_ns();
             }
         }
     }
@@ -697,11 +701,12 @@ impl<W: Worker> Mediator<W> {
             .unwrap_or("<unknown>")
     }
 
-    /// The time, read through the pool's tick counter when the pool runs (see `clock`).
-    fn now(&mut self) -> Instant {
+    /// CLOCK_MONOTONIC nanoseconds, read through the pool's tick counter when the pool runs
+    /// (see `clock`).
+    fn now_ns(&mut self) -> u64 {
         match self.pool.as_mut() {
-            Some(pool) => to_instant(pool.clock.now_ns()),
-            None => Instant::now(),
+            Some(pool) => pool.clock.now_ns(),
+            None => clock::now_ns(),
         }
     }
 
@@ -1058,21 +1063,22 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::collect`], with `external` for the calls no callback of the mediator's
     /// takes.
     fn collect_with(&mut self, external: Option<&mut ExternalHandler<'_, W>>) -> usize {
-        let now = self.now();
+        let now = self.now_ns();
         self.collect_with_at(external, now)
     }
 
-    /// [`Mediator::collect_with`], with `now`, a clock reading the caller just took, for the
+    /// [`Mediator::collect_with`], with `now_ns`, a clock reading the caller just took, for the
     /// collection's periodic checks.
     fn collect_with_at(
         &mut self,
         external: Option<&mut ExternalHandler<'_, W>>,
-        now: Instant,
+        now_ns: u64,
     ) -> usize {
         let Some(pool) = self.pool.as_mut() else {
             return 0;
         };
-        self.collected_at = Some(now);
+        self.collected_at = Some(now_ns);
+        let now = to_instant(now_ns);
         let slots = pool.slots.len();
         let check_deaths = pool.death_check_due(now);
         if std::mem::take(&mut self.refill_due) {
@@ -1121,17 +1127,26 @@ impl<W: Worker> Mediator<W> {
         if !answer.valid || answer.kind != Response::Returned as u32 || len > busy.ret.1 {
             return None;
         }
-        let record = self.calls.remove(&id.raw())?;
+        // What the bookkeeping below needs, read where the record lies.
+        let (method, uncalled, called, entry, block, ret_block) =
+            self.calls.remove_with(&id.raw(), |r| {
+                let uncalled = r.timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
+                let called = r.timings.entered_ns(CallStatus::Called);
+                (
+                    r.method,
+                    uncalled,
+                    called.unwrap_or(uncalled),
+                    r.entry,
+                    r.block,
+                    r.ret_block,
+                )
+            })?;
         let errors = pool.take_worker_errors(i);
         pool.slots[i].busy = None;
         self.start_failures = 0;
         for _ in 0..errors {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
-        let method = record.method;
-        let t = &record.timings;
-        let uncalled = t.entered_ns(CallStatus::Uncalled).unwrap_or(0);
-        let called = t.entered_ns(CallStatus::Called).unwrap_or(uncalled);
         let running = answer.started_ns.map_or(called, |ns| ns.max(called));
         let returned = answer.finished_ns(running);
         if let Some((queue, run)) = self.timing.get_mut(method as usize) {
@@ -1139,7 +1154,7 @@ impl<W: Worker> Mediator<W> {
             run.record_ns(returned - running);
         }
         self.ret_hints[method as usize] = len.max(MIN_RET);
-        let pool = self.pool.as_ref().expect("started");
+        let pool = self.pool.as_mut().expect("started");
         let allocation = pool.arena.size();
         let decoded = match &answer.inline {
             Some(bytes) => id.decode(&bytes[..len]),
@@ -1150,7 +1165,7 @@ impl<W: Worker> Mediator<W> {
             method: Self::method_name(method),
             source,
         });
-        self.free_record(&record);
+        self.free_call(entry, block, ret_block);
         self.warn_if_large(method, len, allocation);
         self.retire_if_worn(i, None);
         self.dispatch_queued();
@@ -1724,11 +1739,16 @@ impl<W: Worker> Mediator<W> {
 
     /// Frees the shared memory of a call taken out of `calls`.
     fn free_record(&mut self, record: &CallRecord) {
+        self.free_call(record.entry, record.block, record.ret_block);
+    }
+
+    /// Frees a call's journal entry and payload blocks.
+    fn free_call(&mut self, entry: usize, block: Block, ret_block: Option<Block>) {
         if let Some(pool) = self.pool.as_mut() {
-            pool.region.entry(record.entry).clear();
-            self.free_entries.push(record.entry);
-            pool.arena.free(record.block);
-            if let Some(b) = record.ret_block {
+            pool.region.entry(entry).clear();
+            self.free_entries.push(entry);
+            pool.arena.free(block);
+            if let Some(b) = ret_block {
                 pool.arena.free(b);
             }
         }
