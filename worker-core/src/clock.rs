@@ -158,14 +158,17 @@ const REANCHOR_NS: u64 = 10_000_000;
 
 impl Clock {
     pub(crate) fn new() -> Clock {
-        let s = source();
+        Self::with(source())
+    }
+
+    fn with(s: Source) -> Clock {
         let (ns, t, _) = if s.tsc { pair() } else { (now_ns(), 0, 0) };
         Clock {
             tsc: s.tsc,
             base_ticks: t,
             base_ns: ns,
             rate: s.rate,
-            span: ticks_in(FIRST_REANCHOR_NS),
+            span: (FIRST_REANCHOR_NS as f64 / s.rate) as u64,
         }
     }
 
@@ -218,6 +221,22 @@ mod tests {
         assert!(checked > 1_000, "{checked} undisturbed readings");
         println!("{checked} readings, worst {worst} ns outside CLOCK_MONOTONIC");
         assert!(worst < 5_000, "drifted {worst} ns from CLOCK_MONOTONIC");
+    }
+
+    #[test]
+    fn without_the_counter_the_clock_is_clock_monotonic() {
+        let mut clock = Clock::with(Source {
+            tsc: false,
+            rate: 1.0,
+        });
+        let mut last = 0;
+        for _ in 0..1_000 {
+            let a = now_ns();
+            let c = clock.now_ns();
+            let b = now_ns();
+            assert!(a <= c && c <= b && c >= last);
+            last = c;
+        }
     }
 
     #[test]

@@ -728,7 +728,14 @@ impl<W: Worker> Mediator<W> {
             method: name,
             source,
         };
-        let args_len = wire::encoded_len(args).map_err(wire_err)?;
+        // Small arguments are encoded once, on the stack: they travel in the request's line
+        // and are copied into the block (for the journal) once the call is posted.
+        let mut small = [0u8; channel::INLINE_ARGS];
+        let inline_len = wire::encode_into(args, &mut small).map_err(wire_err)?;
+        let args_len = match inline_len {
+            Some(n) => n,
+            None => wire::encoded_len(args).map_err(wire_err)?,
+        };
         let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
         self.warn_if_large(method, args_len, allocation);
         let Some(&entry) = self.free_entries.last() else {
@@ -738,14 +745,17 @@ impl<W: Worker> Mediator<W> {
             });
         };
         let block = self.alloc_call_block(method, args_len)?;
-        let pool = self.pool.as_mut().expect("started above");
-        // SAFETY: the block was just allocated: no worker has it.
-        let buf = unsafe { pool.region.payload_mut(block.offset, args_len) }
-            .expect("arena blocks lie inside the payload area");
-        if let Err(e) = wire::encode_into(args, buf) {
-            pool.arena.free(block);
-            return Err(wire_err(e));
+        if inline_len.is_none() {
+            let pool = self.pool.as_mut().expect("started above");
+            // SAFETY: the block was just allocated: no worker has it.
+            let buf = unsafe { pool.region.payload_mut(block.offset, args_len) }
+                .expect("arena blocks lie inside the payload area");
+            if let Err(e) = wire::encode_into(args, buf) {
+                pool.arena.free(block);
+                return Err(wire_err(e));
+            }
         }
+        let inline = inline_len.map(|n| &small[..n]);
         let id = self.next_id;
         self.next_id += 1;
         self.free_entries.pop();
@@ -757,9 +767,16 @@ impl<W: Worker> Mediator<W> {
         } else {
             None
         };
-        let posted = slot.map(|i| (i, self.post_block(i, id, method, block, args_len)));
-        // One clock read for the call's creation and its hand-over, if it was handed over.
+        let posted = slot.map(|i| (i, self.post_block(i, id, method, block, args_len, inline)));
         let pool = self.pool.as_mut().expect("started above");
+        if let Some(bytes) = inline {
+            // SAFETY: the block is this call's, and a call posted with inline arguments is
+            // never read from it by the worker.
+            unsafe { pool.region.payload_mut(block.offset, bytes.len()) }
+                .expect("arena blocks lie inside the payload area")
+                .copy_from_slice(bytes);
+        }
+        // One clock read for the call's creation and its hand-over, if it was handed over.
         let now = pool.clock.now_ns();
         let journal = pool.region.entry(entry);
         let mut timings = Timings::default();
@@ -983,7 +1000,7 @@ impl<W: Worker> Mediator<W> {
     fn post_call(&mut self, i: usize, id: u64, now: Option<u64>) {
         let record = self.calls.get(&id).expect("queued calls have records");
         let (method, block, args_len) = (record.method, record.block, record.args_len);
-        let seq = self.post_block(i, id, method, block, args_len);
+        let seq = self.post_block(i, id, method, block, args_len, None);
         let pool = self.pool.as_ref().expect("started");
         let record = self.calls.get_mut(&id).expect("queued calls have records");
         pool.region
@@ -994,21 +1011,33 @@ impl<W: Worker> Mediator<W> {
         record.set_status(CallStatus::Called, now.unwrap_or_else(clock::now_ns));
     }
 
-    /// Posts call `id`, whose arguments are the first `args_len` bytes of `block`, to slot
-    /// `i`'s worker. Returns the request's sequence number.
-    fn post_block(&mut self, i: usize, id: u64, method: u32, block: Block, args_len: usize) -> u32 {
+    /// Posts call `id`, whose arguments are the first `args_len` bytes of `block` (or, when
+    /// given, `inline`, the same bytes not yet copied there), to slot `i`'s worker. Returns the
+    /// request's sequence number.
+    fn post_block(
+        &mut self,
+        i: usize,
+        id: u64,
+        method: u32,
+        block: Block,
+        args_len: usize,
+        inline: Option<&[u8]>,
+    ) -> u32 {
         let pool = self.pool.as_mut().expect("started");
         let (offset, len) = (block.offset, args_len);
         // Small arguments ride in the request's cache line: the worker then never reads the
         // block, which stays in this process's cache. The block keeps them for the journal.
         let mut small = [0u8; channel::INLINE_ARGS];
-        // SAFETY: the block is this call's; no worker writes it before the call is posted.
-        let args = match unsafe { pool.region.payload(offset, len) } {
-            Some(bytes) if len <= small.len() => {
-                small[..len].copy_from_slice(bytes);
-                ArgsAt::Inline(&small[..len])
-            }
-            _ => ArgsAt::Block(offset, len),
+        let args = match inline {
+            Some(bytes) => ArgsAt::Inline(bytes),
+            // SAFETY: the block is this call's; no worker writes it before the call is posted.
+            None => match unsafe { pool.region.payload(offset, len) } {
+                Some(bytes) if len <= small.len() => {
+                    small[..len].copy_from_slice(bytes);
+                    ArgsAt::Inline(&small[..len])
+                }
+                _ => ArgsAt::Block(offset, len),
+            },
         };
         let ret = (offset + len, block.len - len);
         pool.post_call(i, id, method, args, ret, self.config.timeout)
