@@ -3,10 +3,13 @@
 //!
 //! Every word has a single writer. The parent writes the request half and bumps `req_seq`;
 //! the worker writes the response half and sets `resp_seq` to the request's sequence number.
-//! A sleeping worker waits on `req_seq` with a futex; a sleeping parent waits in `poll` on an
-//! eventfd (and on the workers' pidfds, so that a death wakes it too). Each side first spins
-//! briefly when more than one CPU is available (see FACTS.md: about 0.4 us instead of 10 us),
-//! and only pays for a wake-up syscall when the other side announced that it sleeps.
+//! Each half is one cache line, and small arguments and returns travel inside it, so that a
+//! small call crosses one line each way. A sleeping worker waits on `req_seq` with a futex; a
+//! sleeping parent waits in `poll` on an eventfd (and on the workers' pidfds, so that a death
+//! wakes it too). Each side first spins briefly when more than one CPU is available (see
+//! FACTS.md: under a microsecond instead of 10 us), timing its spin with the tick counter
+//! (see `clock`), and only pays for a wake-up syscall when the other side announced that it
+//! sleeps.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
