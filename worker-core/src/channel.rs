@@ -282,6 +282,13 @@ pub(crate) enum Finished {
 }
 
 impl Answer {
+    /// When the call answered started running, for a call handed over at `called`: the
+    /// worker's stamp, or `called` itself when the worker picked it up as it was posted (and
+    /// never earlier than `called`).
+    pub(crate) fn running_ns(&self, called: u64) -> u64 {
+        self.started_ns.map_or(called, |ns| ns.max(called))
+    }
+
     /// When the answer was written, for a call that started running at `running`.
     pub(crate) fn finished_ns(&self, running: u64) -> u64 {
         match self.finished {

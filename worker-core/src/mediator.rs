@@ -1044,9 +1044,7 @@ impl<W: Worker> Mediator<W> {
     }
 
     fn busy_count(&self) -> usize {
-        self.pool
-            .as_ref()
-            .map_or(0, |p| p.slots.iter().filter(|s| s.busy.is_some()).count())
+        self.pool.as_ref().map_or(0, Pool::busy_count)
     }
 
     /// Sets a call's final status and queues its callbacks.
@@ -1068,10 +1066,9 @@ impl<W: Worker> Mediator<W> {
                 t.entered_ns(CallStatus::Uncalled),
                 t.entered_ns(CallStatus::Running),
                 t.entered_ns(CallStatus::Returned),
-            ) && let Some((queue, run)) = self.timing.get_mut(record.method as usize)
-            {
-                queue.record_ns(running.saturating_sub(called));
-                run.record_ns(returned.saturating_sub(running));
+            ) {
+                let method = record.method;
+                self.record_times(method, called, running, returned);
             }
         } else {
             record.error = Some(Box::new(error(Self::method_name(record.method))));
@@ -1081,6 +1078,28 @@ impl<W: Worker> Mediator<W> {
             }
         }
         self.finished.push(id);
+    }
+
+    /// Adds a returned call's times to its method's statistics: waiting from `uncalled` to
+    /// `running`, running from there to `returned` (all CLOCK_MONOTONIC nanoseconds).
+    fn record_times(&mut self, method: u32, uncalled: u64, running: u64, returned: u64) {
+        if let Some((queue, run)) = self.timing.get_mut(method as usize) {
+            queue.record_ns(running.saturating_sub(uncalled));
+            run.record_ns(returned.saturating_sub(running));
+        }
+    }
+
+    /// Slot `i`'s worker returned a `len`-byte value of `method`: the slot is free again, the
+    /// method's next return reservation follows this one, and a large value is warned about.
+    fn slot_returned(&mut self, i: usize, method: u32, len: usize) {
+        self.ret_hints[method as usize] = len.max(MIN_RET);
+        self.start_failures = 0;
+        let Some(pool) = self.pool.as_mut() else {
+            return;
+        };
+        pool.slots[i].busy = None;
+        let allocation = pool.arena.size();
+        self.warn_if_large(method, len, allocation);
     }
 
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
@@ -1170,21 +1189,13 @@ impl<W: Worker> Mediator<W> {
                     r.ret_block,
                 )
             })?;
-        let errors = pool.take_worker_errors(i);
-        pool.slots[i].busy = None;
-        self.start_failures = 0;
-        for _ in 0..errors {
+        for _ in 0..pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
-        let running = answer.started_ns.map_or(called, |ns| ns.max(called));
-        let returned = answer.finished_ns(running);
-        if let Some((queue, run)) = self.timing.get_mut(method as usize) {
-            queue.record_ns(running.saturating_sub(uncalled));
-            run.record_ns(returned - running);
-        }
-        self.ret_hints[method as usize] = len.max(MIN_RET);
-        let pool = self.pool.as_mut().expect("started");
-        let allocation = pool.arena.size();
+        let running = answer.running_ns(called);
+        self.record_times(method, uncalled, running, answer.finished_ns(running));
+        self.slot_returned(i, method, len);
+        let pool = self.pool.as_ref().expect("started");
         let decoded = match &answer.inline {
             Some(bytes) => id.decode(&bytes[..len]),
             // SAFETY: the worker answered: it no longer writes the block.
@@ -1195,7 +1206,6 @@ impl<W: Worker> Mediator<W> {
             source,
         });
         self.free_call(entry, block, ret_block);
-        self.warn_if_large(method, len, allocation);
         self.retire_if_worn(i, None);
         self.dispatch_queued();
         Some(result)
@@ -1223,7 +1233,6 @@ impl<W: Worker> Mediator<W> {
         let Some(answer) = channel.answer(busy.seq) else {
             return;
         };
-        let started = answer.started_ns;
         for _ in 0..pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
@@ -1237,7 +1246,7 @@ impl<W: Worker> Mediator<W> {
             .timings
             .entered_ns(CallStatus::Called)
             .unwrap_or_else(clock::now_ns);
-        let running = started.map_or(called, |ns| ns.max(called));
+        let running = answer.running_ns(called);
         record.timings.enter(CallStatus::Running, running);
         let finished = answer.finished_ns(running);
         let method = record.method;
@@ -1277,11 +1286,7 @@ impl<W: Worker> Mediator<W> {
                 } else {
                     record.block = pool.arena.shrink(record.block, record.args_len + len);
                 }
-                self.ret_hints[method as usize] = len.max(MIN_RET);
-                let allocation = pool.arena.size();
-                pool.slots[i].busy = None;
-                self.start_failures = 0;
-                self.warn_if_large(method, len, allocation);
+                self.slot_returned(i, method, len);
                 self.finish(busy.call, CallStatus::Returned, finished, |_| {
                     unreachable!("a returned call has no error")
                 });

@@ -222,6 +222,11 @@ impl Pool {
         Ok(pid)
     }
 
+    /// How many workers hold a call.
+    pub(crate) fn busy_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.busy.is_some()).count()
+    }
+
     /// Hands slot `i` a call: posts it on the channel and marks the slot busy.
     pub(crate) fn post_call(
         &mut self,
@@ -233,7 +238,7 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> u32 {
         // With this call, as many busy workers and the parent as CPUs or more: crowded.
-        let busy = self.slots.iter().filter(|s| s.busy.is_some()).count() + 1;
+        let busy = self.busy_count() + 1;
         let crowded = busy + 1 > self.cpus;
         let seq = self
             .region
