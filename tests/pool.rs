@@ -522,6 +522,14 @@ fn stats_count_every_method_and_error() {
     assert!(sleep.running.p50 >= Duration::from_millis(30), "{sleep:?}");
     assert!(sleep.running.mean >= Duration::from_millis(30));
     assert!(echo.running.p99 < Duration::from_secs(1));
+    // The call `wait` delivered last counts at once, and holds no shared memory.
+    let complain = stats
+        .methods
+        .iter()
+        .find(|s| s.method == "complain")
+        .unwrap();
+    assert_eq!((complain.called.count, complain.running.count), (1, 1));
+    assert_eq!(stats.shared_memory.1, 0, "no call holds shared memory");
     assert_eq!(stats.errors.catchall, 1, "this_worker::error was counted");
     assert_eq!(stats.workers, 2);
     assert_eq!(stats.worker_rss_kib.len(), 2);

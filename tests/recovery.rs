@@ -249,9 +249,63 @@ fn without_recovery_an_old_journal_is_purged() {
     assert_eq!(done.borrow().len(), 1);
 }
 
+/// A call `wait` delivered is done: a parent SIGKILLed afterwards, before it did anything
+/// else, leaves nothing of it to recover (the bookkeeping after a delivery is deferred, but
+/// the persistent journal forgets the call at once).
+fn a_call_delivered_by_wait_is_not_recovered() {
+    app();
+    let mut fds = [0; 2];
+    // SAFETY: a valid array for pipe's two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the pipe's descriptors, owned from here on.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: the test process is single-threaded; the child is killed while it sleeps.
+    let parent = match unsafe { libc::fork() } {
+        0 => {
+            drop(read);
+            let mut out = std::fs::File::from(write);
+            let mut m = JobsMediator::new("Jobs", Jobs);
+            // The layout of `counted`'s segment, so that the next run reads this journal.
+            m.workers(1).malloc(4 << 20).persist(app()).recover(false);
+            for n in 0..3 {
+                let id = m.job(n, 0).unwrap();
+                assert_eq!(m.wait(id, LONG).unwrap(), n);
+            }
+            writeln!(out, "delivered").unwrap();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        pid if pid > 0 => pid,
+        _ => panic!("fork failed"),
+    };
+    drop(write);
+    let mut lines = BufReader::new(std::fs::File::from(read)).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "delivered");
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(parent, libc::SIGKILL);
+        libc::waitpid(parent, std::ptr::null_mut(), 0);
+    }
+    // Its worker dies with it (parent-death signal), closing the pipe.
+    assert!(lines.next().is_none());
+    let (mut m, (done, _)) = counted(1, true);
+    m.start().unwrap();
+    // A recovered call would be pending, or returned and delivered to `on_return` now.
+    assert_eq!(m.pending(), 0, "a delivered call was recovered");
+    m.poll();
+    assert_eq!(
+        *done.borrow(),
+        HashMap::new(),
+        "a delivered call was delivered again"
+    );
+    assert_eq!(m.errors(), ErrorCounts::default());
+}
+
 tests![
     a_suspended_queue_is_completed_by_the_next_run,
     every_call_survives_a_sigkilled_parent,
+    a_call_delivered_by_wait_is_not_recovered,
     a_segment_of_another_layout_is_replaced_with_a_warning,
     without_recovery_an_old_journal_is_purged,
 ];

@@ -117,7 +117,26 @@ pub struct Mediator<W: Worker> {
     free_entries: Vec<usize>,
     /// When the last full collection ran (CLOCK_MONOTONIC nanoseconds).
     collected_at: Option<u64>,
+    /// The call `wait` delivered last, whose bookkeeping waits for the next call's post (see
+    /// [`Mediator::settle`]).
+    delivered: Option<Delivered>,
     _not_send: PhantomData<*const ()>,
+}
+
+/// A call `wait` delivered through its short path, with what its bookkeeping still needs:
+/// its times for the statistics, its journal entry and blocks to free, and its worker's wear
+/// to check. The bookkeeping is done by [`Mediator::settle`], after the next call is posted
+/// (its worker runs meanwhile) or before anything else looks at the pool.
+struct Delivered {
+    slot: usize,
+    method: u32,
+    ret_len: usize,
+    /// CLOCK_MONOTONIC nanoseconds: created, started running, answered.
+    times: [u64; 3],
+    /// Its journal entry and block, unless the next call took them over (see
+    /// [`Mediator::call_room`]).
+    held: Option<(usize, Block)>,
+    ret_block: Option<Block>,
 }
 
 /// What `wait` reads before looking at its call again.
@@ -172,6 +191,7 @@ impl<W: Worker> Mediator<W> {
             timing: vec![Default::default(); W::METHODS.len()],
             free_entries: Vec::new(),
             collected_at: None,
+            delivered: None,
             _not_send: PhantomData,
         }
     }
@@ -418,6 +438,11 @@ impl<W: Worker> Mediator<W> {
     /// the seed's runtime statistics table.
     pub fn stats(&self) -> Stats {
         let pids = self.pids();
+        // The times of a delivered call whose bookkeeping is still due count already.
+        let mut timing = std::borrow::Cow::Borrowed(&self.timing);
+        if let Some(d) = &self.delivered {
+            record_times(timing.to_mut(), d.method, d.times);
+        }
         Stats {
             alias: self.alias.clone(),
             uptime: self.started_at.map_or(Duration::ZERO, |t| t.elapsed()),
@@ -427,7 +452,7 @@ impl<W: Worker> Mediator<W> {
             running: self.busy_count(),
             methods: W::METHODS
                 .iter()
-                .zip(&self.timing)
+                .zip(timing.iter())
                 .map(|(&method, (called, running))| MethodStats {
                     method,
                     called: called.summary(),
@@ -438,7 +463,11 @@ impl<W: Worker> Mediator<W> {
             parent_rss_kib: stats::rss_kib(0),
             worker_rss_kib: pids.iter().map(|&p| (p, stats::rss_kib(p))).collect(),
             shared_memory: self.pool.as_ref().map_or((0, 0), |p| {
-                (p.arena.size(), p.arena.size() - p.arena.available())
+                // A delivered call's block is as good as free (see `settle`).
+                let held = self.delivered.as_ref().map_or(0, |d| {
+                    d.held.map_or(0, |(_, b)| b.len) + d.ret_block.map_or(0, |b| b.len)
+                });
+                (p.arena.size(), p.arena.size() - p.arena.available() - held)
             }),
         }
     }
@@ -463,6 +492,8 @@ impl<W: Worker> Mediator<W> {
     /// this returns [`CallError::UnknownCall`].
     pub fn wait<R>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
         let raw = id.raw();
+        // At most one call's bookkeeping waits at a time (`take_returned` makes one).
+        self.settle();
         // Times in CLOCK_MONOTONIC nanoseconds from the pool's clock; an `Instant` is made
         // only for a sleep or a full collection.
         let start = self.now_ns();
@@ -586,6 +617,7 @@ impl<W: Worker> Mediator<W> {
         if self.pool.is_none() {
             return 0;
         }
+        self.settle();
         if self.config.persist.is_none() {
             log::warn!(target: &self.alias, "suspend() without persist(): shutting down instead");
             self.shutdown();
@@ -634,6 +666,7 @@ impl<W: Worker> Mediator<W> {
         if self.pool.is_none() {
             return;
         }
+        self.settle();
         self.shutting_down = true;
         let now = clock::now_ns();
         for id in std::mem::take(&mut self.queue) {
@@ -738,27 +771,20 @@ impl<W: Worker> Mediator<W> {
         };
         let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
         self.warn_if_large(method, args_len, allocation);
-        let Some(&entry) = self.free_entries.last() else {
-            return Err(CallError::TooManyCalls {
-                method: name,
-                capacity: self.pool.as_ref().map_or(0, |p| p.region.entries()),
-            });
-        };
-        let block = self.alloc_call_block(method, args_len)?;
+        let (entry, block) = self.call_room(method, args_len)?;
         if inline_len.is_none() {
             let pool = self.pool.as_mut().expect("started above");
-            // SAFETY: the block was just allocated: no worker has it.
+            // SAFETY: the block is this call's: no worker has it.
             let buf = unsafe { pool.region.payload_mut(block.offset, args_len) }
                 .expect("arena blocks lie inside the payload area");
             if let Err(e) = wire::encode_into(args, buf) {
-                pool.arena.free(block);
+                self.free_call(entry, block, None);
                 return Err(wire_err(e));
             }
         }
         let inline = inline_len.map(|n| &small[..n]);
         let id = self.next_id;
         self.next_id += 1;
-        self.free_entries.pop();
         // With nothing queued before it and a worker idle, the call goes out at once, before
         // the bookkeeping below: the worker runs it meanwhile. (The call is in the journal
         // before this function returns, which is when the caller can count on it.)
@@ -768,6 +794,9 @@ impl<W: Worker> Mediator<W> {
             None
         };
         let posted = slot.map(|i| (i, self.post_block(i, id, method, block, args_len, inline)));
+        // The last delivered call's bookkeeping: while the worker runs this one, or before the
+        // queue is looked at.
+        self.settle();
         let pool = self.pool.as_mut().expect("started above");
         if let Some(bytes) = inline {
             // SAFETY: the block is this call's, and a call posted with inline arguments is
@@ -839,6 +868,41 @@ impl<W: Worker> Mediator<W> {
         }
     }
 
+    /// A journal entry and a block for a new call's `args_len` argument bytes and its return
+    /// reservation. The call `wait` delivered last hands over its own when its block fits
+    /// (nothing is freed and allocated again between an answer and the next post); otherwise
+    /// they are fresh.
+    fn call_room(&mut self, method: u32, args_len: usize) -> Result<(usize, Block), CallError> {
+        let needed = args_len + self.ret_hints[method as usize].max(MIN_RET);
+        if let Some(d) = self.delivered.as_mut()
+            && d.ret_block.is_none()
+            && let Some((entry, block)) = d.held
+            // Not one much larger than needed: it would stay taken for as long as this call.
+            && (needed..=needed * 4).contains(&block.len)
+        {
+            // A persistent mediator's entry was freed when the call was delivered (see
+            // `take_returned`); no one reads another mediator's journal.
+            d.held = None;
+            return Ok((entry, block));
+        }
+        if self.free_entries.is_empty() {
+            self.settle();
+        }
+        let Some(entry) = self.free_entries.pop() else {
+            return Err(CallError::TooManyCalls {
+                method: Self::method_name(method),
+                capacity: self.pool.as_ref().map_or(0, |p| p.region.entries()),
+            });
+        };
+        match self.alloc_call_block(method, args_len) {
+            Ok(block) => Ok((entry, block)),
+            Err(e) => {
+                self.free_entries.push(entry);
+                Err(e)
+            }
+        }
+    }
+
     /// A block for the arguments plus a return reservation, waiting for running calls to free
     /// memory if the allocation is full.
     fn alloc_call_block(&mut self, method: u32, args_len: usize) -> Result<Block, CallError> {
@@ -861,6 +925,10 @@ impl<W: Worker> Mediator<W> {
             }
             if let Some(b) = pool.arena.alloc(args_len + MIN_RET) {
                 return Ok(b);
+            }
+            if self.delivered.is_some() {
+                self.settle();
+                continue;
             }
             let start = *start.get_or_insert_with(Instant::now);
             let in_flight = self.calls.values().any(|r| !r.status.is_final());
@@ -1068,7 +1136,7 @@ impl<W: Worker> Mediator<W> {
                 t.entered_ns(CallStatus::Returned),
             ) {
                 let method = record.method;
-                self.record_times(method, called, running, returned);
+                record_times(&mut self.timing, method, [called, running, returned]);
             }
         } else {
             record.error = Some(Box::new(error(Self::method_name(record.method))));
@@ -1080,26 +1148,15 @@ impl<W: Worker> Mediator<W> {
         self.finished.push(id);
     }
 
-    /// Adds a returned call's times to its method's statistics: waiting from `uncalled` to
-    /// `running`, running from there to `returned` (all CLOCK_MONOTONIC nanoseconds).
-    fn record_times(&mut self, method: u32, uncalled: u64, running: u64, returned: u64) {
-        if let Some((queue, run)) = self.timing.get_mut(method as usize) {
-            queue.record_ns(running.saturating_sub(uncalled));
-            run.record_ns(returned.saturating_sub(running));
-        }
-    }
-
-    /// Slot `i`'s worker returned a `len`-byte value of `method`: the slot is free again, the
-    /// method's next return reservation follows this one, and a large value is warned about.
+    /// Slot `i`'s worker returned a `len`-byte value of `method`: the slot is free again and
+    /// the method's next return reservation follows this one. (The caller warns about a large
+    /// value.)
     fn slot_returned(&mut self, i: usize, method: u32, len: usize) {
         self.ret_hints[method as usize] = len.max(MIN_RET);
         self.start_failures = 0;
-        let Some(pool) = self.pool.as_mut() else {
-            return;
-        };
-        pool.slots[i].busy = None;
-        let allocation = pool.arena.size();
-        self.warn_if_large(method, len, allocation);
+        if let Some(pool) = self.pool.as_mut() {
+            pool.slots[i].busy = None;
+        }
     }
 
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
@@ -1122,6 +1179,7 @@ impl<W: Worker> Mediator<W> {
         external: Option<&mut ExternalHandler<'_, W>>,
         now_ns: u64,
     ) -> usize {
+        self.settle();
         let Some(pool) = self.pool.as_mut() else {
             return 0;
         };
@@ -1160,10 +1218,10 @@ impl<W: Worker> Mediator<W> {
     /// answered the awaited call `id`: if the call returned and no `on_return` handler wants
     /// it, the result is decoded and the call released at once, with the bookkeeping of
     /// [`Mediator::read_answer`], [`Mediator::finish`] and [`Mediator::take_result`] that a
-    /// delivered call needs and nothing else: one lookup instead of five, no journal entry
-    /// for a return that is delivered in the same breath (a parent killed in between leaves
-    /// the call pending, and a recovery runs it again: at least once), no trip through the
-    /// callback queue. `None`: anything else; the caller takes the general path.
+    /// delivered call needs and nothing else: one lookup instead of five, no "returned" state
+    /// in the journal for a return that is delivered in the same breath, no trip through the
+    /// callback queue. What can wait (statistics, freeing, the worker's wear) waits for
+    /// [`Mediator::settle`]. `None`: anything else; the caller takes the general path.
     fn take_returned<R>(&mut self, i: usize, id: CallId<R>) -> Option<Result<R, CallError>> {
         if self.on_return.is_some() {
             return None;
@@ -1193,7 +1251,6 @@ impl<W: Worker> Mediator<W> {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
         let running = answer.running_ns(called);
-        self.record_times(method, uncalled, running, answer.finished_ns(running));
         self.slot_returned(i, method, len);
         let pool = self.pool.as_ref().expect("started");
         let decoded = match &answer.inline {
@@ -1205,10 +1262,43 @@ impl<W: Worker> Mediator<W> {
             method: Self::method_name(method),
             source,
         });
-        self.free_call(entry, block, ret_block);
-        self.retire_if_worn(i, None);
-        self.dispatch_queued();
+        // The rest waits for the next post (see `settle`); the block stays allocated until
+        // then, and the decoded value no longer needs it. A persistent journal forgets the
+        // call now, so that a parent killed before that does not run it again at recovery.
+        if self.config.persist.is_some() {
+            pool.region.entry(entry).clear();
+        }
+        self.delivered = Some(Delivered {
+            slot: i,
+            method,
+            ret_len: len,
+            times: [uncalled, running, answer.finished_ns(running)],
+            held: Some((entry, block)),
+            ret_block,
+        });
+        if !self.queue.is_empty() {
+            self.settle();
+            self.dispatch_queued();
+        }
         Some(result)
+    }
+
+    /// The bookkeeping of the call `wait` delivered last, if it is still due: its times go to
+    /// the statistics, its journal entry and blocks are freed, and its worker retires if that
+    /// call wore it out. Runs after the next call is posted, so that its worker runs while
+    /// the parent does this, and before anything that reads the pool's state (a collection,
+    /// a dispatch from the queue, an allocation that finds no room, a shutdown).
+    fn settle(&mut self) {
+        let Some(d) = self.delivered.take() else {
+            return;
+        };
+        record_times(&mut self.timing, d.method, d.times);
+        let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
+        self.warn_if_large(d.method, d.ret_len, allocation);
+        if let Some((entry, block)) = d.held {
+            self.free_call(entry, block, d.ret_block);
+        }
+        self.retire_if_worn(d.slot, None);
     }
 
     /// The short collection, after the answer of slot `i`'s worker woke us: that answer,
@@ -1286,7 +1376,9 @@ impl<W: Worker> Mediator<W> {
                 } else {
                     record.block = pool.arena.shrink(record.block, record.args_len + len);
                 }
+                let allocation = pool.arena.size();
                 self.slot_returned(i, method, len);
+                self.warn_if_large(method, len, allocation);
                 self.finish(busy.call, CallStatus::Returned, finished, |_| {
                     unreachable!("a returned call has no error")
                 });
@@ -1810,6 +1902,19 @@ impl<W: Worker> Mediator<W> {
         // Freed after decoding: until then the bytes must stay where they are.
         self.free_record(&record);
         result
+    }
+}
+
+/// Adds a returned call's times to its method's statistics: waiting from `uncalled` to
+/// `running`, running from there to `returned` (all CLOCK_MONOTONIC nanoseconds).
+fn record_times(
+    timing: &mut [(Recorder, Recorder)],
+    method: u32,
+    [uncalled, running, returned]: [u64; 3],
+) {
+    if let Some((queue, run)) = timing.get_mut(method as usize) {
+        queue.record_ns(running.saturating_sub(uncalled));
+        run.record_ns(returned.saturating_sub(running));
     }
 }
 
