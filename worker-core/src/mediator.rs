@@ -19,7 +19,7 @@ use crate::arena::Block;
 use crate::call::{
     Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant,
 };
-use crate::channel::{self, ArgsAt, Request, Response};
+use crate::channel::{self, Answer, ArgsAt, Request, Response};
 use crate::clock;
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
@@ -124,15 +124,15 @@ pub struct Mediator<W: Worker> {
 }
 
 /// A call `wait` delivered through its short path, with what its bookkeeping still needs:
-/// its times for the statistics, its journal entry and blocks to free, and its worker's wear
-/// to check. The bookkeeping is done by [`Mediator::settle`], after the next call is posted
-/// (its worker runs meanwhile) or before anything else looks at the pool.
+/// its record to drop (the views of the mediator already treat it as gone), its times for
+/// the statistics, its journal entry and blocks to free, and its worker's wear to check. The bookkeeping is done by [`Mediator::settle`], after the
+/// next call is posted (its worker runs meanwhile) or before anything else looks at the pool.
 struct Delivered {
+    id: u64,
     slot: usize,
     method: u32,
-    ret_len: usize,
-    /// CLOCK_MONOTONIC nanoseconds: created, started running, answered.
-    times: [u64; 3],
+    /// The worker's answer: its times and the return's length.
+    answer: Answer,
     /// Its journal entry and block, unless the next call took them over (see
     /// [`Mediator::call_room`]).
     held: Option<(usize, Block)>,
@@ -386,7 +386,7 @@ impl<W: Worker> Mediator<W> {
     /// The status of a call, or `None` if the id is unknown or its result was already
     /// delivered.
     pub fn status<R>(&self, id: CallId<R>) -> Option<CallStatus> {
-        let record = self.calls.get(&id.raw())?;
+        let record = self.record(id.raw())?;
         if record.status == CallStatus::Called && self.started_ns(record).is_some() {
             return Some(CallStatus::Running);
         }
@@ -395,7 +395,7 @@ impl<W: Worker> Mediator<W> {
 
     /// When a call entered each status so far, or `None` if the id is unknown.
     pub fn timings<R>(&self, id: CallId<R>) -> Option<Timings> {
-        let record = self.calls.get(&id.raw())?;
+        let record = self.record(id.raw())?;
         let mut timings = record.timings.clone();
         if record.status == CallStatus::Called
             && let Some(ns) = self.started_ns(record)
@@ -411,12 +411,13 @@ impl<W: Worker> Mediator<W> {
     /// The process id of the worker that holds a call (or last held it), or `None` if the
     /// call is unknown or no worker took it yet.
     pub fn worker_pid<R>(&self, id: CallId<R>) -> Option<i32> {
-        self.calls.get(&id.raw())?.pid
+        self.record(id.raw())?.pid
     }
 
     /// Calls queued or running.
     pub fn pending(&self) -> usize {
-        self.calls.values().filter(|r| !r.status.is_final()).count()
+        let delivered = usize::from(self.delivered.is_some());
+        (self.calls.values().filter(|r| !r.status.is_final()).count()).saturating_sub(delivered)
     }
 
     /// The process ids of the live workers.
@@ -440,8 +441,10 @@ impl<W: Worker> Mediator<W> {
         let pids = self.pids();
         // The times of a delivered call whose bookkeeping is still due count already.
         let mut timing = std::borrow::Cow::Borrowed(&self.timing);
-        if let Some(d) = &self.delivered {
-            record_times(timing.to_mut(), d.method, d.times);
+        if let Some(d) = &self.delivered
+            && let Some(times) = self.delivered_times(d)
+        {
+            record_times(timing.to_mut(), d.method, times);
         }
         Stats {
             alias: self.alias.clone(),
@@ -592,6 +595,7 @@ impl<W: Worker> Mediator<W> {
     /// The call must still be held by the mediator: a finished call no callback released and
     /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
     pub fn retry(&mut self, id: u64) -> Result<(), CallError> {
+        self.settle();
         match self.calls.get(&id) {
             Some(record) if record.status.is_final() && !self.finished.contains(&id) => {
                 self.requeue(id);
@@ -1233,26 +1237,16 @@ impl<W: Worker> Mediator<W> {
         if !answer.valid || answer.kind != Response::Returned as u32 || len > busy.ret.1 {
             return None;
         }
-        // What the bookkeeping below needs, read where the record lies.
-        let (method, uncalled, called, entry, block, ret_block) =
-            self.calls.remove_with(&id.raw(), |r| {
-                let uncalled = r.timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
-                let called = r.timings.entered_ns(CallStatus::Called);
-                (
-                    r.method,
-                    uncalled,
-                    called.unwrap_or(uncalled),
-                    r.entry,
-                    r.block,
-                    r.ret_block,
-                )
-            })?;
+        let record = self.calls.get(&id.raw())?;
+        let (method, entry, block, ret_block) =
+            (record.method, record.entry, record.block, record.ret_block);
+        // Errors the worker reported count now: `errors` and `stats` read them.
         for _ in 0..pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
-        let running = answer.running_ns(called);
-        self.slot_returned(i, method, len);
-        let pool = self.pool.as_ref().expect("started");
+        let pool = self.pool.as_mut().expect("started");
+        pool.slots[i].busy = None;
+        self.start_failures = 0;
         let decoded = match &answer.inline {
             Some(bytes) => id.decode(&bytes[..len]),
             // SAFETY: the worker answered: it no longer writes the block.
@@ -1269,10 +1263,10 @@ impl<W: Worker> Mediator<W> {
             pool.region.entry(entry).clear();
         }
         self.delivered = Some(Delivered {
+            id: id.raw(),
             slot: i,
             method,
-            ret_len: len,
-            times: [uncalled, running, answer.finished_ns(running)],
+            answer,
             held: Some((entry, block)),
             ret_block,
         });
@@ -1292,13 +1286,35 @@ impl<W: Worker> Mediator<W> {
         let Some(d) = self.delivered.take() else {
             return;
         };
-        record_times(&mut self.timing, d.method, d.times);
+        if let Some(times) = self.delivered_times(&d) {
+            record_times(&mut self.timing, d.method, times);
+        }
+        self.calls.remove_with(&d.id, |_| ());
+        let len = d.answer.ret_len;
+        self.ret_hints[d.method as usize] = len.max(MIN_RET);
         let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
-        self.warn_if_large(d.method, d.ret_len, allocation);
+        self.warn_if_large(d.method, len, allocation);
         if let Some((entry, block)) = d.held {
             self.free_call(entry, block, d.ret_block);
         }
         self.retire_if_worn(d.slot, None);
+    }
+
+    /// A delivered call's times from its record and its answer: created, started running,
+    /// answered (CLOCK_MONOTONIC nanoseconds).
+    fn delivered_times(&self, d: &Delivered) -> Option<[u64; 3]> {
+        let timings = &self.calls.get(&d.id)?.timings;
+        let uncalled = timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
+        let called = timings.entered_ns(CallStatus::Called).unwrap_or(uncalled);
+        let running = d.answer.running_ns(called);
+        Some([uncalled, running, d.answer.finished_ns(running)])
+    }
+
+    /// The record of call `id`, unless it was delivered (see [`Delivered`]).
+    fn record(&self, id: u64) -> Option<&CallRecord> {
+        self.calls
+            .get(&id)
+            .filter(|_| self.delivered.as_ref().is_none_or(|d| d.id != id))
     }
 
     /// The short collection, after the answer of slot `i`'s worker woke us: that answer,
