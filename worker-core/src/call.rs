@@ -227,6 +227,7 @@ impl CallMap {
         (id % RING as u64) as usize
     }
 
+    #[inline]
     pub(crate) fn get(&self, id: &u64) -> Option<&CallRecord> {
         match &self.ring[Self::place(*id)] {
             Some(r) if r.id == *id => Some(r),
@@ -234,6 +235,7 @@ impl CallMap {
         }
     }
 
+    #[inline]
     pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut CallRecord> {
         match &mut self.ring[Self::place(*id)] {
             Some(r) if r.id == *id => Some(r),
@@ -242,6 +244,7 @@ impl CallMap {
     }
 
     /// Adds a call; `id` must be `record.id` and not present yet.
+    #[inline]
     pub(crate) fn insert(&mut self, id: u64, record: CallRecord) {
         debug_assert_eq!(id, record.id);
         match &mut self.ring[Self::place(id)] {
@@ -262,6 +265,7 @@ impl CallMap {
 
     /// Removes a call, handing it to `f` where it lies rather than moving it out (a record is
     /// some 200 bytes, and this runs once per call on the hot path).
+    #[inline]
     pub(crate) fn remove_with<T>(
         &mut self,
         id: &u64,

@@ -261,15 +261,22 @@ pub(crate) const fn checksum(words: &[u64]) -> u64 {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Answer {
     pub(crate) kind: u32,
-    /// When the worker started the request answered, if it started one with it.
-    pub(crate) started_ns: Option<u64>,
     pub(crate) ret_len: usize,
     /// The return value's bytes when they came inside the answer's line (`ret_len` of them),
     /// rather than in the payload area.
     pub(crate) inline: Option<[u8; INLINE_RET]>,
-    pub(crate) finished: Finished,
+    /// When the worker ran what it answered.
+    pub(crate) ran: Ran,
     /// Whether the answer's checksum matched its fields.
     pub(crate) valid: bool,
+}
+
+/// When a worker ran what it answered: all the parent keeps of an answer to time the call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ran {
+    /// When the worker started the request answered, if it started one with it.
+    pub(crate) started_ns: Option<u64>,
+    pub(crate) finished: Finished,
 }
 
 /// When a worker finished what it answered.
@@ -281,7 +288,7 @@ pub(crate) enum Finished {
     After(u64),
 }
 
-impl Answer {
+impl Ran {
     /// When the call answered started running, for a call handed over at `called`: the
     /// worker's stamp, or `called` itself when the worker picked it up as it was posted (and
     /// never earlier than `called`).
@@ -344,9 +351,12 @@ impl Channel {
         self.resp.errors.store(0, Ordering::Relaxed);
     }
 
-    /// Parent: posts a request and wakes the worker if it sleeps. Returns its sequence number.
+    /// Parent: posts request number `seq` (one more than the last, which the caller keeps: a
+    /// read of the request line here would fetch it back from the worker spinning on it, one
+    /// more line crossing per call) and wakes the worker if it sleeps. Returns `seq`.
     pub(crate) fn post(
         &self,
+        seq: u32,
         kind: Request,
         method: u32,
         args: ArgsAt<'_>,
@@ -362,7 +372,6 @@ impl Channel {
                 (1 + bytes.len() as u32, pack::<3>(bytes))
             }
         };
-        let seq = r.seq.load(Ordering::Relaxed).wrapping_add(1);
         r.kind.store(kind, Ordering::Relaxed);
         r.method.store(method, Ordering::Relaxed);
         r.args_at.store(args_at, Ordering::Relaxed);
@@ -391,11 +400,13 @@ impl Channel {
     }
 
     /// Parent: whether the worker answered request `seq`.
+    #[inline]
     pub(crate) fn answered(&self, seq: u32) -> bool {
         self.resp.seq.load(Ordering::Acquire) == seq
     }
 
     /// Parent: the answer to request `seq`, if the worker wrote it.
+    #[inline]
     pub(crate) fn answer(&self, seq: u32) -> Option<Answer> {
         self.answered(seq).then(|| {
             let r = &self.resp;
@@ -414,13 +425,15 @@ impl Channel {
             let finished_ns = r.finished_ns.load(Ordering::Relaxed);
             Answer {
                 kind: kind & !(RET_INLINE | RUN_SPAN),
-                started_ns: (started_ns != 0).then_some(started_ns),
                 ret_len: ret_len as usize,
                 inline,
-                finished: if kind & RUN_SPAN != 0 {
-                    Finished::After(finished_ns)
-                } else {
-                    Finished::At(finished_ns)
+                ran: Ran {
+                    started_ns: (started_ns != 0).then_some(started_ns),
+                    finished: if kind & RUN_SPAN != 0 {
+                        Finished::After(finished_ns)
+                    } else {
+                        Finished::At(finished_ns)
+                    },
                 },
                 valid: valid && (kind & RET_INLINE == 0 || inline.is_some()),
             }
@@ -660,6 +673,7 @@ mod tests {
     fn a_request_and_its_answer_cross_with_their_flags() {
         let c = channel();
         let seq = c.post(
+            1,
             Request::Call,
             3,
             ArgsAt::Inline(&[1, 2, 3]),
@@ -676,10 +690,11 @@ mod tests {
         let a = c.answer(seq).unwrap();
         assert!(a.valid && a.kind == Response::Returned as u32 && a.ret_len == 2);
         assert_eq!(&a.inline.unwrap()[..2], &[9, 8]);
-        assert!(a.started_ns.is_none());
-        assert!(matches!(a.finished, Finished::After(_)));
+        assert!(a.ran.started_ns.is_none());
+        assert!(matches!(a.ran.finished, Finished::After(_)));
 
         let seq = c.post(
+            2,
             Request::Call,
             1,
             ArgsAt::Block(4096, 100),

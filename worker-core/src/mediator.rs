@@ -19,7 +19,7 @@ use crate::arena::Block;
 use crate::call::{
     Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant,
 };
-use crate::channel::{self, Answer, ArgsAt, Request, Response};
+use crate::channel::{self, ArgsAt, Ran, Request, Response};
 use crate::clock;
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
@@ -131,8 +131,10 @@ struct Delivered {
     id: u64,
     slot: usize,
     method: u32,
-    /// The worker's answer: its times and the return's length.
-    answer: Answer,
+    /// When the worker ran it.
+    ran: Ran,
+    /// The length of its return value.
+    ret_len: usize,
     /// Its journal entry and block, unless the next call took them over (see
     /// [`Mediator::call_room`]).
     held: Option<(usize, Block)>,
@@ -442,8 +444,9 @@ impl<W: Worker> Mediator<W> {
         // The times of a delivered call whose bookkeeping is still due count already.
         let mut timing = std::borrow::Cow::Borrowed(&self.timing);
         if let Some(d) = &self.delivered
-            && let Some(times) = self.delivered_times(d)
+            && let Some(r) = self.calls.get(&d.id)
         {
+            let times = delivered_times(&r.timings, &d.ran);
             record_times(timing.to_mut(), d.method, times);
         }
         Stats {
@@ -560,7 +563,7 @@ impl<W: Worker> Mediator<W> {
                 });
             }
             if let Some(pool) = self.pool.as_mut() {
-                pool.sleep(Some(to_instant(deadline)));
+                pool.sleep_with(|| Some(to_instant(deadline)));
             }
             if let Some(i) = self.answered_slot(posted) {
                 round = Round::Answer(i);
@@ -760,7 +763,9 @@ impl<W: Worker> Mediator<W> {
         args: &A,
     ) -> Result<u64, CallError> {
         let name = Self::method_name(method);
-        self.start()?;
+        if self.pool.is_none() {
+            self.start()?;
+        }
         let wire_err = |source| CallError::Wire {
             method: name,
             source,
@@ -861,7 +866,16 @@ impl<W: Worker> Mediator<W> {
         (0..live.len()).find(|&i| live[i].is_idle() && !pool.is_worn(i, None))
     }
 
+    /// Warns, once per method, about a payload larger than 1/50 of the allocation.
+    #[inline]
     fn warn_if_large(&mut self, method: u32, len: usize, allocation: usize) {
+        if len.saturating_mul(50) > allocation {
+            self.warn_large(method, len, allocation);
+        }
+    }
+
+    #[cold]
+    fn warn_large(&mut self, method: u32, len: usize, allocation: usize) {
         let m = method as usize;
         if len > allocation / 50 && !self.warned_large[m] {
             self.warned_large[m] = true;
@@ -1266,7 +1280,8 @@ impl<W: Worker> Mediator<W> {
             id: id.raw(),
             slot: i,
             method,
-            answer,
+            ran: answer.ran,
+            ret_len: len,
             held: Some((entry, block)),
             ret_block,
         });
@@ -1286,11 +1301,14 @@ impl<W: Worker> Mediator<W> {
         let Some(d) = self.delivered.take() else {
             return;
         };
-        if let Some(times) = self.delivered_times(&d) {
+        let ran = d.ran;
+        if let Some(times) = self
+            .calls
+            .remove_with(&d.id, |r| delivered_times(&r.timings, &ran))
+        {
             record_times(&mut self.timing, d.method, times);
         }
-        self.calls.remove_with(&d.id, |_| ());
-        let len = d.answer.ret_len;
+        let len = d.ret_len;
         self.ret_hints[d.method as usize] = len.max(MIN_RET);
         let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
         self.warn_if_large(d.method, len, allocation);
@@ -1298,16 +1316,6 @@ impl<W: Worker> Mediator<W> {
             self.free_call(entry, block, d.ret_block);
         }
         self.retire_if_worn(d.slot, None);
-    }
-
-    /// A delivered call's times from its record and its answer: created, started running,
-    /// answered (CLOCK_MONOTONIC nanoseconds).
-    fn delivered_times(&self, d: &Delivered) -> Option<[u64; 3]> {
-        let timings = &self.calls.get(&d.id)?.timings;
-        let uncalled = timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
-        let called = timings.entered_ns(CallStatus::Called).unwrap_or(uncalled);
-        let running = d.answer.running_ns(called);
-        Some([uncalled, running, d.answer.finished_ns(running)])
     }
 
     /// The record of call `id`, unless it was delivered (see [`Delivered`]).
@@ -1343,7 +1351,6 @@ impl<W: Worker> Mediator<W> {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
         let pool = self.pool.as_mut().expect("started");
-        let channel = pool.region.channel(i);
         let record = self
             .calls
             .get_mut(&busy.call)
@@ -1352,9 +1359,9 @@ impl<W: Worker> Mediator<W> {
             .timings
             .entered_ns(CallStatus::Called)
             .unwrap_or_else(clock::now_ns);
-        let running = answer.running_ns(called);
+        let running = answer.ran.running_ns(called);
         record.timings.enter(CallStatus::Running, running);
-        let finished = answer.finished_ns(running);
+        let finished = answer.ran.finished_ns(running);
         let method = record.method;
         let len = answer.ret_len;
         let kind = if answer.valid {
@@ -1402,7 +1409,8 @@ impl<W: Worker> Mediator<W> {
             Some(Response::NeedSpace) => {
                 if let Some(block) = pool.arena.alloc(len) {
                     record.ret_block = Some(block);
-                    let seq = channel.post(
+                    let seq = pool.post_request(
+                        i,
                         Request::Space,
                         method,
                         ArgsAt::Block(0, 0),
@@ -1919,6 +1927,15 @@ impl<W: Worker> Mediator<W> {
         self.free_record(&record);
         result
     }
+}
+
+/// A delivered call's times from its record's and its answer's: created, started running,
+/// answered (CLOCK_MONOTONIC nanoseconds).
+fn delivered_times(timings: &Timings, ran: &Ran) -> [u64; 3] {
+    let uncalled = timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
+    let called = timings.entered_ns(CallStatus::Called).unwrap_or(uncalled);
+    let running = ran.running_ns(called);
+    [uncalled, running, ran.finished_ns(running)]
 }
 
 /// Adds a returned call's times to its method's statistics: waiting from `uncalled` to

@@ -57,6 +57,9 @@ pub(crate) struct Slot {
     pub(crate) errors: ErrorCounts,
     /// How many of the errors the worker reported itself were counted.
     reported_errors: u32,
+    /// The sequence number of the last request posted on the slot's channel: the parent's own
+    /// copy, so that a post only writes the request line (see `Channel::post`).
+    req_seq: u32,
 }
 
 impl Slot {
@@ -64,6 +67,7 @@ impl Slot {
         self.child.as_ref().map(Child::pid)
     }
 
+    #[inline]
     pub(crate) fn is_idle(&self) -> bool {
         self.child.is_some() && self.busy.is_none()
     }
@@ -218,11 +222,13 @@ impl Pool {
                 .map(|age| Instant::now() + age.mul_f64(jitter)),
             errors: ErrorCounts::default(),
             reported_errors: 0,
+            req_seq: start_seq,
         };
         Ok(pid)
     }
 
     /// How many workers hold a call.
+    #[inline]
     pub(crate) fn busy_count(&self) -> usize {
         self.slots.iter().filter(|s| s.busy.is_some()).count()
     }
@@ -240,10 +246,7 @@ impl Pool {
         // With this call, as many busy workers and the parent as CPUs or more: crowded.
         let busy = self.busy_count() + 1;
         let crowded = busy + 1 > self.cpus;
-        let seq = self
-            .region
-            .channel(i)
-            .post(Request::Call, method, args, ret, crowded);
+        let seq = self.post_request(i, Request::Call, method, args, ret, crowded);
         let slot = &mut self.slots[i];
         slot.calls += 1;
         slot.busy = Some(Busy {
@@ -254,6 +257,23 @@ impl Pool {
             awaiting_room: false,
         });
         seq
+    }
+
+    /// Posts a request on slot `i`'s channel (see `Channel::post`); returns its sequence number.
+    pub(crate) fn post_request(
+        &mut self,
+        i: usize,
+        kind: Request,
+        method: u32,
+        args: ArgsAt<'_>,
+        ret: (usize, usize),
+        crowded: bool,
+    ) -> u32 {
+        let seq = self.slots[i].req_seq.wrapping_add(1);
+        self.slots[i].req_seq = seq;
+        self.region
+            .channel(i)
+            .post(seq, kind, method, args, ret, crowded)
     }
 
     /// Whether a worker other than slot `i`'s holds a call that is not itself waiting for
@@ -307,6 +327,7 @@ impl Pool {
     }
 
     /// Errors slot `i`'s worker reported (`this_worker::error`) since the last look.
+    #[inline]
     pub(crate) fn take_worker_errors(&mut self, i: usize) -> u32 {
         let total = self.region.channel(i).resp.errors.load(Ordering::Relaxed);
         let slot = &mut self.slots[i];
@@ -322,6 +343,7 @@ impl Pool {
 
     /// Whether slot `i`'s worker should retire at `now`: idle and past its limits, or past
     /// the per-worker error limits. Without `now`, the age limit is not looked at.
+    #[inline]
     pub(crate) fn is_worn(&self, i: usize, now: Option<Instant>) -> bool {
         let s = &self.slots[i];
         s.is_idle()
@@ -337,8 +359,8 @@ impl Pool {
     /// [`EXIT_LIMIT`] is killed.
     pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
         if let Some(mut child) = self.slots[i].child.take() {
+            let seq = self.post_request(i, Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
             let channel = self.region.channel(i);
-            let seq = channel.post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
             let deadline = Instant::now() + EXIT_LIMIT;
             if !(self.spin && channel::spin_until(|| channel.answered(seq))) {
                 while !channel.answered(seq) && child.try_reap().is_none() {
@@ -355,6 +377,7 @@ impl Pool {
     }
 
     /// Whether any busy worker has answered.
+    #[inline]
     pub(crate) fn any_answer(&self) -> bool {
         self.slots.iter().enumerate().any(|(i, s)| {
             s.busy
@@ -407,11 +430,17 @@ impl Pool {
     /// Sleeps until an answer arrives, a worker dies, or the nearest deadline (`until`, or a
     /// running call's timeout) passes.
     pub(crate) fn sleep(&mut self, until: Option<Instant>) {
+        self.sleep_with(|| until)
+    }
+
+    /// [`Pool::sleep`], with the deadline worked out only if the spin before sleeping sees no
+    /// answer (most waits end in the spin).
+    pub(crate) fn sleep_with(&mut self, until: impl FnOnce() -> Option<Instant>) {
         let mut fds = Vec::new();
         if self.begin_sleep(&mut fds) {
             process::poll_raw(
                 &fds,
-                time_left(self.next_deadline().into_iter().chain(until).min()),
+                time_left(self.next_deadline().into_iter().chain(until()).min()),
             );
             self.end_sleep();
         }
@@ -429,11 +458,9 @@ impl Pool {
     /// Asks every worker to exit, waits up to a second for them, then kills the rest and
     /// reaps all. Busy workers must have been dealt with before.
     pub(crate) fn stop_workers(&mut self) {
-        for (i, slot) in self.slots.iter().enumerate() {
-            if slot.child.is_some() {
-                self.region
-                    .channel(i)
-                    .post(Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
+        for i in 0..self.slots.len() {
+            if self.slots[i].child.is_some() {
+                self.post_request(i, Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
             }
         }
         let deadline = Instant::now() + EXIT_LIMIT;

@@ -228,6 +228,7 @@ impl Region {
     }
 
     /// The channel of worker slot `slot`.
+    #[inline]
     pub(crate) fn channel(&self, slot: usize) -> &Channel {
         assert!(slot < self.slots, "slot {slot} out of {}", self.slots);
         // SAFETY: in bounds (checked), aligned (HEADER_SIZE is a multiple of 64), atomics only.
@@ -235,6 +236,7 @@ impl Region {
     }
 
     /// Journal entry `i`.
+    #[inline]
     pub(crate) fn entry(&self, i: usize) -> &Entry {
         assert!(
             i < self.entries,
@@ -264,6 +266,7 @@ impl Region {
     /// # Safety
     /// No other process may write these bytes while the slice lives. The protocol guarantees
     /// it: a block belongs to one side at a time, handed over by the channel's sequence words.
+    #[inline]
     pub(crate) unsafe fn payload(&self, offset: usize, len: usize) -> Option<&[u8]> {
         let end = offset.checked_add(len)?;
         (end <= self.arena_size).then(|| {
@@ -277,6 +280,7 @@ impl Region {
     /// # Safety
     /// As for [`Region::payload`], and no other slice of these bytes may be alive.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub(crate) unsafe fn payload_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
         let end = offset.checked_add(len)?;
         (end <= self.arena_size).then(|| {
