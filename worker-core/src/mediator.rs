@@ -890,6 +890,7 @@ impl<W: Worker> Mediator<W> {
     /// reservation. The call `wait` delivered last hands over its own when its block fits
     /// (nothing is freed and allocated again between an answer and the next post); otherwise
     /// they are fresh.
+    #[inline]
     fn call_room(&mut self, method: u32, args_len: usize) -> Result<(usize, Block), CallError> {
         let needed = args_len + self.ret_hints[method as usize].max(MIN_RET);
         if let Some(d) = self.delivered.as_mut()
@@ -903,6 +904,16 @@ impl<W: Worker> Mediator<W> {
             d.held = None;
             return Ok((entry, block));
         }
+        self.fresh_call_room(method, args_len)
+    }
+
+    /// [`Mediator::call_room`] when the delivered call's entry and block cannot be taken over.
+    #[inline(never)]
+    fn fresh_call_room(
+        &mut self,
+        method: u32,
+        args_len: usize,
+    ) -> Result<(usize, Block), CallError> {
         if self.free_entries.is_empty() {
             self.settle();
         }

@@ -244,8 +244,7 @@ impl Pool {
         timeout: Option<Duration>,
     ) -> u32 {
         // With this call, as many busy workers and the parent as CPUs or more: crowded.
-        let busy = self.busy_count() + 1;
-        let crowded = busy + 1 > self.cpus;
+        let crowded = self.slots.len() + 1 > self.cpus && self.busy_count() + 2 > self.cpus;
         let seq = self.post_request(i, Request::Call, method, args, ret, crowded);
         let slot = &mut self.slots[i];
         slot.calls += 1;
