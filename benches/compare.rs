@@ -30,7 +30,9 @@
 //! peer: 30-60 us) and the medians move from run to run; the last line gives the CPU steal
 //! time of the run. The empty call's ratio to the futex floor is the median of ratios of
 //! neighbouring batches, since the cost of a cache line's crossing itself moves (the host
-//! places the two virtual CPUs differently from one run, or one second, to the next).
+//! places the two virtual CPUs differently from one run, or one second, to the next). Each
+//! timed batch of a spinning path starts quiet (see `quiesce`): the peers of the paths timed
+//! before it have stopped spinning, so on two CPUs it shares them with no third spinner.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -47,6 +49,20 @@ const LONG: Duration = Duration::from_secs(60);
 const SPIN: u32 = 50_000;
 /// A longer spin for a second floor row (1 ms): the round trip when neither side ever sleeps.
 const LONG_SPIN: u32 = 1_000_000;
+/// How long `quiesce` waits: longer than any peer's spin, so that every peer sleeps after it.
+const QUIET: Duration = Duration::from_micros(LONG_SPIN as u64 / 1000 + 200);
+/// Untimed round trips that wake the pair about to be timed.
+const WAKE: usize = 200;
+
+/// Before a timed batch: waits until every spinning peer of this process (forkworker's
+/// workers, the floors' peers) has given up its spin and sleeps, then wakes the pair about to
+/// be timed with `WAKE` untimed round trips of `warm`. Without it, on two CPUs, the peer of
+/// the batch timed just before keeps spinning into this one (50 us, or 1 ms for the long
+/// floor), and both sides of a pair paid for it unevenly.
+fn quiesce(warm: &mut dyn FnMut()) {
+    std::thread::sleep(QUIET);
+    (0..WAKE).for_each(|_| warm());
+}
 
 /// The worker type of every forkworker pool in this bench.
 pub struct Bench {
@@ -970,6 +986,7 @@ fn main() {
     let (mut e_fw, mut e_fx, mut e_fl, mut e_fc, mut e_pp, mut e_ps) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
     let per_call = |n: usize, f: &mut dyn FnMut()| {
+        quiesce(f);
         let t = Instant::now();
         (0..n).for_each(|_| f());
         t.elapsed().as_secs_f64() / n as f64
@@ -982,6 +999,9 @@ fn main() {
     for _ in 0..cfg.rounds {
         let part = cfg.empty_fast.div_ceil(10);
         for _ in 0..10 {
+            quiesce(&mut || {
+                fw_empty(m1, 1);
+            });
             let fw = fw_empty(m1, part);
             let fx = per_call(part, &mut || futex.round_trip());
             e_fw.push(fw);
@@ -1360,7 +1380,11 @@ fn profile_only(what: &str, count: Option<usize>) {
             let mut floor = FutexFloor::start(SPIN);
             let (mut fw, mut fl) = (Vec::new(), Vec::new());
             for _ in 0..n.div_ceil(BATCH) {
+                quiesce(&mut || {
+                    fw_empty(&mut m, 1);
+                });
                 fw.push(fw_empty(&mut m, BATCH));
+                quiesce(&mut || floor.round_trip());
                 let t = Instant::now();
                 (0..BATCH).for_each(|_| floor.round_trip());
                 fl.push(t.elapsed().as_secs_f64() / BATCH as f64);
