@@ -77,12 +77,18 @@ pub(crate) const INLINE_ARGS: usize = 24;
 pub(crate) const INLINE_RET: usize = 16;
 /// Set in `ResponseHalf::kind` when the return value is in `ResponseHalf::ret`.
 const RET_INLINE: u32 = 1 << 16;
-/// Set in `ResponseHalf::kind` when `ResponseHalf::finished_ns` holds the call's run time
-/// rather than a time of day.
+/// Set in `ResponseHalf::kind` when `ResponseHalf::finished_ns` holds the call's run time in
+/// ticks of the counter (see `clock`) rather than a time of day: the parent converts it, so
+/// that the worker's answer does no floating-point work.
 const RUN_SPAN: u32 = 1 << 17;
 /// A call that ran for less than this is timed with the tick counter alone (see `clock`);
 /// a longer one reads the clock when it ends, which then costs it less than 0.1%.
 const SHORT_RUN_NS: u64 = 100_000;
+
+/// [`SHORT_RUN_NS`] in ticks of the counter: a worker works it out once.
+pub(crate) fn short_run_ticks() -> u64 {
+    clock::ticks_in(SHORT_RUN_NS)
+}
 
 /// The request half, written by the parent: one cache line.
 ///
@@ -126,7 +132,7 @@ pub(crate) struct ResponseHalf {
     /// (an answer to `Space`, `Exit` or a corrupted request).
     pub(crate) started_ns: AtomicU64,
     /// CLOCK_MONOTONIC nanoseconds when the answer was written; with `RUN_SPAN` set in
-    /// `kind`, nanoseconds since the call started instead.
+    /// `kind`, counter ticks since the call started instead.
     pub(crate) finished_ns: AtomicU64,
     /// A checksum of `seq`, `kind` and `ret_len`, written before `seq`.
     pub(crate) check: AtomicU64,
@@ -284,8 +290,8 @@ pub(crate) struct Ran {
 pub(crate) enum Finished {
     /// At this CLOCK_MONOTONIC time.
     At(u64),
-    /// This many nanoseconds after it started.
-    After(u64),
+    /// This many ticks of the counter (see `clock`) after it started.
+    AfterTicks(u64),
 }
 
 impl Ran {
@@ -300,7 +306,7 @@ impl Ran {
     pub(crate) fn finished_ns(&self, running: u64) -> u64 {
         match self.finished {
             Finished::At(ns) => ns.max(running),
-            Finished::After(span) => running + span,
+            Finished::AfterTicks(ticks) => running + clock::span_ns(ticks),
         }
     }
 }
@@ -430,7 +436,7 @@ impl Channel {
                 ran: Ran {
                     started_ns: (started_ns != 0).then_some(started_ns),
                     finished: if kind & RUN_SPAN != 0 {
-                        Finished::After(finished_ns)
+                        Finished::AfterTicks(finished_ns)
                     } else {
                         Finished::At(finished_ns)
                     },
@@ -507,6 +513,7 @@ impl Channel {
     /// reading the clock right after the request's line arrived cost about 90 ns per call
     /// here (an A/B run of the empty call, alternating batches in one process: 0.81-0.87 of
     /// the time without that read).
+    #[inline]
     pub(crate) fn mark_running(&self, seq: u32, prompt: bool) -> u64 {
         let now = if prompt { 0 } else { now_ns() };
         self.running.started_ns.store(now, Ordering::Relaxed);
@@ -515,7 +522,8 @@ impl Channel {
     }
 
     /// Worker: answers request `seq`, which it started at `started_ns` (0 if it started it
-    /// as it was posted or started nothing with it) and `run_ticks` ago (see `clock`), with
+    /// as it was posted or started nothing with it) and, for a run shorter than
+    /// [`short_run_ticks`] (the caller checks), `run_ticks` ago (see `clock`), with
     /// a return value of `ret_len` bytes in the payload area, or with `inline` bytes (at most
     /// `INLINE_RET`) carried in the answer itself; the caller then wakes the parent if it
     /// sleeps.
@@ -542,12 +550,12 @@ impl Channel {
         };
         // A short run is timed with the counter: a clock read here would cost as much as a
         // cache line's crossing (see `clock`).
-        let finished = match run_ticks.map(clock::span_ns) {
-            Some(span) if span < SHORT_RUN_NS => {
+        let finished = match run_ticks {
+            Some(ticks) => {
                 kind |= RUN_SPAN;
-                span
+                ticks
             }
-            _ => now_ns(),
+            None => now_ns(),
         };
         r.started_ns.store(started_ns, Ordering::Relaxed);
         r.kind.store(kind, Ordering::Relaxed);
@@ -691,7 +699,7 @@ mod tests {
         assert!(a.valid && a.kind == Response::Returned as u32 && a.ret_len == 2);
         assert_eq!(&a.inline.unwrap()[..2], &[9, 8]);
         assert!(a.ran.started_ns.is_none());
-        assert!(matches!(a.ran.finished, Finished::After(_)));
+        assert!(matches!(a.ran.finished, Finished::AfterTicks(10)));
 
         let seq = c.post(
             2,

@@ -55,10 +55,20 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
-    let mut spin_ns = channel::worker_spin_ns(false);
+    // Worked out once, not per request.
+    let (calm_spin_ns, crowded_spin_ns) = (
+        channel::worker_spin_ns(false),
+        channel::worker_spin_ns(true),
+    );
+    let short_run = channel::short_run_ticks();
+    let mut spin_ns = calm_spin_ns;
     loop {
         let req = channel.next_request(last, spin_ns);
-        spin_ns = channel::worker_spin_ns(req.crowded);
+        spin_ns = if req.crowded {
+            crowded_spin_ns
+        } else {
+            calm_spin_ns
+        };
         last = req.seq;
         let kind = if req.valid { req.kind } else { None };
         let mut started_ns = 0;
@@ -111,7 +121,9 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         };
         if let Some(reply) = answer {
             let inline = reply.inline.as_ref().map(|b| &b[..reply.len]);
-            let run_ticks = start_ticks.map(|t| clock::ticks().wrapping_sub(t));
+            let run_ticks = start_ticks
+                .map(|t| clock::ticks().wrapping_sub(t))
+                .filter(|&t| t < short_run);
             channel.respond(
                 req.seq, reply.kind, reply.len, inline, started_ns, run_ticks,
             );
