@@ -526,7 +526,14 @@ impl<W: Worker> Mediator<W> {
             _ if due => Round::Full,
             Some(i) => Round::Answer(i),
             None if status == CallStatus::Called && self.nothing_to_collect() => Round::Nothing,
-            None => Round::Full,
+            // The awaited call's own answer may have come in between the two looks (it then
+            // made `nothing_to_collect` false): it is still the only thing to read.
+            None => match self.answered_slot(posted) {
+                Some(i) if status == CallStatus::Called && self.nothing_else_to_collect(i) => {
+                    Round::Answer(i)
+                }
+                _ => Round::Full,
+            },
         };
         loop {
             let short = match std::mem::replace(&mut round, Round::Full) {
@@ -582,6 +589,15 @@ impl<W: Worker> Mediator<W> {
             && self.finished.is_empty()
             && !self.refill_due
             && self.pool.as_ref().is_some_and(|p| !p.any_answer())
+    }
+
+    /// Whether nothing but the answer of slot `i`'s worker is to be read: nothing queued,
+    /// finished or due for a refill, and no other worker answered.
+    fn nothing_else_to_collect(&self, i: usize) -> bool {
+        self.queue.is_empty()
+            && self.finished.is_empty()
+            && !self.refill_due
+            && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(i))
     }
 
     /// The slot of the worker that holds a call `posted` there, if it answered.

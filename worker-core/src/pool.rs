@@ -378,9 +378,16 @@ impl Pool {
     /// Whether any busy worker has answered.
     #[inline]
     pub(crate) fn any_answer(&self) -> bool {
+        self.any_answer_but(usize::MAX)
+    }
+
+    /// Whether any busy worker other than slot `but`'s has answered.
+    #[inline]
+    pub(crate) fn any_answer_but(&self, but: usize) -> bool {
         self.slots.iter().enumerate().any(|(i, s)| {
-            s.busy
-                .is_some_and(|b| !b.awaiting_room && self.region.channel(i).answered(b.seq))
+            i != but
+                && s.busy
+                    .is_some_and(|b| !b.awaiting_room && self.region.channel(i).answered(b.seq))
         })
     }
 
