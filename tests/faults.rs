@@ -6,8 +6,7 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::Write;
 use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -392,48 +391,27 @@ fn workers_die_within_two_seconds_of_a_sigkilled_parent() {
     // Orphaned workers are re-parented to us, so that we can reap them.
     // SAFETY: prctl with valid arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-    let mut fds = [0; 2];
-    // SAFETY: a valid array for pipe's two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: the pipe's descriptors, owned from here on.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the test process is single-threaded; the child builds a pool, reports its pids
-    // and sleeps until it is killed.
-    let parent = match unsafe { libc::fork() } {
-        0 => {
-            drop(read);
-            let mut m = FaultyMediator::new("Orphans", Faulty);
-            m.workers(3).fork_server(true);
-            let ids: Vec<_> = (0..3).map(|_| m.sleep_ms(50).unwrap()).collect();
-            for id in ids {
-                m.wait(id, LONG).unwrap();
-            }
-            let mut out = std::fs::File::from(write);
-            for pid in m.pids() {
-                writeln!(out, "{pid}").unwrap();
-            }
-            drop(out);
-            let _running = m.sleep_ms(60_000).unwrap();
-            std::thread::sleep(Duration::from_secs(60));
-            // SAFETY: never reached in the test; leave without destructors.
-            unsafe { libc::_exit(0) }
+    // The child builds a pool, reports its pids and sleeps until it is killed.
+    let (parent, lines) = support::fork_reporting(|mut out| {
+        let mut m = FaultyMediator::new("Orphans", Faulty);
+        m.workers(3).fork_server(true);
+        let ids: Vec<_> = (0..3).map(|_| m.sleep_ms(50).unwrap()).collect();
+        for id in ids {
+            m.wait(id, LONG).unwrap();
         }
-        pid if pid > 0 => pid,
-        _ => panic!("fork failed"),
-    };
-    drop(write);
+        for pid in m.pids() {
+            writeln!(out, "{pid}").unwrap();
+        }
+        drop(out);
+        let _running = m.sleep_ms(60_000).unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        // SAFETY: never reached in the test; leave without destructors.
+        unsafe { libc::_exit(0) }
+    });
     // Exactly three lines: the workers hold the pipe's write end too, so no end of file.
-    let pids: Vec<i32> = BufReader::new(std::fs::File::from(read))
-        .lines()
-        .take(3)
-        .map(|l| l.unwrap().parse().unwrap())
-        .collect();
+    let pids: Vec<i32> = lines.take(3).map(|l| l.unwrap().parse().unwrap()).collect();
     assert_eq!(pids.len(), 3);
-    // SAFETY: killing and reaping our own child.
-    unsafe {
-        libc::kill(parent, libc::SIGKILL);
-        libc::waitpid(parent, std::ptr::null_mut(), 0);
-    }
+    support::kill_and_reap(parent);
     let killed = Instant::now();
     let gone = eventually(Duration::from_secs(2), || {
         // Reap what was re-parented to us; a reaped worker no longer exists.

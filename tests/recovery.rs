@@ -6,8 +6,7 @@ mod support;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::io::Write;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -123,33 +122,19 @@ fn a_suspended_queue_is_completed_by_the_next_run() {
 
 fn every_call_survives_a_sigkilled_parent() {
     app();
-    let mut fds = [0; 2];
-    // SAFETY: a valid array for pipe's two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: the pipe's descriptors, owned from here on.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the test process is single-threaded; the child runs the first program and is
-    // killed in the middle.
-    let parent = match unsafe { libc::fork() } {
-        0 => {
-            drop(read);
-            let mut out = std::fs::File::from(write);
-            writeln!(out, "queued").unwrap();
-            let (mut m, _) = counted_reporting(2, false, Some(out.try_clone().unwrap()));
-            for n in 0..1_000 {
-                m.job(n, 1).unwrap();
-            }
-            writeln!(out, "queued").unwrap();
-            loop {
-                m.poll();
-                std::thread::sleep(Duration::from_millis(1));
-            }
+    // The child runs the first program and is killed in the middle.
+    let (parent, mut lines) = support::fork_reporting(|mut out| {
+        writeln!(out, "queued").unwrap();
+        let (mut m, _) = counted_reporting(2, false, Some(out.try_clone().unwrap()));
+        for n in 0..1_000 {
+            m.job(n, 1).unwrap();
         }
-        pid if pid > 0 => pid,
-        _ => panic!("fork failed"),
-    };
-    drop(write);
-    let mut lines = BufReader::new(std::fs::File::from(read)).lines();
+        writeln!(out, "queued").unwrap();
+        loop {
+            m.poll();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
     assert_eq!(lines.next().unwrap().unwrap(), "queued");
     // Returns delivered while calls were still being queued come first.
     let mut first_run = HashMap::<u64, u32>::new();
@@ -169,11 +154,7 @@ fn every_call_survives_a_sigkilled_parent() {
             break;
         }
     }
-    // SAFETY: killing and reaping our own child.
-    unsafe {
-        libc::kill(parent, libc::SIGKILL);
-        libc::waitpid(parent, std::ptr::null_mut(), 0);
-    }
+    support::kill_and_reap(parent);
     // What it delivered before it died. The pipe ends when its workers, which hold it too,
     // have died with it (parent-death signal).
     for line in lines {
@@ -254,39 +235,22 @@ fn without_recovery_an_old_journal_is_purged() {
 /// the persistent journal forgets the call at once).
 fn a_call_delivered_by_wait_is_not_recovered() {
     app();
-    let mut fds = [0; 2];
-    // SAFETY: a valid array for pipe's two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: the pipe's descriptors, owned from here on.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // SAFETY: the test process is single-threaded; the child is killed while it sleeps.
-    let parent = match unsafe { libc::fork() } {
-        0 => {
-            drop(read);
-            let mut out = std::fs::File::from(write);
-            let mut m = JobsMediator::new("Jobs", Jobs);
-            // The layout of `counted`'s segment, so that the next run reads this journal.
-            m.workers(1).malloc(4 << 20).persist(app()).recover(false);
-            for n in 0..3 {
-                let id = m.job(n, 0).unwrap();
-                assert_eq!(m.wait(id, LONG).unwrap(), n);
-            }
-            writeln!(out, "delivered").unwrap();
-            loop {
-                std::thread::sleep(Duration::from_secs(1));
-            }
+    // The child is killed while it sleeps.
+    let (parent, mut lines) = support::fork_reporting(|mut out| {
+        let mut m = JobsMediator::new("Jobs", Jobs);
+        // The layout of `counted`'s segment, so that the next run reads this journal.
+        m.workers(1).malloc(4 << 20).persist(app()).recover(false);
+        for n in 0..3 {
+            let id = m.job(n, 0).unwrap();
+            assert_eq!(m.wait(id, LONG).unwrap(), n);
         }
-        pid if pid > 0 => pid,
-        _ => panic!("fork failed"),
-    };
-    drop(write);
-    let mut lines = BufReader::new(std::fs::File::from(read)).lines();
+        writeln!(out, "delivered").unwrap();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
     assert_eq!(lines.next().unwrap().unwrap(), "delivered");
-    // SAFETY: killing and reaping our own child.
-    unsafe {
-        libc::kill(parent, libc::SIGKILL);
-        libc::waitpid(parent, std::ptr::null_mut(), 0);
-    }
+    support::kill_and_reap(parent);
     // Its worker dies with it (parent-death signal), closing the pipe.
     assert!(lines.next().is_none());
     let (mut m, (done, _)) = counted(1, true);

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,4 +265,50 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(2));
     }
     cond()
+}
+
+/// Forks a child of this single-threaded test process that runs `body` with the write end of
+/// a pipe (and leaves, without destructors, if `body` returns); returns the child's pid and
+/// the lines it writes.
+pub fn fork_reporting(
+    body: impl FnOnce(std::fs::File),
+) -> (i32, std::io::Lines<std::io::BufReader<std::fs::File>>) {
+    use std::io::BufRead;
+    let (read, write) = pipe();
+    // SAFETY: the test process is single-threaded (see the module's doc), so the child may
+    // run anything; it never returns into the test.
+    match unsafe { libc::fork() } {
+        0 => {
+            drop(read);
+            body(std::fs::File::from(write));
+            // SAFETY: leaving the child without running the test's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        pid if pid > 0 => {
+            drop(write);
+            (
+                pid,
+                std::io::BufReader::new(std::fs::File::from(read)).lines(),
+            )
+        }
+        _ => panic!("fork failed"),
+    }
+}
+
+/// A pipe: its read end and its write end.
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: a valid array for pipe's two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the pipe's descriptors, owned from here on.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Kills our child `pid` with SIGKILL and reaps it.
+pub fn kill_and_reap(pid: i32) {
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
 }
