@@ -1271,6 +1271,11 @@ impl<W: Worker> Mediator<W> {
         if self.on_return.is_some() {
             return None;
         }
+        // `wait` settled on entry; this keeps a second delivery from dropping the first's
+        // bookkeeping should that ever change.
+        if self.delivered.is_some() {
+            self.settle();
+        }
         let pool = self.pool.as_mut()?;
         let busy = pool.slots[i].busy.filter(|b| b.call == id.raw())?;
         let answer = pool.region.channel(i).answer(busy.seq)?;
