@@ -419,8 +419,7 @@ impl Channel {
             let kind = r.kind.load(Ordering::Relaxed);
             let ret_len = r.ret_len.load(Ordering::Relaxed);
             let started_ns = r.started_ns.load(Ordering::Relaxed);
-            let valid =
-                r.check.load(Ordering::Relaxed) == checksum(&[seq as u64, kind as u64, ret_len]);
+            let valid = r.check.load(Ordering::Relaxed) == answer_check(seq, kind, ret_len);
             let inline =
                 (valid && kind & RET_INLINE != 0 && ret_len as usize <= INLINE_RET).then(|| {
                     unpack([
@@ -561,12 +560,15 @@ impl Channel {
         r.kind.store(kind, Ordering::Relaxed);
         r.ret_len.store(ret_len as u64, Ordering::Relaxed);
         r.finished_ns.store(finished, Ordering::Relaxed);
-        r.check.store(
-            checksum(&[seq as u64, kind as u64, ret_len as u64]),
-            Ordering::Relaxed,
-        );
+        r.check
+            .store(answer_check(seq, kind, ret_len as u64), Ordering::Relaxed);
         r.seq.store(seq, Ordering::SeqCst);
     }
+}
+
+/// The checksum of an answer line's control words.
+fn answer_check(seq: u32, kind: u32, ret_len: u64) -> u64 {
+    checksum(&[seq as u64, kind as u64, ret_len])
 }
 
 /// The checksum of a request line's words.

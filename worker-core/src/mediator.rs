@@ -37,7 +37,7 @@ const MIN_RET: usize = 256;
 /// How long `submit` waits for running calls to free shared memory before giving up.
 const SPACE_WAIT: Duration = Duration::from_secs(30);
 /// The longest `wait` goes without a full collection while answers keep coming (see
-/// `Mediator::nothing_to_collect`).
+/// `Mediator::nothing_else_to_collect`).
 const FULL_EVERY: Duration = Duration::from_millis(1);
 /// How many times a call is requeued after its worker died before starting it.
 pub const MAX_REQUEUES: u32 = 3;
@@ -125,8 +125,9 @@ pub struct Mediator<W: Worker> {
 
 /// A call `wait` delivered through its short path, with what its bookkeeping still needs:
 /// its record to drop (the views of the mediator already treat it as gone), its times for
-/// the statistics, its journal entry and blocks to free, and its worker's wear to check. The bookkeeping is done by [`Mediator::settle`], after the
-/// next call is posted (its worker runs meanwhile) or before anything else looks at the pool.
+/// the statistics, its journal entry and blocks to free, and its worker's wear to check. The
+/// bookkeeping is done by [`Mediator::settle`], after the next call is posted (its worker runs
+/// meanwhile) or before anything else looks at the pool.
 struct Delivered {
     id: u64,
     slot: usize,
@@ -418,8 +419,10 @@ impl<W: Worker> Mediator<W> {
 
     /// Calls queued or running.
     pub fn pending(&self) -> usize {
-        let delivered = usize::from(self.delivered.is_some());
-        (self.calls.values().filter(|r| !r.status.is_final()).count()).saturating_sub(delivered)
+        self.calls
+            .values()
+            .filter(|r| !r.status.is_final() && !self.is_delivered(r.id))
+            .count()
     }
 
     /// The process ids of the live workers.
@@ -522,18 +525,17 @@ impl<W: Worker> Mediator<W> {
         let due = self
             .collected_at
             .is_none_or(|t| now >= t + FULL_EVERY.as_nanos() as u64);
+        // The awaited call's own answer is not "something else": if it comes in between the
+        // two looks, the spin that follows `Nothing` sees it at once.
         let mut round = match self.answered_slot(posted) {
             _ if due => Round::Full,
             Some(i) => Round::Answer(i),
-            None if status == CallStatus::Called && self.nothing_to_collect() => Round::Nothing,
-            // The awaited call's own answer may have come in between the two looks (it then
-            // made `nothing_to_collect` false): it is still the only thing to read.
-            None => match self.answered_slot(posted) {
-                Some(i) if status == CallStatus::Called && self.nothing_else_to_collect(i) => {
-                    Round::Answer(i)
-                }
-                _ => Round::Full,
-            },
+            None if status == CallStatus::Called
+                && self.nothing_else_to_collect(posted.map(|(i, _)| i)) =>
+            {
+                Round::Nothing
+            }
+            None => Round::Full,
         };
         loop {
             let short = match std::mem::replace(&mut round, Round::Full) {
@@ -582,22 +584,14 @@ impl<W: Worker> Mediator<W> {
         }
     }
 
-    /// Whether `wait` may skip its first collection: no worker answered, and nothing is
-    /// queued, finished or due for a refill.
-    fn nothing_to_collect(&self) -> bool {
+    /// Whether `wait` may skip its first collection: nothing is queued, finished or due for a
+    /// refill, and no worker answered but the one in slot `mine` (the awaited call's, if it
+    /// was posted).
+    fn nothing_else_to_collect(&self, mine: Option<usize>) -> bool {
         self.queue.is_empty()
             && self.finished.is_empty()
             && !self.refill_due
-            && self.pool.as_ref().is_some_and(|p| !p.any_answer())
-    }
-
-    /// Whether nothing but the answer of slot `i`'s worker is to be read: nothing queued,
-    /// finished or due for a refill, and no other worker answered.
-    fn nothing_else_to_collect(&self, i: usize) -> bool {
-        self.queue.is_empty()
-            && self.finished.is_empty()
-            && !self.refill_due
-            && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(i))
+            && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(mine))
     }
 
     /// The slot of the worker that holds a call `posted` there, if it answered.
@@ -874,12 +868,19 @@ impl<W: Worker> Mediator<W> {
     /// when that would fork a worker first, which it does for an empty slot unless the
     /// strategy is lazy.
     fn ready_slot(&self) -> Option<usize> {
-        let pool = self.pool.as_ref()?;
-        let live = &pool.slots[..self.config.workers.min(pool.slots.len())];
-        if self.config.strategy != ForkStrategy::Lazy && live.iter().any(|s| s.child.is_none()) {
+        if self.config.strategy != ForkStrategy::Lazy && self.empty_slot().is_some() {
             return None;
         }
-        (0..live.len()).find(|&i| live[i].is_idle() && !pool.is_worn(i, None))
+        let pool = self.pool.as_ref()?;
+        let workers = self.config.workers.min(pool.slots.len());
+        (0..workers).find(|&i| pool.slots[i].is_idle() && !pool.is_worn(i, None))
+    }
+
+    /// The first of the configured slots with no worker, if any.
+    fn empty_slot(&self) -> Option<usize> {
+        let pool = self.pool.as_ref()?;
+        let workers = self.config.workers.min(pool.slots.len());
+        (0..workers).find(|&i| pool.slots[i].child.is_none())
     }
 
     /// Warns, once per method, about a payload larger than 1/50 of the allocation.
@@ -893,7 +894,7 @@ impl<W: Worker> Mediator<W> {
     #[cold]
     fn warn_large(&mut self, method: u32, len: usize, allocation: usize) {
         let m = method as usize;
-        if len > allocation / 50 && !self.warned_large[m] {
+        if !self.warned_large[m] {
             self.warned_large[m] = true;
             let suggested = (len * 50).div_ceil(1 << 20);
             log::warn!(target: &self.alias,
@@ -1062,12 +1063,7 @@ impl<W: Worker> Mediator<W> {
             return;
         }
         // A worker to fork first takes long enough to make the reading stale.
-        if now.is_some()
-            && self.pool.as_ref().is_some_and(|p| {
-                let workers = self.config.workers.min(p.slots.len());
-                p.slots[..workers].iter().any(|s| s.child.is_none())
-            })
-        {
+        if now.is_some() && self.empty_slot().is_some() {
             now = None;
         }
         if self.config.strategy != ForkStrategy::Lazy {
@@ -1104,7 +1100,7 @@ impl<W: Worker> Mediator<W> {
         if let Some(i) = (0..workers).find(|&i| pool.slots[i].is_idle()) {
             return Some(i);
         }
-        let empty = (0..workers).find(|&i| pool.slots[i].child.is_none())?;
+        let empty = self.empty_slot()?;
         self.spawn(empty).then_some(empty)
     }
 
@@ -1350,11 +1346,15 @@ impl<W: Worker> Mediator<W> {
         self.retire_if_worn(d.slot, None);
     }
 
-    /// The record of call `id`, unless it was delivered (see [`Delivered`]).
+    /// Whether call `id` was delivered and only its bookkeeping is due (see [`Delivered`]):
+    /// the mediator's views treat it as gone.
+    fn is_delivered(&self, id: u64) -> bool {
+        self.delivered.as_ref().is_some_and(|d| d.id == id)
+    }
+
+    /// The record of call `id`, unless it was delivered.
     fn record(&self, id: u64) -> Option<&CallRecord> {
-        self.calls
-            .get(&id)
-            .filter(|_| self.delivered.as_ref().is_none_or(|d| d.id != id))
+        self.calls.get(&id).filter(|_| !self.is_delivered(id))
     }
 
     /// The short collection, after the answer of slot `i`'s worker woke us: that answer,

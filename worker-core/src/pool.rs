@@ -275,6 +275,11 @@ impl Pool {
             .post(seq, kind, method, args, ret, crowded)
     }
 
+    /// Asks slot `i`'s worker to exit; returns the request's sequence number.
+    fn post_exit(&mut self, i: usize) -> u32 {
+        self.post_request(i, Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false)
+    }
+
     /// Whether a worker other than slot `i`'s holds a call that is not itself waiting for
     /// room: when it is done, room may be freed.
     pub(crate) fn others_running(&self, i: usize) -> bool {
@@ -358,7 +363,7 @@ impl Pool {
     /// [`EXIT_LIMIT`] is killed.
     pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
         if let Some(mut child) = self.slots[i].child.take() {
-            let seq = self.post_request(i, Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
+            let seq = self.post_exit(i);
             let channel = self.region.channel(i);
             let deadline = Instant::now() + EXIT_LIMIT;
             if !(self.spin && channel::spin_until(|| channel.answered(seq))) {
@@ -378,14 +383,14 @@ impl Pool {
     /// Whether any busy worker has answered.
     #[inline]
     pub(crate) fn any_answer(&self) -> bool {
-        self.any_answer_but(usize::MAX)
+        self.any_answer_but(None)
     }
 
-    /// Whether any busy worker other than slot `but`'s has answered.
+    /// Whether any busy worker other than slot `but`'s, if given, has answered.
     #[inline]
-    pub(crate) fn any_answer_but(&self, but: usize) -> bool {
+    pub(crate) fn any_answer_but(&self, but: Option<usize>) -> bool {
         self.slots.iter().enumerate().any(|(i, s)| {
-            i != but
+            Some(i) != but
                 && s.busy
                     .is_some_and(|b| !b.awaiting_room && self.region.channel(i).answered(b.seq))
         })
@@ -466,7 +471,7 @@ impl Pool {
     pub(crate) fn stop_workers(&mut self) {
         for i in 0..self.slots.len() {
             if self.slots[i].child.is_some() {
-                self.post_request(i, Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false);
+                self.post_exit(i);
             }
         }
         let deadline = Instant::now() + EXIT_LIMIT;
