@@ -190,6 +190,18 @@ fn start_daemon(plan: Plan, recover: bool) -> i32 {
     }
 }
 
+/// A daemon run that only recovers the queue an earlier run left and stops when it is done.
+fn start_recovery() -> i32 {
+    start_daemon(
+        Plan::Queue {
+            n: 0,
+            ms: 0,
+            stop_when_done: true,
+        },
+        true,
+    )
+}
+
 fn wait_exit(pid: i32) -> i32 {
     let mut status = 0;
     let end = Instant::now() + LONG;
@@ -286,14 +298,7 @@ fn sigterm_keeps_queued_calls_and_recovery_completes_all_100() {
         "{}",
         read(&paths().log)
     );
-    let pid = start_daemon(
-        Plan::Queue {
-            n: 0,
-            ms: 0,
-            stop_when_done: true,
-        },
-        true,
-    );
+    let pid = start_recovery();
     assert_eq!(wait_exit(pid), 0);
     let all = report_counts();
     assert_eq!(all.len(), 100, "every call completed across the two runs");
@@ -315,20 +320,11 @@ fn a_sigkilled_daemon_loses_none_of_1000_calls() {
         false,
     );
     assert!(eventually(LONG, || report_counts().len() >= 100));
-    signal(pid, libc::SIGKILL);
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    support::kill_and_reap(pid);
     let first = report_counts();
     assert!(first.len() < 1_000, "killed before the queue drained");
     // Its workers die with it; the lock is free again once they are gone.
-    let pid = start_daemon(
-        Plan::Queue {
-            n: 0,
-            ms: 0,
-            stop_when_done: true,
-        },
-        true,
-    );
+    let pid = start_recovery();
     assert_eq!(wait_exit(pid), 0, "{}", read(&paths().report));
     let all = report_counts();
     let lost: Vec<u64> = (0..1_000).filter(|n| !all.contains_key(n)).collect();

@@ -308,7 +308,7 @@ pub fn pipe() -> (OwnedFd, OwnedFd) {
 pub fn kill_and_reap(pid: i32) {
     // SAFETY: killing and reaping our own child.
     unsafe {
-        libc::kill(pid, libc::SIGKILL);
+        assert_eq!(libc::kill(pid, libc::SIGKILL), 0, "kill({pid})");
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
 }
