@@ -663,6 +663,11 @@ fn row(measure: impl Into<String>, ours: String, theirs: String, ratio: String) 
     }
 }
 
+/// A row with forkworker's figure alone: no floor or peer, no ratio.
+fn figure(measure: impl Into<String>, ours: String) -> Row {
+    row(measure, ours, "-".into(), "-".into())
+}
+
 impl Row {
     fn target(mut self, target: &str, met: bool) -> Row {
         self.target = target.into();
@@ -1198,39 +1203,31 @@ fn main() {
     let tl_max = faults.timeout_late.iter().copied().fold(0.0, f64::max);
     let cl_max = faults.crash_late.iter().copied().fold(0.0, f64::max);
     rows.push(
-        row(
+        figure(
             format!(
                 "timeout ({} ms): deadline to on_timeout, median (max)",
                 cfg.timeout.as_millis()
             ),
             format!("{} ({})", fmt_time(tl), fmt_time(tl_max)),
-            "-".into(),
-            "-".into(),
         )
         .target("<= 5 ms", tl_max <= ms5),
     );
-    rows.push(row(
+    rows.push(figure(
         "after a timeout: its report to the first return of the replacement worker",
         fmt_time(rp),
-        "-".into(),
-        "-".into(),
     ));
     rows.push(
-        row(
+        figure(
             "crash (abort in the method) to wait's CallError::Crashed, median (max)",
             format!("{} ({})", fmt_time(cl), fmt_time(cl_max)),
-            "-".into(),
-            "-".into(),
         )
         .target("<= 5 ms", cl_max <= ms5),
     );
-    rows.push(row(
+    rows.push(figure(
         "parent RSS added by starting a 1-worker pool (default malloc 8 MiB, pre-faulted)",
         fmt_bytes(memory.parent_delta_kib as f64 * 1024.0),
-        "-".into(),
-        "-".into(),
     ));
-    rows.push(row(
+    rows.push(figure(
         "idle worker RSS after one call (VmRSS; anon + shmem)",
         format!(
             "{} ({} + {})",
@@ -1238,8 +1235,6 @@ fn main() {
             fmt_bytes(memory.worker_anon_kib as f64 * 1024.0),
             fmt_bytes(memory.worker_shmem_kib as f64 * 1024.0)
         ),
-        "-".into(),
-        "-".into(),
     ));
     for (what, q) in [("noop()", queue_noop), ("echo(1000 B)", queue_1k)] {
         let failed = if q.too_large > 0 {
@@ -1250,24 +1245,20 @@ fn main() {
         } else {
             String::new()
         };
-        rows.push(row(
+        rows.push(figure(
             format!(
                 "shared memory per queued {what}: 64 KiB malloc / {} calls queued{failed}",
                 q.fitted
             ),
             fmt_bytes(q.per_call),
-            "-".into(),
-            "-".into(),
         ));
     }
-    rows.push(row(
+    rows.push(figure(
         format!(
             "parent RSS growth per pending call ({} calls submitted before collecting)",
             cfg.tp_calls
         ),
         fmt_bytes(heap_per_call),
-        "-".into(),
-        "-".into(),
     ));
 
     println!();
