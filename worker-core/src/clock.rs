@@ -36,6 +36,21 @@ struct Source {
     tsc: bool,
     /// Nanoseconds per tick.
     rate: f64,
+    /// `rate` in fixed point (see [`per_tick`]).
+    mult: u64,
+}
+
+/// A rate in nanoseconds per tick as a 32.32 fixed-point multiplier: converting ticks to
+/// nanoseconds is then one integer multiplication (with floating point, the conversions
+/// from and to `u64` cost about twenty instructions each way, on every clock reading).
+fn per_tick(rate: f64) -> u64 {
+    (rate * (1u64 << 32) as f64) as u64
+}
+
+/// `ticks` at `mult` nanoseconds per tick (32.32 fixed point), saturating.
+#[inline]
+fn scale(ticks: u64, mult: u64) -> u64 {
+    u64::try_from((ticks as u128 * mult as u128) >> 32).unwrap_or(u64::MAX)
 }
 
 /// The process's tick source, decided and calibrated at the first use. A forked worker
@@ -43,10 +58,15 @@ struct Source {
 fn source() -> Source {
     static SOURCE: OnceLock<Source> = OnceLock::new();
     *SOURCE.get_or_init(|| match tsc_keeps_time().then(measure_rate).flatten() {
-        Some(rate) => Source { tsc: true, rate },
+        Some(rate) => Source {
+            tsc: true,
+            rate,
+            mult: per_tick(rate),
+        },
         None => Source {
             tsc: false,
             rate: 1.0,
+            mult: per_tick(1.0),
         },
     })
 }
@@ -131,7 +151,7 @@ pub(crate) fn ticks_in(ns: u64) -> u64 {
 /// The nanoseconds of a span of `ticks`, for spans short enough that the calibrated rate is
 /// exact to within a few nanoseconds (up to a millisecond or so).
 pub(crate) fn span_ns(ticks: u64) -> u64 {
-    (ticks as f64 * source().rate) as u64
+    scale(ticks, source().mult)
 }
 
 /// A process's view of CLOCK_MONOTONIC through the counter: readings cost a counter read, and
@@ -144,6 +164,8 @@ pub(crate) struct Clock {
     base_ns: u64,
     /// Nanoseconds per tick, refined at each re-anchoring over the span since the last.
     rate: f64,
+    /// `rate` in fixed point (see [`per_tick`]).
+    mult: u64,
     /// Ticks after `base_ticks` at which to re-anchor.
     span: u64,
 }
@@ -168,6 +190,7 @@ impl Clock {
             base_ticks: t,
             base_ns: ns,
             rate: s.rate,
+            mult: s.mult,
             span: (FIRST_REANCHOR_NS as f64 / s.rate) as u64,
         }
     }
@@ -187,13 +210,14 @@ impl Clock {
                 (ns.saturating_sub(self.base_ns)) as f64 / t.wrapping_sub(self.base_ticks) as f64;
             if gap < 2_000 && (rate - self.rate).abs() < self.rate / 10.0 {
                 self.rate = rate;
+                self.mult = per_tick(rate);
                 self.span = (self.span * 2).min(ticks_in(REANCHOR_NS));
             }
             self.base_ticks = t;
             self.base_ns = ns;
             return ns;
         }
-        self.base_ns + (since as f64 * self.rate) as u64
+        self.base_ns + scale(since, self.mult)
     }
 }
 
@@ -228,6 +252,7 @@ mod tests {
         let mut clock = Clock::with(Source {
             tsc: false,
             rate: 1.0,
+            mult: per_tick(1.0),
         });
         let mut last = 0;
         for _ in 0..1_000 {
@@ -237,6 +262,23 @@ mod tests {
             assert!(a <= c && c <= b && c >= last);
             last = c;
         }
+    }
+
+    #[test]
+    fn fixed_point_conversion_matches_floating_point() {
+        for rate in [0.05, 0.333_333_3, 0.408_163_265, 1.0, 19.9] {
+            let mult = per_tick(rate);
+            for ticks in [0u64, 1, 999, 123_456_789, 10_000_000_000] {
+                let exact = ticks as f64 * rate;
+                let fixed = scale(ticks, mult) as f64;
+                // Truncation, plus the multiplier's own rounding (2^-32 ns per tick).
+                assert!(
+                    (exact - fixed).abs() <= 1.0 + ticks as f64 / 4e9,
+                    "{rate} {ticks}"
+                );
+            }
+        }
+        assert_eq!(scale(u64::MAX, per_tick(19.9)), u64::MAX, "saturates");
     }
 
     #[test]
