@@ -826,17 +826,20 @@ impl<W: Worker> Mediator<W> {
         }
         // One clock read for the call's creation and its hand-over, if it was handed over.
         let now = pool.clock.now_ns();
-        let journal = pool.region.entry(entry);
         let mut timings = Timings::default();
         timings.enter(CallStatus::Uncalled, now);
         let mut status = CallStatus::Uncalled;
-        match posted {
-            Some(posted) => {
-                journal.write_posted_call(id, method, (block.offset, args_len), posted);
-                timings.enter(CallStatus::Called, now);
-                status = CallStatus::Called;
+        if posted.is_some() {
+            timings.enter(CallStatus::Called, now);
+            status = CallStatus::Called;
+        }
+        if let Some(journal) = pool.journal(entry) {
+            match posted {
+                Some(posted) => {
+                    journal.write_posted_call(id, method, (block.offset, args_len), posted)
+                }
+                None => journal.write_call(id, method, 0, (block.offset, args_len)),
             }
-            None => journal.write_call(id, method, 0, (block.offset, args_len)),
         }
         self.calls.insert(
             id,
@@ -1112,9 +1115,9 @@ impl<W: Worker> Mediator<W> {
         let seq = self.post_block(i, id, method, block, args_len, None);
         let pool = self.pool.as_ref().expect("started");
         let record = self.calls.get_mut(&id).expect("queued calls have records");
-        pool.region
-            .entry(record.entry)
-            .write_progress(journal::PENDING, Some((i, seq)), None);
+        if let Some(journal) = pool.journal(record.entry) {
+            journal.write_progress(journal::PENDING, Some((i, seq)), None);
+        }
         record.pid = pool.slots[i].pid();
         record.posted = Some((i, seq));
         record.set_status(CallStatus::Called, now.unwrap_or_else(clock::now_ns));
@@ -1182,8 +1185,8 @@ impl<W: Worker> Mediator<W> {
         } else {
             record.error = Some(Box::new(error(Self::method_name(record.method))));
             // A failed call is final: a restarted program must not run it again.
-            if let Some(pool) = self.pool.as_ref() {
-                pool.region.entry(record.entry).clear();
+            if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
+                journal.clear();
             }
         }
         self.finished.push(id);
@@ -1301,8 +1304,8 @@ impl<W: Worker> Mediator<W> {
         // The rest waits for the next post (see `settle`); the block stays allocated until
         // then, and the decoded value no longer needs it. A persistent journal forgets the
         // call now, so that a parent killed before that does not run it again at recovery.
-        if self.config.persist.is_some() {
-            pool.region.entry(entry).clear();
+        if let Some(journal) = pool.journal(entry) {
+            journal.clear();
         }
         self.delivered = Some(Delivered {
             id: id.raw(),
@@ -1419,11 +1422,9 @@ impl<W: Worker> Mediator<W> {
                     }
                 }
                 record.ret = Some((busy.ret.0, len));
-                pool.region.entry(record.entry).write_progress(
-                    journal::RETURNED,
-                    record.posted,
-                    record.ret,
-                );
+                if let Some(journal) = pool.journal(record.entry) {
+                    journal.write_progress(journal::RETURNED, record.posted, record.ret);
+                }
                 // Give back what the reservation did not use.
                 if let Some(rb) = record.ret_block {
                     record.block = pool.arena.shrink(record.block, record.args_len);
@@ -1614,8 +1615,8 @@ impl<W: Worker> Mediator<W> {
         record.posted = None;
         record.pid = None;
         record.timings.enter(CallStatus::Uncalled, clock::now_ns());
-        if let Some(pool) = self.pool.as_ref() {
-            pool.region.entry(record.entry).write_call(
+        if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
+            journal.write_call(
                 id,
                 record.method,
                 record.retries,
@@ -1894,8 +1895,8 @@ impl<W: Worker> Mediator<W> {
             pool.arena.free(block);
         }
         record.retries += 1;
-        if let Some(pool) = self.pool.as_ref() {
-            pool.region.entry(record.entry).write_call(
+        if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
+            journal.write_call(
                 id,
                 record.method,
                 record.retries,
@@ -1927,7 +1928,9 @@ impl<W: Worker> Mediator<W> {
     /// Frees a call's journal entry and payload blocks.
     fn free_call(&mut self, entry: usize, block: Block, ret_block: Option<Block>) {
         if let Some(pool) = self.pool.as_mut() {
-            pool.region.entry(entry).clear();
+            if let Some(journal) = pool.journal(entry) {
+                journal.clear();
+            }
             self.free_entries.push(entry);
             pool.arena.free(block);
             if let Some(b) = ret_block {

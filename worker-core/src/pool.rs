@@ -19,6 +19,7 @@ use crate::clock::{self, Clock};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind};
 use crate::fork_server::ForkServer;
+use crate::journal::Entry;
 use crate::process::{self, Child};
 use crate::shm::{Found, Region};
 use crate::worker::Worker;
@@ -92,6 +93,8 @@ pub(crate) struct Pool {
     /// Whether forking with several threads alive was warned about.
     warned_threads: bool,
     alias: String,
+    /// Whether calls are written to the journal (see [`Pool::journal`]).
+    journaled: bool,
 }
 
 /// The time left until `wake`, for a poll; `None` (no limit) for none.
@@ -174,6 +177,7 @@ impl Pool {
             clock: Clock::new(),
             warned_threads: false,
             alias: alias.to_owned(),
+            journaled: config.persist.is_some(),
         };
         Ok((pool, matching))
     }
@@ -225,6 +229,14 @@ impl Pool {
             req_seq: start_seq,
         };
         Ok(pid)
+    }
+
+    /// Journal entry `i`, if this pool keeps a journal: only a persistent pool's journal is
+    /// ever read (by the next run's recovery), so the others write none (about 50
+    /// instructions less per call, callgrind).
+    #[inline]
+    pub(crate) fn journal(&self, i: usize) -> Option<&Entry> {
+        self.journaled.then(|| self.region.entry(i))
     }
 
     /// How many workers hold a call.
