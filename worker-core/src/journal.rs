@@ -1,6 +1,7 @@
-//! The call journal: one entry in shared memory per call the mediator holds, so that a
-//! program restarted after a crash (even SIGKILL) finds every call that was queued, running,
-//! or returned but not yet delivered, and completes it.
+//! The call journal: one entry in shared memory per call a persistent mediator holds, so that
+//! a program restarted after a crash (even SIGKILL) finds every call that was queued, running,
+//! or returned but not yet delivered, and completes it. A mediator that is not persistent is
+//! never recovered and writes no entries (see `Pool::journal`).
 //!
 //! Only the parent writes entries. Each entry has two parts with a checksum each: the call
 //! itself (id, method, where its arguments are, retries), written when the call is made or
