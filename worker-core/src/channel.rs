@@ -359,7 +359,7 @@ impl Channel {
 
     /// Parent: posts request number `seq` (one more than the last, which the caller keeps: a
     /// read of the request line here would fetch it back from the worker spinning on it, one
-    /// more line crossing per call) and wakes the worker if it sleeps. Returns `seq`.
+    /// more line crossing per call) and wakes the worker if it sleeps.
     pub(crate) fn post(
         &self,
         seq: u32,
@@ -368,7 +368,7 @@ impl Channel {
         args: ArgsAt<'_>,
         ret: (usize, usize),
         crowded: bool,
-    ) -> u32 {
+    ) {
         let r = &self.req;
         let kind = kind as u32 | if crowded { CROWDED } else { 0 };
         let (args_at, words) = match args {
@@ -402,7 +402,6 @@ impl Channel {
         if self.resp.sleeping.load(Ordering::SeqCst) != 0 {
             futex_wake(&r.seq);
         }
-        seq
     }
 
     /// Parent: whether the worker answered request `seq`.
@@ -682,8 +681,9 @@ mod tests {
     #[test]
     fn a_request_and_its_answer_cross_with_their_flags() {
         let c = channel();
-        let seq = c.post(
-            1,
+        let seq = 1;
+        c.post(
+            seq,
             Request::Call,
             3,
             ArgsAt::Inline(&[1, 2, 3]),
@@ -703,8 +703,9 @@ mod tests {
         assert!(a.ran.started_ns.is_none());
         assert!(matches!(a.ran.finished, Finished::AfterTicks(10)));
 
-        let seq = c.post(
-            2,
+        let seq = 2;
+        c.post(
+            seq,
             Request::Call,
             1,
             ArgsAt::Block(4096, 100),

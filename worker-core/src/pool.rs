@@ -284,7 +284,8 @@ impl Pool {
         self.slots[i].req_seq = seq;
         self.region
             .channel(i)
-            .post(seq, kind, method, args, ret, crowded)
+            .post(seq, kind, method, args, ret, crowded);
+        seq
     }
 
     /// Asks slot `i`'s worker to exit; returns the request's sequence number.
