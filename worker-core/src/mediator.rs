@@ -134,8 +134,6 @@ struct Delivered {
     method: u32,
     /// When the worker ran it.
     ran: Ran,
-    /// The length of its return value.
-    ret_len: usize,
     /// Its journal entry and block, unless the next call took them over (see
     /// [`Mediator::call_room`]).
     held: Option<(usize, Block)>,
@@ -781,7 +779,8 @@ impl<W: Worker> Mediator<W> {
             source,
         };
         // Small arguments are encoded once, on the stack: they travel in the request's line
-        // and are copied into the block (for the journal) once the call is posted.
+        // and are copied into the block (for the journal, and for posting the call again if
+        // its worker dies before starting it) once the call is posted.
         let mut small = [0u8; channel::INLINE_ARGS];
         let inline_len = wire::encode_into(args, &mut small).map_err(wire_err)?;
         let args_len = match inline_len {
@@ -805,8 +804,9 @@ impl<W: Worker> Mediator<W> {
         let id = self.next_id;
         self.next_id += 1;
         // With nothing queued before it and a worker idle, the call goes out at once, before
-        // the bookkeeping below: the worker runs it meanwhile. (The call is in the journal
-        // before this function returns, which is when the caller can count on it.)
+        // the bookkeeping below: the worker runs it meanwhile. (A persistent mediator's call is
+        // in the journal before this function returns, which is when the caller can count on
+        // it.)
         let slot = if self.queue.is_empty() {
             self.ready_slot()
         } else {
@@ -920,7 +920,7 @@ impl<W: Worker> Mediator<W> {
             && (needed..=needed * 4).contains(&block.len)
         {
             // A persistent mediator's entry was freed when the call was delivered (see
-            // `take_returned`); no one reads another mediator's journal.
+            // `take_returned`); no other mediator writes one (see `Pool::journal`).
             d.held = None;
             return Ok((entry, block));
         }
@@ -1138,7 +1138,8 @@ impl<W: Worker> Mediator<W> {
         let pool = self.pool.as_mut().expect("started");
         let (offset, len) = (block.offset, args_len);
         // Small arguments ride in the request's cache line: the worker then never reads the
-        // block, which stays in this process's cache. The block keeps them for the journal.
+        // block, which stays in this process's cache. The block keeps them for the journal
+        // and for a requeue.
         let mut small = [0u8; channel::INLINE_ARGS];
         let args = match inline {
             Some(bytes) => ArgsAt::Inline(bytes),
@@ -1192,15 +1193,17 @@ impl<W: Worker> Mediator<W> {
         self.finished.push(id);
     }
 
-    /// Slot `i`'s worker returned a `len`-byte value of `method`: the slot is free again and
-    /// the method's next return reservation follows this one. (The caller warns about a large
-    /// value.)
+    /// Slot `i`'s worker returned a `len`-byte value of `method`: the slot is free again, the
+    /// method's next return reservation follows this one, and a large value is warned about.
     fn slot_returned(&mut self, i: usize, method: u32, len: usize) {
         self.ret_hints[method as usize] = len.max(MIN_RET);
         self.start_failures = 0;
-        if let Some(pool) = self.pool.as_mut() {
-            pool.slots[i].busy = None;
-        }
+        let Some(pool) = self.pool.as_mut() else {
+            return;
+        };
+        pool.slots[i].busy = None;
+        let allocation = pool.arena.size();
+        self.warn_if_large(method, len, allocation);
     }
 
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
@@ -1289,9 +1292,8 @@ impl<W: Worker> Mediator<W> {
         for _ in 0..pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
+        self.slot_returned(i, method, len);
         let pool = self.pool.as_mut().expect("started");
-        pool.slots[i].busy = None;
-        self.start_failures = 0;
         let decoded = match &answer.inline {
             Some(bytes) => id.decode(&bytes[..len]),
             // SAFETY: the worker answered: it no longer writes the block.
@@ -1302,7 +1304,7 @@ impl<W: Worker> Mediator<W> {
             source,
         });
         // The rest waits for the next post (see `settle`); the block stays allocated until
-        // then, and the decoded value no longer needs it. A persistent journal forgets the
+        // then (the worker is done with it), and the decoded value no longer needs it. A persistent journal forgets the
         // call now, so that a parent killed before that does not run it again at recovery.
         if let Some(journal) = pool.journal(entry) {
             journal.clear();
@@ -1312,7 +1314,6 @@ impl<W: Worker> Mediator<W> {
             slot: i,
             method,
             ran: answer.ran,
-            ret_len: len,
             held: Some((entry, block)),
             ret_block,
         });
@@ -1339,10 +1340,6 @@ impl<W: Worker> Mediator<W> {
         {
             record_times(&mut self.timing, d.method, times);
         }
-        let len = d.ret_len;
-        self.ret_hints[d.method as usize] = len.max(MIN_RET);
-        let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
-        self.warn_if_large(d.method, len, allocation);
         if let Some((entry, block)) = d.held {
             self.free_call(entry, block, d.ret_block);
         }
@@ -1432,9 +1429,7 @@ impl<W: Worker> Mediator<W> {
                 } else {
                     record.block = pool.arena.shrink(record.block, record.args_len + len);
                 }
-                let allocation = pool.arena.size();
                 self.slot_returned(i, method, len);
-                self.warn_if_large(method, len, allocation);
                 self.finish(busy.call, CallStatus::Returned, finished, |_| {
                     unreachable!("a returned call has no error")
                 });
