@@ -25,6 +25,26 @@ impl Block {
     }
 }
 
+/// A range of the payload area: `len` bytes at `offset`. Unlike a [`Block`] it is not an
+/// allocation of its own but a part of one: a call's arguments, its return reservation, its
+/// return value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    pub(crate) offset: usize,
+    pub(crate) len: usize,
+}
+
+impl Span {
+    pub(crate) fn new(offset: usize, len: usize) -> Span {
+        Span { offset, len }
+    }
+
+    /// The first `len` bytes of this span, or all of it if it is shorter.
+    pub(crate) fn prefix(self, len: usize) -> Span {
+        Span::new(self.offset, len.min(self.len))
+    }
+}
+
 /// The parent's allocator over a payload area of a fixed size.
 #[derive(Debug)]
 pub(crate) struct Arena {

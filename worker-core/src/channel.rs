@@ -56,7 +56,7 @@ pub(crate) enum Response {
 }
 
 impl Response {
-    pub(crate) fn from_u32(v: u32) -> Option<Response> {
+    fn from_u32(v: u32) -> Option<Response> {
         [
             Response::Returned,
             Response::NeedSpace,
@@ -266,7 +266,9 @@ pub(crate) const fn checksum(words: &[u64]) -> u64 {
 /// An answer as the parent reads it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Answer {
-    pub(crate) kind: u32,
+    /// The kind word as the worker wrote it, flags removed: a [`Response`] unless the worker
+    /// is broken (see [`Answer::kind`]).
+    pub(crate) raw_kind: u32,
     pub(crate) ret_len: usize,
     /// The return value's bytes when they came inside the answer's line (`ret_len` of them),
     /// rather than in the payload area.
@@ -275,6 +277,18 @@ pub(crate) struct Answer {
     pub(crate) ran: Ran,
     /// Whether the answer's checksum matched its fields.
     pub(crate) valid: bool,
+}
+
+impl Answer {
+    /// What the worker answered, if the answer passed validation and names a response.
+    #[inline]
+    pub(crate) fn kind(&self) -> Option<Response> {
+        if self.valid {
+            Response::from_u32(self.raw_kind)
+        } else {
+            None
+        }
+    }
 }
 
 /// When a worker ran what it answered: all the parent keeps of an answer to time the call.
@@ -428,7 +442,7 @@ impl Channel {
                 });
             let finished_ns = r.finished_ns.load(Ordering::Relaxed);
             Answer {
-                kind: kind & !(RET_INLINE | RUN_SPAN),
+                raw_kind: kind & !(RET_INLINE | RUN_SPAN),
                 ret_len: ret_len as usize,
                 inline,
                 ran: Ran {
@@ -698,7 +712,7 @@ mod tests {
         assert!(c.answer(seq).is_none(), "not answered yet");
         c.respond(seq, Response::Returned, 0, Some(&[9, 8]), 0, Some(10));
         let a = c.answer(seq).unwrap();
-        assert!(a.valid && a.kind == Response::Returned as u32 && a.ret_len == 2);
+        assert!(a.kind() == Some(Response::Returned) && a.ret_len == 2);
         assert_eq!(&a.inline.unwrap()[..2], &[9, 8]);
         assert!(a.ran.started_ns.is_none());
         assert!(matches!(a.ran.finished, Finished::AfterTicks(10)));

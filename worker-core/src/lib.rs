@@ -36,6 +36,7 @@
 //! | single instance lock and pid file | [`instance`] |
 #![deny(missing_docs)]
 
+mod answer;
 mod arena;
 pub mod call;
 mod channel;

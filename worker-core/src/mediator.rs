@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::arena::Block;
+use crate::answer::{self, Outcome};
+use crate::arena::{Block, Span};
 use crate::call::{
     Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant,
 };
@@ -373,9 +374,11 @@ impl<W: Worker> Mediator<W> {
             live += usize::from(slot.child.is_some());
             let free = match slot.busy {
                 None => slot.child.is_some(),
-                Some(b) => pool.region.channel(i).answer(b.seq).is_some_and(|a| {
-                    a.valid && Response::from_u32(a.kind) == Some(Response::Returned)
-                }),
+                Some(b) => pool
+                    .region
+                    .channel(i)
+                    .answer(b.seq)
+                    .is_some_and(|a| a.kind() == Some(Response::Returned)),
             };
             if free {
                 return true;
@@ -1152,7 +1155,7 @@ impl<W: Worker> Mediator<W> {
                 _ => ArgsAt::Block(offset, len),
             },
         };
-        let ret = (offset + len, block.len - len);
+        let ret = Span::new(offset + len, block.len - len);
         pool.post_call(i, id, method, args, ret, self.config.timeout)
     }
 
@@ -1281,10 +1284,10 @@ impl<W: Worker> Mediator<W> {
         let pool = self.pool.as_mut()?;
         let busy = pool.slots[i].busy.filter(|b| b.call == id.raw())?;
         let answer = pool.region.channel(i).answer(busy.seq)?;
-        let len = answer.ret_len;
-        if !answer.valid || answer.kind != Response::Returned as u32 || len > busy.ret.1 {
+        let Outcome::Returned { value, inline } = answer::outcome(&answer, busy.ret) else {
             return None;
-        }
+        };
+        let len = value.len;
         let record = self.calls.get(&id.raw())?;
         let (method, entry, block, ret_block) =
             (record.method, record.entry, record.block, record.ret_block);
@@ -1294,10 +1297,12 @@ impl<W: Worker> Mediator<W> {
         }
         self.slot_returned(i, method, len);
         let pool = self.pool.as_mut().expect("started");
-        let decoded = match &answer.inline {
+        let decoded = match &inline {
             Some(bytes) => id.decode(&bytes[..len]),
             // SAFETY: the worker answered: it no longer writes the block.
-            None => id.decode(unsafe { pool.region.payload(busy.ret.0, len) }.unwrap_or_default()),
+            None => {
+                id.decode(unsafe { pool.region.payload(value.offset, len) }.unwrap_or_default())
+            }
         };
         let result = decoded.map_err(|source| CallError::Wire {
             method: Self::method_name(method),
@@ -1369,7 +1374,8 @@ impl<W: Worker> Mediator<W> {
         self.dispatch_queued();
     }
 
-    /// Handles the answer of the worker in slot `i`, if it wrote one.
+    /// Handles the answer of the worker in slot `i`, if it wrote one: reads it into an
+    /// [`Outcome`] (see `answer`), then applies that to the call, the slot and the counts.
     fn read_answer(&mut self, i: usize) {
         let pool = self.pool.as_mut().expect("started");
         let Some(busy) = pool.slots[i].busy else {
@@ -1395,30 +1401,25 @@ impl<W: Worker> Mediator<W> {
         record.timings.enter(CallStatus::Running, running);
         let finished = answer.ran.finished_ns(running);
         let method = record.method;
-        let len = answer.ret_len;
-        let kind = if answer.valid {
-            Response::from_u32(answer.kind)
-        } else {
-            None
-        };
         // The worker answered: it no longer writes the block.
-        let text = |len: usize| {
+        let text = |span: Span| {
             // SAFETY: see above.
-            unsafe { pool.region.payload(busy.ret.0, len.min(busy.ret.1)) }
+            unsafe { pool.region.payload(span.offset, span.len) }
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
-        match kind {
-            Some(Response::Returned) if len <= busy.ret.1 => {
-                if let Some(bytes) = answer.inline {
+        match answer::outcome(&answer, busy.ret) {
+            Outcome::Returned { value, inline } => {
+                let len = value.len;
+                if let Some(bytes) = inline {
                     // The value came inside the answer: put it where a returned value lies,
                     // for the journal and for `wait`.
                     // SAFETY: the reservation is this call's and the worker answered.
-                    if let Some(dst) = unsafe { pool.region.payload_mut(busy.ret.0, len) } {
+                    if let Some(dst) = unsafe { pool.region.payload_mut(value.offset, len) } {
                         dst.copy_from_slice(&bytes[..len]);
                     }
                 }
-                record.ret = Some((busy.ret.0, len));
+                record.ret = Some((value.offset, len));
                 if let Some(journal) = pool.journal(record.entry) {
                     journal.write_progress(journal::RETURNED, record.posted, record.ret);
                 }
@@ -1434,20 +1435,21 @@ impl<W: Worker> Mediator<W> {
                     unreachable!("a returned call has no error")
                 });
             }
-            Some(Response::NeedSpace) => {
+            Outcome::NeedSpace { len } => {
                 if let Some(block) = pool.arena.alloc(len) {
                     record.ret_block = Some(block);
+                    let ret = Span::new(block.offset, block.len);
                     let seq = pool.post_request(
                         i,
                         Request::Space,
                         method,
                         ArgsAt::Block(0, 0),
-                        (block.offset, block.len),
+                        ret,
                         false,
                     );
                     pool.slots[i].busy = Some(Busy {
                         seq,
-                        ret: (block.offset, block.len),
+                        ret,
                         awaiting_room: false,
                         ..busy
                     });
@@ -1471,8 +1473,8 @@ impl<W: Worker> Mediator<W> {
                     });
                 }
             }
-            Some(Response::Panicked) => {
-                let message = text(len);
+            Outcome::Panicked { message } => {
+                let message = text(message);
                 let pid = record.pid.unwrap_or(0);
                 // The object may be half-updated: replace the process.
                 pool.clear(i);
@@ -1487,8 +1489,8 @@ impl<W: Worker> Mediator<W> {
                 });
                 self.refill_due = true;
             }
-            Some(Response::WireError) => {
-                let message = text(len);
+            Outcome::WireError { message } => {
+                let message = text(message);
                 pool.slots[i].busy = None;
                 self.start_failures = 0;
                 self.count_error(ErrorKind::Catchall, Some(i));
@@ -1499,7 +1501,7 @@ impl<W: Worker> Mediator<W> {
                     }
                 });
             }
-            Some(Response::Corrupted) => {
+            Outcome::Refused => {
                 // The worker refused a request that failed its checksum.
                 pool.slots[i].busy = None;
                 self.count_error(ErrorKind::Corruption, Some(i));
@@ -1512,15 +1514,8 @@ impl<W: Worker> Mediator<W> {
                     }
                 });
             }
-            _ => {
-                // An answer that fails validation: the channel cannot be trusted, so the
-                // worker is replaced.
-                let detail = format!(
-                    "answer of kind {} with length {len} for a reservation of {} bytes, checksum {}",
-                    answer.kind,
-                    busy.ret.1,
-                    if answer.valid { "valid" } else { "invalid" }
-                );
+            Outcome::Invalid { detail } => {
+                // The channel cannot be trusted, so the worker is replaced.
                 pool.clear(i);
                 self.count_error(ErrorKind::Corruption, None);
                 log::warn!(target: &self.alias, "call {}: corrupted {detail}", busy.call);

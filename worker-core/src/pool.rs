@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::arena::Arena;
+use crate::arena::{Arena, Span};
 use crate::call::{ExitCause, to_instant};
 use crate::channel::{self, ArgsAt, Request};
 use crate::clock::{self, Clock};
@@ -35,8 +35,8 @@ const EXIT_LIMIT: Duration = Duration::from_secs(1);
 pub(crate) struct Busy {
     pub(crate) call: u64,
     pub(crate) seq: u32,
-    /// Where the worker writes the return value: (offset, capacity).
-    pub(crate) ret: (usize, usize),
+    /// Where the worker writes the return value: its return reservation.
+    pub(crate) ret: Span,
     pub(crate) deadline: Option<Instant>,
     /// The worker answered that its return value needs more room than is free: the answer is
     /// read again at each collection until room is found. The parent does not count it as an
@@ -252,7 +252,7 @@ impl Pool {
         call: u64,
         method: u32,
         args: ArgsAt<'_>,
-        ret: (usize, usize),
+        ret: Span,
         timeout: Option<Duration>,
     ) -> u32 {
         // With this call, as many busy workers and the parent as CPUs or more: crowded.
@@ -277,20 +277,27 @@ impl Pool {
         kind: Request,
         method: u32,
         args: ArgsAt<'_>,
-        ret: (usize, usize),
+        ret: Span,
         crowded: bool,
     ) -> u32 {
         let seq = self.slots[i].req_seq.wrapping_add(1);
         self.slots[i].req_seq = seq;
         self.region
             .channel(i)
-            .post(seq, kind, method, args, ret, crowded);
+            .post(seq, kind, method, args, (ret.offset, ret.len), crowded);
         seq
     }
 
     /// Asks slot `i`'s worker to exit; returns the request's sequence number.
     fn post_exit(&mut self, i: usize) -> u32 {
-        self.post_request(i, Request::Exit, 0, ArgsAt::Block(0, 0), (0, 0), false)
+        self.post_request(
+            i,
+            Request::Exit,
+            0,
+            ArgsAt::Block(0, 0),
+            Span::default(),
+            false,
+        )
     }
 
     /// Whether a worker other than slot `i`'s holds a call that is not itself waiting for
