@@ -1,9 +1,7 @@
 //! Calls: their ids, statuses, timings, and the view of a finished call handed to callbacks.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -196,126 +194,6 @@ pub(crate) fn to_instant(ns: u64) -> Instant {
     }
 }
 
-/// The parent's calls by id.
-///
-/// Ids are numbers the mediator hands out in sequence, and most calls end before many later
-/// ones begin: a call lives in a small ring at `id % RING` (a lookup is an index and a
-/// compare), and only when that place is still taken by a call `RING` ids older does it go to
-/// a hash map. A pipelined burst of thousands of calls therefore costs what a map costs, and
-/// the common case (a few calls in flight) about a tenth: the map's insert, lookups and
-/// removal took about 300 of the parent's 2,000 instructions per empty call (callgrind).
-pub(crate) struct CallMap {
-    ring: Vec<Option<CallRecord>>,
-    overflow: HashMap<u64, CallRecord, BuildHasherDefault<IdHasher>>,
-}
-
-/// Places in the ring: enough for every worker of a typical pool and a few queued calls
-/// each, small enough (about 12 KiB) to stay in the first-level cache.
-const RING: usize = 64;
-
-impl Default for CallMap {
-    fn default() -> Self {
-        CallMap {
-            ring: (0..RING).map(|_| None).collect(),
-            overflow: HashMap::default(),
-        }
-    }
-}
-
-impl CallMap {
-    fn place(id: u64) -> usize {
-        (id % RING as u64) as usize
-    }
-
-    #[inline]
-    pub(crate) fn get(&self, id: &u64) -> Option<&CallRecord> {
-        match &self.ring[Self::place(*id)] {
-            Some(r) if r.id == *id => Some(r),
-            _ => self.overflow.get(id),
-        }
-    }
-
-    #[inline]
-    pub(crate) fn get_mut(&mut self, id: &u64) -> Option<&mut CallRecord> {
-        match &mut self.ring[Self::place(*id)] {
-            Some(r) if r.id == *id => Some(r),
-            _ => self.overflow.get_mut(id),
-        }
-    }
-
-    /// Adds a call; `id` must be `record.id` and not present yet.
-    #[inline]
-    pub(crate) fn insert(&mut self, id: u64, record: CallRecord) {
-        debug_assert_eq!(id, record.id);
-        match &mut self.ring[Self::place(id)] {
-            place @ None => *place = Some(record),
-            Some(_) => {
-                self.overflow.insert(id, record);
-            }
-        }
-    }
-
-    pub(crate) fn remove(&mut self, id: &u64) -> Option<CallRecord> {
-        let place = &mut self.ring[Self::place(*id)];
-        match place {
-            Some(r) if r.id == *id => place.take(),
-            _ => self.overflow.remove(id),
-        }
-    }
-
-    /// Removes a call, handing it to `f` where it lies rather than moving it out (a record is
-    /// some 200 bytes, and this runs once per call on the hot path).
-    #[inline]
-    pub(crate) fn remove_with<T>(
-        &mut self,
-        id: &u64,
-        f: impl FnOnce(&CallRecord) -> T,
-    ) -> Option<T> {
-        let place = &mut self.ring[Self::place(*id)];
-        match place {
-            Some(r) if r.id == *id => {
-                let out = f(r);
-                *place = None;
-                Some(out)
-            }
-            _ => self.overflow.remove(id).map(|r| f(&r)),
-        }
-    }
-
-    pub(crate) fn values(&self) -> impl Iterator<Item = &CallRecord> {
-        self.ring.iter().flatten().chain(self.overflow.values())
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.ring.iter_mut().for_each(|p| *p = None);
-        self.overflow.clear();
-    }
-}
-
-/// The hasher of [`CallMap`]'s overflow: a multiplication by an odd constant maps sequential
-/// ids to distinct low bits (hashbrown's bucket index) and mixes them into the high bits (its
-/// control byte); SipHash's protection against chosen keys buys nothing for the mediator's own
-/// sequence, at about 150 instructions per lookup.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for `u64` keys; kept correct for any other use.
-        for &b in bytes {
-            self.write_u64(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 /// The parent's record of one call.
 pub(crate) struct CallRecord {
     pub(crate) id: u64,
@@ -467,65 +345,5 @@ impl<'a> Log<'a> {
     /// Logs at debug level.
     pub fn debug(&self, message: impl fmt::Display) {
         log::debug!(target: self.alias, "{message}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(id: u64) -> CallRecord {
-        CallRecord {
-            id,
-            method: 0,
-            status: CallStatus::Uncalled,
-            retries: 0,
-            pid: None,
-            timings: Timings::default(),
-            error: None,
-            block: crate::arena::Block { offset: 0, len: 0 },
-            args_len: 0,
-            ret: None,
-            ret_block: None,
-            posted: None,
-            entry: 0,
-            awaited: false,
-        }
-    }
-
-    #[test]
-    fn the_call_map_finds_every_live_call_in_the_ring_or_beyond() {
-        let mut map = CallMap::default();
-        // One long-lived call, then many short ones that keep landing on its place.
-        map.insert(1, record(1));
-        for id in 2..1_000u64 {
-            map.insert(id, record(id));
-            if id % 3 != 0 {
-                assert_eq!(map.remove(&id).map(|r| r.id), Some(id));
-            }
-        }
-        assert_eq!(map.get(&1).map(|r| r.id), Some(1));
-        let mut live: Vec<u64> = map.values().map(|r| r.id).collect();
-        live.sort();
-        let expected: Vec<u64> = std::iter::once(1).chain((3..1_000).step_by(3)).collect();
-        assert_eq!(live, expected);
-        for &id in &expected {
-            map.get_mut(&id).unwrap().retries = 7;
-            assert_eq!(map.get(&id).unwrap().retries, 7);
-        }
-        assert!(map.get(&2).is_none() && map.remove(&2).is_none());
-        for &id in expected.iter().rev() {
-            let removed = if id % 2 == 0 {
-                map.remove(&id).map(|r| r.id)
-            } else {
-                map.remove_with(&id, |r| r.id)
-            };
-            assert_eq!(removed, Some(id));
-            assert!(map.get(&id).is_none());
-        }
-        assert_eq!(map.values().count(), 0);
-        map.insert(5, record(5));
-        map.clear();
-        assert!(map.get(&5).is_none());
     }
 }

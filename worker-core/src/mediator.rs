@@ -9,7 +9,6 @@
 //! by an answer, a death, or the nearest deadline.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -17,9 +16,7 @@ use serde::Serialize;
 
 use crate::answer::{self, Outcome};
 use crate::arena::{Block, Span};
-use crate::call::{
-    Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant,
-};
+use crate::call::{Call, CallId, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant};
 use crate::channel::{self, ArgsAt, Ran, Request, Response};
 use crate::clock;
 use crate::config::{Config, ForkStrategy, Recycle};
@@ -28,13 +25,13 @@ use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
 use crate::journal;
 use crate::pool::{Busy, Pool};
 use crate::process;
+use crate::room::{NoRoom, Room};
 use crate::stats::{self, MethodStats, Recorder, Stats};
+use crate::table::CallTable;
 use crate::this_worker;
 use crate::wire;
 use crate::worker::Worker;
 
-/// The smallest return reservation made with each call.
-const MIN_RET: usize = 256;
 /// How long `submit` waits for running calls to free shared memory before giving up.
 const SPACE_WAIT: Duration = Duration::from_secs(30);
 /// The longest `wait` goes without a full collection while answers keep coming (see
@@ -88,15 +85,9 @@ pub struct Mediator<W: Worker> {
     on_timeout: Option<Handler<W>>,
     on_error: Option<Handler<W>>,
     pool: Option<Pool>,
-    calls: CallMap,
-    queue: VecDeque<u64>,
-    /// Calls that reached a final status and whose callbacks have not run yet, in order.
-    finished: Vec<u64>,
-    next_id: u64,
-    /// Per method: the size of its last return value, used to size the next reservation.
-    ret_hints: Vec<usize>,
-    /// Per method: whether the "large payload" warning was logged.
-    warned_large: Vec<bool>,
+    calls: CallTable,
+    /// Blocks, journal entries, return-size hints.
+    room: Room,
     /// Set while `shutdown` runs: retries are refused.
     shutting_down: bool,
     /// Errors counted by kind since the mediator was made.
@@ -114,8 +105,6 @@ pub struct Mediator<W: Worker> {
     started_at: Option<Instant>,
     /// Per method: queue waits and run times.
     timing: Vec<(Recorder, Recorder)>,
-    /// Free journal entries.
-    free_entries: Vec<usize>,
     /// When the last full collection ran (CLOCK_MONOTONIC nanoseconds).
     collected_at: Option<u64>,
     /// The call `wait` delivered last, whose bookkeeping waits for the next call's post (see
@@ -177,12 +166,8 @@ impl<W: Worker> Mediator<W> {
             on_timeout: None,
             on_error: None,
             pool: None,
-            calls: CallMap::default(),
-            queue: VecDeque::new(),
-            finished: Vec::new(),
-            next_id: 1,
-            ret_hints: vec![MIN_RET; W::METHODS.len()],
-            warned_large: vec![false; W::METHODS.len()],
+            calls: CallTable::default(),
+            room: Room::new(W::METHODS.len()),
             shutting_down: false,
             errors: ErrorCounts::default(),
             errors_reported: false,
@@ -191,7 +176,6 @@ impl<W: Worker> Mediator<W> {
             room_pass: false,
             started_at: None,
             timing: vec![Default::default(); W::METHODS.len()],
-            free_entries: Vec::new(),
             collected_at: None,
             delivered: None,
             _not_send: PhantomData,
@@ -342,7 +326,8 @@ impl<W: Worker> Mediator<W> {
         }
         let (pool, matching) =
             Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?;
-        self.free_entries = (0..pool.region.entries()).rev().collect();
+        self.room
+            .start(pool.region.arena_size(), pool.region.entries());
         self.pool = Some(pool);
         self.start_failures = 0;
         if matching {
@@ -362,7 +347,7 @@ impl<W: Worker> Mediator<W> {
     /// True when a call made now would start at once: nothing is queued and a worker is idle
     /// (or one more may be forked).
     pub fn is_idle(&self) -> bool {
-        if !self.queue.is_empty() {
+        if !self.calls.nothing_queued() {
             return false;
         }
         let Some(pool) = &self.pool else {
@@ -421,7 +406,7 @@ impl<W: Worker> Mediator<W> {
     /// Calls queued or running.
     pub fn pending(&self) -> usize {
         self.calls
-            .values()
+            .records()
             .filter(|r| !r.status.is_final() && !self.is_delivered(r.id))
             .count()
     }
@@ -448,7 +433,7 @@ impl<W: Worker> Mediator<W> {
         // The times of a delivered call whose bookkeeping is still due count already.
         let mut timing = std::borrow::Cow::Borrowed(&self.timing);
         if let Some(d) = &self.delivered
-            && let Some(r) = self.calls.get(&d.id)
+            && let Some(r) = self.calls.get(d.id)
         {
             let times = delivered_times(&r.timings, &d.ran);
             record_times(timing.to_mut(), d.method, times);
@@ -458,7 +443,7 @@ impl<W: Worker> Mediator<W> {
             uptime: self.started_at.map_or(Duration::ZERO, |t| t.elapsed()),
             workers: pids.len(),
             configured_workers: self.config.workers,
-            queued: self.queue.len(),
+            queued: self.calls.queued(),
             running: self.busy_count(),
             methods: W::METHODS
                 .iter()
@@ -472,13 +457,18 @@ impl<W: Worker> Mediator<W> {
             errors: self.errors,
             parent_rss_kib: stats::rss_kib(0),
             worker_rss_kib: pids.iter().map(|&p| (p, stats::rss_kib(p))).collect(),
-            shared_memory: self.pool.as_ref().map_or((0, 0), |p| {
+            shared_memory: if self.pool.is_none() {
+                (0, 0)
+            } else {
                 // A delivered call's block is as good as free (see `settle`).
                 let held = self.delivered.as_ref().map_or(0, |d| {
                     d.held.map_or(0, |(_, b)| b.len) + d.ret_block.map_or(0, |b| b.len)
                 });
-                (p.arena.size(), p.arena.size() - p.arena.available() - held)
-            }),
+                (
+                    self.room.size(),
+                    self.room.size() - self.room.available() - held,
+                )
+            },
         }
     }
 
@@ -508,7 +498,7 @@ impl<W: Worker> Mediator<W> {
         // only for a sleep or a full collection.
         let start = self.now_ns();
         let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
-        let (status, posted) = match self.calls.get_mut(&raw) {
+        let (status, posted) = match self.calls.get_mut(raw) {
             Some(record) => {
                 record.awaited = true;
                 (record.status, record.posted)
@@ -553,7 +543,7 @@ impl<W: Worker> Mediator<W> {
                 }
                 Round::Nothing => false,
             };
-            let Some(record) = self.calls.get(&raw) else {
+            let Some(record) = self.calls.get(raw) else {
                 return Err(CallError::UnknownCall(raw));
             };
             if record.status.is_final() {
@@ -564,7 +554,7 @@ impl<W: Worker> Mediator<W> {
                 now = self.now_ns();
             }
             if now >= deadline {
-                if let Some(record) = self.calls.get_mut(&raw) {
+                if let Some(record) = self.calls.get_mut(raw) {
                     record.awaited = false;
                 }
                 return Err(CallError::WaitTimeout {
@@ -589,8 +579,8 @@ impl<W: Worker> Mediator<W> {
     /// refill, and no worker answered but the one in slot `mine` (the awaited call's, if it
     /// was posted).
     fn nothing_else_to_collect(&self, mine: Option<usize>) -> bool {
-        self.queue.is_empty()
-            && self.finished.is_empty()
+        self.calls.nothing_queued()
+            && self.calls.nothing_finished()
             && !self.refill_due
             && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(mine))
     }
@@ -610,8 +600,8 @@ impl<W: Worker> Mediator<W> {
     /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
     pub fn retry(&mut self, id: u64) -> Result<(), CallError> {
         self.settle();
-        match self.calls.get(&id) {
-            Some(record) if record.status.is_final() && !self.finished.contains(&id) => {
+        match self.calls.get(id) {
+            Some(record) if record.status.is_final() && !self.calls.awaits_callbacks(id) => {
                 self.requeue(id);
                 self.dispatch_queued();
                 Ok(())
@@ -643,7 +633,7 @@ impl<W: Worker> Mediator<W> {
         }
         self.shutting_down = true;
         // Running calls may finish; queued ones are not started.
-        let queued = std::mem::take(&mut self.queue);
+        let queued = self.calls.take_queue();
         let limit = Instant::now() + self.config.timeout.unwrap_or(self.config.grace);
         self.collect_with(handler.as_deref_mut());
         while self.busy_count() > 0 && Instant::now() < limit {
@@ -664,7 +654,7 @@ impl<W: Worker> Mediator<W> {
         // Results not delivered yet stay in the journal too.
         kept += self
             .calls
-            .values()
+            .records()
             .filter(|r| r.status == CallStatus::Returned)
             .count();
         let mut pool = self.pool.take().expect("checked above");
@@ -672,7 +662,6 @@ impl<W: Worker> Mediator<W> {
         log::info!(target: &self.alias, "suspended with {kept} calls kept in {}", pool.region.name());
         drop(pool);
         self.calls.clear();
-        self.finished.clear();
         self.shutting_down = false;
         kept
     }
@@ -687,7 +676,7 @@ impl<W: Worker> Mediator<W> {
         self.settle();
         self.shutting_down = true;
         let now = clock::now_ns();
-        for id in std::mem::take(&mut self.queue) {
+        for id in self.calls.take_queue() {
             self.finish(id, CallStatus::Cancelled, now, |method| {
                 CallError::Cancelled {
                     method,
@@ -727,7 +716,6 @@ impl<W: Worker> Mediator<W> {
         // finished results left point into it, so they go too.
         self.pool = None;
         self.calls.clear();
-        self.queue.clear();
         self.shutting_down = false;
     }
 }
@@ -790,8 +778,7 @@ impl<W: Worker> Mediator<W> {
             Some(n) => n,
             None => wire::encoded_len(args).map_err(wire_err)?,
         };
-        let allocation = self.pool.as_ref().map_or(0, |p| p.arena.size());
-        self.warn_if_large(method, args_len, allocation);
+        self.warn_if_large(method, args_len);
         let (entry, block) = self.call_room(method, args_len)?;
         if inline_len.is_none() {
             let pool = self.pool.as_mut().expect("started above");
@@ -804,13 +791,12 @@ impl<W: Worker> Mediator<W> {
             }
         }
         let inline = inline_len.map(|n| &small[..n]);
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.calls.new_id();
         // With nothing queued before it and a worker idle, the call goes out at once, before
         // the bookkeeping below: the worker runs it meanwhile. (A persistent mediator's call is
         // in the journal before this function returns, which is when the caller can count on
         // it.)
-        let slot = if self.queue.is_empty() {
+        let slot = if self.calls.nothing_queued() {
             self.ready_slot()
         } else {
             None
@@ -844,27 +830,24 @@ impl<W: Worker> Mediator<W> {
                 None => journal.write_call(id, method, 0, (block.offset, args_len)),
             }
         }
-        self.calls.insert(
+        self.calls.insert(CallRecord {
             id,
-            CallRecord {
-                id,
-                method,
-                status,
-                retries: 0,
-                pid: posted.and_then(|(i, _)| pool.slots[i].pid()),
-                timings,
-                error: None,
-                block,
-                args_len,
-                ret: None,
-                ret_block: None,
-                posted,
-                entry,
-                awaited: false,
-            },
-        );
+            method,
+            status,
+            retries: 0,
+            pid: posted.and_then(|(i, _)| pool.slots[i].pid()),
+            timings,
+            error: None,
+            block,
+            args_len,
+            ret: None,
+            ret_block: None,
+            posted,
+            entry,
+            awaited: false,
+        });
         if posted.is_none() {
-            self.queue.push_back(id);
+            self.calls.enqueue(id);
             self.dispatch_queued_at(Some(now));
         }
         Ok(id)
@@ -891,21 +874,11 @@ impl<W: Worker> Mediator<W> {
 
     /// Warns, once per method, about a payload larger than 1/50 of the allocation.
     #[inline]
-    fn warn_if_large(&mut self, method: u32, len: usize, allocation: usize) {
-        if len.saturating_mul(50) > allocation {
-            self.warn_large(method, len, allocation);
-        }
-    }
-
-    #[cold]
-    fn warn_large(&mut self, method: u32, len: usize, allocation: usize) {
-        let m = method as usize;
-        if !self.warned_large[m] {
-            self.warned_large[m] = true;
-            let suggested = (len * 50).div_ceil(1 << 20);
+    fn warn_if_large(&mut self, method: u32, len: usize) {
+        if let Some(suggested) = self.room.large(method, len) {
             log::warn!(target: &self.alias,
-                "a call to {}() moves {len} bytes, more than 1/50 of the {allocation}-byte allocation; consider malloc({suggested} << 20)",
-                Self::method_name(method));
+                "a call to {}() moves {len} bytes, more than 1/50 of the {}-byte allocation; consider malloc({suggested} << 20)",
+                Self::method_name(method), self.room.size());
         }
     }
 
@@ -915,7 +888,7 @@ impl<W: Worker> Mediator<W> {
     /// they are fresh.
     #[inline]
     fn call_room(&mut self, method: u32, args_len: usize) -> Result<(usize, Block), CallError> {
-        let needed = args_len + self.ret_hints[method as usize].max(MIN_RET);
+        let needed = self.room.wanted(method, args_len);
         if let Some(d) = self.delivered.as_mut()
             && d.ret_block.is_none()
             && let Some((entry, block)) = d.held
@@ -937,19 +910,19 @@ impl<W: Worker> Mediator<W> {
         method: u32,
         args_len: usize,
     ) -> Result<(usize, Block), CallError> {
-        if self.free_entries.is_empty() {
+        if !self.room.has_free_entry() {
             self.settle();
         }
-        let Some(entry) = self.free_entries.pop() else {
+        let Some(entry) = self.room.take_entry() else {
             return Err(CallError::TooManyCalls {
                 method: Self::method_name(method),
-                capacity: self.pool.as_ref().map_or(0, |p| p.region.entries()),
+                capacity: self.room.entries(),
             });
         };
         match self.alloc_call_block(method, args_len) {
             Ok(block) => Ok((entry, block)),
             Err(e) => {
-                self.free_entries.push(entry);
+                self.room.give_entry(entry);
                 Err(e)
             }
         }
@@ -959,45 +932,32 @@ impl<W: Worker> Mediator<W> {
     /// memory if the allocation is full.
     fn alloc_call_block(&mut self, method: u32, args_len: usize) -> Result<Block, CallError> {
         let name = Self::method_name(method);
-        let hint = self.ret_hints[method as usize];
         // Read the clock only once the allocation is full: most calls never wait.
         let mut start = None;
         loop {
-            let pool = self.pool.as_mut().expect("started");
-            let size = pool.arena.size();
-            if args_len + MIN_RET > size {
-                return Err(CallError::TooLarge {
-                    method: name,
-                    needed: args_len + MIN_RET,
-                    allocation: size,
-                });
-            }
-            if let Some(b) = pool.arena.alloc(args_len + hint.max(MIN_RET)) {
-                return Ok(b);
-            }
-            if let Some(b) = pool.arena.alloc(args_len + MIN_RET) {
-                return Ok(b);
-            }
+            let needed = match self.room.alloc_call(method, args_len) {
+                Ok(block) => return Ok(block),
+                Err(NoRoom::Never { needed, allocation }) => {
+                    return Err(CallError::TooLarge {
+                        method: name,
+                        needed,
+                        allocation,
+                    });
+                }
+                Err(NoRoom::Full { needed }) => needed,
+            };
             if self.delivered.is_some() {
                 self.settle();
                 continue;
             }
             let start = *start.get_or_insert_with(Instant::now);
-            let in_flight = self.calls.values().any(|r| !r.status.is_final());
-            if !in_flight || start.elapsed() > SPACE_WAIT {
-                let retained = self
-                    .calls
-                    .values()
-                    .filter(|r| r.status.is_final())
-                    .map(|r| r.block.len + r.ret_block.map_or(0, |b| b.len))
-                    .sum();
-                let pool = self.pool.as_ref().expect("started");
+            if !self.calls.any_in_flight() || start.elapsed() > SPACE_WAIT {
                 return Err(CallError::OutOfMemory {
                     method: name,
-                    needed: args_len + MIN_RET,
-                    available: pool.arena.available(),
-                    allocation: pool.arena.size(),
-                    retained,
+                    needed,
+                    available: self.room.available(),
+                    allocation: self.room.size(),
+                    retained: self.calls.retained_bytes(),
                 });
             }
             self.pool
@@ -1065,7 +1025,7 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::dispatch_queued`], with the time the caller just read, if any, as the time
     /// the calls are handed over (a fork in between reads the clock again).
     fn dispatch_queued_at(&mut self, mut now: Option<u64>) {
-        if self.queue.is_empty() {
+        if self.calls.nothing_queued() {
             return;
         }
         // A worker to fork first takes long enough to make the reading stale.
@@ -1075,9 +1035,9 @@ impl<W: Worker> Mediator<W> {
         if self.config.strategy != ForkStrategy::Lazy {
             self.fill_pool();
         }
-        while let Some(&id) = self.queue.front() {
+        while let Some(id) = self.calls.first_queued() {
             let Some(i) = self.idle_slot() else { break };
-            self.queue.pop_front();
+            self.calls.dequeue();
             self.post_call(i, id, now.take());
         }
         if self.start_failures >= START_FAILURE_LIMIT {
@@ -1090,7 +1050,7 @@ impl<W: Worker> Mediator<W> {
     fn fail_queue_after_start_failures(&mut self) {
         let now = clock::now_ns();
         let failures = self.start_failures;
-        for id in std::mem::take(&mut self.queue) {
+        for id in self.calls.take_queue() {
             self.finish(id, CallStatus::Failed, now, |_| {
                 CallError::Pool(format!(
                     "{failures} workers in a row died before answering a call (see the log); no more are forked until the mediator is restarted"
@@ -1113,11 +1073,11 @@ impl<W: Worker> Mediator<W> {
     /// Posts call `id` to slot `i`'s worker; `now`, if given, is a clock reading taken just
     /// before, used as the time the call was handed over.
     fn post_call(&mut self, i: usize, id: u64, now: Option<u64>) {
-        let record = self.calls.get(&id).expect("queued calls have records");
+        let record = self.calls.get(id).expect("queued calls have records");
         let (method, block, args_len) = (record.method, record.block, record.args_len);
         let seq = self.post_block(i, id, method, block, args_len, None);
         let pool = self.pool.as_ref().expect("started");
-        let record = self.calls.get_mut(&id).expect("queued calls have records");
+        let record = self.calls.get_mut(id).expect("queued calls have records");
         if let Some(journal) = pool.journal(record.entry) {
             journal.write_progress(journal::PENDING, Some((i, seq)), None);
         }
@@ -1171,11 +1131,12 @@ impl<W: Worker> Mediator<W> {
         at_ns: u64,
         error: impl FnOnce(&'static str) -> CallError,
     ) {
-        let Some(record) = self.calls.get_mut(&id) else {
+        let Some(record) = self
+            .calls
+            .finish(id, status, at_ns, |m| error(Self::method_name(m)))
+        else {
             return;
         };
-        let floor = record.timings.latest_ns().unwrap_or(at_ns);
-        record.set_status(status, at_ns.max(floor));
         if status == CallStatus::Returned {
             let t = &record.timings;
             if let (Some(called), Some(running), Some(returned)) = (
@@ -1186,27 +1147,22 @@ impl<W: Worker> Mediator<W> {
                 let method = record.method;
                 record_times(&mut self.timing, method, [called, running, returned]);
             }
-        } else {
-            record.error = Some(Box::new(error(Self::method_name(record.method))));
+        } else if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
             // A failed call is final: a restarted program must not run it again.
-            if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
-                journal.clear();
-            }
+            journal.clear();
         }
-        self.finished.push(id);
     }
 
     /// Slot `i`'s worker returned a `len`-byte value of `method`: the slot is free again, the
     /// method's next return reservation follows this one, and a large value is warned about.
     fn slot_returned(&mut self, i: usize, method: u32, len: usize) {
-        self.ret_hints[method as usize] = len.max(MIN_RET);
+        self.room.returned(method, len);
         self.start_failures = 0;
         let Some(pool) = self.pool.as_mut() else {
             return;
         };
         pool.slots[i].busy = None;
-        let allocation = pool.arena.size();
-        self.warn_if_large(method, len, allocation);
+        self.warn_if_large(method, len);
     }
 
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
@@ -1288,7 +1244,7 @@ impl<W: Worker> Mediator<W> {
             return None;
         };
         let len = value.len;
-        let record = self.calls.get(&id.raw())?;
+        let record = self.calls.get(id.raw())?;
         let (method, entry, block, ret_block) =
             (record.method, record.entry, record.block, record.ret_block);
         // Errors the worker reported count now: `errors` and `stats` read them.
@@ -1322,7 +1278,7 @@ impl<W: Worker> Mediator<W> {
             held: Some((entry, block)),
             ret_block,
         });
-        if !self.queue.is_empty() {
+        if !self.calls.nothing_queued() {
             self.settle();
             self.dispatch_queued();
         }
@@ -1341,7 +1297,7 @@ impl<W: Worker> Mediator<W> {
         let ran = d.ran;
         if let Some(times) = self
             .calls
-            .remove_with(&d.id, |r| delivered_times(&r.timings, &ran))
+            .remove_with(d.id, |r| delivered_times(&r.timings, &ran))
         {
             record_times(&mut self.timing, d.method, times);
         }
@@ -1359,7 +1315,7 @@ impl<W: Worker> Mediator<W> {
 
     /// The record of call `id`, unless it was delivered.
     fn record(&self, id: u64) -> Option<&CallRecord> {
-        self.calls.get(&id).filter(|_| !self.is_delivered(id))
+        self.calls.get(id).filter(|_| !self.is_delivered(id))
     }
 
     /// The short collection, after the answer of slot `i`'s worker woke us: that answer,
@@ -1391,7 +1347,7 @@ impl<W: Worker> Mediator<W> {
         let pool = self.pool.as_mut().expect("started");
         let record = self
             .calls
-            .get_mut(&busy.call)
+            .get_mut(busy.call)
             .expect("busy calls have records");
         let called = record
             .timings
@@ -1425,10 +1381,10 @@ impl<W: Worker> Mediator<W> {
                 }
                 // Give back what the reservation did not use.
                 if let Some(rb) = record.ret_block {
-                    record.block = pool.arena.shrink(record.block, record.args_len);
-                    record.ret_block = Some(pool.arena.shrink(rb, len));
+                    record.block = self.room.shrink(record.block, record.args_len);
+                    record.ret_block = Some(self.room.shrink(rb, len));
                 } else {
-                    record.block = pool.arena.shrink(record.block, record.args_len + len);
+                    record.block = self.room.shrink(record.block, record.args_len + len);
                 }
                 self.slot_returned(i, method, len);
                 self.finish(busy.call, CallStatus::Returned, finished, |_| {
@@ -1436,7 +1392,7 @@ impl<W: Worker> Mediator<W> {
                 });
             }
             Outcome::NeedSpace { len } => {
-                if let Some(block) = pool.arena.alloc(len) {
+                if let Some(block) = self.room.alloc(len) {
                     record.ret_block = Some(block);
                     let ret = Span::new(block.offset, block.len);
                     let seq = pool.post_request(
@@ -1453,14 +1409,14 @@ impl<W: Worker> Mediator<W> {
                         awaiting_room: false,
                         ..busy
                     });
-                } else if len <= pool.arena.size() && (!self.room_pass || pool.others_running(i)) {
+                } else if len <= self.room.size() && (!self.room_pass || pool.others_running(i)) {
                     // Room may be freed when this collection delivers finished calls, or when
                     // other calls are done: ask again then (the call's timeout still runs).
                     if let Some(b) = pool.slots[i].busy.as_mut() {
                         b.awaiting_room = true;
                     }
                 } else {
-                    let (available, allocation) = (pool.arena.available(), pool.arena.size());
+                    let (available, allocation) = (self.room.available(), self.room.size());
                     pool.slots[i].busy = None;
                     self.start_failures = 0;
                     self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1561,7 +1517,7 @@ impl<W: Worker> Mediator<W> {
             let started = pool.region.channel(i).started(b.seq).is_some()
                 || self
                     .calls
-                    .get(&b.call)
+                    .get(b.call)
                     .is_some_and(|r| r.ret_block.is_some());
             self.count_error(ErrorKind::Communication, None);
             if started {
@@ -1580,7 +1536,7 @@ impl<W: Worker> Mediator<W> {
 
     /// A call whose worker died before starting it goes back to the front of the queue.
     fn requeue_unstarted(&mut self, id: u64, pid: i32, cause: ExitCause) {
-        let Some(record) = self.calls.get_mut(&id) else {
+        let Some(record) = self.calls.get(id) else {
             return;
         };
         if record.retries >= MAX_REQUEUES {
@@ -1600,11 +1556,9 @@ impl<W: Worker> Mediator<W> {
             return;
         }
         log::info!(target: &self.alias, "call {id}: worker {pid} {cause} before starting it; requeued");
-        record.retries += 1;
-        record.status = CallStatus::Uncalled;
-        record.posted = None;
-        record.pid = None;
-        record.timings.enter(CallStatus::Uncalled, clock::now_ns());
+        let Some(record) = self.calls.requeue_unstarted(id, clock::now_ns()) else {
+            return;
+        };
         if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
             journal.write_call(
                 id,
@@ -1613,7 +1567,6 @@ impl<W: Worker> Mediator<W> {
                 (record.block.offset, record.args_len),
             );
         }
-        self.queue.push_front(id);
     }
 
     /// Keeps the pool at size after a death, unless the strategy is lazy.
@@ -1699,9 +1652,9 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::fire_callbacks`], with `external` for the calls no callback of the
     /// mediator's takes.
     fn fire_callbacks_with(&mut self, mut external: Option<&mut ExternalHandler<'_, W>>) -> usize {
-        let mut finished = std::mem::take(&mut self.finished);
+        let finished = self.calls.take_finished();
         for &id in &finished {
-            let Some(record) = self.calls.get(&id) else {
+            let Some(record) = self.calls.get(id) else {
                 continue;
             };
             let own = match record.status {
@@ -1741,10 +1694,7 @@ impl<W: Worker> Mediator<W> {
         }
         let handled = finished.len();
         // Hand the buffer back, so that the next call to finish does not allocate a new one.
-        if self.finished.is_empty() {
-            finished.clear();
-            self.finished = finished;
-        }
+        self.calls.return_finished(finished);
         handled
     }
 
@@ -1798,13 +1748,13 @@ impl<W: Worker> Mediator<W> {
             // The return value right after the arguments: one block; elsewhere: two.
             let (block, ret_block) = match ret {
                 Some((off, len)) if state == journal::RETURNED && off == r.args.0 + r.args.1 => {
-                    (pool.arena.reserve(r.args.0, r.args.1 + len), None)
+                    (self.room.reserve(r.args.0, r.args.1 + len), None)
                 }
                 Some((off, len)) if state == journal::RETURNED => (
-                    pool.arena.reserve(r.args.0, r.args.1),
-                    Some(pool.arena.reserve(off, len)),
+                    self.room.reserve(r.args.0, r.args.1),
+                    Some(self.room.reserve(off, len)),
                 ),
-                _ => (pool.arena.reserve(r.args.0, r.args.1), None),
+                _ => (self.room.reserve(r.args.0, r.args.1), None),
             };
             let (Some(block), true, true) =
                 (block, method_ok, ret_block.is_none_or(|b| b.is_some()))
@@ -1812,16 +1762,16 @@ impl<W: Worker> Mediator<W> {
                 log::warn!(target: &self.alias,
                     "recovery: call {} has an invalid or overlapping record; it is lost", r.id);
                 if let Some(b) = block {
-                    pool.arena.free(b);
+                    self.room.free(b);
                 }
                 if let Some(Some(b)) = ret_block {
-                    pool.arena.free(b);
+                    self.room.free(b);
                 }
                 pool.region.entry(r.index).clear();
                 corrupted += 1;
                 continue;
             };
-            self.free_entries.retain(|&e| e != r.index);
+            self.room.claim_entry(r.index);
             let started = r.progress.is_none()
                 || posted.is_some_and(|(slot, seq)| {
                     slot >= pool.slots.len() || pool.region.channel(slot).started(seq).is_some()
@@ -1846,7 +1796,7 @@ impl<W: Worker> Mediator<W> {
             if state == journal::RETURNED {
                 record.ret = ret;
                 record.set_status(CallStatus::Returned, now);
-                self.finished.push(r.id);
+                self.calls.push_finished(r.id);
                 returned += 1;
             } else {
                 if started {
@@ -1858,10 +1808,9 @@ impl<W: Worker> Mediator<W> {
                 pool.region
                     .entry(r.index)
                     .write_call(r.id, r.method, record.retries, r.args);
-                self.queue.push_back(r.id);
+                self.calls.enqueue(r.id);
             }
-            self.next_id = self.next_id.max(r.id + 1);
-            self.calls.insert(r.id, record);
+            self.calls.insert(record);
         }
         for _ in 0..corrupted {
             self.count_error(ErrorKind::Corruption, None);
@@ -1878,13 +1827,12 @@ impl<W: Worker> Mediator<W> {
             log::warn!(target: &self.alias, "call {id} not retried: the mediator is shutting down");
             return;
         }
-        let Some(record) = self.calls.get_mut(&id) else {
+        let Some(record) = self.calls.rerun(id, clock::now_ns()) else {
             return;
         };
-        if let (Some(block), Some(pool)) = (record.ret_block.take(), self.pool.as_mut()) {
-            pool.arena.free(block);
+        if let Some(block) = record.ret_block.take() {
+            self.room.free(block);
         }
-        record.retries += 1;
         if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
             journal.write_call(
                 id,
@@ -1893,19 +1841,11 @@ impl<W: Worker> Mediator<W> {
                 (record.block.offset, record.args_len),
             );
         }
-        record.status = CallStatus::Uncalled;
-        record.error = None;
-        record.ret = None;
-        record.pid = None;
-        record.posted = None;
-        record.timings = Timings::default();
-        record.timings.enter(CallStatus::Uncalled, clock::now_ns());
-        self.queue.push_back(id);
     }
 
     /// Frees a finished call's shared memory and forgets it.
     fn release(&mut self, id: u64) {
-        if let Some(record) = self.calls.remove(&id) {
+        if let Some(record) = self.calls.remove(id) {
             self.free_record(&record);
         }
     }
@@ -1921,18 +1861,14 @@ impl<W: Worker> Mediator<W> {
             if let Some(journal) = pool.journal(entry) {
                 journal.clear();
             }
-            self.free_entries.push(entry);
-            pool.arena.free(block);
-            if let Some(b) = ret_block {
-                pool.arena.free(b);
-            }
+            self.room.free_call(entry, block, ret_block);
         }
     }
 
     /// Takes the result of a finished call out of the mediator.
     fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
-        let record = self.calls.remove(&raw).ok_or(CallError::UnknownCall(raw))?;
+        let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret, self.pool.as_ref()) {
             (CallStatus::Returned, Some((off, len)), Some(pool)) => {
                 // SAFETY: the call returned: the worker no longer writes its block.

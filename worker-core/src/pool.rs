@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::arena::{Arena, Span};
+use crate::arena::Span;
 use crate::call::{ExitCause, to_instant};
 use crate::channel::{self, ArgsAt, Request};
 use crate::clock::{self, Clock};
@@ -77,7 +77,6 @@ impl Slot {
 /// The resources of a started pool.
 pub(crate) struct Pool {
     pub(crate) region: Region,
-    pub(crate) arena: Arena,
     eventfd: OwnedFd,
     pub(crate) slots: Vec<Slot>,
     /// Workers asked to exit (recycled), not yet reaped.
@@ -164,7 +163,6 @@ impl Pool {
         };
         log::debug!(target: alias, "shared memory {} with {} payload bytes", region.name(), region.arena_size());
         let pool = Pool {
-            arena: Arena::new(region.arena_size()),
             region,
             eventfd,
             slots: (0..slots).map(|_| Slot::default()).collect(),
