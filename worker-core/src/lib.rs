@@ -56,6 +56,7 @@ mod room;
 mod shm;
 pub mod signals;
 pub mod stats;
+mod supervise;
 mod table;
 pub mod task;
 pub mod this_worker;

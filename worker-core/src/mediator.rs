@@ -27,6 +27,7 @@ use crate::pool::{Busy, Pool};
 use crate::process;
 use crate::room::{NoRoom, Room};
 use crate::stats::{self, MethodStats, Recorder, Stats};
+use crate::supervise::Supervisor;
 use crate::table::CallTable;
 use crate::this_worker;
 use crate::wire;
@@ -39,8 +40,6 @@ const SPACE_WAIT: Duration = Duration::from_secs(30);
 const FULL_EVERY: Duration = Duration::from_millis(1);
 /// How many times a call is requeued after its worker died before starting it.
 pub const MAX_REQUEUES: u32 = 3;
-/// How many workers in a row may die before answering a call before the pool stops forking.
-const START_FAILURE_LIMIT: u32 = 5;
 
 type Handler<W> = Box<dyn FnMut(&Call<'_, W>, Log<'_>)>;
 
@@ -90,15 +89,8 @@ pub struct Mediator<W: Worker> {
     room: Room,
     /// Set while `shutdown` runs: retries are refused.
     shutting_down: bool,
-    /// Errors counted by kind since the mediator was made.
-    errors: ErrorCounts,
-    /// Whether the parent error limits were reported.
-    errors_reported: bool,
-    /// Workers that died in a row before answering any call.
-    start_failures: u32,
-    /// A worker died or was killed: fork its replacement at the next collection, after the
-    /// call's outcome was reported (a report should not wait for a fork).
-    refill_due: bool,
+    /// Error counts, the start-failure breaker, replacements due.
+    health: Supervisor,
     /// Set while `collect` gives workers waiting for room their last chance.
     room_pass: bool,
     /// When the pool started.
@@ -169,10 +161,7 @@ impl<W: Worker> Mediator<W> {
             calls: CallTable::default(),
             room: Room::new(W::METHODS.len()),
             shutting_down: false,
-            errors: ErrorCounts::default(),
-            errors_reported: false,
-            start_failures: 0,
-            refill_due: false,
+            health: Supervisor::default(),
             room_pass: false,
             started_at: None,
             timing: vec![Default::default(); W::METHODS.len()],
@@ -329,7 +318,7 @@ impl<W: Worker> Mediator<W> {
         self.room
             .start(pool.region.arena_size(), pool.region.entries());
         self.pool = Some(pool);
-        self.start_failures = 0;
+        self.health.restart();
         if matching {
             if self.config.recover {
                 self.recover_calls();
@@ -422,7 +411,7 @@ impl<W: Worker> Mediator<W> {
 
     /// Errors counted since the mediator was made, by kind.
     pub fn errors(&self) -> ErrorCounts {
-        self.errors
+        self.health.errors()
     }
 
     /// A snapshot of the statistics: per method, the time calls waited for a worker and ran
@@ -454,7 +443,7 @@ impl<W: Worker> Mediator<W> {
                     running: running.summary(),
                 })
                 .collect(),
-            errors: self.errors,
+            errors: self.health.errors(),
             parent_rss_kib: stats::rss_kib(0),
             worker_rss_kib: pids.iter().map(|&p| (p, stats::rss_kib(p))).collect(),
             shared_memory: if self.pool.is_none() {
@@ -581,7 +570,7 @@ impl<W: Worker> Mediator<W> {
     fn nothing_else_to_collect(&self, mine: Option<usize>) -> bool {
         self.calls.nothing_queued()
             && self.calls.nothing_finished()
-            && !self.refill_due
+            && !self.health.refill_due()
             && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(mine))
     }
 
@@ -970,21 +959,19 @@ impl<W: Worker> Mediator<W> {
 
     /// Counts an error against the mediator and, if given, against a slot's worker.
     fn count_error(&mut self, kind: ErrorKind, slot: Option<usize>) {
-        self.errors.add(kind);
         if let (Some(i), Some(pool)) = (slot, self.pool.as_mut()) {
             pool.count_error(i, kind);
         }
-        if !self.errors_reported && self.errors.reached(&ErrorCounts::PARENT_LIMITS) {
-            self.errors_reported = true;
+        if self.health.count(kind) {
             log::error!(target: &self.alias,
                 "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
-                self.errors, ErrorCounts::PARENT_LIMITS);
+                self.health.errors(), ErrorCounts::PARENT_LIMITS);
         }
     }
 
     /// Forks a worker into slot `i`, unless workers keep dying before answering anything.
     fn spawn(&mut self, i: usize) -> bool {
-        if self.start_failures >= START_FAILURE_LIMIT {
+        if !self.health.may_fork() {
             return false;
         }
         let pool = self.pool.as_mut().expect("started");
@@ -1040,16 +1027,15 @@ impl<W: Worker> Mediator<W> {
             self.calls.dequeue();
             self.post_call(i, id, now.take());
         }
-        if self.start_failures >= START_FAILURE_LIMIT {
-            self.fail_queue_after_start_failures();
+        if let Some(failures) = self.health.tripped() {
+            self.fail_queue_after_start_failures(failures);
         }
     }
 
     /// Workers keep dying before they answer anything (a `setup` that panics, say): forking
     /// more would loop forever, so the queued calls fail instead.
-    fn fail_queue_after_start_failures(&mut self) {
+    fn fail_queue_after_start_failures(&mut self, failures: u32) {
         let now = clock::now_ns();
-        let failures = self.start_failures;
         for id in self.calls.take_queue() {
             self.finish(id, CallStatus::Failed, now, |_| {
                 CallError::Pool(format!(
@@ -1157,7 +1143,7 @@ impl<W: Worker> Mediator<W> {
     /// method's next return reservation follows this one, and a large value is warned about.
     fn slot_returned(&mut self, i: usize, method: u32, len: usize) {
         self.room.returned(method, len);
-        self.start_failures = 0;
+        self.health.answered();
         let Some(pool) = self.pool.as_mut() else {
             return;
         };
@@ -1193,7 +1179,7 @@ impl<W: Worker> Mediator<W> {
         let now = to_instant(now_ns);
         let slots = pool.slots.len();
         let check_deaths = pool.death_check_due(now);
-        if std::mem::take(&mut self.refill_due) {
+        if self.health.take_refill() {
             self.replace_dead();
         }
         for i in 0..slots {
@@ -1418,7 +1404,7 @@ impl<W: Worker> Mediator<W> {
                 } else {
                     let (available, allocation) = (self.room.available(), self.room.size());
                     pool.slots[i].busy = None;
-                    self.start_failures = 0;
+                    self.health.answered();
                     self.finish(busy.call, CallStatus::Failed, finished, |method| {
                         CallError::ReturnTooLarge {
                             method,
@@ -1434,7 +1420,7 @@ impl<W: Worker> Mediator<W> {
                 let pid = record.pid.unwrap_or(0);
                 // The object may be half-updated: replace the process.
                 pool.clear(i);
-                self.start_failures = 0;
+                self.health.answered();
                 self.count_error(ErrorKind::Catchall, None);
                 self.finish(busy.call, CallStatus::Panicked, finished, |method| {
                     CallError::Panicked {
@@ -1443,12 +1429,12 @@ impl<W: Worker> Mediator<W> {
                         message,
                     }
                 });
-                self.refill_due = true;
+                self.health.refill_later();
             }
             Outcome::WireError { message } => {
                 let message = text(message);
                 pool.slots[i].busy = None;
-                self.start_failures = 0;
+                self.health.answered();
                 self.count_error(ErrorKind::Catchall, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
@@ -1481,7 +1467,7 @@ impl<W: Worker> Mediator<W> {
                         source: WireError::Corrupted(detail),
                     }
                 });
-                self.refill_due = true;
+                self.health.refill_later();
             }
         }
     }
@@ -1510,7 +1496,7 @@ impl<W: Worker> Mediator<W> {
                     log::warn!(target: &self.alias, "idle worker {pid} {cause}");
                 }
                 if given == 0 {
-                    self.start_failures += 1;
+                    self.health.died_unanswered();
                 }
                 continue;
             };
@@ -1522,16 +1508,16 @@ impl<W: Worker> Mediator<W> {
             self.count_error(ErrorKind::Communication, None);
             if started {
                 log::warn!(target: &self.alias, "worker {pid} {cause} while running call {}", b.call);
-                self.start_failures = 0;
+                self.health.answered();
                 self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
                     CallError::Crashed { method, pid, cause }
                 });
             } else {
-                self.start_failures += 1;
+                self.health.died_unanswered();
                 self.requeue_unstarted(b.call, pid, cause);
             }
         }
-        self.refill_due = true;
+        self.health.refill_later();
     }
 
     /// A call whose worker died before starting it goes back to the front of the queue.
@@ -1612,7 +1598,7 @@ impl<W: Worker> Mediator<W> {
                 }
             });
         }
-        self.refill_due = true;
+        self.health.refill_later();
     }
 
     /// Retires idle workers past their recycling or error limits; each is replaced first.
