@@ -17,13 +17,13 @@ use serde::Serialize;
 use crate::answer::{self, Outcome};
 use crate::arena::{Block, Span};
 use crate::call::{Call, CallId, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant};
-use crate::channel::{self, ArgsAt, Ran, Request, Response};
+use crate::channel::{self, ArgsAt, Ran, Response};
 use crate::clock;
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
 use crate::journal;
-use crate::pool::{Busy, Pool};
+use crate::pool::Pool;
 use crate::process;
 use crate::room::{NoRoom, Room};
 use crate::stats::{self, MethodStats, Recorder, Stats};
@@ -182,12 +182,12 @@ impl<W: Worker> Mediator<W> {
     pub fn workers(&mut self, count: usize) -> &mut Self {
         let mut count = count.max(1);
         if let Some(pool) = &self.pool
-            && count > pool.slots.len()
+            && count > pool.size()
         {
             log::warn!(target: &self.alias,
                 "workers({count}) after the pool started with {}: keeping {}; set workers() before the first call",
-                pool.slots.len(), pool.slots.len());
-            count = pool.slots.len();
+                pool.size(), pool.size());
+            count = pool.size();
         }
         self.config.workers = count;
         self
@@ -316,7 +316,7 @@ impl<W: Worker> Mediator<W> {
         let (pool, matching) =
             Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?;
         self.room
-            .start(pool.region.arena_size(), pool.region.entries());
+            .start(pool.region().arena_size(), pool.region().entries());
         self.pool = Some(pool);
         self.health.restart();
         if matching {
@@ -342,17 +342,15 @@ impl<W: Worker> Mediator<W> {
         let Some(pool) = &self.pool else {
             return true;
         };
-        let workers = self.config.workers.min(pool.slots.len());
+        let workers = self.config.workers.min(pool.size());
         let mut live = 0;
-        for (i, slot) in pool.slots.iter().enumerate().take(workers) {
-            live += usize::from(slot.child.is_some());
-            let free = match slot.busy {
-                None => slot.child.is_some(),
-                Some(b) => pool
-                    .region
-                    .channel(i)
-                    .answer(b.seq)
-                    .is_some_and(|a| a.kind() == Some(Response::Returned)),
+        for i in 0..workers {
+            live += usize::from(pool.has_worker(i));
+            let free = match pool.busy(i) {
+                None => pool.has_worker(i),
+                Some(_) => pool
+                    .answer(i)
+                    .is_some_and(|(_, a)| a.kind() == Some(Response::Returned)),
             };
             if free {
                 return true;
@@ -402,11 +400,7 @@ impl<W: Worker> Mediator<W> {
 
     /// The process ids of the live workers.
     pub fn pids(&self) -> Vec<i32> {
-        self.pool
-            .iter()
-            .flat_map(|p| p.slots.iter())
-            .filter_map(|s| s.pid())
-            .collect()
+        self.pool.iter().flat_map(Pool::pids).collect()
     }
 
     /// Errors counted since the mediator was made, by kind.
@@ -578,7 +572,7 @@ impl<W: Worker> Mediator<W> {
     fn answered_slot(&self, posted: Option<(usize, u32)>) -> Option<usize> {
         let pool = self.pool.as_ref()?;
         posted
-            .filter(|&(i, seq)| pool.region.channel(i).answered(seq))
+            .filter(|&(i, seq)| pool.answered(i, seq))
             .map(|(i, _)| i)
     }
 
@@ -633,10 +627,10 @@ impl<W: Worker> Mediator<W> {
         }
         let pool = self.pool.as_mut().expect("checked above");
         let mut kept = queued.len();
-        for i in 0..pool.slots.len() {
+        for i in 0..pool.size() {
             // Killed while running: the journal says it was started, so it runs again, with
             // one more retry, after recovery.
-            if pool.clear(i).1.is_some() {
+            if pool.kill(i).1.is_some() {
                 kept += 1;
             }
         }
@@ -647,8 +641,8 @@ impl<W: Worker> Mediator<W> {
             .filter(|r| r.status == CallStatus::Returned)
             .count();
         let mut pool = self.pool.take().expect("checked above");
-        pool.region.keep(kept > 0);
-        log::info!(target: &self.alias, "suspended with {kept} calls kept in {}", pool.region.name());
+        pool.keep_segment(kept > 0);
+        log::info!(target: &self.alias, "suspended with {kept} calls kept in {}", pool.region().name());
         drop(pool);
         self.calls.clear();
         self.shutting_down = false;
@@ -683,11 +677,11 @@ impl<W: Worker> Mediator<W> {
         }
         let grace = self.config.grace;
         let now = clock::now_ns();
-        let slots = self.pool.as_ref().map_or(0, |p| p.slots.len());
+        let slots = self.pool.as_ref().map_or(0, Pool::size);
         for i in 0..slots {
             let pool = self.pool.as_mut().expect("checked above");
-            if pool.slots[i].busy.is_some() {
-                let (_, busy) = pool.clear(i);
+            if pool.busy(i).is_some() {
+                let (_, busy) = pool.kill(i);
                 if let Some(b) = busy {
                     self.finish(b.call, CallStatus::Cancelled, now, |method| {
                         CallError::Cancelled {
@@ -733,7 +727,7 @@ impl<W: Worker> Mediator<W> {
     /// (see `clock`).
     fn now_ns(&mut self) -> u64 {
         match self.pool.as_mut() {
-            Some(pool) => pool.clock.now_ns(),
+            Some(pool) => pool.now_ns(),
             None => clock::now_ns(),
         }
     }
@@ -741,7 +735,7 @@ impl<W: Worker> Mediator<W> {
     /// When the worker holding `record` started running it, if it did.
     fn started_ns(&self, record: &CallRecord) -> Option<u64> {
         let (slot, seq) = record.posted?;
-        self.pool.as_ref()?.region.channel(slot).started(seq)
+        self.pool.as_ref()?.started(slot, seq)
     }
 
     /// Encodes the arguments into shared memory and queues the call.
@@ -772,7 +766,7 @@ impl<W: Worker> Mediator<W> {
         if inline_len.is_none() {
             let pool = self.pool.as_mut().expect("started above");
             // SAFETY: the block is this call's: no worker has it.
-            let buf = unsafe { pool.region.payload_mut(block.offset, args_len) }
+            let buf = unsafe { pool.region().payload_mut(block.offset, args_len) }
                 .expect("arena blocks lie inside the payload area");
             if let Err(e) = wire::encode_into(args, buf) {
                 self.free_call(entry, block, None);
@@ -798,12 +792,12 @@ impl<W: Worker> Mediator<W> {
         if let Some(bytes) = inline {
             // SAFETY: the block is this call's, and a call posted with inline arguments is
             // never read from it by the worker.
-            unsafe { pool.region.payload_mut(block.offset, bytes.len()) }
+            unsafe { pool.region().payload_mut(block.offset, bytes.len()) }
                 .expect("arena blocks lie inside the payload area")
                 .copy_from_slice(bytes);
         }
         // One clock read for the call's creation and its hand-over, if it was handed over.
-        let now = pool.clock.now_ns();
+        let now = pool.now_ns();
         let mut timings = Timings::default();
         timings.enter(CallStatus::Uncalled, now);
         let mut status = CallStatus::Uncalled;
@@ -824,7 +818,7 @@ impl<W: Worker> Mediator<W> {
             method,
             status,
             retries: 0,
-            pid: posted.and_then(|(i, _)| pool.slots[i].pid()),
+            pid: posted.and_then(|(i, _)| pool.pid(i)),
             timings,
             error: None,
             block,
@@ -850,15 +844,15 @@ impl<W: Worker> Mediator<W> {
             return None;
         }
         let pool = self.pool.as_ref()?;
-        let workers = self.config.workers.min(pool.slots.len());
-        (0..workers).find(|&i| pool.slots[i].is_idle() && !pool.is_worn(i, None))
+        let workers = self.config.workers.min(pool.size());
+        (0..workers).find(|&i| pool.is_idle(i) && !pool.is_worn(i, None))
     }
 
     /// The first of the configured slots with no worker, if any.
     fn empty_slot(&self) -> Option<usize> {
         let pool = self.pool.as_ref()?;
-        let workers = self.config.workers.min(pool.slots.len());
-        (0..workers).find(|&i| pool.slots[i].child.is_none())
+        let workers = self.config.workers.min(pool.size());
+        (0..workers).find(|&i| !pool.has_worker(i))
     }
 
     /// Warns, once per method, about a payload larger than 1/50 of the allocation.
@@ -991,14 +985,10 @@ impl<W: Worker> Mediator<W> {
     /// Forks workers into the empty slots up to the configured count.
     fn fill_pool(&mut self) {
         let workers = self.config.workers;
-        let slots = self.pool.as_ref().map_or(0, |p| workers.min(p.slots.len()));
+        let slots = self.pool.as_ref().map_or(0, |p| workers.min(p.size()));
         // By index, not through a collected list: this runs with every dispatch.
         for i in 0..slots {
-            if self
-                .pool
-                .as_ref()
-                .is_some_and(|p| p.slots[i].child.is_none())
-            {
+            if self.pool.as_ref().is_some_and(|p| !p.has_worker(i)) {
                 self.spawn(i);
             }
         }
@@ -1048,8 +1038,8 @@ impl<W: Worker> Mediator<W> {
     /// An idle live worker, or an empty slot with a freshly forked one.
     fn idle_slot(&mut self) -> Option<usize> {
         let pool = self.pool.as_ref()?;
-        let workers = self.config.workers.min(pool.slots.len());
-        if let Some(i) = (0..workers).find(|&i| pool.slots[i].is_idle()) {
+        let workers = self.config.workers.min(pool.size());
+        if let Some(i) = (0..workers).find(|&i| pool.is_idle(i)) {
             return Some(i);
         }
         let empty = self.empty_slot()?;
@@ -1067,7 +1057,7 @@ impl<W: Worker> Mediator<W> {
         if let Some(journal) = pool.journal(record.entry) {
             journal.write_progress(journal::PENDING, Some((i, seq)), None);
         }
-        record.pid = pool.slots[i].pid();
+        record.pid = pool.pid(i);
         record.posted = Some((i, seq));
         record.set_status(CallStatus::Called, now.unwrap_or_else(clock::now_ns));
     }
@@ -1093,7 +1083,7 @@ impl<W: Worker> Mediator<W> {
         let args = match inline {
             Some(bytes) => ArgsAt::Inline(bytes),
             // SAFETY: the block is this call's; no worker writes it before the call is posted.
-            None => match unsafe { pool.region.payload(offset, len) } {
+            None => match unsafe { pool.region().payload(offset, len) } {
                 Some(bytes) if len <= small.len() => {
                     small[..len].copy_from_slice(bytes);
                     ArgsAt::Inline(&small[..len])
@@ -1147,7 +1137,7 @@ impl<W: Worker> Mediator<W> {
         let Some(pool) = self.pool.as_mut() else {
             return;
         };
-        pool.slots[i].busy = None;
+        pool.release(i);
         self.warn_if_large(method, len);
     }
 
@@ -1177,7 +1167,7 @@ impl<W: Worker> Mediator<W> {
         };
         self.collected_at = Some(now_ns);
         let now = to_instant(now_ns);
-        let slots = pool.slots.len();
+        let slots = pool.size();
         let check_deaths = pool.death_check_due(now);
         if self.health.take_refill() {
             self.replace_dead();
@@ -1224,8 +1214,7 @@ impl<W: Worker> Mediator<W> {
             self.settle();
         }
         let pool = self.pool.as_mut()?;
-        let busy = pool.slots[i].busy.filter(|b| b.call == id.raw())?;
-        let answer = pool.region.channel(i).answer(busy.seq)?;
+        let (busy, answer) = pool.answer(i).filter(|(b, _)| b.call == id.raw())?;
         let Outcome::Returned { value, inline } = answer::outcome(&answer, busy.ret) else {
             return None;
         };
@@ -1243,7 +1232,7 @@ impl<W: Worker> Mediator<W> {
             Some(bytes) => id.decode(&bytes[..len]),
             // SAFETY: the worker answered: it no longer writes the block.
             None => {
-                id.decode(unsafe { pool.region.payload(value.offset, len) }.unwrap_or_default())
+                id.decode(unsafe { pool.region().payload(value.offset, len) }.unwrap_or_default())
             }
         };
         let result = decoded.map_err(|source| CallError::Wire {
@@ -1320,11 +1309,7 @@ impl<W: Worker> Mediator<W> {
     /// [`Outcome`] (see `answer`), then applies that to the call, the slot and the counts.
     fn read_answer(&mut self, i: usize) {
         let pool = self.pool.as_mut().expect("started");
-        let Some(busy) = pool.slots[i].busy else {
-            return;
-        };
-        let channel = pool.region.channel(i);
-        let Some(answer) = channel.answer(busy.seq) else {
+        let Some((busy, answer)) = pool.answer(i) else {
             return;
         };
         for _ in 0..pool.take_worker_errors(i) {
@@ -1346,7 +1331,7 @@ impl<W: Worker> Mediator<W> {
         // The worker answered: it no longer writes the block.
         let text = |span: Span| {
             // SAFETY: see above.
-            unsafe { pool.region.payload(span.offset, span.len) }
+            unsafe { pool.region().payload(span.offset, span.len) }
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
@@ -1357,7 +1342,7 @@ impl<W: Worker> Mediator<W> {
                     // The value came inside the answer: put it where a returned value lies,
                     // for the journal and for `wait`.
                     // SAFETY: the reservation is this call's and the worker answered.
-                    if let Some(dst) = unsafe { pool.region.payload_mut(value.offset, len) } {
+                    if let Some(dst) = unsafe { pool.region().payload_mut(value.offset, len) } {
                         dst.copy_from_slice(&bytes[..len]);
                     }
                 }
@@ -1380,30 +1365,14 @@ impl<W: Worker> Mediator<W> {
             Outcome::NeedSpace { len } => {
                 if let Some(block) = self.room.alloc(len) {
                     record.ret_block = Some(block);
-                    let ret = Span::new(block.offset, block.len);
-                    let seq = pool.post_request(
-                        i,
-                        Request::Space,
-                        method,
-                        ArgsAt::Block(0, 0),
-                        ret,
-                        false,
-                    );
-                    pool.slots[i].busy = Some(Busy {
-                        seq,
-                        ret,
-                        awaiting_room: false,
-                        ..busy
-                    });
+                    pool.grant_room(i, method, Span::new(block.offset, block.len));
                 } else if len <= self.room.size() && (!self.room_pass || pool.others_running(i)) {
                     // Room may be freed when this collection delivers finished calls, or when
                     // other calls are done: ask again then (the call's timeout still runs).
-                    if let Some(b) = pool.slots[i].busy.as_mut() {
-                        b.awaiting_room = true;
-                    }
+                    pool.wait_for_room(i);
                 } else {
                     let (available, allocation) = (self.room.available(), self.room.size());
-                    pool.slots[i].busy = None;
+                    pool.release(i);
                     self.health.answered();
                     self.finish(busy.call, CallStatus::Failed, finished, |method| {
                         CallError::ReturnTooLarge {
@@ -1419,7 +1388,7 @@ impl<W: Worker> Mediator<W> {
                 let message = text(message);
                 let pid = record.pid.unwrap_or(0);
                 // The object may be half-updated: replace the process.
-                pool.clear(i);
+                pool.kill(i);
                 self.health.answered();
                 self.count_error(ErrorKind::Catchall, None);
                 self.finish(busy.call, CallStatus::Panicked, finished, |method| {
@@ -1433,7 +1402,7 @@ impl<W: Worker> Mediator<W> {
             }
             Outcome::WireError { message } => {
                 let message = text(message);
-                pool.slots[i].busy = None;
+                pool.release(i);
                 self.health.answered();
                 self.count_error(ErrorKind::Catchall, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1445,7 +1414,7 @@ impl<W: Worker> Mediator<W> {
             }
             Outcome::Refused => {
                 // The worker refused a request that failed its checksum.
-                pool.slots[i].busy = None;
+                pool.release(i);
                 self.count_error(ErrorKind::Corruption, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
@@ -1458,7 +1427,7 @@ impl<W: Worker> Mediator<W> {
             }
             Outcome::Invalid { detail } => {
                 // The channel cannot be trusted, so the worker is replaced.
-                pool.clear(i);
+                pool.kill(i);
                 self.count_error(ErrorKind::Corruption, None);
                 log::warn!(target: &self.alias, "call {}: corrupted {detail}", busy.call);
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1484,11 +1453,11 @@ impl<W: Worker> Mediator<W> {
             // A worker can answer and then die: take the answer first.
             self.read_answer(i);
             let pool = self.pool.as_mut().expect("started");
-            if pool.slots[i].child.is_none() {
+            if !pool.has_worker(i) {
                 continue; // Its answer (a panic, say) already settled the slot.
             }
             let given = pool.calls_given(i);
-            let (pid, busy) = pool.clear(i);
+            let (pid, busy) = pool.kill(i);
             let Some(b) = busy else {
                 if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
                     log::info!(target: &self.alias, "worker {pid} exited after fatal_error(); replacing it");
@@ -1500,7 +1469,7 @@ impl<W: Worker> Mediator<W> {
                 }
                 continue;
             };
-            let started = pool.region.channel(i).started(b.seq).is_some()
+            let started = pool.started(i, b.seq).is_some()
                 || self
                     .calls
                     .get(b.call)
@@ -1569,13 +1538,7 @@ impl<W: Worker> Mediator<W> {
         };
         let now = Instant::now();
         let pool = self.pool.as_mut().expect("started");
-        let expired: Vec<usize> = (0..pool.slots.len())
-            .filter(|&i| {
-                pool.slots[i]
-                    .busy
-                    .is_some_and(|b| b.deadline.is_some_and(|d| d <= now))
-            })
-            .collect();
+        let expired = pool.expired(now);
         if expired.is_empty() {
             return;
         }
@@ -1584,10 +1547,10 @@ impl<W: Worker> Mediator<W> {
             // An answer that arrived in time wins over the deadline.
             self.read_answer(i);
             let pool = self.pool.as_mut().expect("started");
-            if pool.slots[i].busy.is_none() {
+            if pool.busy(i).is_none() {
                 continue;
             }
-            let (pid, busy) = pool.clear(i);
+            let (pid, busy) = pool.kill(i);
             let Some(b) = busy else { continue };
             log::warn!(target: &self.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
             self.finish(b.call, CallStatus::Timeout, now_ns, |method| {
@@ -1603,7 +1566,7 @@ impl<W: Worker> Mediator<W> {
 
     /// Retires idle workers past their recycling or error limits; each is replaced first.
     fn retire_worn(&mut self, now: Instant) {
-        let slots = self.pool.as_ref().map_or(0, |p| p.slots.len());
+        let slots = self.pool.as_ref().map_or(0, Pool::size);
         // By index, not through a collected list: this runs at every collection, and
         // retiring one worker does not change whether another is worn.
         for i in 0..slots {
@@ -1617,7 +1580,7 @@ impl<W: Worker> Mediator<W> {
         if !pool.is_worn(i, now) {
             return;
         }
-        let old = pool.slots[i].pid().unwrap_or(0);
+        let old = pool.pid(i).unwrap_or(0);
         match pool.retire(i, &mut self.value) {
             Ok(new) => {
                 log::debug!(target: &self.alias, "worker {old} retired; {new} took its place")
@@ -1654,12 +1617,12 @@ impl<W: Worker> Mediator<W> {
             };
             if let (Some(handler), Some(pool)) = (handler, self.pool.as_ref()) {
                 // SAFETY: the call is final: no worker writes its blocks any more.
-                let args = unsafe { pool.region.payload(record.block.offset, record.args_len) }
+                let args = unsafe { pool.region().payload(record.block.offset, record.args_len) }
                     .unwrap_or_default();
                 let ret = record
                     .ret
                     // SAFETY: as above.
-                    .and_then(|(off, len)| unsafe { pool.region.payload(off, len) });
+                    .and_then(|(off, len)| unsafe { pool.region().payload(off, len) });
                 let call = Call {
                     record,
                     args,
@@ -1688,8 +1651,8 @@ impl<W: Worker> Mediator<W> {
     fn purge_journal(&mut self) {
         let pool = self.pool.as_ref().expect("started");
         let mut purged = 0;
-        for i in 0..pool.region.entries() {
-            let entry = pool.region.entry(i);
+        for i in 0..pool.region().entries() {
+            let entry = pool.region().entry(i);
             if entry.read(i).is_some() {
                 purged += 1;
             }
@@ -1698,7 +1661,7 @@ impl<W: Worker> Mediator<W> {
         if purged > 0 {
             log::info!(target: &self.alias,
                 "removed {purged} calls an earlier run left in {} (start with recovery to complete them instead)",
-                pool.region.name());
+                pool.region().name());
         }
     }
 
@@ -1709,13 +1672,13 @@ impl<W: Worker> Mediator<W> {
         let pool = self.pool.as_mut().expect("started");
         let mut found = Vec::new();
         let mut corrupted = 0;
-        for i in 0..pool.region.entries() {
-            match pool.region.entry(i).read(i) {
+        for i in 0..pool.region().entries() {
+            match pool.region().entry(i).read(i) {
                 None => {}
                 Some(Ok(r)) => found.push(r),
                 Some(Err(e)) => {
                     log::warn!(target: &self.alias, "recovery: {e}; that call is lost");
-                    pool.region.entry(i).clear();
+                    pool.region().entry(i).clear();
                     corrupted += 1;
                 }
             }
@@ -1753,14 +1716,14 @@ impl<W: Worker> Mediator<W> {
                 if let Some(Some(b)) = ret_block {
                     self.room.free(b);
                 }
-                pool.region.entry(r.index).clear();
+                pool.region().entry(r.index).clear();
                 corrupted += 1;
                 continue;
             };
             self.room.claim_entry(r.index);
             let started = r.progress.is_none()
                 || posted.is_some_and(|(slot, seq)| {
-                    slot >= pool.slots.len() || pool.region.channel(slot).started(seq).is_some()
+                    slot >= pool.size() || pool.started(slot, seq).is_some()
                 });
             let mut record = CallRecord {
                 id: r.id,
@@ -1791,7 +1754,7 @@ impl<W: Worker> Mediator<W> {
                 } else {
                     queued += 1;
                 }
-                pool.region
+                pool.region()
                     .entry(r.index)
                     .write_call(r.id, r.method, record.retries, r.args);
                 self.calls.enqueue(r.id);
@@ -1804,7 +1767,7 @@ impl<W: Worker> Mediator<W> {
         let pool = self.pool.as_ref().expect("started");
         log::info!(target: &self.alias,
             "recovered from {}: {queued} queued calls, {rerun} that were running (run again, retries + 1), {returned} returned and not yet delivered, {corrupted} lost to corruption",
-            pool.region.name());
+            pool.region().name());
     }
 
     /// Puts a finished call back in the queue with one more retry and a clean state.
@@ -1858,7 +1821,7 @@ impl<W: Worker> Mediator<W> {
         let result = match (record.status, record.ret, self.pool.as_ref()) {
             (CallStatus::Returned, Some((off, len)), Some(pool)) => {
                 // SAFETY: the call returned: the worker no longer writes its block.
-                let bytes = unsafe { pool.region.payload(off, len) }.unwrap_or_default();
+                let bytes = unsafe { pool.region().payload(off, len) }.unwrap_or_default();
                 id.decode(bytes).map_err(|source| CallError::Wire {
                     method: Self::method_name(record.method),
                     source,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::arena::Span;
 use crate::call::{ExitCause, to_instant};
-use crate::channel::{self, ArgsAt, Request};
+use crate::channel::{self, Answer, ArgsAt, Request};
 use crate::clock::{self, Clock};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind};
@@ -46,16 +46,16 @@ pub(crate) struct Busy {
 
 /// One place in the pool: a worker process (or none) and the call it holds.
 #[derive(Debug, Default)]
-pub(crate) struct Slot {
-    pub(crate) child: Option<Child>,
-    pub(crate) busy: Option<Busy>,
+struct Slot {
+    child: Option<Child>,
+    busy: Option<Busy>,
     /// Calls this worker was given.
     calls: u64,
     /// This worker's own recycling limits, drawn with jitter when it was forked.
     retire_after_calls: Option<u64>,
     retire_at: Option<Instant>,
     /// Errors seen with this worker.
-    pub(crate) errors: ErrorCounts,
+    errors: ErrorCounts,
     /// How many of the errors the worker reported itself were counted.
     reported_errors: u32,
     /// The sequence number of the last request posted on the slot's channel: the parent's own
@@ -64,21 +64,21 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    pub(crate) fn pid(&self) -> Option<i32> {
+    fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(Child::pid)
     }
 
     #[inline]
-    pub(crate) fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.child.is_some() && self.busy.is_none()
     }
 }
 
 /// The resources of a started pool.
 pub(crate) struct Pool {
-    pub(crate) region: Region,
+    region: Region,
     eventfd: OwnedFd,
-    pub(crate) slots: Vec<Slot>,
+    slots: Vec<Slot>,
     /// Workers asked to exit (recycled), not yet reaped.
     retiring: Vec<Child>,
     server: Option<Rc<RefCell<ForkServer>>>,
@@ -88,7 +88,7 @@ pub(crate) struct Pool {
     recycle: Recycle,
     next_death_check: Instant,
     /// The parent's time on the hot path.
-    pub(crate) clock: Clock,
+    clock: Clock,
     /// Whether forking with several threads alive was warned about.
     warned_threads: bool,
     alias: String,
@@ -237,6 +237,121 @@ impl Pool {
         self.journaled.then(|| self.region.entry(i))
     }
 
+    /// The shared-memory region: channels, journal, payloads.
+    #[inline]
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// Keeps the segment when the pool is dropped (for recovery), or not.
+    pub(crate) fn keep_segment(&mut self, keep: bool) {
+        self.region.keep(keep);
+    }
+
+    /// CLOCK_MONOTONIC nanoseconds, read through the tick counter (see `clock`).
+    #[inline]
+    pub(crate) fn now_ns(&mut self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    /// How many slots the pool has (the worker count it started with).
+    #[inline]
+    pub(crate) fn size(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether slot `i` has a worker process.
+    #[inline]
+    pub(crate) fn has_worker(&self, i: usize) -> bool {
+        self.slots[i].child.is_some()
+    }
+
+    /// Whether slot `i` has a worker that holds no call.
+    #[inline]
+    pub(crate) fn is_idle(&self, i: usize) -> bool {
+        self.slots[i].is_idle()
+    }
+
+    /// The process id of slot `i`'s worker.
+    #[inline]
+    pub(crate) fn pid(&self, i: usize) -> Option<i32> {
+        self.slots[i].pid()
+    }
+
+    /// The process ids of the live workers.
+    pub(crate) fn pids(&self) -> impl Iterator<Item = i32> + '_ {
+        self.slots.iter().filter_map(Slot::pid)
+    }
+
+    /// The call slot `i`'s worker holds.
+    #[inline]
+    pub(crate) fn busy(&self, i: usize) -> Option<Busy> {
+        self.slots[i].busy
+    }
+
+    /// The answer of slot `i`'s worker to the request it holds, if it wrote one, with what
+    /// it holds.
+    #[inline]
+    pub(crate) fn answer(&self, i: usize) -> Option<(Busy, Answer)> {
+        let busy = self.slots[i].busy?;
+        Some((busy, self.region.channel(i).answer(busy.seq)?))
+    }
+
+    /// Whether slot `i`'s worker answered request `seq`.
+    #[inline]
+    pub(crate) fn answered(&self, i: usize, seq: u32) -> bool {
+        self.region.channel(i).answered(seq)
+    }
+
+    /// When slot `i`'s worker started request `seq`, if it did (`None` too for a slot this
+    /// pool does not have, as a journal from another layout may name).
+    pub(crate) fn started(&self, i: usize, seq: u32) -> Option<u64> {
+        (i < self.slots.len())
+            .then(|| self.region.channel(i).started(seq))
+            .flatten()
+    }
+
+    /// Slot `i`'s worker is done with its call (it answered, and the answer was taken): it
+    /// is idle again.
+    #[inline]
+    pub(crate) fn release(&mut self, i: usize) {
+        self.slots[i].busy = None;
+    }
+
+    /// Slot `i`'s worker waits for room for its return value: its answer is read again at
+    /// each collection, and it is no event to wake for meanwhile.
+    pub(crate) fn wait_for_room(&mut self, i: usize) {
+        if let Some(b) = self.slots[i].busy.as_mut() {
+            b.awaiting_room = true;
+        }
+    }
+
+    /// Gives slot `i`'s worker, which waits for room for its return value, the reservation
+    /// `ret` for it.
+    pub(crate) fn grant_room(&mut self, i: usize, method: u32, ret: Span) {
+        let Some(busy) = self.slots[i].busy else {
+            return;
+        };
+        let seq = self.post_request(i, Request::Space, method, ArgsAt::Block(0, 0), ret, false);
+        self.slots[i].busy = Some(Busy {
+            seq,
+            ret,
+            awaiting_room: false,
+            ..busy
+        });
+    }
+
+    /// The slots whose call ran past its deadline at `now`.
+    pub(crate) fn expired(&self, now: Instant) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&i| {
+                self.slots[i]
+                    .busy
+                    .is_some_and(|b| b.deadline.is_some_and(|d| d <= now))
+            })
+            .collect()
+    }
+
     /// How many workers hold a call.
     #[inline]
     pub(crate) fn busy_count(&self) -> usize {
@@ -269,7 +384,7 @@ impl Pool {
     }
 
     /// Posts a request on slot `i`'s channel (see `Channel::post`); returns its sequence number.
-    pub(crate) fn post_request(
+    fn post_request(
         &mut self,
         i: usize,
         kind: Request,
@@ -338,8 +453,10 @@ impl Pool {
             .collect()
     }
 
-    /// Empties slot `i`, killing its worker if it still lives; returns its pid and its call.
-    pub(crate) fn clear(&mut self, i: usize) -> (i32, Option<Busy>) {
+    /// Empties slot `i`, killing its worker (SIGKILL) if it still lives; returns its pid and
+    /// its call. Every worker the parent gives up on (timed out, panicked, corrupted, still
+    /// running at shutdown) is killed here.
+    pub(crate) fn kill(&mut self, i: usize) -> (i32, Option<Busy>) {
         let slot = &mut self.slots[i];
         let pid = slot.pid().unwrap_or(0);
         if let Some(mut child) = slot.child.take() {
