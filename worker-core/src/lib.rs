@@ -39,12 +39,14 @@
 mod answer;
 mod arena;
 pub mod call;
+mod callbacks;
 mod channel;
 mod clock;
 pub mod closure;
 pub mod config;
 pub mod daemon;
 pub mod drive;
+mod engine;
 pub mod error;
 mod fork_server;
 pub mod instance;

@@ -1,0 +1,100 @@
+//! The callbacks of a pool: one per way a call can end (`on_return`, `on_timeout`,
+//! `on_error`), whatever their signature. The mediator keeps plain closures; the daemon host
+//! keeps closures that also get the application and the other pools.
+
+use crate::call::CallStatus;
+
+/// Which of the three callbacks a finished call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum On {
+    /// The method returned.
+    Return,
+    /// The call ran past its timeout.
+    Timeout,
+    /// Any other failure: crashed, panicked, failed, cancelled.
+    Error,
+}
+
+impl On {
+    /// The callback for a call that ended with `status`.
+    pub(crate) fn of(status: CallStatus) -> On {
+        match status {
+            CallStatus::Returned => On::Return,
+            CallStatus::Timeout => On::Timeout,
+            _ => On::Error,
+        }
+    }
+}
+
+/// One handler of type `H` (or none) per way a call can end.
+pub(crate) struct Callbacks<H> {
+    on_return: Option<H>,
+    on_timeout: Option<H>,
+    on_error: Option<H>,
+}
+
+impl<H> Default for Callbacks<H> {
+    fn default() -> Self {
+        Callbacks {
+            on_return: None,
+            on_timeout: None,
+            on_error: None,
+        }
+    }
+}
+
+impl<H> Callbacks<H> {
+    /// Sets the handler for `on`, replacing any.
+    pub(crate) fn set(&mut self, on: On, handler: H) {
+        *self.slot(on) = Some(handler);
+    }
+
+    /// Whether a handler is set for `on`.
+    #[inline]
+    pub(crate) fn has(&self, on: On) -> bool {
+        match on {
+            On::Return => self.on_return.is_some(),
+            On::Timeout => self.on_timeout.is_some(),
+            On::Error => self.on_error.is_some(),
+        }
+    }
+
+    /// The handler for a call that ended with `status`, if one is set.
+    pub(crate) fn for_status(&mut self, status: CallStatus) -> Option<&mut H> {
+        self.slot(On::of(status)).as_mut()
+    }
+
+    fn slot(&mut self, on: On) -> &mut Option<H> {
+        match on {
+            On::Return => &mut self.on_return,
+            On::Timeout => &mut self.on_timeout,
+            On::Error => &mut self.on_error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_final_status_has_its_callback() {
+        let mut c = Callbacks::default();
+        assert!(c.for_status(CallStatus::Returned).is_none());
+        c.set(On::Return, "return");
+        c.set(On::Error, "error");
+        assert!(c.has(On::Return) && !c.has(On::Timeout));
+        assert_eq!(c.for_status(CallStatus::Returned), Some(&mut "return"));
+        assert_eq!(c.for_status(CallStatus::Timeout), None);
+        for status in [
+            CallStatus::Cancelled,
+            CallStatus::Crashed,
+            CallStatus::Panicked,
+            CallStatus::Failed,
+        ] {
+            assert_eq!(c.for_status(status), Some(&mut "error"));
+        }
+        c.set(On::Timeout, "timeout");
+        assert_eq!(c.for_status(CallStatus::Timeout), Some(&mut "timeout"));
+    }
+}
