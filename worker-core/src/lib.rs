@@ -36,7 +36,6 @@
 //! | single instance lock and pid file | [`instance`] |
 #![deny(missing_docs)]
 
-mod answer;
 mod arena;
 pub mod call;
 mod callbacks;
@@ -54,12 +53,9 @@ mod journal;
 pub mod mediator;
 mod pool;
 mod process;
-mod room;
 mod shm;
 pub mod signals;
 pub mod stats;
-mod supervise;
-mod table;
 pub mod task;
 pub mod this_worker;
 pub mod wire;

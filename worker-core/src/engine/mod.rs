@@ -18,29 +18,33 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::answer::{self, Outcome};
+mod answer;
+mod recovery;
+mod room;
+mod supervise;
+mod table;
+mod wait;
+
+use self::answer::Outcome;
+use self::room::{NoRoom, Room};
+use self::supervise::Supervisor;
+use self::table::CallTable;
+use self::wait::{Delivered, delivered_times};
 use crate::arena::{Block, Span};
-use crate::call::{Call, CallId, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant};
-use crate::channel::{self, ArgsAt, Ran, Response};
+use crate::call::{Call, CallId, CallRecord, CallStatus, Log, Timings, to_instant};
+use crate::channel::{self, ArgsAt, Response};
 use crate::clock;
 use crate::config::{Config, ForkStrategy};
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
 use crate::journal;
 use crate::pool::Pool;
 use crate::process;
-use crate::room::{NoRoom, Room};
 use crate::stats::{self, MethodStats, Recorder, Stats};
-use crate::supervise::Supervisor;
-use crate::table::CallTable;
-use crate::this_worker;
 use crate::wire;
 use crate::worker::Worker;
 
 /// How long `submit` waits for running calls to free shared memory before giving up.
 const SPACE_WAIT: Duration = Duration::from_secs(30);
-/// The longest `wait` goes without a full collection while answers keep coming (see
-/// `Engine::nothing_else_to_collect`).
-const FULL_EVERY: Duration = Duration::from_millis(1);
 /// How many times a call is requeued after its worker died before starting it.
 pub const MAX_REQUEUES: u32 = 3;
 
@@ -78,33 +82,6 @@ pub(crate) struct Engine<W: Worker> {
     /// The call `wait` delivered last, whose bookkeeping waits for the next call's post (see
     /// [`Engine::settle`]).
     delivered: Option<Delivered>,
-}
-
-/// A call `wait` delivered through its short path, with what its bookkeeping still needs:
-/// its record to drop (the views of the engine already treat it as gone), its times for
-/// the statistics, its journal entry and blocks to free, and its worker's wear to check. The
-/// bookkeeping is done by [`Engine::settle`], after the next call is posted (its worker runs
-/// meanwhile) or before anything else looks at the pool.
-struct Delivered {
-    id: u64,
-    slot: usize,
-    method: u32,
-    /// When the worker ran it.
-    ran: Ran,
-    /// Its journal entry and block, unless the next call took them over (see
-    /// [`Engine::call_room`]).
-    held: Option<(usize, Block)>,
-    ret_block: Option<Block>,
-}
-
-/// What `wait` reads before looking at its call again.
-enum Round {
-    /// Everything: `collect`.
-    Full,
-    /// The answer of the worker in this slot, which holds the awaited call.
-    Answer(usize),
-    /// Nothing.
-    Nothing,
 }
 
 impl<W: Worker> Engine<W> {
@@ -192,10 +169,20 @@ impl<W: Worker> Engine<W> {
         self.pool = Some(pool);
         self.health.restart();
         if matching {
+            let pool = self.pool.as_ref().expect("just started");
             if self.config.recover {
-                self.recover_calls();
+                let found = recovery::recover(
+                    pool,
+                    &mut self.room,
+                    &mut self.calls,
+                    W::METHODS.len(),
+                    &self.alias,
+                );
+                for _ in 0..found.corrupted {
+                    self.count_error(ErrorKind::Corruption, None);
+                }
             } else {
-                self.purge_journal();
+                recovery::purge(pool, &self.alias);
             }
         }
         self.started_at = Some(Instant::now());
@@ -325,119 +312,6 @@ impl<W: Worker> Engine<W> {
                 )
             },
         }
-    }
-
-    /// Blocks until call `id` finishes or `timeout` passes, driving the pool (and its
-    /// callbacks) meanwhile, and returns the typed result.
-    ///
-    /// If the call already finished and its result was handed to a callback and released,
-    /// this returns [`CallError::UnknownCall`].
-    pub(crate) fn wait<R>(
-        &mut self,
-        id: CallId<R>,
-        timeout: Duration,
-        sink: &mut dyn Sink<W>,
-    ) -> Result<R, CallError> {
-        let raw = id.raw();
-        // At most one call's bookkeeping waits at a time (`take_returned` makes one).
-        self.settle();
-        // Times in CLOCK_MONOTONIC nanoseconds from the pool's clock; an `Instant` is made
-        // only for a sleep or a full collection.
-        let start = self.now_ns();
-        let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
-        let (status, posted) = match self.calls.get_mut(raw) {
-            Some(record) => {
-                record.awaited = true;
-                (record.status, record.posted)
-            }
-            None => return Err(CallError::UnknownCall(raw)),
-        };
-        // One clock read per round, for the collection and the deadline.
-        let mut now = start;
-        // What to read before looking at the call: everything (a full collection), only the
-        // answer of the worker that holds it (it has answered: the result then goes back at
-        // once), or nothing (a call just handed to a worker, with nothing else to read: the
-        // collection would only delay the spin that sees the answer come). Anything else that
-        // wakes the sleep brings a full collection, as does a last one older than FULL_EVERY
-        // (so that periodic checks, such as a worker's age, still run).
-        let due = self
-            .collected_at
-            .is_none_or(|t| now >= t + FULL_EVERY.as_nanos() as u64);
-        // The awaited call's own answer is not "something else": if it comes in between the
-        // two looks, the spin that follows `Nothing` sees it at once.
-        let mut round = match self.answered_slot(posted) {
-            _ if due => Round::Full,
-            Some(i) => Round::Answer(i),
-            None if status == CallStatus::Called
-                && self.nothing_else_to_collect(posted.map(|(i, _)| i)) =>
-            {
-                Round::Nothing
-            }
-            None => Round::Full,
-        };
-        loop {
-            let short = match std::mem::replace(&mut round, Round::Full) {
-                Round::Answer(slot) => {
-                    if let Some(result) = self.take_returned(slot, id, sink) {
-                        return result;
-                    }
-                    self.collect_answer(slot, sink);
-                    true
-                }
-                Round::Full => {
-                    self.collect_at(sink, now);
-                    false
-                }
-                Round::Nothing => false,
-            };
-            let Some(record) = self.calls.get(raw) else {
-                return Err(CallError::UnknownCall(raw));
-            };
-            if record.status.is_final() {
-                return self.take_result(id);
-            }
-            let posted = record.posted;
-            if short {
-                now = self.now_ns();
-            }
-            if now >= deadline {
-                if let Some(record) = self.calls.get_mut(raw) {
-                    record.awaited = false;
-                }
-                return Err(CallError::WaitTimeout {
-                    id: raw,
-                    waited: Duration::from_nanos(now - start),
-                });
-            }
-            if let Some(pool) = self.pool.as_mut() {
-                pool.sleep_with(|| Some(to_instant(deadline)));
-            }
-            if let Some(i) = self.answered_slot(posted) {
-                round = Round::Answer(i);
-            }
-            // The short round needs no clock reading unless the call goes on.
-            if !matches!(round, Round::Answer(_)) {
-                now = self.now_ns();
-            }
-        }
-    }
-
-    /// Whether `wait` may skip its first collection: nothing is queued, finished or due for a
-    /// refill, and no worker answered but the one in slot `mine` (the awaited call's, if it
-    /// was posted).
-    fn nothing_else_to_collect(&self, mine: Option<usize>) -> bool {
-        self.calls.nothing_queued()
-            && self.calls.nothing_finished()
-            && !self.health.refill_due()
-            && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(mine))
-    }
-
-    /// The slot of the worker that holds a call `posted` there, if it answered.
-    fn answered_slot(&self, posted: Option<(usize, u32)>) -> Option<usize> {
-        let pool = self.pool.as_ref()?;
-        posted
-            .filter(|&(i, seq)| pool.answered(i, seq))
-            .map(|(i, _)| i)
     }
 
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
@@ -814,49 +688,6 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Counts an error against the mediator and, if given, against a slot's worker.
-    fn count_error(&mut self, kind: ErrorKind, slot: Option<usize>) {
-        if let (Some(i), Some(pool)) = (slot, self.pool.as_mut()) {
-            pool.count_error(i, kind);
-        }
-        if self.health.count(kind) {
-            log::error!(target: &self.alias,
-                "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
-                self.health.errors(), ErrorCounts::PARENT_LIMITS);
-        }
-    }
-
-    /// Forks a worker into slot `i`, unless workers keep dying before answering anything.
-    fn spawn(&mut self, i: usize) -> bool {
-        if !self.health.may_fork() {
-            return false;
-        }
-        let pool = self.pool.as_mut().expect("started");
-        match pool.spawn(i, &mut self.value) {
-            Ok(pid) => {
-                log::debug!(target: &self.alias, "forked worker {pid} into slot {i}");
-                true
-            }
-            Err(e) => {
-                log::error!(target: &self.alias, "cannot fork a worker: {e}");
-                self.count_error(ErrorKind::Communication, None);
-                false
-            }
-        }
-    }
-
-    /// Forks workers into the empty slots up to the configured count.
-    fn fill_pool(&mut self) {
-        let workers = self.config.workers;
-        let slots = self.pool.as_ref().map_or(0, |p| workers.min(p.size()));
-        // By index, not through a collected list: this runs with every dispatch.
-        for i in 0..slots {
-            if self.pool.as_ref().is_some_and(|p| !p.has_worker(i)) {
-                self.spawn(i);
-            }
-        }
-    }
-
     /// Hands queued calls, oldest first, to idle workers, forking as the strategy allows.
     fn dispatch_queued(&mut self) {
         self.dispatch_queued_at(None)
@@ -882,19 +713,6 @@ impl<W: Worker> Engine<W> {
         }
         if let Some(failures) = self.health.tripped() {
             self.fail_queue_after_start_failures(failures);
-        }
-    }
-
-    /// Workers keep dying before they answer anything (a `setup` that panics, say): forking
-    /// more would loop forever, so the queued calls fail instead.
-    fn fail_queue_after_start_failures(&mut self, failures: u32) {
-        let now = clock::now_ns();
-        for id in self.calls.take_queue() {
-            self.finish(id, CallStatus::Failed, now, |_| {
-                CallError::Pool(format!(
-                    "{failures} workers in a row died before answering a call (see the log); no more are forked until the mediator is restarted"
-                ))
-            });
         }
     }
 
@@ -1050,120 +868,6 @@ impl<W: Worker> Engine<W> {
         finished
     }
 
-    /// The shortest way from an answer to a result, taken by `wait` when slot `i`'s worker
-    /// answered the awaited call `id`: if the call returned and no `on_return` handler wants
-    /// it, the result is decoded and the call released at once, with the bookkeeping of
-    /// [`Engine::read_answer`], [`Engine::finish`] and [`Engine::take_result`] that a
-    /// delivered call needs and nothing else: one lookup instead of five, no "returned" state
-    /// in the journal for a return that is delivered in the same breath, no trip through the
-    /// callback queue. What can wait (statistics, freeing, the worker's wear) waits for
-    /// [`Engine::settle`]. `None`: anything else; the caller takes the general path.
-    fn take_returned<R>(
-        &mut self,
-        i: usize,
-        id: CallId<R>,
-        sink: &dyn Sink<W>,
-    ) -> Option<Result<R, CallError>> {
-        if sink.takes_returns() {
-            return None;
-        }
-        // `wait` settled on entry; this keeps a second delivery from dropping the first's
-        // bookkeeping should that ever change.
-        if self.delivered.is_some() {
-            self.settle();
-        }
-        let pool = self.pool.as_mut()?;
-        let (busy, answer) = pool.answer(i).filter(|(b, _)| b.call == id.raw())?;
-        let Outcome::Returned { value, inline } = answer::outcome(&answer, busy.ret) else {
-            return None;
-        };
-        let len = value.len;
-        let record = self.calls.get(id.raw())?;
-        let (method, entry, block, ret_block) =
-            (record.method, record.entry, record.block, record.ret_block);
-        // Errors the worker reported count now: `errors` and `stats` read them.
-        for _ in 0..pool.take_worker_errors(i) {
-            self.count_error(ErrorKind::Catchall, Some(i));
-        }
-        self.slot_returned(i, method, len);
-        let pool = self.pool.as_mut().expect("started");
-        let decoded = match &inline {
-            Some(bytes) => id.decode(&bytes[..len]),
-            // SAFETY: the worker answered: it no longer writes the block.
-            None => {
-                id.decode(unsafe { pool.region().payload(value.offset, len) }.unwrap_or_default())
-            }
-        };
-        let result = decoded.map_err(|source| CallError::Wire {
-            method: Self::method_name(method),
-            source,
-        });
-        // The rest waits for the next post (see `settle`); the block stays allocated until
-        // then (the worker is done with it), and the decoded value no longer needs it. A persistent journal forgets the
-        // call now, so that a parent killed before that does not run it again at recovery.
-        if let Some(journal) = pool.journal(entry) {
-            journal.clear();
-        }
-        self.delivered = Some(Delivered {
-            id: id.raw(),
-            slot: i,
-            method,
-            ran: answer.ran,
-            held: Some((entry, block)),
-            ret_block,
-        });
-        if !self.calls.nothing_queued() {
-            self.settle();
-            self.dispatch_queued();
-        }
-        Some(result)
-    }
-
-    /// The bookkeeping of the call `wait` delivered last, if it is still due: its times go to
-    /// the statistics, its journal entry and blocks are freed, and its worker retires if that
-    /// call wore it out. Runs after the next call is posted, so that its worker runs while
-    /// the parent does this, and before anything that reads the pool's state (a collection,
-    /// a dispatch from the queue, an allocation that finds no room, a shutdown).
-    fn settle(&mut self) {
-        let Some(d) = self.delivered.take() else {
-            return;
-        };
-        let ran = d.ran;
-        if let Some(times) = self
-            .calls
-            .remove_with(d.id, |r| delivered_times(&r.timings, &ran))
-        {
-            record_times(&mut self.timing, d.method, times);
-        }
-        if let Some((entry, block)) = d.held {
-            self.free_call(entry, block, d.ret_block);
-        }
-        self.retire_if_worn(d.slot, None);
-    }
-
-    /// Whether call `id` was delivered and only its bookkeeping is due (see [`Delivered`]):
-    /// the mediator's views treat it as gone.
-    fn is_delivered(&self, id: u64) -> bool {
-        self.delivered.as_ref().is_some_and(|d| d.id == id)
-    }
-
-    /// The record of call `id`, unless it was delivered.
-    fn record(&self, id: u64) -> Option<&CallRecord> {
-        self.calls.get(id).filter(|_| !self.is_delivered(id))
-    }
-
-    /// The short collection, after the answer of slot `i`'s worker woke us: that answer,
-    /// then the queue and the callbacks.
-    fn collect_answer(&mut self, i: usize, sink: &mut dyn Sink<W>) {
-        self.read_answer(i);
-        // A worker that reached its call or error limit with this answer gets no other call.
-        self.retire_if_worn(i, None);
-        self.dispatch_queued();
-        self.fire_callbacks(sink);
-        // Callbacks may have retried calls.
-        self.dispatch_queued();
-    }
-
     /// Handles the answer of the worker in slot `i`, if it wrote one: reads it into an
     /// [`Outcome`] (see `answer`), then applies that to the call, the slot and the counts.
     fn read_answer(&mut self, i: usize) {
@@ -1300,157 +1004,6 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Reaps the workers that died and settles the calls they held: a call the worker had
-    /// not started goes back to the front of the queue (up to [`MAX_REQUEUES`] times); a call
-    /// it was running ends as [`CallStatus::Crashed`].
-    fn reap_dead(&mut self) {
-        let dead = self.pool.as_mut().expect("started").dead_slots();
-        if dead.is_empty() {
-            return;
-        }
-        for (i, cause) in dead {
-            // A worker can answer and then die: take the answer first.
-            self.read_answer(i);
-            let pool = self.pool.as_mut().expect("started");
-            if !pool.has_worker(i) {
-                continue; // Its answer (a panic, say) already settled the slot.
-            }
-            let given = pool.calls_given(i);
-            let (pid, busy) = pool.kill(i);
-            let Some(b) = busy else {
-                if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
-                    log::info!(target: &self.alias, "worker {pid} exited after fatal_error(); replacing it");
-                } else {
-                    log::warn!(target: &self.alias, "idle worker {pid} {cause}");
-                }
-                if given == 0 {
-                    self.health.died_unanswered();
-                }
-                continue;
-            };
-            let started = pool.started(i, b.seq).is_some()
-                || self
-                    .calls
-                    .get(b.call)
-                    .is_some_and(|r| r.ret_block.is_some());
-            self.count_error(ErrorKind::Communication, None);
-            if started {
-                log::warn!(target: &self.alias, "worker {pid} {cause} while running call {}", b.call);
-                self.health.answered();
-                self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
-                    CallError::Crashed { method, pid, cause }
-                });
-            } else {
-                self.health.died_unanswered();
-                self.requeue_unstarted(b.call, pid, cause);
-            }
-        }
-        self.health.refill_later();
-    }
-
-    /// A call whose worker died before starting it goes back to the front of the queue.
-    fn requeue_unstarted(&mut self, id: u64, pid: i32, cause: ExitCause) {
-        let Some(record) = self.calls.get(id) else {
-            return;
-        };
-        if record.retries >= MAX_REQUEUES {
-            log::error!(target: &self.alias,
-                "call {id}: its worker died before starting it {} times (last: {pid} {cause}); cancelled",
-                record.retries + 1);
-            let retries = record.retries;
-            self.finish(id, CallStatus::Cancelled, clock::now_ns(), |method| {
-                CallError::Cancelled {
-                    method,
-                    reason: format!(
-                        "its worker died before starting it {} times (last: worker {pid} {cause})",
-                        retries + 1
-                    ),
-                }
-            });
-            return;
-        }
-        log::info!(target: &self.alias, "call {id}: worker {pid} {cause} before starting it; requeued");
-        let Some(record) = self.calls.requeue_unstarted(id, clock::now_ns()) else {
-            return;
-        };
-        if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
-            journal.write_call(
-                id,
-                record.method,
-                record.retries,
-                (record.block.offset, record.args_len),
-            );
-        }
-    }
-
-    /// Keeps the pool at size after a death, unless the strategy is lazy.
-    fn replace_dead(&mut self) {
-        if self.config.strategy != ForkStrategy::Lazy {
-            self.fill_pool();
-        }
-    }
-
-    /// Kills the workers whose call ran past its deadline.
-    fn enforce_timeouts(&mut self) {
-        let Some(timeout) = self.config.timeout else {
-            return;
-        };
-        let now = Instant::now();
-        let pool = self.pool.as_mut().expect("started");
-        let expired = pool.expired(now);
-        if expired.is_empty() {
-            return;
-        }
-        let now_ns = clock::now_ns();
-        for i in expired {
-            // An answer that arrived in time wins over the deadline.
-            self.read_answer(i);
-            let pool = self.pool.as_mut().expect("started");
-            if pool.busy(i).is_none() {
-                continue;
-            }
-            let (pid, busy) = pool.kill(i);
-            let Some(b) = busy else { continue };
-            log::warn!(target: &self.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
-            self.finish(b.call, CallStatus::Timeout, now_ns, |method| {
-                CallError::Timeout {
-                    method,
-                    pid,
-                    timeout,
-                }
-            });
-        }
-        self.health.refill_later();
-    }
-
-    /// Retires idle workers past their recycling or error limits; each is replaced first.
-    fn retire_worn(&mut self, now: Instant) {
-        let slots = self.pool.as_ref().map_or(0, Pool::size);
-        // By index, not through a collected list: this runs at every collection, and
-        // retiring one worker does not change whether another is worn.
-        for i in 0..slots {
-            self.retire_if_worn(i, Some(now));
-        }
-    }
-
-    /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
-    fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
-        let pool = self.pool.as_mut().expect("started");
-        if !pool.is_worn(i, now) {
-            return;
-        }
-        let old = pool.pid(i).unwrap_or(0);
-        match pool.retire(i, &mut self.value) {
-            Ok(new) => {
-                log::debug!(target: &self.alias, "worker {old} retired; {new} took its place")
-            }
-            Err(e) => {
-                log::error!(target: &self.alias, "worker {old} retired; cannot fork its replacement: {e}");
-                self.count_error(ErrorKind::Communication, None);
-            }
-        }
-    }
-
     /// Hands finished calls to `sink` in the order they finished, then releases the calls no
     /// one waits for. Returns how many calls it handled.
     fn fire_callbacks(&mut self, sink: &mut dyn Sink<W>) -> usize {
@@ -1502,129 +1055,6 @@ impl<W: Worker> Engine<W> {
         handled
     }
 
-    /// Clears a journal an earlier run left, when recovery is off.
-    fn purge_journal(&mut self) {
-        let pool = self.pool.as_ref().expect("started");
-        let mut purged = 0;
-        for i in 0..pool.region().entries() {
-            let entry = pool.region().entry(i);
-            if entry.read(i).is_some() {
-                purged += 1;
-            }
-            entry.clear();
-        }
-        if purged > 0 {
-            log::info!(target: &self.alias,
-                "removed {purged} calls an earlier run left in {} (start with recovery to complete them instead)",
-                pool.region().name());
-        }
-    }
-
-    /// Rebuilds the calls an earlier run left in the journal: queued and running ones are
-    /// queued again in call order (running ones with one more retry), returned ones wait for
-    /// their `on_return`.
-    fn recover_calls(&mut self) {
-        let pool = self.pool.as_mut().expect("started");
-        let mut found = Vec::new();
-        let mut corrupted = 0;
-        for i in 0..pool.region().entries() {
-            match pool.region().entry(i).read(i) {
-                None => {}
-                Some(Ok(r)) => found.push(r),
-                Some(Err(e)) => {
-                    log::warn!(target: &self.alias, "recovery: {e}; that call is lost");
-                    pool.region().entry(i).clear();
-                    corrupted += 1;
-                }
-            }
-        }
-        found.sort_by_key(|r| r.id);
-        let (mut queued, mut rerun, mut returned) = (0, 0, 0);
-        let now = clock::now_ns();
-        for r in found {
-            let method_ok = (r.method as usize) < W::METHODS.len();
-            let journal::Progress { state, posted, ret } =
-                r.progress.unwrap_or(journal::Progress {
-                    state: journal::PENDING,
-                    posted: None,
-                    ret: None,
-                });
-            // The return value right after the arguments: one block; elsewhere: two.
-            let (block, ret_block) = match ret {
-                Some((off, len)) if state == journal::RETURNED && off == r.args.0 + r.args.1 => {
-                    (self.room.reserve(r.args.0, r.args.1 + len), None)
-                }
-                Some((off, len)) if state == journal::RETURNED => (
-                    self.room.reserve(r.args.0, r.args.1),
-                    Some(self.room.reserve(off, len)),
-                ),
-                _ => (self.room.reserve(r.args.0, r.args.1), None),
-            };
-            let (Some(block), true, true) =
-                (block, method_ok, ret_block.is_none_or(|b| b.is_some()))
-            else {
-                log::warn!(target: &self.alias,
-                    "recovery: call {} has an invalid or overlapping record; it is lost", r.id);
-                if let Some(b) = block {
-                    self.room.free(b);
-                }
-                if let Some(Some(b)) = ret_block {
-                    self.room.free(b);
-                }
-                pool.region().entry(r.index).clear();
-                corrupted += 1;
-                continue;
-            };
-            self.room.claim_entry(r.index);
-            let started = r.progress.is_none()
-                || posted.is_some_and(|(slot, seq)| {
-                    slot >= pool.size() || pool.started(slot, seq).is_some()
-                });
-            let mut record = CallRecord {
-                id: r.id,
-                method: r.method,
-                status: CallStatus::Uncalled,
-                retries: r.retries,
-                pid: None,
-                timings: Timings::default(),
-                error: None,
-                block,
-                args_len: r.args.1,
-                ret: None,
-                ret_block: ret_block.flatten(),
-                posted: None,
-                entry: r.index,
-                awaited: false,
-            };
-            record.timings.enter(CallStatus::Uncalled, now);
-            if state == journal::RETURNED {
-                record.ret = ret;
-                record.set_status(CallStatus::Returned, now);
-                self.calls.push_finished(r.id);
-                returned += 1;
-            } else {
-                if started {
-                    record.retries += 1;
-                    rerun += 1;
-                } else {
-                    queued += 1;
-                }
-                pool.region()
-                    .entry(r.index)
-                    .write_call(r.id, r.method, record.retries, r.args);
-                self.calls.enqueue(r.id);
-            }
-            self.calls.insert(record);
-        }
-        for _ in 0..corrupted {
-            self.count_error(ErrorKind::Corruption, None);
-        }
-        let pool = self.pool.as_ref().expect("started");
-        log::info!(target: &self.alias,
-            "recovered from {}: {queued} queued calls, {rerun} that were running (run again, retries + 1), {returned} returned and not yet delivered, {corrupted} lost to corruption",
-            pool.region().name());
-    }
-
     /// Puts a finished call back in the queue with one more retry and a clean state.
     fn requeue(&mut self, id: u64) {
         if self.shutting_down {
@@ -1668,39 +1098,6 @@ impl<W: Worker> Engine<W> {
             self.room.free_call(entry, block, ret_block);
         }
     }
-
-    /// Takes the result of a finished call out of the mediator.
-    fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
-        let raw = id.raw();
-        let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
-        let result = match (record.status, record.ret, self.pool.as_ref()) {
-            (CallStatus::Returned, Some((off, len)), Some(pool)) => {
-                // SAFETY: the call returned: the worker no longer writes its block.
-                let bytes = unsafe { pool.region().payload(off, len) }.unwrap_or_default();
-                id.decode(bytes).map_err(|source| CallError::Wire {
-                    method: Self::method_name(record.method),
-                    source,
-                })
-            }
-            _ => Err(record
-                .error
-                .as_deref()
-                .cloned()
-                .unwrap_or(CallError::UnknownCall(raw))),
-        };
-        // Freed after decoding: until then the bytes must stay where they are.
-        self.free_record(&record);
-        result
-    }
-}
-
-/// A delivered call's times from its record's and its answer's: created, started running,
-/// answered (CLOCK_MONOTONIC nanoseconds).
-fn delivered_times(timings: &Timings, ran: &Ran) -> [u64; 3] {
-    let uncalled = timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
-    let called = timings.entered_ns(CallStatus::Called).unwrap_or(uncalled);
-    let running = ran.running_ns(called);
-    [uncalled, running, ran.finished_ns(running)]
 }
 
 /// Adds a returned call's times to its method's statistics: waiting from `uncalled` to

@@ -1,0 +1,138 @@
+//! Recovery: at the start of a persistent mediator, the calls an earlier run left in the
+//! segment's journal (see `journal`) are rebuilt, or purged when recovery is off.
+
+use super::room::Room;
+use super::table::CallTable;
+use crate::call::{CallRecord, CallStatus, Timings};
+use crate::clock;
+use crate::journal;
+use crate::pool::Pool;
+
+/// What recovery found besides the calls it rebuilt.
+pub(crate) struct Found {
+    /// Entries lost to corruption (logged, and to be counted as corruption errors).
+    pub(crate) corrupted: usize,
+}
+
+/// Clears the journal an earlier run left in `pool`'s segment, when recovery is off.
+pub(crate) fn purge(pool: &Pool, alias: &str) {
+    let mut purged = 0;
+    for i in 0..pool.region().entries() {
+        let entry = pool.region().entry(i);
+        if entry.read(i).is_some() {
+            purged += 1;
+        }
+        entry.clear();
+    }
+    if purged > 0 {
+        log::info!(target: alias,
+            "removed {purged} calls an earlier run left in {} (start with recovery to complete them instead)",
+            pool.region().name());
+    }
+}
+
+/// Rebuilds the calls an earlier run left in `pool`'s journal into `calls`, taking their
+/// blocks and entries from `room`: queued and running ones are queued again in call order
+/// (running ones with one more retry), returned ones wait for their `on_return`. Entries that
+/// fail validation, name a method past `methods` or overlap another are cleared and counted.
+pub(crate) fn recover(
+    pool: &Pool,
+    room: &mut Room,
+    calls: &mut CallTable,
+    methods: usize,
+    alias: &str,
+) -> Found {
+    let mut found = Vec::new();
+    let mut corrupted = 0;
+    for i in 0..pool.region().entries() {
+        match pool.region().entry(i).read(i) {
+            None => {}
+            Some(Ok(r)) => found.push(r),
+            Some(Err(e)) => {
+                log::warn!(target: alias, "recovery: {e}; that call is lost");
+                pool.region().entry(i).clear();
+                corrupted += 1;
+            }
+        }
+    }
+    found.sort_by_key(|r| r.id);
+    let (mut queued, mut rerun, mut returned) = (0, 0, 0);
+    let now = clock::now_ns();
+    for r in found {
+        let method_ok = (r.method as usize) < methods;
+        let journal::Progress { state, posted, ret } = r.progress.unwrap_or(journal::Progress {
+            state: journal::PENDING,
+            posted: None,
+            ret: None,
+        });
+        // The return value right after the arguments: one block; elsewhere: two.
+        let (block, ret_block) = match ret {
+            Some((off, len)) if state == journal::RETURNED && off == r.args.0 + r.args.1 => {
+                (room.reserve(r.args.0, r.args.1 + len), None)
+            }
+            Some((off, len)) if state == journal::RETURNED => (
+                room.reserve(r.args.0, r.args.1),
+                Some(room.reserve(off, len)),
+            ),
+            _ => (room.reserve(r.args.0, r.args.1), None),
+        };
+        let (Some(block), true, true) = (block, method_ok, ret_block.is_none_or(|b| b.is_some()))
+        else {
+            log::warn!(target: alias,
+                "recovery: call {} has an invalid or overlapping record; it is lost", r.id);
+            if let Some(b) = block {
+                room.free(b);
+            }
+            if let Some(Some(b)) = ret_block {
+                room.free(b);
+            }
+            pool.region().entry(r.index).clear();
+            corrupted += 1;
+            continue;
+        };
+        room.claim_entry(r.index);
+        let started = r.progress.is_none()
+            || posted.is_some_and(|(slot, seq)| {
+                slot >= pool.size() || pool.started(slot, seq).is_some()
+            });
+        let mut record = CallRecord {
+            id: r.id,
+            method: r.method,
+            status: CallStatus::Uncalled,
+            retries: r.retries,
+            pid: None,
+            timings: Timings::default(),
+            error: None,
+            block,
+            args_len: r.args.1,
+            ret: None,
+            ret_block: ret_block.flatten(),
+            posted: None,
+            entry: r.index,
+            awaited: false,
+        };
+        record.timings.enter(CallStatus::Uncalled, now);
+        if state == journal::RETURNED {
+            record.ret = ret;
+            record.set_status(CallStatus::Returned, now);
+            calls.push_finished(r.id);
+            returned += 1;
+        } else {
+            if started {
+                record.retries += 1;
+                rerun += 1;
+            } else {
+                queued += 1;
+            }
+            pool.region()
+                .entry(r.index)
+                .write_call(r.id, r.method, record.retries, r.args);
+            calls.enqueue(r.id);
+        }
+        calls.insert(record);
+    }
+    log::info!(target: alias,
+        "recovered from {}: {queued} queued calls, {rerun} that were running (run again, retries + 1), {returned} returned and not yet delivered, {corrupted} lost to corruption",
+        pool.region().name());
+    Found { corrupted }
+}

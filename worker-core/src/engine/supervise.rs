@@ -1,0 +1,346 @@
+//! Supervision: what the parent counts about its workers' health, and the decisions it takes
+//! from it. The error counts by kind (the seed's communication, corruption and catch-all),
+//! the start-failure breaker (workers that keep dying before they answer anything stop being
+//! forked), and whether dead or killed workers are due to be replaced.
+//!
+//! And the engine's passes over its pool that act on them: forking (within the breaker),
+//! reaping the dead ([`Engine::reap_dead`]: a call its worker had not started is requeued, one
+//! it was running has crashed), killing the workers whose call ran past its timeout
+//! ([`Engine::enforce_timeouts`], through `Pool::kill`), and retiring the worn
+//! ([`Engine::retire_worn`]).
+
+use std::time::Instant;
+
+use super::{Engine, MAX_REQUEUES};
+use crate::call::{CallStatus, ExitCause};
+use crate::clock;
+use crate::config::ForkStrategy;
+use crate::error::{CallError, ErrorCounts, ErrorKind};
+use crate::pool::Pool;
+use crate::this_worker;
+use crate::worker::Worker;
+
+/// How many workers in a row may die before answering a call before the pool stops forking.
+pub(crate) const START_FAILURE_LIMIT: u32 = 5;
+
+/// A mediator's health counts.
+#[derive(Debug, Default)]
+pub(crate) struct Supervisor {
+    /// Errors counted by kind since the mediator was made.
+    errors: ErrorCounts,
+    /// Whether the parent error limits were reported.
+    limits_reported: bool,
+    /// Workers that died in a row before answering any call.
+    start_failures: u32,
+    /// A worker died or was killed: fork its replacement at the next collection, after the
+    /// call's outcome was reported (a report should not wait for a fork).
+    refill_due: bool,
+}
+
+impl Supervisor {
+    /// Errors counted since the mediator was made.
+    pub(crate) fn errors(&self) -> ErrorCounts {
+        self.errors
+    }
+
+    /// Counts an error of `kind`. True the first time the counts reach
+    /// [`ErrorCounts::PARENT_LIMITS`]: the caller reports it.
+    pub(crate) fn count(&mut self, kind: ErrorKind) -> bool {
+        self.errors.add(kind);
+        if !self.limits_reported && self.errors.reached(&ErrorCounts::PARENT_LIMITS) {
+            self.limits_reported = true;
+            return true;
+        }
+        false
+    }
+
+    /// A worker answered a call: it started fine, whatever the answer.
+    #[inline]
+    pub(crate) fn answered(&mut self) {
+        self.start_failures = 0;
+    }
+
+    /// A worker died before answering any call.
+    pub(crate) fn died_unanswered(&mut self) {
+        self.start_failures = self.start_failures.saturating_add(1);
+    }
+
+    /// A new pool starts with a closed breaker.
+    pub(crate) fn restart(&mut self) {
+        self.start_failures = 0;
+    }
+
+    /// Whether a worker may be forked: fewer than [`START_FAILURE_LIMIT`] died in a row
+    /// before answering.
+    #[inline]
+    pub(crate) fn may_fork(&self) -> bool {
+        self.start_failures < START_FAILURE_LIMIT
+    }
+
+    /// How many workers in a row died before answering, once that stopped the forking.
+    pub(crate) fn tripped(&self) -> Option<u32> {
+        (!self.may_fork()).then_some(self.start_failures)
+    }
+
+    /// A worker died or was killed: replace it at the next collection.
+    pub(crate) fn refill_later(&mut self) {
+        self.refill_due = true;
+    }
+
+    /// Whether a replacement is due.
+    #[inline]
+    pub(crate) fn refill_due(&self) -> bool {
+        self.refill_due
+    }
+
+    /// Whether a replacement is due, now taken care of by the caller.
+    pub(crate) fn take_refill(&mut self) -> bool {
+        std::mem::take(&mut self.refill_due)
+    }
+}
+
+impl<W: Worker> Engine<W> {
+    /// Counts an error against the mediator and, if given, against a slot's worker.
+    pub(super) fn count_error(&mut self, kind: ErrorKind, slot: Option<usize>) {
+        if let (Some(i), Some(pool)) = (slot, self.pool.as_mut()) {
+            pool.count_error(i, kind);
+        }
+        if self.health.count(kind) {
+            log::error!(target: &self.alias,
+                "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
+                self.health.errors(), ErrorCounts::PARENT_LIMITS);
+        }
+    }
+
+    /// Forks a worker into slot `i`, unless workers keep dying before answering anything.
+    pub(super) fn spawn(&mut self, i: usize) -> bool {
+        if !self.health.may_fork() {
+            return false;
+        }
+        let pool = self.pool.as_mut().expect("started");
+        match pool.spawn(i, &mut self.value) {
+            Ok(pid) => {
+                log::debug!(target: &self.alias, "forked worker {pid} into slot {i}");
+                true
+            }
+            Err(e) => {
+                log::error!(target: &self.alias, "cannot fork a worker: {e}");
+                self.count_error(ErrorKind::Communication, None);
+                false
+            }
+        }
+    }
+
+    /// Forks workers into the empty slots up to the configured count.
+    pub(super) fn fill_pool(&mut self) {
+        let workers = self.config.workers;
+        let slots = self.pool.as_ref().map_or(0, |p| workers.min(p.size()));
+        // By index, not through a collected list: this runs with every dispatch.
+        for i in 0..slots {
+            if self.pool.as_ref().is_some_and(|p| !p.has_worker(i)) {
+                self.spawn(i);
+            }
+        }
+    }
+
+    /// Workers keep dying before they answer anything (a `setup` that panics, say): forking
+    /// more would loop forever, so the queued calls fail instead.
+    pub(super) fn fail_queue_after_start_failures(&mut self, failures: u32) {
+        let now = clock::now_ns();
+        for id in self.calls.take_queue() {
+            self.finish(id, CallStatus::Failed, now, |_| {
+                CallError::Pool(format!(
+                    "{failures} workers in a row died before answering a call (see the log); no more are forked until the mediator is restarted"
+                ))
+            });
+        }
+    }
+
+    /// Reaps the workers that died and settles the calls they held: a call the worker had
+    /// not started goes back to the front of the queue (up to [`MAX_REQUEUES`] times); a call
+    /// it was running ends as [`CallStatus::Crashed`].
+    pub(super) fn reap_dead(&mut self) {
+        let dead = self.pool.as_mut().expect("started").dead_slots();
+        if dead.is_empty() {
+            return;
+        }
+        for (i, cause) in dead {
+            // A worker can answer and then die: take the answer first.
+            self.read_answer(i);
+            let pool = self.pool.as_mut().expect("started");
+            if !pool.has_worker(i) {
+                continue; // Its answer (a panic, say) already settled the slot.
+            }
+            let given = pool.calls_given(i);
+            let (pid, busy) = pool.kill(i);
+            let Some(b) = busy else {
+                if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
+                    log::info!(target: &self.alias, "worker {pid} exited after fatal_error(); replacing it");
+                } else {
+                    log::warn!(target: &self.alias, "idle worker {pid} {cause}");
+                }
+                if given == 0 {
+                    self.health.died_unanswered();
+                }
+                continue;
+            };
+            let started = pool.started(i, b.seq).is_some()
+                || self
+                    .calls
+                    .get(b.call)
+                    .is_some_and(|r| r.ret_block.is_some());
+            self.count_error(ErrorKind::Communication, None);
+            if started {
+                log::warn!(target: &self.alias, "worker {pid} {cause} while running call {}", b.call);
+                self.health.answered();
+                self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
+                    CallError::Crashed { method, pid, cause }
+                });
+            } else {
+                self.health.died_unanswered();
+                self.requeue_unstarted(b.call, pid, cause);
+            }
+        }
+        self.health.refill_later();
+    }
+
+    /// A call whose worker died before starting it goes back to the front of the queue.
+    pub(super) fn requeue_unstarted(&mut self, id: u64, pid: i32, cause: ExitCause) {
+        let Some(record) = self.calls.get(id) else {
+            return;
+        };
+        if record.retries >= MAX_REQUEUES {
+            log::error!(target: &self.alias,
+                "call {id}: its worker died before starting it {} times (last: {pid} {cause}); cancelled",
+                record.retries + 1);
+            let retries = record.retries;
+            self.finish(id, CallStatus::Cancelled, clock::now_ns(), |method| {
+                CallError::Cancelled {
+                    method,
+                    reason: format!(
+                        "its worker died before starting it {} times (last: worker {pid} {cause})",
+                        retries + 1
+                    ),
+                }
+            });
+            return;
+        }
+        log::info!(target: &self.alias, "call {id}: worker {pid} {cause} before starting it; requeued");
+        let Some(record) = self.calls.requeue_unstarted(id, clock::now_ns()) else {
+            return;
+        };
+        if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
+            journal.write_call(
+                id,
+                record.method,
+                record.retries,
+                (record.block.offset, record.args_len),
+            );
+        }
+    }
+
+    /// Keeps the pool at size after a death, unless the strategy is lazy.
+    pub(super) fn replace_dead(&mut self) {
+        if self.config.strategy != ForkStrategy::Lazy {
+            self.fill_pool();
+        }
+    }
+
+    /// Kills the workers whose call ran past its deadline.
+    pub(super) fn enforce_timeouts(&mut self) {
+        let Some(timeout) = self.config.timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let pool = self.pool.as_mut().expect("started");
+        let expired = pool.expired(now);
+        if expired.is_empty() {
+            return;
+        }
+        let now_ns = clock::now_ns();
+        for i in expired {
+            // An answer that arrived in time wins over the deadline.
+            self.read_answer(i);
+            let pool = self.pool.as_mut().expect("started");
+            if pool.busy(i).is_none() {
+                continue;
+            }
+            let (pid, busy) = pool.kill(i);
+            let Some(b) = busy else { continue };
+            log::warn!(target: &self.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
+            self.finish(b.call, CallStatus::Timeout, now_ns, |method| {
+                CallError::Timeout {
+                    method,
+                    pid,
+                    timeout,
+                }
+            });
+        }
+        self.health.refill_later();
+    }
+
+    /// Retires idle workers past their recycling or error limits; each is replaced first.
+    pub(super) fn retire_worn(&mut self, now: Instant) {
+        let slots = self.pool.as_ref().map_or(0, Pool::size);
+        // By index, not through a collected list: this runs at every collection, and
+        // retiring one worker does not change whether another is worn.
+        for i in 0..slots {
+            self.retire_if_worn(i, Some(now));
+        }
+    }
+
+    /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
+    pub(super) fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
+        let pool = self.pool.as_mut().expect("started");
+        if !pool.is_worn(i, now) {
+            return;
+        }
+        let old = pool.pid(i).unwrap_or(0);
+        match pool.retire(i, &mut self.value) {
+            Ok(new) => {
+                log::debug!(target: &self.alias, "worker {old} retired; {new} took its place")
+            }
+            Err(e) => {
+                log::error!(target: &self.alias, "worker {old} retired; cannot fork its replacement: {e}");
+                self.count_error(ErrorKind::Communication, None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_trips_after_workers_die_unanswered_in_a_row() {
+        let mut s = Supervisor::default();
+        for _ in 0..START_FAILURE_LIMIT - 1 {
+            s.died_unanswered();
+        }
+        assert!(s.may_fork() && s.tripped().is_none());
+        // An answer closes it again.
+        s.answered();
+        for _ in 0..START_FAILURE_LIMIT {
+            s.died_unanswered();
+        }
+        assert_eq!(s.tripped(), Some(START_FAILURE_LIMIT));
+        s.restart();
+        assert!(s.may_fork());
+    }
+
+    #[test]
+    fn the_parent_limits_are_reported_once() {
+        let mut s = Supervisor::default();
+        let limit = ErrorCounts::PARENT_LIMITS.corruption;
+        let reports: Vec<bool> = (0..limit + 3)
+            .map(|_| s.count(ErrorKind::Corruption))
+            .collect();
+        assert_eq!(reports.iter().filter(|&&r| r).count(), 1);
+        assert!(reports[limit as usize - 1]);
+        assert_eq!(s.errors().corruption, limit + 3);
+        assert!(!s.take_refill());
+        s.refill_later();
+        assert!(s.refill_due() && s.take_refill() && !s.refill_due());
+    }
+}

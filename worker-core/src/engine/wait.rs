@@ -1,0 +1,307 @@
+//! `wait`: one call's result, and its short path. When the awaited call's worker has answered
+//! and nothing else needs the parent, `wait` validates and decodes the answer and returns: the
+//! delivered call's bookkeeping (statistics, freeing its entry and block, its worker's wear)
+//! is left in a [`Delivered`] that [`Engine::settle`] completes after the next call is posted,
+//! while that call's worker runs, or before anything else looks at the pool.
+
+use std::time::Duration;
+
+use super::answer::{self, Outcome};
+use super::{Engine, Sink, record_times};
+use crate::arena::Block;
+use crate::call::{CallId, CallRecord, CallStatus, Timings, to_instant};
+use crate::channel::Ran;
+use crate::error::{CallError, ErrorKind};
+use crate::worker::Worker;
+
+/// The longest `wait` goes without a full collection while answers keep coming (see
+/// `Engine::nothing_else_to_collect`).
+const FULL_EVERY: Duration = Duration::from_millis(1);
+/// A call `wait` delivered through its short path, with what its bookkeeping still needs:
+/// its record to drop (the views of the engine already treat it as gone), its times for
+/// the statistics, its journal entry and blocks to free, and its worker's wear to check. The
+/// bookkeeping is done by [`Engine::settle`], after the next call is posted (its worker runs
+/// meanwhile) or before anything else looks at the pool.
+pub(super) struct Delivered {
+    pub(super) id: u64,
+    pub(super) slot: usize,
+    pub(super) method: u32,
+    /// When the worker ran it.
+    pub(super) ran: Ran,
+    /// Its journal entry and block, unless the next call took them over (see
+    /// [`Engine::call_room`]).
+    pub(super) held: Option<(usize, Block)>,
+    pub(super) ret_block: Option<Block>,
+}
+
+/// What `wait` reads before looking at its call again.
+enum Round {
+    /// Everything: `collect`.
+    Full,
+    /// The answer of the worker in this slot, which holds the awaited call.
+    Answer(usize),
+    /// Nothing.
+    Nothing,
+}
+
+impl<W: Worker> Engine<W> {
+    /// Blocks until call `id` finishes or `timeout` passes, driving the pool (and its
+    /// callbacks) meanwhile, and returns the typed result.
+    ///
+    /// If the call already finished and its result was handed to a callback and released,
+    /// this returns [`CallError::UnknownCall`].
+    pub(crate) fn wait<R>(
+        &mut self,
+        id: CallId<R>,
+        timeout: Duration,
+        sink: &mut dyn Sink<W>,
+    ) -> Result<R, CallError> {
+        let raw = id.raw();
+        // At most one call's bookkeeping waits at a time (`take_returned` makes one).
+        self.settle();
+        // Times in CLOCK_MONOTONIC nanoseconds from the pool's clock; an `Instant` is made
+        // only for a sleep or a full collection.
+        let start = self.now_ns();
+        let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+        let (status, posted) = match self.calls.get_mut(raw) {
+            Some(record) => {
+                record.awaited = true;
+                (record.status, record.posted)
+            }
+            None => return Err(CallError::UnknownCall(raw)),
+        };
+        // One clock read per round, for the collection and the deadline.
+        let mut now = start;
+        // What to read before looking at the call: everything (a full collection), only the
+        // answer of the worker that holds it (it has answered: the result then goes back at
+        // once), or nothing (a call just handed to a worker, with nothing else to read: the
+        // collection would only delay the spin that sees the answer come). Anything else that
+        // wakes the sleep brings a full collection, as does a last one older than FULL_EVERY
+        // (so that periodic checks, such as a worker's age, still run).
+        let due = self
+            .collected_at
+            .is_none_or(|t| now >= t + FULL_EVERY.as_nanos() as u64);
+        // The awaited call's own answer is not "something else": if it comes in between the
+        // two looks, the spin that follows `Nothing` sees it at once.
+        let mut round = match self.answered_slot(posted) {
+            _ if due => Round::Full,
+            Some(i) => Round::Answer(i),
+            None if status == CallStatus::Called
+                && self.nothing_else_to_collect(posted.map(|(i, _)| i)) =>
+            {
+                Round::Nothing
+            }
+            None => Round::Full,
+        };
+        loop {
+            let short = match std::mem::replace(&mut round, Round::Full) {
+                Round::Answer(slot) => {
+                    if let Some(result) = self.take_returned(slot, id, sink) {
+                        return result;
+                    }
+                    self.collect_answer(slot, sink);
+                    true
+                }
+                Round::Full => {
+                    self.collect_at(sink, now);
+                    false
+                }
+                Round::Nothing => false,
+            };
+            let Some(record) = self.calls.get(raw) else {
+                return Err(CallError::UnknownCall(raw));
+            };
+            if record.status.is_final() {
+                return self.take_result(id);
+            }
+            let posted = record.posted;
+            if short {
+                now = self.now_ns();
+            }
+            if now >= deadline {
+                if let Some(record) = self.calls.get_mut(raw) {
+                    record.awaited = false;
+                }
+                return Err(CallError::WaitTimeout {
+                    id: raw,
+                    waited: Duration::from_nanos(now - start),
+                });
+            }
+            if let Some(pool) = self.pool.as_mut() {
+                pool.sleep_with(|| Some(to_instant(deadline)));
+            }
+            if let Some(i) = self.answered_slot(posted) {
+                round = Round::Answer(i);
+            }
+            // The short round needs no clock reading unless the call goes on.
+            if !matches!(round, Round::Answer(_)) {
+                now = self.now_ns();
+            }
+        }
+    }
+
+    /// Whether `wait` may skip its first collection: nothing is queued, finished or due for a
+    /// refill, and no worker answered but the one in slot `mine` (the awaited call's, if it
+    /// was posted).
+    pub(super) fn nothing_else_to_collect(&self, mine: Option<usize>) -> bool {
+        self.calls.nothing_queued()
+            && self.calls.nothing_finished()
+            && !self.health.refill_due()
+            && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(mine))
+    }
+
+    /// The slot of the worker that holds a call `posted` there, if it answered.
+    pub(super) fn answered_slot(&self, posted: Option<(usize, u32)>) -> Option<usize> {
+        let pool = self.pool.as_ref()?;
+        posted
+            .filter(|&(i, seq)| pool.answered(i, seq))
+            .map(|(i, _)| i)
+    }
+
+    /// The shortest way from an answer to a result, taken by `wait` when slot `i`'s worker
+    /// answered the awaited call `id`: if the call returned and no `on_return` handler wants
+    /// it, the result is decoded and the call released at once, with the bookkeeping of
+    /// [`Engine::read_answer`], [`Engine::finish`] and [`Engine::take_result`] that a
+    /// delivered call needs and nothing else: one lookup instead of five, no "returned" state
+    /// in the journal for a return that is delivered in the same breath, no trip through the
+    /// callback queue. What can wait (statistics, freeing, the worker's wear) waits for
+    /// [`Engine::settle`]. `None`: anything else; the caller takes the general path.
+    pub(super) fn take_returned<R>(
+        &mut self,
+        i: usize,
+        id: CallId<R>,
+        sink: &dyn Sink<W>,
+    ) -> Option<Result<R, CallError>> {
+        if sink.takes_returns() {
+            return None;
+        }
+        // `wait` settled on entry; this keeps a second delivery from dropping the first's
+        // bookkeeping should that ever change.
+        if self.delivered.is_some() {
+            self.settle();
+        }
+        let pool = self.pool.as_mut()?;
+        let (busy, answer) = pool.answer(i).filter(|(b, _)| b.call == id.raw())?;
+        let Outcome::Returned { value, inline } = answer::outcome(&answer, busy.ret) else {
+            return None;
+        };
+        let len = value.len;
+        let record = self.calls.get(id.raw())?;
+        let (method, entry, block, ret_block) =
+            (record.method, record.entry, record.block, record.ret_block);
+        // Errors the worker reported count now: `errors` and `stats` read them.
+        for _ in 0..pool.take_worker_errors(i) {
+            self.count_error(ErrorKind::Catchall, Some(i));
+        }
+        self.slot_returned(i, method, len);
+        let pool = self.pool.as_mut().expect("started");
+        let decoded = match &inline {
+            Some(bytes) => id.decode(&bytes[..len]),
+            // SAFETY: the worker answered: it no longer writes the block.
+            None => {
+                id.decode(unsafe { pool.region().payload(value.offset, len) }.unwrap_or_default())
+            }
+        };
+        let result = decoded.map_err(|source| CallError::Wire {
+            method: Self::method_name(method),
+            source,
+        });
+        // The rest waits for the next post (see `settle`); the block stays allocated until
+        // then (the worker is done with it), and the decoded value no longer needs it. A persistent journal forgets the
+        // call now, so that a parent killed before that does not run it again at recovery.
+        if let Some(journal) = pool.journal(entry) {
+            journal.clear();
+        }
+        self.delivered = Some(Delivered {
+            id: id.raw(),
+            slot: i,
+            method,
+            ran: answer.ran,
+            held: Some((entry, block)),
+            ret_block,
+        });
+        if !self.calls.nothing_queued() {
+            self.settle();
+            self.dispatch_queued();
+        }
+        Some(result)
+    }
+
+    /// The bookkeeping of the call `wait` delivered last, if it is still due: its times go to
+    /// the statistics, its journal entry and blocks are freed, and its worker retires if that
+    /// call wore it out. Runs after the next call is posted, so that its worker runs while
+    /// the parent does this, and before anything that reads the pool's state (a collection,
+    /// a dispatch from the queue, an allocation that finds no room, a shutdown).
+    pub(super) fn settle(&mut self) {
+        let Some(d) = self.delivered.take() else {
+            return;
+        };
+        let ran = d.ran;
+        if let Some(times) = self
+            .calls
+            .remove_with(d.id, |r| delivered_times(&r.timings, &ran))
+        {
+            record_times(&mut self.timing, d.method, times);
+        }
+        if let Some((entry, block)) = d.held {
+            self.free_call(entry, block, d.ret_block);
+        }
+        self.retire_if_worn(d.slot, None);
+    }
+
+    /// Whether call `id` was delivered and only its bookkeeping is due (see [`Delivered`]):
+    /// the mediator's views treat it as gone.
+    pub(super) fn is_delivered(&self, id: u64) -> bool {
+        self.delivered.as_ref().is_some_and(|d| d.id == id)
+    }
+
+    /// The record of call `id`, unless it was delivered.
+    pub(super) fn record(&self, id: u64) -> Option<&CallRecord> {
+        self.calls.get(id).filter(|_| !self.is_delivered(id))
+    }
+
+    /// The short collection, after the answer of slot `i`'s worker woke us: that answer,
+    /// then the queue and the callbacks.
+    pub(super) fn collect_answer(&mut self, i: usize, sink: &mut dyn Sink<W>) {
+        self.read_answer(i);
+        // A worker that reached its call or error limit with this answer gets no other call.
+        self.retire_if_worn(i, None);
+        self.dispatch_queued();
+        self.fire_callbacks(sink);
+        // Callbacks may have retried calls.
+        self.dispatch_queued();
+    }
+
+    /// Takes the result of a finished call out of the mediator.
+    pub(super) fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
+        let raw = id.raw();
+        let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
+        let result = match (record.status, record.ret, self.pool.as_ref()) {
+            (CallStatus::Returned, Some((off, len)), Some(pool)) => {
+                // SAFETY: the call returned: the worker no longer writes its block.
+                let bytes = unsafe { pool.region().payload(off, len) }.unwrap_or_default();
+                id.decode(bytes).map_err(|source| CallError::Wire {
+                    method: Self::method_name(record.method),
+                    source,
+                })
+            }
+            _ => Err(record
+                .error
+                .as_deref()
+                .cloned()
+                .unwrap_or(CallError::UnknownCall(raw))),
+        };
+        // Freed after decoding: until then the bytes must stay where they are.
+        self.free_record(&record);
+        result
+    }
+}
+
+/// A delivered call's times from its record's and its answer's: created, started running,
+/// answered (CLOCK_MONOTONIC nanoseconds).
+pub(super) fn delivered_times(timings: &Timings, ran: &Ran) -> [u64; 3] {
+    let uncalled = timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
+    let called = timings.entered_ns(CallStatus::Called).unwrap_or(uncalled);
+    let running = ran.running_ns(called);
+    [uncalled, running, ran.finished_ns(running)]
+}
