@@ -11,9 +11,10 @@ use serde::Serialize;
 
 use crate::call::{Call, CallId, CallStatus, Log, Timings};
 use crate::callbacks::{Callbacks, On};
+use crate::config::Config;
 use crate::config::{ForkStrategy, Recycle};
 use crate::drive::Drive;
-use crate::engine::{Engine, Sink};
+use crate::engine::{Configured, Engine, Sink};
 use crate::error::{CallError, ErrorCounts, WireError};
 use crate::stats::Stats;
 use crate::worker::Worker;
@@ -56,10 +57,24 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// A mediator is not `Send`: its workers are killed when the thread that forked them exits
 /// (Linux's parent-death signal follows the forking thread).
 pub struct Mediator<W: Worker> {
-    engine: Engine<W>,
+    stage: Stage<W>,
     callbacks: Callbacks<Handler<W>>,
     _not_send: PhantomData<*const ()>,
 }
+
+/// Whether the mediator's pool runs.
+// One per mediator, and the running engine is used on every call: inline, not boxed.
+#[allow(clippy::large_enum_variant)]
+enum Stage<W: Worker> {
+    /// Not started, or stopped: settings can change, nothing is forked or shared.
+    Configured(Configured<W>),
+    /// Started: the engine drives a pool.
+    Running(Engine<W>),
+    /// Only while moving between the two, through code that runs nothing of the user's.
+    Moving,
+}
+
+const MOVING: &str = "a mediator is between stages only inside start and stop";
 
 /// Where the engine hands the mediator's finished calls: its callbacks, then the handler
 /// lent for one poll, if any.
@@ -95,7 +110,7 @@ pub fn submit<W: Worker, A: Serialize + ?Sized, R>(
     args: &A,
     decode: fn(&[u8]) -> Result<R, WireError>,
 ) -> Result<CallId<R>, CallError> {
-    let (engine, mut sink) = mediator.split(None);
+    let (engine, mut sink) = mediator.started()?;
     let id = engine.submit_encoded(method, args, &mut sink)?;
     Ok(CallId::new(id, decode))
 }
@@ -106,29 +121,81 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::start`] or the first call.
     pub fn new(alias: impl Into<String>, value: W) -> Self {
         Mediator {
-            engine: Engine::new(alias.into(), value),
+            stage: Stage::Configured(Configured::new(alias.into(), value)),
             callbacks: Callbacks::default(),
             _not_send: PhantomData,
         }
     }
 
-    /// The engine, and the sink for its finished calls: the callbacks, then `external`.
-    fn split<'a, 'h>(
+    /// What the mediator keeps whether its pool runs or not.
+    fn base(&self) -> &Configured<W> {
+        match &self.stage {
+            Stage::Configured(base) => base,
+            Stage::Running(engine) => engine.base(),
+            Stage::Moving => unreachable!("{MOVING}"),
+        }
+    }
+
+    fn base_mut(&mut self) -> &mut Configured<W> {
+        match &mut self.stage {
+            Stage::Configured(base) => base,
+            Stage::Running(engine) => engine.base_mut(),
+            Stage::Moving => unreachable!("{MOVING}"),
+        }
+    }
+
+    /// The engine if the pool runs, and the sink for its finished calls: the callbacks, then
+    /// `external`.
+    fn running<'a, 'h>(
         &'a mut self,
         external: Option<&'a mut ExternalHandler<'h, W>>,
-    ) -> (&'a mut Engine<W>, Lent<'a, 'h, W>) {
-        (
-            &mut self.engine,
-            Lent {
-                own: &mut self.callbacks,
-                external,
-            },
-        )
+    ) -> Option<(&'a mut Engine<W>, Lent<'a, 'h, W>)> {
+        match &mut self.stage {
+            Stage::Running(engine) => Some((
+                engine,
+                Lent {
+                    own: &mut self.callbacks,
+                    external,
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    /// The running engine, started now if it was not.
+    fn started(&mut self) -> Result<(&mut Engine<W>, Lent<'_, 'static, W>), CallError> {
+        self.start()?;
+        Ok(self.running(None).expect("started just above"))
+    }
+
+    /// Applies a setting that only takes effect when the pool starts; after it, warns and
+    /// ignores it.
+    fn before_start(&mut self, what: &str, set: impl FnOnce(&mut Config)) -> &mut Self {
+        match &mut self.stage {
+            Stage::Configured(base) => set(&mut base.config),
+            _ => log::warn!(target: self.alias(), "{what}() after the pool started is ignored"),
+        }
+        self
+    }
+
+    /// Winds a running pool down with `wind` (shutdown or suspend), then stops it: the
+    /// mediator is configured again. Returns what `wind` returned, if the pool ran.
+    fn stop_with<T>(
+        &mut self,
+        external: Option<&mut ExternalHandler<'_, W>>,
+        wind: impl FnOnce(&mut Engine<W>, &mut dyn Sink<W>) -> T,
+    ) -> Option<T> {
+        let (engine, mut sink) = self.running(external)?;
+        let out = wind(engine, &mut sink);
+        if let Stage::Running(engine) = std::mem::replace(&mut self.stage, Stage::Moving) {
+            self.stage = Stage::Configured(engine.stop());
+        }
+        Some(out)
     }
 
     /// The alias given to [`Mediator::new`].
     pub fn alias(&self) -> &str {
-        self.engine.alias()
+        &self.base().alias
     }
 
     /// Sets the number of worker processes (at least 1; default 1). After the pool started it
@@ -136,14 +203,15 @@ impl<W: Worker> Mediator<W> {
     /// with a warning, since the shared-memory layout is fixed at start.
     pub fn workers(&mut self, count: usize) -> &mut Self {
         let mut count = count.max(1);
-        if let Some(size) = self.engine.started_size()
-            && count > size
+        if let Stage::Running(engine) = &self.stage
+            && count > engine.size()
         {
-            log::warn!(target: self.engine.alias(),
+            let size = engine.size();
+            log::warn!(target: self.alias(),
                 "workers({count}) after the pool started with {size}: keeping {size}; set workers() before the first call");
             count = size;
         }
-        self.engine.config_mut().workers = count;
+        self.base_mut().config.workers = count;
         self
     }
 
@@ -153,7 +221,7 @@ impl<W: Worker> Mediator<W> {
     /// `wait`); a waiting mediator wakes for the nearest deadline, to within about a
     /// millisecond.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
-        self.engine.config_mut().timeout = Some(timeout);
+        self.base_mut().config.timeout = Some(timeout);
         self
     }
 
@@ -162,20 +230,19 @@ impl<W: Worker> Mediator<W> {
     /// queued or running. Takes effect when the pool starts; later calls are ignored with a
     /// warning.
     pub fn malloc(&mut self, bytes: usize) -> &mut Self {
-        self.engine.before_start("malloc", |c| c.malloc = bytes);
-        self
+        self.before_start("malloc", |c| c.malloc = bytes)
     }
 
     /// Sets when workers are forked; see [`ForkStrategy`] (default `Mixed`).
     pub fn strategy(&mut self, strategy: ForkStrategy) -> &mut Self {
-        self.engine.config_mut().strategy = strategy;
+        self.base_mut().config.strategy = strategy;
         self
     }
 
     /// Sets when workers retire and are replaced; see [`Recycle`] (default: after about 30
     /// minutes). Applies to workers forked afterwards.
     pub fn recycle(&mut self, recycle: Recycle) -> &mut Self {
-        self.engine.config_mut().recycle = recycle;
+        self.base_mut().config.recycle = recycle;
         self
     }
 
@@ -189,9 +256,7 @@ impl<W: Worker> Mediator<W> {
     /// after. Workers then start from the object as it was at `start`. Set before the pool
     /// starts.
     pub fn fork_server(&mut self, enabled: bool) -> &mut Self {
-        self.engine
-            .before_start("fork_server", |c| c.fork_server = enabled);
-        self
+        self.before_start("fork_server", |c| c.fork_server = enabled)
     }
 
     /// Makes the mediator persistent: its shared memory is named after `app` and the alias
@@ -200,9 +265,7 @@ impl<W: Worker> Mediator<W> {
     /// program finds them. See [`Mediator::recover`]. Set before the pool starts.
     pub fn persist(&mut self, app: impl Into<String>) -> &mut Self {
         let app = app.into();
-        self.engine
-            .before_start("persist", |c| c.persist = Some(app));
-        self
+        self.before_start("persist", |c| c.persist = Some(app))
     }
 
     /// With [`Mediator::persist`]: whether to complete, at start, the calls an earlier run
@@ -213,13 +276,13 @@ impl<W: Worker> Mediator<W> {
     /// earlier run left is removed at start, with a log line. A segment made with other
     /// `workers()` or `malloc()` is never misread: it is removed with a warning that says so.
     pub fn recover(&mut self, recover: bool) -> &mut Self {
-        self.engine.config_mut().recover = recover;
+        self.base_mut().config.recover = recover;
         self
     }
 
     /// Sets how long running calls may go on when the mediator shuts down (default 5 s).
     pub fn grace(&mut self, grace: Duration) -> &mut Self {
-        self.engine.config_mut().grace = grace;
+        self.base_mut().config.grace = grace;
         self
     }
 
@@ -252,74 +315,118 @@ impl<W: Worker> Mediator<W> {
     /// The value the workers were forked from, for calls in this process: blocking, with no
     /// fork, no shared memory and no callbacks.
     pub fn inline(&mut self) -> &mut W {
-        &mut self.engine.value
+        &mut self.base_mut().value
     }
 
     /// Starts the pool now instead of at the first call: runs `check_environment`, creates the
     /// shared memory, starts the fork server if enabled and, with
     /// [`ForkStrategy::Aggressive`], forks every worker.
     pub fn start(&mut self) -> Result<(), CallError> {
-        self.engine.start()
+        let base = match &self.stage {
+            Stage::Running(_) => return Ok(()),
+            Stage::Configured(base) => base,
+            Stage::Moving => unreachable!("{MOVING}"),
+        };
+        base.check()?;
+        let Stage::Configured(base) = std::mem::replace(&mut self.stage, Stage::Moving) else {
+            unreachable!("configured just above")
+        };
+        match Engine::start(base) {
+            Ok(engine) => {
+                self.stage = Stage::Running(engine);
+                Ok(())
+            }
+            Err(failed) => {
+                let (base, error) = *failed;
+                self.stage = Stage::Configured(base);
+                Err(error)
+            }
+        }
     }
 
     /// True when a call made now would start at once: nothing is queued and a worker is idle
     /// (or one more may be forked).
     pub fn is_idle(&self) -> bool {
-        self.engine.is_idle()
+        match &self.stage {
+            Stage::Running(engine) => engine.is_idle(),
+            _ => true,
+        }
     }
 
     /// The status of a call, or `None` if the id is unknown or its result was already
     /// delivered.
     pub fn status<R>(&self, id: CallId<R>) -> Option<CallStatus> {
-        self.engine.status(id)
+        match &self.stage {
+            Stage::Running(engine) => engine.status(id),
+            _ => None,
+        }
     }
 
     /// When a call entered each status so far, or `None` if the id is unknown.
     pub fn timings<R>(&self, id: CallId<R>) -> Option<Timings> {
-        self.engine.timings(id)
+        match &self.stage {
+            Stage::Running(engine) => engine.timings(id),
+            _ => None,
+        }
     }
 
     /// The process id of the worker that holds a call (or last held it), or `None` if the
     /// call is unknown or no worker took it yet.
     pub fn worker_pid<R>(&self, id: CallId<R>) -> Option<i32> {
-        self.engine.worker_pid(id)
+        match &self.stage {
+            Stage::Running(engine) => engine.worker_pid(id),
+            _ => None,
+        }
     }
 
     /// Calls queued or running.
     pub fn pending(&self) -> usize {
-        self.engine.pending()
+        match &self.stage {
+            Stage::Running(engine) => engine.pending(),
+            _ => 0,
+        }
     }
 
     /// The process ids of the live workers.
     pub fn pids(&self) -> Vec<i32> {
-        self.engine.pids()
+        match &self.stage {
+            Stage::Running(engine) => engine.pids(),
+            _ => Vec::new(),
+        }
     }
 
     /// Errors counted since the mediator was made, by kind.
     pub fn errors(&self) -> ErrorCounts {
-        self.engine.errors()
+        self.base().errors()
     }
 
     /// A snapshot of the statistics: per method, the time calls waited for a worker and ran
     /// (mean, median, p90, p99, count), error counts, processes and memory. Its `Display` is
     /// the seed's runtime statistics table.
     pub fn stats(&self) -> Stats {
-        self.engine.stats()
+        match &self.stage {
+            Stage::Running(engine) => engine.stats(),
+            _ => self.base().stats(),
+        }
     }
 
     /// Processes every event that has arrived (answers, worker deaths, expired timeouts) and
     /// runs the callbacks, without blocking. Returns how many calls finished.
     pub fn poll(&mut self) -> usize {
-        let (engine, mut sink) = self.split(None);
-        engine.collect(&mut sink)
+        match self.running(None) {
+            Some((engine, mut sink)) => engine.collect(&mut sink),
+            None => 0,
+        }
     }
 
     /// As [`Mediator::poll`], and the finished calls that no callback of the mediator's takes
     /// go to `handler` (an event loop that owns the state the callbacks act on, such as the
     /// daemon host, lends its callbacks this way).
     pub fn poll_with(&mut self, handler: &mut ExternalHandler<'_, W>) -> usize {
-        let (engine, mut sink) = self.split(Some(handler));
-        engine.collect(&mut sink)
+        match self.running(Some(handler)) {
+            Some((engine, mut sink)) => engine.collect(&mut sink),
+            None => 0,
+        }
     }
 
     /// Blocks until call `id` finishes or `timeout` passes, driving the pool (and its
@@ -328,8 +435,10 @@ impl<W: Worker> Mediator<W> {
     /// If the call already finished and its result was handed to a callback and released,
     /// this returns [`CallError::UnknownCall`].
     pub fn wait<R>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
-        let (engine, mut sink) = self.split(None);
-        engine.wait(id, timeout, &mut sink)
+        match self.running(None) {
+            Some((engine, mut sink)) => engine.wait(id, timeout, &mut sink),
+            None => Err(CallError::UnknownCall(id.raw())),
+        }
     }
 
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
@@ -338,7 +447,10 @@ impl<W: Worker> Mediator<W> {
     /// The call must still be held by the mediator: a finished call no callback released and
     /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
     pub fn retry(&mut self, id: u64) -> Result<(), CallError> {
-        self.engine.retry(id)
+        match &mut self.stage {
+            Stage::Running(engine) => engine.retry(id),
+            _ => Err(CallError::UnknownCall(id)),
+        }
     }
 
     /// Stops the pool but keeps unfinished calls for the next run (the daemon's graceful
@@ -353,16 +465,15 @@ impl<W: Worker> Mediator<W> {
     /// [`Mediator::suspend`], delivering the calls that finish meanwhile to `handler` when no
     /// callback of the mediator's takes them (see [`Mediator::poll_with`]).
     pub fn suspend_with(&mut self, handler: Option<&mut ExternalHandler<'_, W>>) -> usize {
-        let (engine, mut sink) = self.split(handler);
-        engine.suspend(&mut sink)
+        self.stop_with(handler, |engine, sink| engine.suspend(sink))
+            .unwrap_or(0)
     }
 
     /// Stops the pool: see "Ownership" above. Queued calls end as [`CallStatus::Cancelled`],
     /// and so do calls still running after the grace period. The mediator can start again
     /// afterwards.
     pub fn shutdown(&mut self) {
-        let (engine, mut sink) = self.split(None);
-        engine.shutdown(&mut sink)
+        self.stop_with(None, |engine, sink| engine.shutdown(sink));
     }
 }
 
@@ -384,15 +495,23 @@ impl<W: Worker> Drive for Mediator<W> {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.engine.next_deadline()
+        match &self.stage {
+            Stage::Running(engine) => engine.next_deadline(),
+            _ => None,
+        }
     }
 
     fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
-        self.engine.begin_sleep(fds)
+        match &mut self.stage {
+            Stage::Running(engine) => engine.begin_sleep(fds),
+            _ => true,
+        }
     }
 
     fn end_sleep(&mut self) {
-        self.engine.end_sleep();
+        if let Stage::Running(engine) = &mut self.stage {
+            engine.end_sleep();
+        }
     }
 
     fn shutdown(&mut self) {
@@ -415,7 +534,7 @@ impl<W: Worker> Drive for Mediator<W> {
 impl<W: Worker> Drop for Mediator<W> {
     /// Shuts down; a persistent mediator suspends instead, keeping unfinished calls.
     fn drop(&mut self) {
-        if self.engine.config().persist.is_some() {
+        if self.base().config.persist.is_some() {
             self.suspend();
         } else {
             self.shutdown();

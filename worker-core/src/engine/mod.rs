@@ -57,26 +57,105 @@ pub(crate) trait Sink<W: Worker> {
     fn deliver(&mut self, call: &Call<'_, W>, log: Log<'_>) -> bool;
 }
 
-/// The parent's side of one pool of workers running the methods of `W`.
-pub(crate) struct Engine<W: Worker> {
-    alias: String,
+/// What a mediator keeps whether its pool runs or not: its name, the value workers are
+/// forked from, the settings, and what outlives one run of the pool (health counts,
+/// statistics, the id counter, the return-size hints).
+pub(crate) struct Configured<W: Worker> {
+    pub(crate) alias: String,
     /// The value workers are forked from (and the face's `inline()`).
     pub(crate) value: W,
-    config: Config,
-    pool: Option<Pool>,
+    pub(crate) config: Config,
+    /// Error counts, the start-failure breaker, replacements due.
+    health: Supervisor,
+    /// Per method: queue waits and run times.
+    timing: Vec<(Recorder, Recorder)>,
+    /// When the pool last started.
+    started_at: Option<Instant>,
+    /// Calls made so far: ids stay unique across restarts.
+    calls: CallTable,
+    /// Blocks, journal entries (none until the pool starts), return-size hints.
+    room: Room,
+}
+
+impl<W: Worker> Configured<W> {
+    /// A mediator's state for `value` under the name `alias`, before its pool starts.
+    pub(crate) fn new(alias: String, value: W) -> Self {
+        Configured {
+            alias,
+            value,
+            config: Config::default(),
+            health: Supervisor::default(),
+            timing: vec![Default::default(); W::METHODS.len()],
+            started_at: None,
+            calls: CallTable::default(),
+            room: Room::new(W::METHODS.len()),
+        }
+    }
+
+    /// Errors counted since the mediator was made, by kind.
+    pub(crate) fn errors(&self) -> ErrorCounts {
+        self.health.errors()
+    }
+
+    /// Runs the worker's `check_environment` (user code: before anything else of a start).
+    pub(crate) fn check(&self) -> Result<(), CallError> {
+        let problems = self.value.check_environment();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CallError::Environment(problems))
+        }
+    }
+
+    /// The statistics with no pool running.
+    pub(crate) fn stats(&self) -> Stats {
+        self.stats_with(&self.timing, Vec::new(), 0, 0, (0, 0))
+    }
+
+    /// The statistics, given what only a running pool knows.
+    fn stats_with(
+        &self,
+        timing: &[(Recorder, Recorder)],
+        pids: Vec<i32>,
+        queued: usize,
+        running: usize,
+        shared_memory: (usize, usize),
+    ) -> Stats {
+        Stats {
+            alias: self.alias.clone(),
+            uptime: self.started_at.map_or(Duration::ZERO, |t| t.elapsed()),
+            workers: pids.len(),
+            configured_workers: self.config.workers,
+            queued,
+            running,
+            methods: W::METHODS
+                .iter()
+                .zip(timing.iter())
+                .map(|(&method, (called, running))| MethodStats {
+                    method,
+                    called: called.summary(),
+                    running: running.summary(),
+                })
+                .collect(),
+            errors: self.health.errors(),
+            parent_rss_kib: stats::rss_kib(0),
+            worker_rss_kib: pids.iter().map(|&p| (p, stats::rss_kib(p))).collect(),
+            shared_memory,
+        }
+    }
+}
+
+/// The parent's side of a running pool of workers for the methods of `W`.
+pub(crate) struct Engine<W: Worker> {
+    base: Configured<W>,
+    pool: Pool,
     calls: CallTable,
     /// Blocks, journal entries, return-size hints.
     room: Room,
     /// Set while `shutdown` runs: retries are refused.
     shutting_down: bool,
-    /// Error counts, the start-failure breaker, replacements due.
-    health: Supervisor,
     /// Set while `collect` gives workers waiting for room their last chance.
     room_pass: bool,
-    /// When the pool started.
-    started_at: Option<Instant>,
-    /// Per method: queue waits and run times.
-    timing: Vec<(Recorder, Recorder)>,
     /// When the last full collection ran (CLOCK_MONOTONIC nanoseconds).
     collected_at: Option<u64>,
     /// The call `wait` delivered last, whose bookkeeping waits for the next call's post (see
@@ -85,111 +164,107 @@ pub(crate) struct Engine<W: Worker> {
 }
 
 impl<W: Worker> Engine<W> {
-    /// An engine for `value` under the name `alias`. Nothing is forked and no memory is
-    /// shared until [`Engine::start`].
-    pub(crate) fn new(alias: String, value: W) -> Self {
-        Engine {
-            alias,
-            value,
-            config: Config::default(),
-            pool: None,
-            calls: CallTable::default(),
-            room: Room::new(W::METHODS.len()),
-            shutting_down: false,
-            health: Supervisor::default(),
-            room_pass: false,
-            started_at: None,
-            timing: vec![Default::default(); W::METHODS.len()],
-            collected_at: None,
-            delivered: None,
-        }
+    /// The state the engine started from, as it is now.
+    pub(crate) fn base(&self) -> &Configured<W> {
+        &self.base
     }
 
-    pub(crate) fn alias(&self) -> &str {
-        &self.alias
+    /// The state the engine started from, to change what may change while the pool runs.
+    pub(crate) fn base_mut(&mut self) -> &mut Configured<W> {
+        &mut self.base
     }
 
-    /// The settings.
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The settings that may change while the pool runs (see [`Engine::before_start`] for
-    /// the others).
-    pub(crate) fn config_mut(&mut self) -> &mut Config {
-        &mut self.config
-    }
-
-    /// How many workers the started pool has room for, if it started.
-    pub(crate) fn started_size(&self) -> Option<usize> {
-        self.pool.as_ref().map(Pool::size)
+    /// How many workers the pool has room for.
+    pub(crate) fn size(&self) -> usize {
+        self.pool.size()
     }
 
     /// The nearest deadline of a running call.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.pool.as_ref().and_then(Pool::next_deadline)
+        self.pool.next_deadline()
     }
 
     /// See [`crate::Drive::begin_sleep`].
     pub(crate) fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
-        match self.pool.as_mut() {
-            Some(pool) => pool.begin_sleep(fds),
-            None => true,
-        }
+        self.pool.begin_sleep(fds)
     }
 
     /// See [`crate::Drive::end_sleep`].
     pub(crate) fn end_sleep(&mut self) {
-        if let Some(pool) = self.pool.as_mut() {
-            pool.end_sleep();
-        }
+        self.pool.end_sleep();
     }
 
-    /// Starts the pool now instead of at the first call: runs `check_environment`, creates the
-    /// shared memory, starts the fork server if enabled and, with
-    /// [`ForkStrategy::Aggressive`], forks every worker.
-    pub(crate) fn start(&mut self) -> Result<(), CallError> {
-        if self.pool.is_some() {
-            return Ok(());
-        }
-        let problems = self.value.check_environment();
-        if !problems.is_empty() {
-            return Err(CallError::Environment(problems));
-        }
-        if self.config.fork_server
+    /// Starts a pool for `base`, whose [`Configured::check`] passed: creates the shared
+    /// memory, starts the fork server if enabled, recovers or purges an earlier run's journal
+    /// for a persistent mediator and, with [`ForkStrategy::Aggressive`], forks every worker.
+    /// Runs no user code in this process. On failure `base` comes back unchanged.
+    pub(crate) fn start(
+        mut base: Configured<W>,
+    ) -> Result<Engine<W>, Box<(Configured<W>, CallError)>> {
+        if base.config.fork_server
             && let Some(threads) = process::thread_count().filter(|&n| n > 1)
         {
-            log::warn!(target: &self.alias,
+            log::warn!(target: &base.alias,
                 "starting the fork server in a process with {threads} threads: it can inherit a lock another thread held at the fork; call start() before starting threads");
         }
-        let (pool, matching) =
-            Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?;
-        self.room
-            .start(pool.region().arena_size(), pool.region().entries());
-        self.pool = Some(pool);
-        self.health.restart();
+        let (pool, matching) = match Pool::create(&base.alias, &base.config, &mut base.value) {
+            Ok(created) => created,
+            Err(e) => return Err(Box::new((base, CallError::Pool(e)))),
+        };
+        let mut room = std::mem::replace(&mut base.room, Room::new(0));
+        room.start(pool.region().arena_size(), pool.region().entries());
+        let calls = std::mem::take(&mut base.calls);
+        base.health.restart();
+        base.started_at = Some(Instant::now());
+        let mut engine = Engine {
+            base,
+            pool,
+            calls,
+            room,
+            shutting_down: false,
+            room_pass: false,
+            collected_at: None,
+            delivered: None,
+        };
         if matching {
-            let pool = self.pool.as_ref().expect("just started");
-            if self.config.recover {
+            if engine.base.config.recover {
                 let found = recovery::recover(
-                    pool,
-                    &mut self.room,
-                    &mut self.calls,
+                    &engine.pool,
+                    &mut engine.room,
+                    &mut engine.calls,
                     W::METHODS.len(),
-                    &self.alias,
+                    &engine.base.alias,
                 );
                 for _ in 0..found.corrupted {
-                    self.count_error(ErrorKind::Corruption, None);
+                    engine.count_error(ErrorKind::Corruption, None);
                 }
             } else {
-                recovery::purge(pool, &self.alias);
+                recovery::purge(&engine.pool, &engine.base.alias);
             }
         }
-        self.started_at = Some(Instant::now());
-        if self.config.strategy == ForkStrategy::Aggressive {
-            self.fill_pool();
+        if engine.base.config.strategy == ForkStrategy::Aggressive {
+            engine.fill_pool();
         }
-        Ok(())
+        Ok(engine)
+    }
+
+    /// Drops the pool (after [`Engine::shutdown`] or [`Engine::suspend`]): what outlives it
+    /// goes back to the configured state. Runs no user code.
+    pub(crate) fn stop(self) -> Configured<W> {
+        let Engine {
+            mut base,
+            pool,
+            mut calls,
+            room,
+            ..
+        } = self;
+        // Dropping the pool stops and reaps the workers, then removes the shared memory. The
+        // finished results left point into it, so they go too.
+        drop(pool);
+        calls.clear();
+        base.calls = calls;
+        base.room = room;
+        base
     }
 
     /// True when a call made now would start at once: nothing is queued and a worker is idle
@@ -198,10 +273,8 @@ impl<W: Worker> Engine<W> {
         if !self.calls.nothing_queued() {
             return false;
         }
-        let Some(pool) = &self.pool else {
-            return true;
-        };
-        let workers = self.config.workers.min(pool.size());
+        let pool = &self.pool;
+        let workers = self.base.config.workers.min(pool.size());
         let mut live = 0;
         for i in 0..workers {
             live += usize::from(pool.has_worker(i));
@@ -259,59 +332,36 @@ impl<W: Worker> Engine<W> {
 
     /// The process ids of the live workers.
     pub(crate) fn pids(&self) -> Vec<i32> {
-        self.pool.iter().flat_map(Pool::pids).collect()
-    }
-
-    /// Errors counted since the mediator was made, by kind.
-    pub(crate) fn errors(&self) -> ErrorCounts {
-        self.health.errors()
+        self.pool.pids().collect()
     }
 
     /// A snapshot of the statistics: per method, the time calls waited for a worker and ran
     /// (mean, median, p90, p99, count), error counts, processes and memory. Its `Display` is
     /// the seed's runtime statistics table.
     pub(crate) fn stats(&self) -> Stats {
-        let pids = self.pids();
         // The times of a delivered call whose bookkeeping is still due count already.
-        let mut timing = std::borrow::Cow::Borrowed(&self.timing);
+        let mut timing = std::borrow::Cow::Borrowed(&self.base.timing);
         if let Some(d) = &self.delivered
             && let Some(r) = self.calls.get(d.id)
         {
             let times = delivered_times(&r.timings, &d.ran);
             record_times(timing.to_mut(), d.method, times);
         }
-        Stats {
-            alias: self.alias.clone(),
-            uptime: self.started_at.map_or(Duration::ZERO, |t| t.elapsed()),
-            workers: pids.len(),
-            configured_workers: self.config.workers,
-            queued: self.calls.queued(),
-            running: self.busy_count(),
-            methods: W::METHODS
-                .iter()
-                .zip(timing.iter())
-                .map(|(&method, (called, running))| MethodStats {
-                    method,
-                    called: called.summary(),
-                    running: running.summary(),
-                })
-                .collect(),
-            errors: self.health.errors(),
-            parent_rss_kib: stats::rss_kib(0),
-            worker_rss_kib: pids.iter().map(|&p| (p, stats::rss_kib(p))).collect(),
-            shared_memory: if self.pool.is_none() {
-                (0, 0)
-            } else {
-                // A delivered call's block is as good as free (see `settle`).
-                let held = self.delivered.as_ref().map_or(0, |d| {
-                    d.held.map_or(0, |(_, b)| b.len) + d.ret_block.map_or(0, |b| b.len)
-                });
-                (
-                    self.room.size(),
-                    self.room.size() - self.room.available() - held,
-                )
-            },
-        }
+        // A delivered call's block is as good as free (see `settle`).
+        let held = self.delivered.as_ref().map_or(0, |d| {
+            d.held.map_or(0, |(_, b)| b.len) + d.ret_block.map_or(0, |b| b.len)
+        });
+        let shared_memory = (
+            self.room.size(),
+            self.room.size() - self.room.available() - held,
+        );
+        self.base.stats_with(
+            &timing,
+            self.pids(),
+            self.calls.queued(),
+            self.busy_count(),
+            shared_memory,
+        )
     }
 
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
@@ -331,30 +381,26 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// [`Engine::suspend`], delivering the calls that finish meanwhile to `handler` when no
-    /// callback of the mediator's takes them (see [`Engine::poll_with`]).
+    /// Winds the pool down keeping unfinished calls for the next run (see
+    /// `Mediator::suspend`), delivering the calls that finish meanwhile to `sink`; then
+    /// [`Engine::stop`]. Returns how many calls were kept.
     pub(crate) fn suspend(&mut self, sink: &mut dyn Sink<W>) -> usize {
-        if self.pool.is_none() {
-            return 0;
-        }
         self.settle();
-        if self.config.persist.is_none() {
-            log::warn!(target: &self.alias, "suspend() without persist(): shutting down instead");
+        if self.base.config.persist.is_none() {
+            log::warn!(target: &self.base.alias, "suspend() without persist(): shutting down instead");
             self.shutdown(sink);
             return 0;
         }
         self.shutting_down = true;
         // Running calls may finish; queued ones are not started.
         let queued = self.calls.take_queue();
-        let limit = Instant::now() + self.config.timeout.unwrap_or(self.config.grace);
+        let limit = Instant::now() + self.base.config.timeout.unwrap_or(self.base.config.grace);
         self.collect(sink);
         while self.busy_count() > 0 && Instant::now() < limit {
-            if let Some(pool) = self.pool.as_mut() {
-                pool.sleep(Some(limit));
-            }
+            self.pool.sleep(Some(limit));
             self.collect(sink);
         }
-        let pool = self.pool.as_mut().expect("checked above");
+        let pool = &mut self.pool;
         let mut kept = queued.len();
         for i in 0..pool.size() {
             // Killed while running: the journal says it was started, so it runs again, with
@@ -369,22 +415,15 @@ impl<W: Worker> Engine<W> {
             .records()
             .filter(|r| r.status == CallStatus::Returned)
             .count();
-        let mut pool = self.pool.take().expect("checked above");
-        pool.keep_segment(kept > 0);
-        log::info!(target: &self.alias, "suspended with {kept} calls kept in {}", pool.region().name());
-        drop(pool);
-        self.calls.clear();
-        self.shutting_down = false;
+        self.pool.keep_segment(kept > 0);
+        log::info!(target: &self.base.alias, "suspended with {kept} calls kept in {}", self.pool.region().name());
         kept
     }
 
-    /// Stops the pool: see "Ownership" above. Queued calls end as [`CallStatus::Cancelled`],
-    /// and so do calls still running after the grace period. The mediator can start again
-    /// afterwards.
+    /// Winds the pool down (see `Mediator::shutdown`): queued calls end as
+    /// [`CallStatus::Cancelled`], and so do calls still running after the grace period; then
+    /// [`Engine::stop`].
     pub(crate) fn shutdown(&mut self, sink: &mut dyn Sink<W>) {
-        if self.pool.is_none() {
-            return;
-        }
         self.settle();
         self.shutting_down = true;
         let now = clock::now_ns();
@@ -397,18 +436,16 @@ impl<W: Worker> Engine<W> {
             });
         }
         self.fire_callbacks(sink);
-        let grace_end = Instant::now() + self.config.grace;
+        let grace_end = Instant::now() + self.base.config.grace;
         while self.busy_count() > 0 && Instant::now() < grace_end {
-            if let Some(pool) = self.pool.as_mut() {
-                pool.sleep(Some(grace_end));
-            }
+            self.pool.sleep(Some(grace_end));
             self.collect(sink);
         }
-        let grace = self.config.grace;
+        let grace = self.base.config.grace;
         let now = clock::now_ns();
-        let slots = self.pool.as_ref().map_or(0, Pool::size);
+        let slots = self.pool.size();
         for i in 0..slots {
-            let pool = self.pool.as_mut().expect("checked above");
+            let pool = &mut self.pool;
             if pool.busy(i).is_some() {
                 let (_, busy) = pool.kill(i);
                 if let Some(b) = busy {
@@ -424,21 +461,6 @@ impl<W: Worker> Engine<W> {
             }
         }
         self.fire_callbacks(sink);
-        // Dropping the pool stops and reaps the workers, then removes the shared memory. The
-        // finished results left point into it, so they go too.
-        self.pool = None;
-        self.calls.clear();
-        self.shutting_down = false;
-    }
-
-    /// Applies a setting that only takes effect when the pool starts; after it, warns and
-    /// ignores it.
-    pub(crate) fn before_start(&mut self, what: &str, set: impl FnOnce(&mut Config)) {
-        if self.pool.is_some() {
-            log::warn!(target: &self.alias, "{what}() after the pool started is ignored");
-        } else {
-            set(&mut self.config);
-        }
     }
 
     fn method_name(method: u32) -> &'static str {
@@ -451,16 +473,13 @@ impl<W: Worker> Engine<W> {
     /// CLOCK_MONOTONIC nanoseconds, read through the pool's tick counter when the pool runs
     /// (see `clock`).
     fn now_ns(&mut self) -> u64 {
-        match self.pool.as_mut() {
-            Some(pool) => pool.now_ns(),
-            None => clock::now_ns(),
-        }
+        self.pool.now_ns()
     }
 
     /// When the worker holding `record` started running it, if it did.
     fn started_ns(&self, record: &CallRecord) -> Option<u64> {
         let (slot, seq) = record.posted?;
-        self.pool.as_ref()?.started(slot, seq)
+        self.pool.started(slot, seq)
     }
 
     /// Encodes the arguments into shared memory and queues the call.
@@ -471,9 +490,6 @@ impl<W: Worker> Engine<W> {
         sink: &mut dyn Sink<W>,
     ) -> Result<u64, CallError> {
         let name = Self::method_name(method);
-        if self.pool.is_none() {
-            self.start()?;
-        }
         let wire_err = |source| CallError::Wire {
             method: name,
             source,
@@ -490,7 +506,7 @@ impl<W: Worker> Engine<W> {
         self.warn_if_large(method, args_len);
         let (entry, block) = self.call_room(method, args_len, sink)?;
         if inline_len.is_none() {
-            let pool = self.pool.as_mut().expect("started above");
+            let pool = &mut self.pool;
             // SAFETY: the block is this call's: no worker has it.
             let buf = unsafe { pool.region().payload_mut(block.offset, args_len) }
                 .expect("arena blocks lie inside the payload area");
@@ -514,7 +530,7 @@ impl<W: Worker> Engine<W> {
         // The last delivered call's bookkeeping: while the worker runs this one, or before the
         // queue is looked at.
         self.settle();
-        let pool = self.pool.as_mut().expect("started above");
+        let pool = &mut self.pool;
         if let Some(bytes) = inline {
             // SAFETY: the block is this call's, and a call posted with inline arguments is
             // never read from it by the worker.
@@ -566,18 +582,18 @@ impl<W: Worker> Engine<W> {
     /// when that would fork a worker first, which it does for an empty slot unless the
     /// strategy is lazy.
     fn ready_slot(&self) -> Option<usize> {
-        if self.config.strategy != ForkStrategy::Lazy && self.empty_slot().is_some() {
+        if self.base.config.strategy != ForkStrategy::Lazy && self.empty_slot().is_some() {
             return None;
         }
-        let pool = self.pool.as_ref()?;
-        let workers = self.config.workers.min(pool.size());
+        let pool = &self.pool;
+        let workers = self.base.config.workers.min(pool.size());
         (0..workers).find(|&i| pool.is_idle(i) && !pool.is_worn(i, None))
     }
 
     /// The first of the configured slots with no worker, if any.
     fn empty_slot(&self) -> Option<usize> {
-        let pool = self.pool.as_ref()?;
-        let workers = self.config.workers.min(pool.size());
+        let pool = &self.pool;
+        let workers = self.base.config.workers.min(pool.size());
         (0..workers).find(|&i| !pool.has_worker(i))
     }
 
@@ -585,7 +601,7 @@ impl<W: Worker> Engine<W> {
     #[inline]
     fn warn_if_large(&mut self, method: u32, len: usize) {
         if let Some(suggested) = self.room.large(method, len) {
-            log::warn!(target: &self.alias,
+            log::warn!(target: &self.base.alias,
                 "a call to {}() moves {len} bytes, more than 1/50 of the {}-byte allocation; consider malloc({suggested} << 20)",
                 Self::method_name(method), self.room.size());
         }
@@ -680,10 +696,7 @@ impl<W: Worker> Engine<W> {
                     retained: self.calls.retained_bytes(),
                 });
             }
-            self.pool
-                .as_mut()
-                .expect("started")
-                .sleep(Some(start + SPACE_WAIT));
+            self.pool.sleep(Some(start + SPACE_WAIT));
             self.collect(sink);
         }
     }
@@ -703,7 +716,7 @@ impl<W: Worker> Engine<W> {
         if now.is_some() && self.empty_slot().is_some() {
             now = None;
         }
-        if self.config.strategy != ForkStrategy::Lazy {
+        if self.base.config.strategy != ForkStrategy::Lazy {
             self.fill_pool();
         }
         while let Some(id) = self.calls.first_queued() {
@@ -711,15 +724,15 @@ impl<W: Worker> Engine<W> {
             self.calls.dequeue();
             self.post_call(i, id, now.take());
         }
-        if let Some(failures) = self.health.tripped() {
+        if let Some(failures) = self.base.health.tripped() {
             self.fail_queue_after_start_failures(failures);
         }
     }
 
     /// An idle live worker, or an empty slot with a freshly forked one.
     fn idle_slot(&mut self) -> Option<usize> {
-        let pool = self.pool.as_ref()?;
-        let workers = self.config.workers.min(pool.size());
+        let pool = &self.pool;
+        let workers = self.base.config.workers.min(pool.size());
         if let Some(i) = (0..workers).find(|&i| pool.is_idle(i)) {
             return Some(i);
         }
@@ -733,7 +746,7 @@ impl<W: Worker> Engine<W> {
         let record = self.calls.get(id).expect("queued calls have records");
         let (method, block, args_len) = (record.method, record.block, record.args_len);
         let seq = self.post_block(i, id, method, block, args_len, None);
-        let pool = self.pool.as_ref().expect("started");
+        let pool = &self.pool;
         let record = self.calls.get_mut(id).expect("queued calls have records");
         if let Some(journal) = pool.journal(record.entry) {
             journal.write_progress(journal::PENDING, Some((i, seq)), None);
@@ -755,7 +768,7 @@ impl<W: Worker> Engine<W> {
         args_len: usize,
         inline: Option<&[u8]>,
     ) -> u32 {
-        let pool = self.pool.as_mut().expect("started");
+        let pool = &mut self.pool;
         let (offset, len) = (block.offset, args_len);
         // Small arguments ride in the request's cache line: the worker then never reads the
         // block, which stays in this process's cache. The block keeps them for the journal
@@ -773,11 +786,11 @@ impl<W: Worker> Engine<W> {
             },
         };
         let ret = Span::new(offset + len, block.len - len);
-        pool.post_call(i, id, method, args, ret, self.config.timeout)
+        pool.post_call(i, id, method, args, ret, self.base.config.timeout)
     }
 
     fn busy_count(&self) -> usize {
-        self.pool.as_ref().map_or(0, Pool::busy_count)
+        self.pool.busy_count()
     }
 
     /// Sets a call's final status and queues its callbacks.
@@ -802,9 +815,9 @@ impl<W: Worker> Engine<W> {
                 t.entered_ns(CallStatus::Returned),
             ) {
                 let method = record.method;
-                record_times(&mut self.timing, method, [called, running, returned]);
+                record_times(&mut self.base.timing, method, [called, running, returned]);
             }
-        } else if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
+        } else if let Some(journal) = self.pool.journal(record.entry) {
             // A failed call is final: a restarted program must not run it again.
             journal.clear();
         }
@@ -814,11 +827,8 @@ impl<W: Worker> Engine<W> {
     /// method's next return reservation follows this one, and a large value is warned about.
     fn slot_returned(&mut self, i: usize, method: u32, len: usize) {
         self.room.returned(method, len);
-        self.health.answered();
-        let Some(pool) = self.pool.as_mut() else {
-            return;
-        };
-        pool.release(i);
+        self.base.health.answered();
+        self.pool.release(i);
         self.warn_if_large(method, len);
     }
 
@@ -834,14 +844,11 @@ impl<W: Worker> Engine<W> {
     /// collection's periodic checks.
     fn collect_at(&mut self, sink: &mut dyn Sink<W>, now_ns: u64) -> usize {
         self.settle();
-        let Some(pool) = self.pool.as_mut() else {
-            return 0;
-        };
         self.collected_at = Some(now_ns);
         let now = to_instant(now_ns);
-        let slots = pool.size();
-        let check_deaths = pool.death_check_due(now);
-        if self.health.take_refill() {
+        let slots = self.pool.size();
+        let check_deaths = self.pool.death_check_due(now);
+        if self.base.health.take_refill() {
             self.replace_dead();
         }
         for i in 0..slots {
@@ -858,7 +865,7 @@ impl<W: Worker> Engine<W> {
         // none, with no other call left to free any, fails its call.
         self.room_pass = true;
         for i in 0..slots {
-            if self.pool.as_ref().is_some_and(|p| p.is_awaiting_room(i)) {
+            if self.pool.is_awaiting_room(i) {
                 self.read_answer(i);
             }
         }
@@ -871,14 +878,14 @@ impl<W: Worker> Engine<W> {
     /// Handles the answer of the worker in slot `i`, if it wrote one: reads it into an
     /// [`Outcome`] (see `answer`), then applies that to the call, the slot and the counts.
     fn read_answer(&mut self, i: usize) {
-        let pool = self.pool.as_mut().expect("started");
+        let pool = &mut self.pool;
         let Some((busy, answer)) = pool.answer(i) else {
             return;
         };
         for _ in 0..pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
-        let pool = self.pool.as_mut().expect("started");
+        let pool = &mut self.pool;
         let record = self
             .calls
             .get_mut(busy.call)
@@ -936,7 +943,7 @@ impl<W: Worker> Engine<W> {
                 } else {
                     let (available, allocation) = (self.room.available(), self.room.size());
                     pool.release(i);
-                    self.health.answered();
+                    self.base.health.answered();
                     self.finish(busy.call, CallStatus::Failed, finished, |method| {
                         CallError::ReturnTooLarge {
                             method,
@@ -952,7 +959,7 @@ impl<W: Worker> Engine<W> {
                 let pid = record.pid.unwrap_or(0);
                 // The object may be half-updated: replace the process.
                 pool.kill(i);
-                self.health.answered();
+                self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, None);
                 self.finish(busy.call, CallStatus::Panicked, finished, |method| {
                     CallError::Panicked {
@@ -961,12 +968,12 @@ impl<W: Worker> Engine<W> {
                         message,
                     }
                 });
-                self.health.refill_later();
+                self.base.health.refill_later();
             }
             Outcome::WireError { message } => {
                 let message = text(message);
                 pool.release(i);
-                self.health.answered();
+                self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
@@ -992,14 +999,14 @@ impl<W: Worker> Engine<W> {
                 // The channel cannot be trusted, so the worker is replaced.
                 pool.kill(i);
                 self.count_error(ErrorKind::Corruption, None);
-                log::warn!(target: &self.alias, "call {}: corrupted {detail}", busy.call);
+                log::warn!(target: &self.base.alias, "call {}: corrupted {detail}", busy.call);
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
                         method,
                         source: WireError::Corrupted(detail),
                     }
                 });
-                self.health.refill_later();
+                self.base.health.refill_later();
             }
         }
     }
@@ -1012,28 +1019,24 @@ impl<W: Worker> Engine<W> {
             let Some(record) = self.calls.get(id) else {
                 continue;
             };
-            let delivered = match self.pool.as_ref() {
-                Some(pool) => {
-                    // SAFETY: the call is final: no worker writes its blocks any more.
-                    let args =
-                        unsafe { pool.region().payload(record.block.offset, record.args_len) }
-                            .unwrap_or_default();
-                    let ret = record
-                        .ret
-                        // SAFETY: as above.
-                        .and_then(|(off, len)| unsafe { pool.region().payload(off, len) });
-                    let call = Call {
-                        record,
-                        args,
-                        ret,
-                        retry: Cell::new(false),
-                        _w: PhantomData,
-                    };
-                    sink.deliver(&call, Log::new(&self.alias))
-                        .then(|| call.retry.get())
-                }
-                None => None,
+            let pool = &self.pool;
+            // SAFETY: the call is final: no worker writes its blocks any more.
+            let args = unsafe { pool.region().payload(record.block.offset, record.args_len) }
+                .unwrap_or_default();
+            let ret = record
+                .ret
+                // SAFETY: as above.
+                .and_then(|(off, len)| unsafe { pool.region().payload(off, len) });
+            let call = Call {
+                record,
+                args,
+                ret,
+                retry: Cell::new(false),
+                _w: PhantomData,
             };
+            let delivered = sink
+                .deliver(&call, Log::new(&self.base.alias))
+                .then(|| call.retry.get());
             match delivered {
                 Some(true) => self.requeue(id),
                 Some(false) => {
@@ -1044,7 +1047,7 @@ impl<W: Worker> Engine<W> {
                 }
                 None => {
                     if let Some(error) = &record.error {
-                        log::warn!(target: &self.alias, "call {id}: {error}");
+                        log::warn!(target: &self.base.alias, "call {id}: {error}");
                     }
                 }
             }
@@ -1058,7 +1061,7 @@ impl<W: Worker> Engine<W> {
     /// Puts a finished call back in the queue with one more retry and a clean state.
     fn requeue(&mut self, id: u64) {
         if self.shutting_down {
-            log::warn!(target: &self.alias, "call {id} not retried: the mediator is shutting down");
+            log::warn!(target: &self.base.alias, "call {id} not retried: the mediator is shutting down");
             return;
         }
         let Some(record) = self.calls.rerun(id, clock::now_ns()) else {
@@ -1067,7 +1070,7 @@ impl<W: Worker> Engine<W> {
         if let Some(block) = record.ret_block.take() {
             self.room.free(block);
         }
-        if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
+        if let Some(journal) = self.pool.journal(record.entry) {
             journal.write_call(
                 id,
                 record.method,
@@ -1091,12 +1094,10 @@ impl<W: Worker> Engine<W> {
 
     /// Frees a call's journal entry and payload blocks.
     fn free_call(&mut self, entry: usize, block: Block, ret_block: Option<Block>) {
-        if let Some(pool) = self.pool.as_mut() {
-            if let Some(journal) = pool.journal(entry) {
-                journal.clear();
-            }
-            self.room.free_call(entry, block, ret_block);
+        if let Some(journal) = self.pool.journal(entry) {
+            journal.clear();
         }
+        self.room.free_call(entry, block, ret_block);
     }
 }
 

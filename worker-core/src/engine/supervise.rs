@@ -16,7 +16,6 @@ use crate::call::{CallStatus, ExitCause};
 use crate::clock;
 use crate::config::ForkStrategy;
 use crate::error::{CallError, ErrorCounts, ErrorKind};
-use crate::pool::Pool;
 use crate::this_worker;
 use crate::worker::Worker;
 
@@ -102,29 +101,29 @@ impl Supervisor {
 impl<W: Worker> Engine<W> {
     /// Counts an error against the mediator and, if given, against a slot's worker.
     pub(super) fn count_error(&mut self, kind: ErrorKind, slot: Option<usize>) {
-        if let (Some(i), Some(pool)) = (slot, self.pool.as_mut()) {
-            pool.count_error(i, kind);
+        if let Some(i) = slot {
+            self.pool.count_error(i, kind);
         }
-        if self.health.count(kind) {
-            log::error!(target: &self.alias,
+        if self.base.health.count(kind) {
+            log::error!(target: &self.base.alias,
                 "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
-                self.health.errors(), ErrorCounts::PARENT_LIMITS);
+                self.base.health.errors(), ErrorCounts::PARENT_LIMITS);
         }
     }
 
     /// Forks a worker into slot `i`, unless workers keep dying before answering anything.
     pub(super) fn spawn(&mut self, i: usize) -> bool {
-        if !self.health.may_fork() {
+        if !self.base.health.may_fork() {
             return false;
         }
-        let pool = self.pool.as_mut().expect("started");
-        match pool.spawn(i, &mut self.value) {
+        let pool = &mut self.pool;
+        match pool.spawn(i, &mut self.base.value) {
             Ok(pid) => {
-                log::debug!(target: &self.alias, "forked worker {pid} into slot {i}");
+                log::debug!(target: &self.base.alias, "forked worker {pid} into slot {i}");
                 true
             }
             Err(e) => {
-                log::error!(target: &self.alias, "cannot fork a worker: {e}");
+                log::error!(target: &self.base.alias, "cannot fork a worker: {e}");
                 self.count_error(ErrorKind::Communication, None);
                 false
             }
@@ -133,11 +132,11 @@ impl<W: Worker> Engine<W> {
 
     /// Forks workers into the empty slots up to the configured count.
     pub(super) fn fill_pool(&mut self) {
-        let workers = self.config.workers;
-        let slots = self.pool.as_ref().map_or(0, |p| workers.min(p.size()));
+        let workers = self.base.config.workers;
+        let slots = workers.min(self.pool.size());
         // By index, not through a collected list: this runs with every dispatch.
         for i in 0..slots {
-            if self.pool.as_ref().is_some_and(|p| !p.has_worker(i)) {
+            if !self.pool.has_worker(i) {
                 self.spawn(i);
             }
         }
@@ -160,14 +159,14 @@ impl<W: Worker> Engine<W> {
     /// not started goes back to the front of the queue (up to [`MAX_REQUEUES`] times); a call
     /// it was running ends as [`CallStatus::Crashed`].
     pub(super) fn reap_dead(&mut self) {
-        let dead = self.pool.as_mut().expect("started").dead_slots();
+        let dead = self.pool.dead_slots();
         if dead.is_empty() {
             return;
         }
         for (i, cause) in dead {
             // A worker can answer and then die: take the answer first.
             self.read_answer(i);
-            let pool = self.pool.as_mut().expect("started");
+            let pool = &mut self.pool;
             if !pool.has_worker(i) {
                 continue; // Its answer (a panic, say) already settled the slot.
             }
@@ -175,12 +174,12 @@ impl<W: Worker> Engine<W> {
             let (pid, busy) = pool.kill(i);
             let Some(b) = busy else {
                 if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
-                    log::info!(target: &self.alias, "worker {pid} exited after fatal_error(); replacing it");
+                    log::info!(target: &self.base.alias, "worker {pid} exited after fatal_error(); replacing it");
                 } else {
-                    log::warn!(target: &self.alias, "idle worker {pid} {cause}");
+                    log::warn!(target: &self.base.alias, "idle worker {pid} {cause}");
                 }
                 if given == 0 {
-                    self.health.died_unanswered();
+                    self.base.health.died_unanswered();
                 }
                 continue;
             };
@@ -191,17 +190,17 @@ impl<W: Worker> Engine<W> {
                     .is_some_and(|r| r.ret_block.is_some());
             self.count_error(ErrorKind::Communication, None);
             if started {
-                log::warn!(target: &self.alias, "worker {pid} {cause} while running call {}", b.call);
-                self.health.answered();
+                log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}", b.call);
+                self.base.health.answered();
                 self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
                     CallError::Crashed { method, pid, cause }
                 });
             } else {
-                self.health.died_unanswered();
+                self.base.health.died_unanswered();
                 self.requeue_unstarted(b.call, pid, cause);
             }
         }
-        self.health.refill_later();
+        self.base.health.refill_later();
     }
 
     /// A call whose worker died before starting it goes back to the front of the queue.
@@ -210,7 +209,7 @@ impl<W: Worker> Engine<W> {
             return;
         };
         if record.retries >= MAX_REQUEUES {
-            log::error!(target: &self.alias,
+            log::error!(target: &self.base.alias,
                 "call {id}: its worker died before starting it {} times (last: {pid} {cause}); cancelled",
                 record.retries + 1);
             let retries = record.retries;
@@ -225,11 +224,11 @@ impl<W: Worker> Engine<W> {
             });
             return;
         }
-        log::info!(target: &self.alias, "call {id}: worker {pid} {cause} before starting it; requeued");
+        log::info!(target: &self.base.alias, "call {id}: worker {pid} {cause} before starting it; requeued");
         let Some(record) = self.calls.requeue_unstarted(id, clock::now_ns()) else {
             return;
         };
-        if let Some(journal) = self.pool.as_ref().and_then(|p| p.journal(record.entry)) {
+        if let Some(journal) = self.pool.journal(record.entry) {
             journal.write_call(
                 id,
                 record.method,
@@ -241,18 +240,18 @@ impl<W: Worker> Engine<W> {
 
     /// Keeps the pool at size after a death, unless the strategy is lazy.
     pub(super) fn replace_dead(&mut self) {
-        if self.config.strategy != ForkStrategy::Lazy {
+        if self.base.config.strategy != ForkStrategy::Lazy {
             self.fill_pool();
         }
     }
 
     /// Kills the workers whose call ran past its deadline.
     pub(super) fn enforce_timeouts(&mut self) {
-        let Some(timeout) = self.config.timeout else {
+        let Some(timeout) = self.base.config.timeout else {
             return;
         };
         let now = Instant::now();
-        let pool = self.pool.as_mut().expect("started");
+        let pool = &mut self.pool;
         let expired = pool.expired(now);
         if expired.is_empty() {
             return;
@@ -261,13 +260,13 @@ impl<W: Worker> Engine<W> {
         for i in expired {
             // An answer that arrived in time wins over the deadline.
             self.read_answer(i);
-            let pool = self.pool.as_mut().expect("started");
+            let pool = &mut self.pool;
             if pool.busy(i).is_none() {
                 continue;
             }
             let (pid, busy) = pool.kill(i);
             let Some(b) = busy else { continue };
-            log::warn!(target: &self.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
+            log::warn!(target: &self.base.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
             self.finish(b.call, CallStatus::Timeout, now_ns, |method| {
                 CallError::Timeout {
                     method,
@@ -276,12 +275,12 @@ impl<W: Worker> Engine<W> {
                 }
             });
         }
-        self.health.refill_later();
+        self.base.health.refill_later();
     }
 
     /// Retires idle workers past their recycling or error limits; each is replaced first.
     pub(super) fn retire_worn(&mut self, now: Instant) {
-        let slots = self.pool.as_ref().map_or(0, Pool::size);
+        let slots = self.pool.size();
         // By index, not through a collected list: this runs at every collection, and
         // retiring one worker does not change whether another is worn.
         for i in 0..slots {
@@ -291,17 +290,17 @@ impl<W: Worker> Engine<W> {
 
     /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
     pub(super) fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
-        let pool = self.pool.as_mut().expect("started");
+        let pool = &mut self.pool;
         if !pool.is_worn(i, now) {
             return;
         }
         let old = pool.pid(i).unwrap_or(0);
-        match pool.retire(i, &mut self.value) {
+        match pool.retire(i, &mut self.base.value) {
             Ok(new) => {
-                log::debug!(target: &self.alias, "worker {old} retired; {new} took its place")
+                log::debug!(target: &self.base.alias, "worker {old} retired; {new} took its place")
             }
             Err(e) => {
-                log::error!(target: &self.alias, "worker {old} retired; cannot fork its replacement: {e}");
+                log::error!(target: &self.base.alias, "worker {old} retired; cannot fork its replacement: {e}");
                 self.count_error(ErrorKind::Communication, None);
             }
         }

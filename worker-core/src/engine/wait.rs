@@ -127,9 +127,7 @@ impl<W: Worker> Engine<W> {
                     waited: Duration::from_nanos(now - start),
                 });
             }
-            if let Some(pool) = self.pool.as_mut() {
-                pool.sleep_with(|| Some(to_instant(deadline)));
-            }
+            self.pool.sleep_with(|| Some(to_instant(deadline)));
             if let Some(i) = self.answered_slot(posted) {
                 round = Round::Answer(i);
             }
@@ -146,13 +144,13 @@ impl<W: Worker> Engine<W> {
     pub(super) fn nothing_else_to_collect(&self, mine: Option<usize>) -> bool {
         self.calls.nothing_queued()
             && self.calls.nothing_finished()
-            && !self.health.refill_due()
-            && self.pool.as_ref().is_some_and(|p| !p.any_answer_but(mine))
+            && !self.base.health.refill_due()
+            && !self.pool.any_answer_but(mine)
     }
 
     /// The slot of the worker that holds a call `posted` there, if it answered.
     pub(super) fn answered_slot(&self, posted: Option<(usize, u32)>) -> Option<usize> {
-        let pool = self.pool.as_ref()?;
+        let pool = &self.pool;
         posted
             .filter(|&(i, seq)| pool.answered(i, seq))
             .map(|(i, _)| i)
@@ -180,7 +178,7 @@ impl<W: Worker> Engine<W> {
         if self.delivered.is_some() {
             self.settle();
         }
-        let pool = self.pool.as_mut()?;
+        let pool = &mut self.pool;
         let (busy, answer) = pool.answer(i).filter(|(b, _)| b.call == id.raw())?;
         let Outcome::Returned { value, inline } = answer::outcome(&answer, busy.ret) else {
             return None;
@@ -194,7 +192,7 @@ impl<W: Worker> Engine<W> {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
         self.slot_returned(i, method, len);
-        let pool = self.pool.as_mut().expect("started");
+        let pool = &mut self.pool;
         let decoded = match &inline {
             Some(bytes) => id.decode(&bytes[..len]),
             // SAFETY: the worker answered: it no longer writes the block.
@@ -241,7 +239,7 @@ impl<W: Worker> Engine<W> {
             .calls
             .remove_with(d.id, |r| delivered_times(&r.timings, &ran))
         {
-            record_times(&mut self.timing, d.method, times);
+            record_times(&mut self.base.timing, d.method, times);
         }
         if let Some((entry, block)) = d.held {
             self.free_call(entry, block, d.ret_block);
@@ -276,10 +274,10 @@ impl<W: Worker> Engine<W> {
     pub(super) fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
         let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
-        let result = match (record.status, record.ret, self.pool.as_ref()) {
-            (CallStatus::Returned, Some((off, len)), Some(pool)) => {
+        let result = match (record.status, record.ret) {
+            (CallStatus::Returned, Some((off, len))) => {
                 // SAFETY: the call returned: the worker no longer writes its block.
-                let bytes = unsafe { pool.region().payload(off, len) }.unwrap_or_default();
+                let bytes = unsafe { self.pool.region().payload(off, len) }.unwrap_or_default();
                 id.decode(bytes).map_err(|source| CallError::Wire {
                     method: Self::method_name(record.method),
                     source,
