@@ -65,7 +65,9 @@ pub use closure::FnMediator;
 pub use config::{ForkStrategy, Recycle};
 pub use daemon::{Application, Control, Daemon, WorkerKey, Workers};
 pub use drive::{Drive, sleep_on};
-pub use error::{CallError, ErrorCounts, WireError};
+pub use error::{
+    CallError, ErrorCounts, OsError, PoolError, SpawnError, StartError, SubmitError, WireError,
+};
 pub use mediator::Mediator;
 pub use stats::{MethodStats, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};

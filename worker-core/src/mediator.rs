@@ -23,7 +23,9 @@ use crate::channel::{self, ArgsAt, Ran, Request, Response};
 use crate::clock;
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
-use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
+use crate::error::{
+    CallError, ErrorCounts, ErrorKind, PoolError, StartError, SubmitError, WireError,
+};
 use crate::journal;
 use crate::pool::{Busy, Pool};
 use crate::process;
@@ -325,13 +327,18 @@ impl<W: Worker> Mediator<W> {
     /// Starts the pool now instead of at the first call: runs `check_environment`, creates the
     /// shared memory, starts the fork server if enabled and, with
     /// [`ForkStrategy::Aggressive`], forks every worker.
-    pub fn start(&mut self) -> Result<(), CallError> {
+    ///
+    /// # Errors
+    /// [`StartError::Environment`] with the problems `check_environment` reported, or
+    /// [`StartError::Pool`] if the shared memory, the eventfd or the fork server cannot be
+    /// had. Nothing is left behind.
+    pub fn start(&mut self) -> Result<(), StartError> {
         if self.pool.is_some() {
             return Ok(());
         }
         let problems = self.value.check_environment();
         if !problems.is_empty() {
-            return Err(CallError::Environment(problems));
+            return Err(StartError::Environment(problems));
         }
         if self.config.fork_server
             && let Some(threads) = process::thread_count().filter(|&n| n > 1)
@@ -339,8 +346,7 @@ impl<W: Worker> Mediator<W> {
             log::warn!(target: &self.alias,
                 "starting the fork server in a process with {threads} threads: it can inherit a lock another thread held at the fork; call start() before starting threads");
         }
-        let (pool, matching) =
-            Pool::create(&self.alias, &self.config, &mut self.value).map_err(CallError::Pool)?;
+        let (pool, matching) = Pool::create(&self.alias, &self.config, &mut self.value)?;
         self.free_entries = (0..pool.region.entries()).rev().collect();
         self.pool = Some(pool);
         self.start_failures = 0;
@@ -769,12 +775,12 @@ impl<W: Worker> Mediator<W> {
         &mut self,
         method: u32,
         args: &A,
-    ) -> Result<u64, CallError> {
+    ) -> Result<u64, SubmitError> {
         let name = Self::method_name(method);
         if self.pool.is_none() {
             self.start()?;
         }
-        let wire_err = |source| CallError::Wire {
+        let wire_err = |source| SubmitError::Encode {
             method: name,
             source,
         };
@@ -911,7 +917,7 @@ impl<W: Worker> Mediator<W> {
     /// (nothing is freed and allocated again between an answer and the next post); otherwise
     /// they are fresh.
     #[inline]
-    fn call_room(&mut self, method: u32, args_len: usize) -> Result<(usize, Block), CallError> {
+    fn call_room(&mut self, method: u32, args_len: usize) -> Result<(usize, Block), SubmitError> {
         let needed = args_len + self.ret_hints[method as usize].max(MIN_RET);
         if let Some(d) = self.delivered.as_mut()
             && d.ret_block.is_none()
@@ -933,12 +939,12 @@ impl<W: Worker> Mediator<W> {
         &mut self,
         method: u32,
         args_len: usize,
-    ) -> Result<(usize, Block), CallError> {
+    ) -> Result<(usize, Block), SubmitError> {
         if self.free_entries.is_empty() {
             self.settle();
         }
         let Some(entry) = self.free_entries.pop() else {
-            return Err(CallError::TooManyCalls {
+            return Err(SubmitError::TooManyCalls {
                 method: Self::method_name(method),
                 capacity: self.pool.as_ref().map_or(0, |p| p.region.entries()),
             });
@@ -954,7 +960,7 @@ impl<W: Worker> Mediator<W> {
 
     /// A block for the arguments plus a return reservation, waiting for running calls to free
     /// memory if the allocation is full.
-    fn alloc_call_block(&mut self, method: u32, args_len: usize) -> Result<Block, CallError> {
+    fn alloc_call_block(&mut self, method: u32, args_len: usize) -> Result<Block, SubmitError> {
         let name = Self::method_name(method);
         let hint = self.ret_hints[method as usize];
         // Read the clock only once the allocation is full: most calls never wait.
@@ -963,7 +969,7 @@ impl<W: Worker> Mediator<W> {
             let pool = self.pool.as_mut().expect("started");
             let size = pool.arena.size();
             if args_len + MIN_RET > size {
-                return Err(CallError::TooLarge {
+                return Err(SubmitError::TooLarge {
                     method: name,
                     needed: args_len + MIN_RET,
                     allocation: size,
@@ -989,7 +995,7 @@ impl<W: Worker> Mediator<W> {
                     .map(|r| r.block.len + r.ret_block.map_or(0, |b| b.len))
                     .sum();
                 let pool = self.pool.as_ref().expect("started");
-                return Err(CallError::OutOfMemory {
+                return Err(SubmitError::OutOfMemory {
                     method: name,
                     needed: args_len + MIN_RET,
                     available: pool.arena.available(),
@@ -1089,9 +1095,7 @@ impl<W: Worker> Mediator<W> {
         let failures = self.start_failures;
         for id in std::mem::take(&mut self.queue) {
             self.finish(id, CallStatus::Failed, now, |_| {
-                CallError::Pool(format!(
-                    "{failures} workers in a row died before answering a call (see the log); no more are forked until the mediator is restarted"
-                ))
+                CallError::Pool(PoolError::WorkersDying { failures })
             });
         }
     }
@@ -2027,7 +2031,7 @@ impl<W: Worker> Drive for Mediator<W> {
         Mediator::recover(self, recover);
     }
 
-    fn start_pool(&mut self) -> Result<(), CallError> {
+    fn start_pool(&mut self) -> Result<(), StartError> {
         Mediator::start(self)
     }
 }

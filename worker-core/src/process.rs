@@ -18,6 +18,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::call::ExitCause;
+use crate::error::{OsError, SpawnError};
 use crate::fork_server::ForkServer;
 
 /// Who reaps a worker.
@@ -42,13 +43,15 @@ pub(crate) struct Child {
 ///
 /// In the child, the parent-death signal is set to SIGKILL and the parent is checked to still
 /// be this process, so a child never outlives its parent, even one that died during the fork.
-pub(crate) fn fork_child(body: impl FnOnce() -> std::convert::Infallible) -> Result<Pid, String> {
+pub(crate) fn fork_child(
+    body: impl FnOnce() -> std::convert::Infallible,
+) -> Result<Pid, SpawnError> {
     let parent = nix::unistd::getpid();
     // SAFETY: the child only runs `body`, which leaves with `_exit` (see worker_loop and
     // fork_server). What a fork from a threaded process risks is documented on
     // `Mediator::fork_server`, and warned about when it happens.
     match unsafe { fork() } {
-        Err(e) => Err(format!("fork failed: {e}")),
+        Err(e) => Err(SpawnError::Fork(OsError::from(e))),
         Ok(ForkResult::Child) => {
             // SAFETY: prctl with valid arguments; getppid cannot fail.
             unsafe {
@@ -76,7 +79,7 @@ pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
 }
 
 /// Forks a worker that is our own child.
-pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<Child, String> {
+pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<Child, SpawnError> {
     let pid = fork_child(body)?;
     // Our own unreaped child: its pid cannot be reused before we reap it.
     match pidfd_open(pid) {
@@ -89,9 +92,7 @@ pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<C
         Err(err) => {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
-            Err(format!(
-                "pidfd_open failed (Linux 5.3 or later is needed): {err}"
-            ))
+            Err(SpawnError::pidfd(err))
         }
     }
 }

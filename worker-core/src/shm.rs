@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use shared_memory::{Shmem, ShmemConf, ShmemError};
 
 use crate::channel::Channel;
+use crate::error::{OsError, PoolError};
 use crate::journal::Entry;
 
 /// Written at the start of every segment; a segment without it is not ours.
@@ -89,6 +90,24 @@ fn layout(slots: usize, entries: usize) -> (usize, usize) {
     (journal, arena)
 }
 
+/// The system's error behind a `shared_memory` error: its errno where it has one.
+fn os_error(e: ShmemError) -> OsError {
+    match e {
+        ShmemError::MapCreateFailed(code)
+        | ShmemError::MapOpenFailed(code)
+        | ShmemError::UnknownOsError(code) => std::io::Error::from_raw_os_error(code as i32),
+        ShmemError::LinkCreateFailed(e)
+        | ShmemError::LinkWriteFailed(e)
+        | ShmemError::LinkOpenFailed(e)
+        | ShmemError::LinkReadFailed(e) => e,
+        ShmemError::MappingIdExists | ShmemError::LinkExists => {
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, e)
+        }
+        e => std::io::Error::other(e),
+    }
+    .into()
+}
+
 /// Removes a segment by name, if it exists.
 pub(crate) fn unlink(name: &str) {
     if let Ok(c) = std::ffi::CString::new(name) {
@@ -100,22 +119,28 @@ pub(crate) fn unlink(name: &str) {
 impl Region {
     /// Creates and pre-faults a segment named after this process, for `slots` workers and
     /// `arena_size` payload bytes.
-    pub(crate) fn create(alias: &str, slots: usize, arena_size: usize) -> Result<Region, String> {
+    pub(crate) fn create(
+        alias: &str,
+        slots: usize,
+        arena_size: usize,
+    ) -> Result<Region, PoolError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("/{}{}.{n}", segment_prefix(), sanitize(alias));
         Self::create_named(&name, slots, arena_size)
     }
 
-    fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, String> {
+    fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, PoolError> {
         let entries = entries_for(arena_size);
         let total = layout(slots, entries).1 + arena_size;
         let shmem = ShmemConf::new()
             .size(total)
             .os_id(name)
             .create()
-            .map_err(|e| {
-                format!("cannot create shared memory segment {name} of {total} bytes: {e}")
+            .map_err(|e| PoolError::CreateSegment {
+                name: name.to_owned(),
+                size: total,
+                source: os_error(e),
             })?;
         let base = shmem.as_ptr();
         // SAFETY: the mapping is `total` bytes long and nobody else uses it yet. Writing every
@@ -144,14 +169,19 @@ impl Region {
         alias: &str,
         slots: usize,
         arena_size: usize,
-    ) -> Result<Found, String> {
+    ) -> Result<Found, PoolError> {
         let name = persistent_name(app, alias);
         let shmem = match ShmemConf::new().os_id(&name).open() {
             Ok(shmem) => shmem,
             Err(ShmemError::MapOpenFailed(code)) if code == libc::ENOENT as u32 => {
                 return Self::create_named(&name, slots, arena_size).map(Found::Created);
             }
-            Err(e) => return Err(format!("cannot open shared memory segment {name}: {e}")),
+            Err(e) => {
+                return Err(PoolError::OpenSegment {
+                    name,
+                    source: os_error(e),
+                });
+            }
         };
         let entries = entries_for(arena_size);
         let expected = layout(slots, entries).1 + arena_size;
