@@ -20,8 +20,10 @@ use std::time::Duration;
 
 /// Encoding or decoding a value crossing the process boundary failed.
 ///
-/// Returned by the generated dispatch code and by the decoders of [`crate::Call`].
+/// Returned by the generated dispatch code and by the decoders of [`crate::Call`]. Variants
+/// may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The bytes could not be decoded as the expected type.
     #[error("could not decode {what}: {reason}")]
@@ -62,8 +64,9 @@ pub enum WireError {
 ///
 /// The umbrella of the per-operation errors: a [`SubmitError`], a [`StartError`] and a
 /// [`PoolError`] convert into it with `From` (so `?` works), each into the variant of the same
-/// name.
+/// name. Variants may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The encoded arguments (plus the smallest return reservation) do not fit in the
     /// shared-memory allocation at all. Raise it with [`crate::Mediator::malloc`].
