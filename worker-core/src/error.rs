@@ -167,7 +167,7 @@ pub enum CallError {
         /// The method called.
         method: &'static str,
         /// Why.
-        reason: String,
+        reason: CancelReason,
     },
     /// `wait` gave up before the call finished. The call goes on; wait again or poll.
     #[error("call {id} has not finished after waiting {waited:?}")]
@@ -187,6 +187,33 @@ pub enum CallError {
     /// The worker's `check_environment` reported problems; no process was forked.
     #[error("check_environment() failed: {}", .0.join("; "))]
     Environment(Vec<String>),
+}
+
+/// Why a call was cancelled ([`CallError::Cancelled`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// The mediator shut down while the call was queued; it never ran.
+    #[error("the mediator shut down before a worker took the call")]
+    Shutdown,
+    /// The call was still running when the shutdown's grace period ended; its worker was
+    /// killed.
+    #[error("still running {grace:?} after shutdown began; its worker was killed")]
+    ShutdownGrace {
+        /// The grace period ([`crate::Mediator::grace`]).
+        grace: Duration,
+    },
+    /// Its workers kept dying before starting it: it was requeued, and cancelled when its
+    /// retries ran out.
+    #[error("its worker died before starting it {attempts} times (last: worker {pid} {cause})")]
+    WorkersDied {
+        /// How many times it was handed to a worker.
+        attempts: u32,
+        /// The last worker's process id.
+        pid: i32,
+        /// How that worker ended.
+        cause: crate::ExitCause,
+    },
 }
 
 impl From<PoolError> for CallError {
@@ -602,6 +629,35 @@ mod tests {
         assert_eq!(
             a.to_string(),
             io::Error::from_raw_os_error(libc::ENOSPC).to_string()
+        );
+    }
+
+    #[test]
+    fn a_cancelled_call_says_why_as_before() {
+        let cancelled = |reason| {
+            CallError::Cancelled {
+                method: "m",
+                reason,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            cancelled(CancelReason::Shutdown),
+            "call to m() was cancelled: the mediator shut down before a worker took the call"
+        );
+        assert_eq!(
+            cancelled(CancelReason::ShutdownGrace {
+                grace: Duration::from_millis(200)
+            }),
+            "call to m() was cancelled: still running 200ms after shutdown began; its worker was killed"
+        );
+        assert_eq!(
+            cancelled(CancelReason::WorkersDied {
+                attempts: 4,
+                pid: 7,
+                cause: crate::ExitCause::Exited(3)
+            }),
+            "call to m() was cancelled: its worker died before starting it 4 times (last: worker 7 exited with code 3)"
         );
     }
 

@@ -66,7 +66,8 @@ pub use config::{ForkStrategy, Recycle};
 pub use daemon::{Application, Control, Daemon, DaemonError, WorkerKey, Workers};
 pub use drive::{Drive, sleep_on};
 pub use error::{
-    CallError, ErrorCounts, OsError, PoolError, SpawnError, StartError, SubmitError, WireError,
+    CallError, CancelReason, ErrorCounts, OsError, PoolError, SpawnError, StartError, SubmitError,
+    WireError,
 };
 pub use mediator::Mediator;
 pub use stats::{MethodStats, Stats, Summary};

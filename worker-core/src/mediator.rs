@@ -24,7 +24,7 @@ use crate::clock;
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
 use crate::error::{
-    CallError, ErrorCounts, ErrorKind, PoolError, StartError, SubmitError, WireError,
+    CallError, CancelReason, ErrorCounts, ErrorKind, PoolError, StartError, SubmitError, WireError,
 };
 use crate::journal;
 use crate::pool::{Busy, Pool};
@@ -694,7 +694,7 @@ impl<W: Worker> Mediator<W> {
             self.finish(id, CallStatus::Cancelled, now, |method| {
                 CallError::Cancelled {
                     method,
-                    reason: "the mediator shut down before a worker took the call".into(),
+                    reason: CancelReason::Shutdown,
                 }
             });
         }
@@ -717,9 +717,7 @@ impl<W: Worker> Mediator<W> {
                     self.finish(b.call, CallStatus::Cancelled, now, |method| {
                         CallError::Cancelled {
                             method,
-                            reason: format!(
-                                "still running {grace:?} after shutdown began; its worker was killed"
-                            ),
+                            reason: CancelReason::ShutdownGrace { grace },
                         }
                     });
                 }
@@ -1600,10 +1598,11 @@ impl<W: Worker> Mediator<W> {
             self.finish(id, CallStatus::Cancelled, clock::now_ns(), |method| {
                 CallError::Cancelled {
                     method,
-                    reason: format!(
-                        "its worker died before starting it {} times (last: worker {pid} {cause})",
-                        retries + 1
-                    ),
+                    reason: CancelReason::WorkersDied {
+                        attempts: retries + 1,
+                        pid,
+                        cause,
+                    },
                 }
             });
             return;
