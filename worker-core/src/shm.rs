@@ -54,9 +54,30 @@ pub(crate) enum Found {
     Created(Region),
     /// One with the same layout: its journal can be read.
     Matching(Region),
-    /// One with another layout (or not ours): it was removed and a new one created. The text
-    /// says what differed.
-    Replaced(Region, String),
+    /// One with another layout (or not ours): it was removed and a new one created.
+    Replaced(Region, Mismatch),
+}
+
+/// What made a segment found under a persistent name unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Mismatch {
+    #[error("it is {0} bytes, too small to be ours")]
+    TooSmall(usize),
+    #[error("it is not a forkworker segment")]
+    NotOurs,
+    #[error("it has layout version {0}, this build reads {VERSION}")]
+    Version(u32),
+    #[error(
+        "it was made for workers({old_slots}) and malloc({old_arena}), now workers({slots}) and malloc({arena})"
+    )]
+    Settings {
+        old_slots: usize,
+        old_arena: usize,
+        slots: usize,
+        arena: usize,
+    },
+    #[error("its size {size} is not the expected {expected}")]
+    Size { size: usize, expected: usize },
 }
 
 /// Every segment name of this process starts with this; the rest is the alias and a counter.
@@ -186,7 +207,7 @@ impl Region {
         let entries = entries_for(arena_size);
         let expected = layout(slots, entries).1 + arena_size;
         let why = if shmem.len() < HEADER_SIZE {
-            Some(format!("it is {} bytes, too small to be ours", shmem.len()))
+            Some(Mismatch::TooSmall(shmem.len()))
         } else {
             // SAFETY: at least HEADER_SIZE bytes are mapped; the header is atomics only.
             let h = unsafe { &*(shmem.as_ptr() as *const Header) };
@@ -199,22 +220,23 @@ impl Region {
                 h.arena_size.load(Ordering::Relaxed) as usize,
             );
             if magic != MAGIC {
-                Some("it is not a forkworker segment".to_owned())
+                Some(Mismatch::NotOurs)
             } else if version != VERSION {
-                Some(format!(
-                    "it has layout version {version}, this build reads {VERSION}"
-                ))
+                Some(Mismatch::Version(version))
             } else if old_slots != slots || old_arena != arena_size {
-                Some(format!(
-                    "it was made for workers({old_slots}) and malloc({old_arena}), now workers({slots}) and malloc({arena_size})"
-                ))
+                Some(Mismatch::Settings {
+                    old_slots,
+                    old_arena,
+                    slots,
+                    arena: arena_size,
+                })
             } else if shmem.len() != expected
                 || h.entries.load(Ordering::Relaxed) as usize != entries
             {
-                Some(format!(
-                    "its size {} is not the expected {expected}",
-                    shmem.len()
-                ))
+                Some(Mismatch::Size {
+                    size: shmem.len(),
+                    expected,
+                })
             } else {
                 None
             }
