@@ -5,14 +5,27 @@
 //! |---|---|---|
 //! | [`crate::Mediator::start`], [`crate::Drive::start_pool`] | [`StartError`] | `mediator`, from a [`PoolError`] or `check_environment` |
 //! | creating a pool's resources (shared memory, eventfd, fork server) | [`PoolError`] | `shm`, `pool` |
-//! | forking one process and watching it | [`SpawnError`] | `process`, `fork_server` |
+//! | forking one process and watching it (a worker, the fork server, a task) | [`SpawnError`] | `process`, `fork_server`; inside a [`PoolError`] or a [`crate::TaskError`], or logged |
 //! | submitting a call (what a proxy method can fail with) | [`SubmitError`] | `mediator` |
-//! | a call, from the proxy to `wait` (the umbrella) | [`CallError`] | everything above converts into it with `From` |
+//! | a call, from the proxy to `wait` (the umbrella) | [`CallError`] | [`SubmitError`], [`StartError`] and [`PoolError`] convert into it with `From` |
+//! | why a call was cancelled | [`CancelReason`] | `mediator`, inside [`CallError::Cancelled`] |
 //! | bytes crossing the process boundary | [`WireError`] | `wire`, the generated code |
 //!
-//! [`CallError`] is what proxies, [`crate::Mediator::wait`] and `?` in a user's `main` see;
-//! the narrower types convert into it. A second instance of a daemon is a
-//! [`crate::instance::InstanceError`].
+//! [`CallError`] is what proxies, [`crate::Mediator::wait`] and `?` in a user's `main` see.
+//! `wait` adds two failures of its own, [`CallError::WaitTimeout`] (the call goes on) and
+//! [`CallError::UnknownCall`]; every other variant it returns is the call's outcome. The
+//! daemon's errors are [`crate::daemon::DaemonError`], and
+//! [`crate::instance::InstanceError`] for a second instance.
+//!
+//! ```
+//! use forkworker_core::error::{CallError, PoolError, StartError};
+//!
+//! fn start_failed(e: StartError) -> CallError {
+//!     e.into() // StartError::Pool(p) becomes CallError::Pool(p)
+//! }
+//! let e = start_failed(StartError::Pool(PoolError::WorkersDying { failures: 5 }));
+//! assert_eq!(e, CallError::Pool(PoolError::WorkersDying { failures: 5 }));
+//! ```
 
 use std::io;
 use std::sync::Arc;
