@@ -342,8 +342,7 @@ fn serve_loop(
         let errno = |e: &std::io::Error| e.raw_os_error().unwrap_or(0);
         // Our own unreaped child: its pid cannot be reused before we reap it.
         let spawned = match forked {
-            Err(SpawnError::Fork(e)) => Err((errno(e.as_io()), FAILED_FORK)),
-            Err(_) => Err((0, FAILED_FORK)),
+            Err(e) => Err((errno(&e), FAILED_FORK)),
             Ok(pid) => match process::pidfd_open(pid) {
                 Ok(fd) => Ok((pid, fd)),
                 Err(e) => {
