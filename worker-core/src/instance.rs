@@ -64,8 +64,8 @@ pub enum InstanceError {
     Unsafe {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it ("is a symbolic link", ...).
-        reason: &'static str,
+        /// What is wrong with it.
+        reason: UnsafeFile,
     },
     /// The file could not be opened, locked, read or written.
     #[error("cannot use {}: {source}", path.display())]
@@ -75,6 +75,24 @@ pub enum InstanceError {
         /// The error.
         #[source]
         source: io::Error,
+    },
+}
+
+/// Why a lock or pid file is not used ([`InstanceError::Unsafe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnsafeFile {
+    /// The path is a symbolic link (which someone else may have planted).
+    #[error("is a symbolic link")]
+    SymbolicLink,
+    /// The path is a directory, a FIFO, a device...
+    #[error("is not a regular file")]
+    NotRegular,
+    /// The file belongs to another user than this process's (and not to root).
+    #[error("belongs to user {uid}")]
+    OtherUser {
+        /// The owner's user id.
+        uid: u32,
     },
 }
 
@@ -107,7 +125,7 @@ fn open_own(path: &Path, read: bool) -> Result<File, InstanceError> {
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => InstanceError::Unsafe {
                 path: path.to_owned(),
-                reason: "is a symbolic link",
+                reason: UnsafeFile::SymbolicLink,
             },
             _ => io_error(path)(e),
         })?;
@@ -115,9 +133,9 @@ fn open_own(path: &Path, read: bool) -> Result<File, InstanceError> {
     // SAFETY: geteuid cannot fail.
     let me = unsafe { libc::geteuid() };
     let reason = if !meta.is_file() {
-        Some("is not a regular file")
+        Some(UnsafeFile::NotRegular)
     } else if meta.uid() != me && meta.uid() != 0 {
-        Some("belongs to another user")
+        Some(UnsafeFile::OtherUser { uid: meta.uid() })
     } else {
         None
     };
@@ -358,7 +376,7 @@ mod tests {
         ] {
             match &err {
                 InstanceError::Unsafe { path, reason } => {
-                    assert_eq!((path, *reason), (&link, "is a symbolic link"))
+                    assert_eq!((path, *reason), (&link, UnsafeFile::SymbolicLink))
                 }
                 other => panic!("expected Unsafe, got {other:?}"),
             }
@@ -372,7 +390,7 @@ mod tests {
         // SAFETY: a valid C string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         match InstanceLock::acquire(&fifo).expect_err("a FIFO") {
-            InstanceError::Unsafe { reason, .. } => assert_eq!(reason, "is not a regular file"),
+            InstanceError::Unsafe { reason, .. } => assert_eq!(reason, UnsafeFile::NotRegular),
             other => panic!("expected Unsafe, got {other:?}"),
         }
         std::fs::remove_file(&fifo).unwrap();
@@ -386,7 +404,7 @@ mod tests {
                 .expect_err("another user's")
             {
                 InstanceError::Unsafe { reason, .. } => {
-                    assert_eq!(reason, "belongs to another user")
+                    assert_eq!(reason, UnsafeFile::OtherUser { uid: 65534 })
                 }
                 other => panic!("expected Unsafe, got {other:?}"),
             }
