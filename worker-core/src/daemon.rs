@@ -129,7 +129,7 @@ pub enum DaemonError {
     #[error("setup failed: {0}")]
     Setup(#[source] BoxError),
     /// A pool could not start.
-    #[error("pool {alias} could not start: {source}")]
+    #[error("pool {alias}: {source}")]
     Start {
         /// The pool's alias.
         alias: String,
