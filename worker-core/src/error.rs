@@ -691,6 +691,33 @@ mod tests {
         assert_eq!(call.to_string(), submit.to_string());
         assert_eq!(SubmitError::try_from(call), Ok(submit));
 
+        // The messages are written twice (here and in CallError): they must not drift.
+        for submit in [
+            SubmitError::TooLarge {
+                method: "m",
+                needed: 9,
+                allocation: 8,
+            },
+            SubmitError::OutOfMemory {
+                method: "m",
+                needed: 9,
+                available: 1,
+                allocation: 8,
+                retained: 2,
+            },
+            SubmitError::Encode {
+                method: "m",
+                source: WireError::Encode {
+                    what: "T",
+                    reason: "no".into(),
+                },
+            },
+        ] {
+            let call = CallError::from(submit.clone());
+            assert_eq!(call.to_string(), submit.to_string());
+            assert_eq!(SubmitError::try_from(call), Ok(submit));
+        }
+
         let start = StartError::Environment(vec!["no GPU".into()]);
         assert_eq!(
             CallError::from(SubmitError::from(start.clone())),
