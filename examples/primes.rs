@@ -100,9 +100,13 @@ impl PrimeNumbers {
 }
 
 impl Application for PrimeNumbers {
-    fn setup(&mut self, workers: &mut Workers<Self>, _ctl: &mut Control) -> Result<(), String> {
+    fn setup(
+        &mut self,
+        workers: &mut Workers<Self>,
+        _ctl: &mut Control,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let primes = workers.get(self.primes.expect("added in main"));
-        let id = primes.sieve(1_000, 2_000).map_err(|e| e.to_string())?;
+        let id = primes.sieve(1_000, 2_000)?;
         log::info!(target: "PrimeNumbers", "setup: queued sieve(1000, 2000) as call {id}");
         Ok(())
     }
@@ -244,6 +248,13 @@ fn main() {
 
     match daemon.run() {
         Ok(stop) => println!("PrimeNumbers stopped: {stop:?}"),
+        Err(forkworker::DaemonError::Instance(forkworker::instance::InstanceError::Held {
+            pid: Some(pid),
+            ..
+        })) => {
+            eprintln!("PrimeNumbers is already running as pid {pid}");
+            std::process::exit(2);
+        }
         Err(e) => {
             eprintln!("PrimeNumbers: {e}");
             std::process::exit(1);

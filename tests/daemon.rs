@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use forkworker::daemon::{Application, Control, Daemon, WorkerKey, Workers};
+use forkworker::daemon::{Application, BoxError, Control, Daemon, DaemonError, WorkerKey, Workers};
+use forkworker::instance::InstanceError;
 use forkworker::this_worker;
 use support::{app_name, eventually};
 
@@ -65,15 +66,15 @@ fn append(path: &Path, line: &str) {
 }
 
 impl Application for App {
-    fn setup(&mut self, workers: &mut Workers<Self>, _ctl: &mut Control) -> Result<(), String> {
+    fn setup(&mut self, workers: &mut Workers<Self>, _ctl: &mut Control) -> Result<(), BoxError> {
         let jobs = workers.get(self.jobs.unwrap());
         if let Plan::Queue { n, ms, .. } = self.plan {
             for i in 0..n {
-                jobs.job(i, ms).map_err(|e| e.to_string())?;
+                jobs.job(i, ms)?;
             }
         }
         if self.plan == Plan::Secret {
-            jobs.secret().map_err(|e| e.to_string())?;
+            jobs.secret()?;
         }
         Ok(())
     }
@@ -177,6 +178,10 @@ fn start_daemon(plan: Plan, recover: bool) -> i32 {
             let _ = &report;
             let code = match daemon.run() {
                 Ok(_) => 0,
+                Err(DaemonError::Instance(InstanceError::Held { pid, .. })) => {
+                    append(&p.report, &format!("held by {pid:?}"));
+                    4
+                }
                 Err(e) => {
                     append(&p.report, &format!("error: {e}"));
                     3
@@ -357,11 +362,14 @@ fn a_second_instance_refuses_to_start() {
     let first = start_daemon(Plan::Idle, false);
     assert!(eventually(LONG, || read(&paths().log).contains("started")));
     let second = start_daemon(Plan::Idle, false);
-    assert_eq!(wait_exit(second), 3, "the second instance failed");
+    assert_eq!(
+        wait_exit(second),
+        4,
+        "the second instance failed with InstanceError::Held"
+    );
     let report = read(&paths().report);
-    assert!(report.contains("error:"), "{report}");
     assert!(
-        report.contains(&first.to_string()),
+        report.contains(&format!("held by Some({first})")),
         "names the running instance: {report}"
     );
     signal(first, libc::SIGTERM);

@@ -320,14 +320,20 @@ fn a_call_is_cancelled_after_three_requeues_and_nothing_hangs() {
     let t = Instant::now();
     let id = m.hello().unwrap();
     match m.wait(id, LONG) {
-        Err(CallError::Cancelled { reason, .. }) => {
-            assert!(reason.contains("4 times"), "{reason}")
-        }
+        Err(CallError::Cancelled {
+            reason: forkworker::CancelReason::WorkersDied { attempts, .. },
+            ..
+        }) => assert_eq!(attempts, 4),
         other => panic!("expected Cancelled, got {other:?}"),
     }
     // The next call meets the start-failure limit instead of forking forever.
     let id = m.hello().unwrap();
-    assert!(matches!(m.wait(id, LONG), Err(CallError::Pool(_))));
+    match m.wait(id, LONG) {
+        Err(CallError::Pool(forkworker::PoolError::WorkersDying { failures })) => {
+            assert!(failures >= 5, "{failures}")
+        }
+        other => panic!("expected Pool(WorkersDying), got {other:?}"),
+    }
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 

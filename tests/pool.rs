@@ -583,6 +583,15 @@ fn check_environment_problems_stop_the_pool() {
         Err(CallError::Environment(problems)) => assert_eq!(problems, ["no GPU", "disk full"]),
         other => panic!("expected Environment, got {other:?}"),
     }
+    // start() fails with the narrower StartError, which `?` turns into the same CallError.
+    match m.start() {
+        Err(forkworker::StartError::Environment(problems)) => {
+            assert_eq!(problems, ["no GPU", "disk full"])
+        }
+        other => panic!("expected StartError::Environment, got {other:?}"),
+    }
+    let mut started = || -> Result<(), CallError> { Ok(m.start()?) };
+    assert!(matches!(started(), Err(CallError::Environment(_))));
     assert!(m.pids().is_empty());
 }
 

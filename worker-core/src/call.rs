@@ -68,7 +68,10 @@ impl<R> fmt::Display for CallId<R> {
 
 /// Where a call is in its life. The seed's statuses, plus distinct final states for failures
 /// the seed could only report as timeouts.
+///
+/// Statuses may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum CallStatus {
     /// Queued in the parent; no worker has it yet.
     Uncalled = 0,
@@ -110,8 +113,9 @@ impl CallStatus {
     }
 }
 
-/// How a worker process ended.
+/// How a worker process ended. Causes may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExitCause {
     /// It called `exit` with this code.
     Exited(i32),

@@ -29,8 +29,20 @@ pub enum ForkStrategy {
 /// for longer than a fork and no call is dropped.
 ///
 /// The default retires workers after about 30 minutes (25 to 30), whatever their number of
-/// calls; [`Recycle::NEVER`] turns recycling off.
+/// calls; [`Recycle::NEVER`] turns recycling off. Limits may be added later, so a `Recycle` is
+/// built with its constructors and builder methods, not with a literal:
+///
+/// ```
+/// use forkworker_core::Recycle;
+/// use std::time::Duration;
+///
+/// let r = Recycle::after_calls(1000)
+///     .and_after(Duration::from_secs(600))
+///     .with_jitter(0.0);
+/// assert_eq!((r.max_calls, r.max_age, r.jitter), (Some(1000), Some(Duration::from_secs(600)), 0.0));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Recycle {
     /// Retire after this many calls.
     pub max_calls: Option<u64>,
@@ -64,6 +76,31 @@ impl Recycle {
             max_calls: None,
             max_age: Some(age),
             jitter: 1.0 / 6.0,
+        }
+    }
+
+    /// These limits, and also retire after `calls` calls.
+    pub fn and_after_calls(self, calls: u64) -> Recycle {
+        Recycle {
+            max_calls: Some(calls.max(1)),
+            ..self
+        }
+    }
+
+    /// These limits, and also retire once `age` old.
+    pub fn and_after(self, age: Duration) -> Recycle {
+        Recycle {
+            max_age: Some(age),
+            ..self
+        }
+    }
+
+    /// These limits with each worker's own drawn up to `jitter` (a fraction, clamped to 0.0
+    /// to 1.0) below them; 0.0 makes every worker retire exactly at the limits.
+    pub fn with_jitter(self, jitter: f64) -> Recycle {
+        Recycle {
+            jitter: jitter.clamp(0.0, 1.0),
+            ..self
         }
     }
 }

@@ -36,13 +36,15 @@
 //! | SIGCONT | wakes the loop |
 
 use std::any::Any;
+use std::io;
 use std::ops::DerefMut;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::call::{Call, CallStatus, Log};
 use crate::drive::{Drive, sleep_on};
-use crate::instance::{InstanceLock, PidFile};
+use crate::error::StartError;
+use crate::instance::{InstanceError, InstanceLock, PidFile};
 use crate::mediator::{ExternalHandler, Mediator};
 use crate::signals::{SignalEvents, Signals};
 use crate::task::Tasks;
@@ -52,10 +54,15 @@ use crate::worker::Worker;
 /// The flag that turns recovery on, as the seed's `--recoverworkers`.
 pub const RECOVER_FLAG: &str = "--recover-workers";
 
+/// Any error, boxed: what [`Application::setup`] may fail with, so that `?` works on the
+/// application's own errors (and on a [`crate::CallError`], or a `String` turned `into()` one).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// An application run by a [`Daemon`].
 pub trait Application: Sized + 'static {
-    /// Runs once, before the loop.
-    fn setup(&mut self, _workers: &mut Workers<Self>, _ctl: &mut Control) -> Result<(), String> {
+    /// Runs once, before the loop (and before the pools start). An error ends
+    /// [`Daemon::run`] with [`DaemonError::Setup`].
+    fn setup(&mut self, _workers: &mut Workers<Self>, _ctl: &mut Control) -> Result<(), BoxError> {
         Ok(())
     }
 
@@ -74,6 +81,65 @@ pub struct Control {
     started: Instant,
     stop: Option<Stop>,
     signals: SignalEvents,
+}
+
+/// Why [`Daemon::run`] could not run, or could not restart.
+///
+/// A second instance is told apart from other failures by matching, not by reading a
+/// message:
+///
+/// ```
+/// use forkworker_core::daemon::{Application, Control, Daemon, DaemonError, Workers};
+/// use forkworker_core::instance::{InstanceError, InstanceLock};
+///
+/// struct App;
+/// impl Application for App {
+///     fn execute(&mut self, _: &mut Workers<Self>, ctl: &mut Control) {
+///         ctl.stop();
+///     }
+/// }
+///
+/// let dir = std::env::temp_dir();
+/// // Another instance holds the lock (here, this very process, through another open).
+/// let other = InstanceLock::acquire(dir.join("DocDaemon.lock"))?;
+/// let mut daemon = Daemon::new("DocDaemon", App);
+/// daemon.lock_dir(&dir);
+/// match daemon.run() {
+///     Err(DaemonError::Instance(InstanceError::Held { pid, .. })) => {
+///         assert_eq!(pid, Some(std::process::id() as i32));
+///         eprintln!("already running as pid {pid:?}");
+///     }
+///     other => panic!("expected Held, got {other:?}"),
+/// }
+/// # drop(other);
+/// # std::fs::remove_file(dir.join("DocDaemon.lock"))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Another instance holds the lock ([`InstanceError::Held`]), or the lock or pid file
+    /// cannot be used.
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] io::Error),
+    /// [`Application::setup`] failed; the pools were not started.
+    #[error("setup failed: {0}")]
+    Setup(#[source] BoxError),
+    /// A pool could not start.
+    #[error("pool {alias}: {source}")]
+    Start {
+        /// The pool's alias.
+        alias: String,
+        /// Why.
+        #[source]
+        source: StartError,
+    },
+    /// The loop stopped for a restart, but the program could not be executed again.
+    #[error("cannot restart: {0}")]
+    Restart(#[source] io::Error),
 }
 
 /// How a daemon's loop ended.
@@ -412,16 +478,22 @@ impl<A: Application> Daemon<A> {
     /// Runs the loop until a signal or the application stops it; see the module docs. On a
     /// restart it re-executes the program with [`RECOVER_FLAG`] and does not return unless
     /// that fails.
-    pub fn run(mut self) -> Result<Stop, String> {
+    ///
+    /// # Errors
+    /// [`DaemonError::Instance`] if another instance runs ([`InstanceError::Held`], with its
+    /// pid) or the lock or pid file cannot be used; [`DaemonError::Setup`] with the
+    /// application's error; [`DaemonError::Start`] if a pool cannot start;
+    /// [`DaemonError::Signals`]; [`DaemonError::Restart`] if a restart cannot execute the
+    /// program again. See [`DaemonError`] for an example.
+    pub fn run(mut self) -> Result<Stop, DaemonError> {
         let name = self.name.clone();
         let lock_path = self.lock_dir.join(format!("{name}.lock"));
-        let _lock = InstanceLock::acquire(&lock_path).map_err(|e| e.to_string())?;
+        let _lock = InstanceLock::acquire(&lock_path)?;
         let _pid = match &self.pid_file {
-            Some(p) => Some(PidFile::create(p).map_err(|e| e.to_string())?),
+            Some(p) => Some(PidFile::create(p)?),
             None => None,
         };
-        let signals =
-            Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let signals = Signals::install().map_err(DaemonError::Signals)?;
         // SAFETY: `self.app` stays where it is for the whole loop, during which workers fork.
         unsafe { this_worker::set_daemon_state(&self.app) };
         let recover = self.recover;
@@ -435,9 +507,15 @@ impl<A: Application> Daemon<A> {
             signals: SignalEvents::default(),
         };
         log::info!(target: &name, "daemon {name} started (pid {}, recovery {})", std::process::id(), if recover { "on" } else { "off" });
-        self.app.setup(&mut self.workers, &mut ctl)?;
+        self.app
+            .setup(&mut self.workers, &mut ctl)
+            .map_err(DaemonError::Setup)?;
         for entry in self.workers.entries.iter_mut().flatten() {
-            entry.drive().start_pool().map_err(|e| e.to_string())?;
+            let drive = entry.drive();
+            drive.start_pool().map_err(|source| DaemonError::Start {
+                alias: drive.alias().to_owned(),
+                source,
+            })?;
         }
         let mut next_execute = Instant::now();
         let stop = loop {
@@ -492,7 +570,7 @@ impl<A: Application> Daemon<A> {
         drop(self);
         drop(signals);
         if stop == Stop::Restart {
-            return Err(reexec_with_recovery());
+            return Err(DaemonError::Restart(reexec_with_recovery()));
         }
         Ok(stop)
     }
@@ -512,16 +590,15 @@ impl<A: Application> Daemon<A> {
 }
 
 /// Re-executes this program with [`RECOVER_FLAG`]; returns only on failure, with the error.
-fn reexec_with_recovery() -> String {
+fn reexec_with_recovery() -> io::Error {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
-        Err(e) => return format!("cannot restart: {e}"),
+        Err(e) => return e,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if !args.iter().any(|a| a == RECOVER_FLAG) {
         args.push(RECOVER_FLAG.to_owned());
     }
-    let err = std::process::Command::new(exe).args(args).exec();
-    format!("cannot restart: {err}")
+    std::process::Command::new(exe).args(args).exec()
 }

@@ -38,7 +38,7 @@ pub trait Drive {
     /// [`crate::Mediator::recover`]).
     fn set_recover(&mut self, recover: bool);
     /// Starts the pool now (see [`crate::Mediator::start`]).
-    fn start_pool(&mut self) -> Result<(), crate::CallError>;
+    fn start_pool(&mut self) -> Result<(), crate::error::StartError>;
 }
 
 /// Sleeps until one of `drives` has an event, one of `extra` is readable, or the nearest

@@ -1,11 +1,42 @@
-//! Errors: what can go wrong with a call, and with bytes on the wire.
+//! Errors, one type per operation (as crossbeam-channel's `err.rs`), so that a caller
+//! matches only what can happen to it:
+//!
+//! | operation | error | where it is produced |
+//! |---|---|---|
+//! | [`crate::Mediator::start`], [`crate::Drive::start_pool`] | [`StartError`] | `mediator`, from a [`PoolError`] or `check_environment` |
+//! | creating a pool's resources (shared memory, eventfd, fork server) | [`PoolError`] | `shm`, `pool` |
+//! | forking one process and watching it (a worker, the fork server, a task) | [`SpawnError`] | `process`, `fork_server`; inside a [`PoolError`] or a [`crate::TaskError`], or logged |
+//! | submitting a call (what a proxy method can fail with) | [`SubmitError`] | `mediator` |
+//! | a call, from the proxy to `wait` (the umbrella) | [`CallError`] | [`SubmitError`], [`StartError`] and [`PoolError`] convert into it with `From` |
+//! | why a call was cancelled | [`CancelReason`] | `mediator`, inside [`CallError::Cancelled`] |
+//! | bytes crossing the process boundary | [`WireError`] | `wire`, the generated code |
+//!
+//! [`CallError`] is what proxies, [`crate::Mediator::wait`] and `?` in a user's `main` see.
+//! `wait` adds two failures of its own, [`CallError::WaitTimeout`] (the call goes on) and
+//! [`CallError::UnknownCall`]; every other variant it returns is the call's outcome. The
+//! daemon's errors are [`crate::daemon::DaemonError`], and
+//! [`crate::instance::InstanceError`] for a second instance.
+//!
+//! ```
+//! use forkworker_core::error::{CallError, PoolError, StartError};
+//!
+//! fn start_failed(e: StartError) -> CallError {
+//!     e.into() // StartError::Pool(p) becomes CallError::Pool(p)
+//! }
+//! let e = start_failed(StartError::Pool(PoolError::WorkersDying { failures: 5 }));
+//! assert_eq!(e, CallError::Pool(PoolError::WorkersDying { failures: 5 }));
+//! ```
 
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Encoding or decoding a value crossing the process boundary failed.
 ///
-/// Returned by the generated dispatch code and by the decoders of [`crate::Call`].
+/// Returned by the generated dispatch code and by the decoders of [`crate::Call`]. Variants
+/// may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum WireError {
     /// The bytes could not be decoded as the expected type.
     #[error("could not decode {what}: {reason}")]
@@ -43,7 +74,12 @@ pub enum WireError {
 }
 
 /// Why a call failed, returned by the proxy methods and by [`crate::Mediator::wait`].
+///
+/// The umbrella of the per-operation errors: a [`SubmitError`], a [`StartError`] and a
+/// [`PoolError`] convert into it with `From` (so `?` works), each into the variant of the same
+/// name. Variants may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CallError {
     /// The encoded arguments (plus the smallest return reservation) do not fit in the
     /// shared-memory allocation at all. Raise it with [`crate::Mediator::malloc`].
@@ -144,7 +180,7 @@ pub enum CallError {
         /// The method called.
         method: &'static str,
         /// Why.
-        reason: String,
+        reason: CancelReason,
     },
     /// `wait` gave up before the call finished. The call goes on; wait again or poll.
     #[error("call {id} has not finished after waiting {waited:?}")]
@@ -158,12 +194,362 @@ pub enum CallError {
     /// `wait` or released after the `on_return` handler ran.
     #[error("no pending result for call {0}: unknown id, or its result was already delivered")]
     UnknownCall(u64),
-    /// The pool could not start or could not fork a worker.
+    /// The pool could not start, or stopped forking workers (see [`PoolError`]).
     #[error("the worker pool could not start: {0}")]
-    Pool(String),
+    Pool(#[source] PoolError),
     /// The worker's `check_environment` reported problems; no process was forked.
     #[error("check_environment() failed: {}", .0.join("; "))]
     Environment(Vec<String>),
+}
+
+/// Why a call was cancelled ([`CallError::Cancelled`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// The mediator shut down while the call was queued; it never ran.
+    #[error("the mediator shut down before a worker took the call")]
+    Shutdown,
+    /// The call was still running when the shutdown's grace period ended; its worker was
+    /// killed.
+    #[error("still running {grace:?} after shutdown began; its worker was killed")]
+    ShutdownGrace {
+        /// The grace period ([`crate::Mediator::grace`]).
+        grace: Duration,
+    },
+    /// Its workers kept dying before starting it: it was requeued, and cancelled when its
+    /// retries ran out.
+    #[error("its worker died before starting it {attempts} times (last: worker {pid} {cause})")]
+    WorkersDied {
+        /// How many times it was handed to a worker.
+        attempts: u32,
+        /// The last worker's process id.
+        pid: i32,
+        /// How that worker ended.
+        cause: crate::ExitCause,
+    },
+}
+
+impl From<PoolError> for CallError {
+    fn from(e: PoolError) -> Self {
+        CallError::Pool(e)
+    }
+}
+
+impl From<StartError> for CallError {
+    fn from(e: StartError) -> Self {
+        match e {
+            StartError::Environment(problems) => CallError::Environment(problems),
+            StartError::Pool(e) => CallError::Pool(e),
+        }
+    }
+}
+
+impl From<SubmitError> for CallError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::TooLarge {
+                method,
+                needed,
+                allocation,
+            } => CallError::TooLarge {
+                method,
+                needed,
+                allocation,
+            },
+            SubmitError::OutOfMemory {
+                method,
+                needed,
+                available,
+                allocation,
+                retained,
+            } => CallError::OutOfMemory {
+                method,
+                needed,
+                available,
+                allocation,
+                retained,
+            },
+            SubmitError::TooManyCalls { method, capacity } => {
+                CallError::TooManyCalls { method, capacity }
+            }
+            SubmitError::Encode { method, source } => CallError::Wire { method, source },
+            SubmitError::Start(e) => e.into(),
+        }
+    }
+}
+
+/// Why submitting a call failed: what a proxy method (or [`crate::FnMediator::call`]) can
+/// return, before the call exists. The proxies return it converted into the [`CallError`]
+/// variant of the same name; [`SubmitError::try_from`] narrows a [`CallError`] back.
+///
+/// ```
+/// use forkworker_core::error::{CallError, SubmitError};
+///
+/// let e = CallError::TooManyCalls { method: "sieve", capacity: 1024 };
+/// // Refused at submission: wait for some calls and submit again.
+/// assert!(matches!(SubmitError::try_from(e), Ok(SubmitError::TooManyCalls { .. })));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// As [`CallError::TooLarge`]: the call can never fit in the allocation.
+    #[error(
+        "call to {method}() needs {needed} bytes of shared memory but the allocation is {allocation} bytes; raise it with malloc()"
+    )]
+    TooLarge {
+        /// The method called.
+        method: &'static str,
+        /// Bytes the call needs.
+        needed: usize,
+        /// Bytes the whole allocation has for payloads.
+        allocation: usize,
+    },
+    /// As [`CallError::OutOfMemory`]: no room now; taking finished calls' results with
+    /// `wait` frees some.
+    #[error(
+        "call to {method}() needs {needed} bytes of shared memory; {available} of {allocation} are free and {retained} are held by finished calls whose results were not taken with wait()"
+    )]
+    OutOfMemory {
+        /// The method called.
+        method: &'static str,
+        /// Bytes the call needs.
+        needed: usize,
+        /// Bytes free now.
+        available: usize,
+        /// Bytes the whole allocation has for payloads.
+        allocation: usize,
+        /// Bytes held by finished calls waiting to be taken by `wait`.
+        retained: usize,
+    },
+    /// As [`CallError::TooManyCalls`]: every journal entry is taken.
+    #[error(
+        "call to {method}() refused: {capacity} calls are already queued or running; raise malloc() (one call per 512 bytes, at least 1024 calls) or wait for some"
+    )]
+    TooManyCalls {
+        /// The method called.
+        method: &'static str,
+        /// How many calls the journal holds.
+        capacity: usize,
+    },
+    /// The arguments could not be encoded; becomes [`CallError::Wire`].
+    #[error("call to {method}(): {source}")]
+    Encode {
+        /// The method called.
+        method: &'static str,
+        /// What went wrong.
+        #[source]
+        source: WireError,
+    },
+    /// The pool, started by the first call, could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+impl TryFrom<CallError> for SubmitError {
+    type Error = CallError;
+
+    /// The submission error `e` came from, or `e` itself if it is not one (an outcome of a
+    /// call that ran, or of `wait`). A [`CallError::Wire`] is taken as an encoding failure.
+    fn try_from(e: CallError) -> Result<Self, CallError> {
+        Ok(match e {
+            CallError::TooLarge {
+                method,
+                needed,
+                allocation,
+            } => SubmitError::TooLarge {
+                method,
+                needed,
+                allocation,
+            },
+            CallError::OutOfMemory {
+                method,
+                needed,
+                available,
+                allocation,
+                retained,
+            } => SubmitError::OutOfMemory {
+                method,
+                needed,
+                available,
+                allocation,
+                retained,
+            },
+            CallError::TooManyCalls { method, capacity } => {
+                SubmitError::TooManyCalls { method, capacity }
+            }
+            CallError::Wire {
+                method,
+                source: source @ WireError::Encode { .. },
+            } => SubmitError::Encode { method, source },
+            CallError::Environment(problems) => {
+                SubmitError::Start(StartError::Environment(problems))
+            }
+            CallError::Pool(
+                e @ (PoolError::CreateSegment { .. }
+                | PoolError::OpenSegment { .. }
+                | PoolError::EventFd(_)
+                | PoolError::ForkServer(_)),
+            ) => SubmitError::Start(StartError::Pool(e)),
+            other => return Err(other),
+        })
+    }
+}
+
+/// Why a pool could not start: returned by [`crate::Mediator::start`] and
+/// [`crate::Drive::start_pool`] (and by the first call, inside a [`SubmitError`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The worker's `check_environment` reported problems; nothing was created or forked.
+    #[error("check_environment() failed: {}", .0.join("; "))]
+    Environment(Vec<String>),
+    /// The pool's resources could not be had from the system.
+    #[error("the worker pool could not start: {0}")]
+    Pool(#[from] PoolError),
+}
+
+/// What a pool could not have from the system, or why it stopped forking workers. Carried by
+/// [`CallError::Pool`] and [`StartError::Pool`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The shared-memory segment could not be created (`shm_open`, `ftruncate`, `mmap`):
+    /// /dev/shm full or too small, say. Lower `malloc()` or make room.
+    #[error("cannot create shared memory segment {name} of {size} bytes: {source}")]
+    CreateSegment {
+        /// The segment's name, as under /dev/shm.
+        name: String,
+        /// Its size in bytes.
+        size: usize,
+        /// The system's error.
+        #[source]
+        source: OsError,
+    },
+    /// A persistent mediator's segment, left by an earlier run, exists but cannot be opened.
+    #[error("cannot open shared memory segment {name}: {source}")]
+    OpenSegment {
+        /// The segment's name, as under /dev/shm.
+        name: String,
+        /// The system's error.
+        #[source]
+        source: OsError,
+    },
+    /// The eventfd the workers wake the parent with could not be created.
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] OsError),
+    /// The fork server could not be started ([`crate::Mediator::fork_server`]).
+    #[error("cannot start the fork server: {0}")]
+    ForkServer(#[source] SpawnError),
+    /// Workers kept dying before they answered anything (a `setup` that panics, say): no
+    /// more are forked, and the queued calls fail with this, until the mediator is restarted.
+    #[error(
+        "{failures} workers in a row died before answering a call (see the log); no more are forked until the mediator is restarted"
+    )]
+    WorkersDying {
+        /// How many workers died in a row.
+        failures: u32,
+    },
+}
+
+/// Why a process (a worker, the fork server, a task) could not be forked or watched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The socket or pipe to talk to the new process could not be created.
+    #[error("cannot create a socket or pipe for the new process: {0}")]
+    Channel(#[source] OsError),
+    /// `fork` failed: the process or memory limit was reached (`EAGAIN`, `ENOMEM`).
+    #[error("fork failed: {0}")]
+    Fork(#[source] OsError),
+    /// The process was forked, but the descriptor that watches it could not be opened because
+    /// the process or the system has too many open files (`EMFILE`, `ENFILE`). The process
+    /// was killed.
+    #[error("pidfd_open failed, too many open files: {0}")]
+    TooManyFiles(#[source] OsError),
+    /// The kernel has no `pidfd_open`: Linux 5.3 or later is needed.
+    #[error("pidfd_open is not supported by this kernel: Linux 5.3 or later is needed")]
+    PidfdUnsupported,
+    /// `pidfd_open` failed otherwise. The process was killed.
+    #[error("pidfd_open failed: {0}")]
+    Pidfd(#[source] OsError),
+    /// The fork server is gone (it died, or its socket failed).
+    #[error("the fork server is gone{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    ForkServerGone(Option<OsError>),
+    /// The fork server did not answer a request in time.
+    #[error("the fork server did not answer within {0:?}")]
+    ForkServerSilent(Duration),
+}
+
+impl SpawnError {
+    /// Classifies a failed `pidfd_open`.
+    pub(crate) fn pidfd(e: io::Error) -> SpawnError {
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => SpawnError::TooManyFiles(e.into()),
+            Some(libc::ENOSYS) => SpawnError::PidfdUnsupported,
+            _ => SpawnError::Pidfd(e.into()),
+        }
+    }
+}
+
+/// An error from the operating system, shared so that the errors holding it can be cloned and
+/// compared ([`CallError`] is `Clone + Eq`). Two are equal when their kind and errno are.
+///
+/// It displays as the [`io::Error`] it holds; [`OsError::as_io`] reaches it.
+#[derive(Debug, Clone)]
+pub struct OsError(Arc<io::Error>);
+
+impl OsError {
+    /// The error as the standard library gave it.
+    pub fn as_io(&self) -> &io::Error {
+        &self.0
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> io::ErrorKind {
+        self.0.kind()
+    }
+
+    /// The errno, if the error came from a system call.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.0.raw_os_error()
+    }
+
+    /// The last system call's error (`errno`).
+    pub(crate) fn last() -> OsError {
+        io::Error::last_os_error().into()
+    }
+}
+
+impl From<io::Error> for OsError {
+    fn from(e: io::Error) -> Self {
+        OsError(Arc::new(e))
+    }
+}
+
+impl From<nix::errno::Errno> for OsError {
+    fn from(e: nix::errno::Errno) -> Self {
+        io::Error::from(e).into()
+    }
+}
+
+impl PartialEq for OsError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind() == other.kind() && self.raw_os_error() == other.raw_os_error()
+    }
+}
+
+impl Eq for OsError {}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Errors counted by kind, as in the seed's runtime statistics.
@@ -221,4 +607,133 @@ pub(crate) enum ErrorKind {
     Communication,
     Corruption,
     Catchall,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_pidfd_open_says_whether_files_ran_out_or_the_kernel_is_too_old() {
+        let os = |errno| io::Error::from_raw_os_error(errno);
+        assert!(matches!(
+            SpawnError::pidfd(os(libc::EMFILE)),
+            SpawnError::TooManyFiles(e) if e.raw_os_error() == Some(libc::EMFILE)
+        ));
+        assert!(matches!(
+            SpawnError::pidfd(os(libc::ENFILE)),
+            SpawnError::TooManyFiles(_)
+        ));
+        assert_eq!(
+            SpawnError::pidfd(os(libc::ENOSYS)),
+            SpawnError::PidfdUnsupported
+        );
+        let other = SpawnError::pidfd(os(libc::EINVAL));
+        assert!(matches!(other, SpawnError::Pidfd(_)), "{other:?}");
+        assert!(!other.to_string().contains("5.3"), "{other}");
+    }
+
+    #[test]
+    fn os_errors_compare_by_kind_and_errno_and_display_as_the_io_error() {
+        let a = OsError::from(io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(a, a.clone());
+        assert_eq!(a, OsError::from(nix::errno::Errno::ENOSPC));
+        assert_ne!(a, OsError::from(io::Error::from_raw_os_error(libc::EMFILE)));
+        assert_eq!(
+            a.to_string(),
+            io::Error::from_raw_os_error(libc::ENOSPC).to_string()
+        );
+    }
+
+    #[test]
+    fn a_cancelled_call_says_why_as_before() {
+        let cancelled = |reason| {
+            CallError::Cancelled {
+                method: "m",
+                reason,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            cancelled(CancelReason::Shutdown),
+            "call to m() was cancelled: the mediator shut down before a worker took the call"
+        );
+        assert_eq!(
+            cancelled(CancelReason::ShutdownGrace {
+                grace: Duration::from_millis(200)
+            }),
+            "call to m() was cancelled: still running 200ms after shutdown began; its worker was killed"
+        );
+        assert_eq!(
+            cancelled(CancelReason::WorkersDied {
+                attempts: 4,
+                pid: 7,
+                cause: crate::ExitCause::Exited(3)
+            }),
+            "call to m() was cancelled: its worker died before starting it 4 times (last: worker 7 exited with code 3)"
+        );
+    }
+
+    #[test]
+    fn narrower_errors_become_the_call_error_of_the_same_name_and_back() {
+        let submit = SubmitError::TooManyCalls {
+            method: "m",
+            capacity: 3,
+        };
+        let call = CallError::from(submit.clone());
+        assert_eq!(
+            call,
+            CallError::TooManyCalls {
+                method: "m",
+                capacity: 3
+            }
+        );
+        assert_eq!(call.to_string(), submit.to_string());
+        assert_eq!(SubmitError::try_from(call), Ok(submit));
+
+        // The messages are written twice (here and in CallError): they must not drift.
+        for submit in [
+            SubmitError::TooLarge {
+                method: "m",
+                needed: 9,
+                allocation: 8,
+            },
+            SubmitError::OutOfMemory {
+                method: "m",
+                needed: 9,
+                available: 1,
+                allocation: 8,
+                retained: 2,
+            },
+            SubmitError::Encode {
+                method: "m",
+                source: WireError::Encode {
+                    what: "T",
+                    reason: "no".into(),
+                },
+            },
+        ] {
+            let call = CallError::from(submit.clone());
+            assert_eq!(call.to_string(), submit.to_string());
+            assert_eq!(SubmitError::try_from(call), Ok(submit));
+        }
+
+        let start = StartError::Environment(vec!["no GPU".into()]);
+        assert_eq!(
+            CallError::from(SubmitError::from(start.clone())),
+            CallError::Environment(vec!["no GPU".into()])
+        );
+        assert_eq!(
+            SubmitError::try_from(CallError::from(start.clone())),
+            Ok(SubmitError::Start(start))
+        );
+
+        let dying = CallError::from(PoolError::WorkersDying { failures: 5 });
+        assert_eq!(SubmitError::try_from(dying.clone()), Err(dying));
+        let timeout = CallError::WaitTimeout {
+            id: 1,
+            waited: Duration::ZERO,
+        };
+        assert_eq!(SubmitError::try_from(timeout.clone()), Err(timeout));
+    }
 }

@@ -28,12 +28,28 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::call::ExitCause;
+use crate::error::{OsError, SpawnError};
 use crate::process::{self, Child};
 
 const SPAWN: u32 = 1;
 const SPAWNED: u32 = 2;
 const FAILED: u32 = 3;
 const EXITED: u32 = 4;
+
+/// In a `FAILED` message, which step failed (`b`); `a` is its errno.
+const FAILED_FORK: i32 = 0;
+const FAILED_PIDFD: i32 = 1;
+
+/// Why no message was received.
+#[derive(Debug, thiserror::Error)]
+enum ReceiveError {
+    /// Nothing came before the deadline.
+    #[error("no answer in time")]
+    Silent,
+    /// The socket failed or reached end of file: the server is gone.
+    #[error("the fork server is gone")]
+    Gone(Option<nix::errno::Errno>),
+}
 
 /// How long the parent waits for the server to answer a spawn request.
 const ANSWER_LIMIT: Duration = Duration::from_secs(5);
@@ -79,14 +95,16 @@ pub(crate) struct ForkServer {
 
 impl ForkServer {
     /// Forks the server. `body(slot, start_seq)` is what each worker runs.
-    pub(crate) fn start(body: impl FnMut(usize, u32) -> Infallible) -> Result<ForkServer, String> {
+    pub(crate) fn start(
+        body: impl FnMut(usize, u32) -> Infallible,
+    ) -> Result<ForkServer, SpawnError> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .map_err(|e| format!("socketpair failed: {e}"))?;
+        .map_err(|e| SpawnError::Channel(e.into()))?;
         let our_fd = ours.as_raw_fd();
         let process = process::spawn(move || {
             // SAFETY: the server does not use the parent's end.
@@ -107,7 +125,11 @@ impl ForkServer {
     }
 
     /// Asks the server for a worker in slot `slot`; returns its pid and pidfd.
-    pub(crate) fn spawn(&mut self, slot: usize, start_seq: u32) -> Result<(Pid, OwnedFd), String> {
+    pub(crate) fn spawn(
+        &mut self,
+        slot: usize,
+        start_seq: u32,
+    ) -> Result<(Pid, OwnedFd), SpawnError> {
         let msg = Msg {
             tag: SPAWN,
             a: slot as i32,
@@ -121,21 +143,26 @@ impl ForkServer {
             MsgFlags::MSG_NOSIGNAL,
             None,
         )
-        .map_err(|e| format!("the fork server is gone: {e}"))?;
+        .map_err(|e| SpawnError::ForkServerGone(Some(e.into())))?;
         let deadline = Instant::now() + ANSWER_LIMIT;
         loop {
-            match self.receive(deadline)? {
+            let received = self.receive(deadline).map_err(|e| match e {
+                ReceiveError::Silent => SpawnError::ForkServerSilent(ANSWER_LIMIT),
+                ReceiveError::Gone(errno) => SpawnError::ForkServerGone(errno.map(OsError::from)),
+            })?;
+            match received {
                 (
                     Msg {
                         tag: SPAWNED, a, ..
                     },
                     Some(fd),
                 ) => return Ok((Pid::from_raw(a), fd)),
-                (Msg { tag: FAILED, a, .. }, _) => {
-                    return Err(format!(
-                        "the fork server could not fork: {}",
-                        nix::errno::Errno::from_raw(a)
-                    ));
+                (Msg { tag: FAILED, a, b }, _) => {
+                    let err = std::io::Error::from_raw_os_error(a);
+                    return Err(match b {
+                        FAILED_PIDFD => SpawnError::pidfd(err),
+                        _ => SpawnError::Fork(err.into()),
+                    });
                 }
                 _ => {}
             }
@@ -157,7 +184,7 @@ impl ForkServer {
     }
 
     /// Receives one message (storing exit reports) or fails at the deadline or end of file.
-    fn receive(&mut self, deadline: Instant) -> Result<(Msg, Option<OwnedFd>), String> {
+    fn receive(&mut self, deadline: Instant) -> Result<(Msg, Option<OwnedFd>), ReceiveError> {
         let left = deadline.saturating_duration_since(Instant::now());
         process::poll_readable(&[self.sock.as_fd()], left.as_millis() as i32);
         let mut buf = [0u8; 12];
@@ -178,19 +205,17 @@ impl ForkServer {
                 });
                 (r.bytes, fd)
             }
-            Err(nix::errno::Errno::EAGAIN) => {
-                return Err("the fork server did not answer in time".into());
-            }
+            Err(nix::errno::Errno::EAGAIN) => return Err(ReceiveError::Silent),
             Err(e) => {
                 self.gone = true;
-                return Err(format!("the fork server is gone: {e}"));
+                return Err(ReceiveError::Gone(Some(e)));
             }
         };
         // SAFETY: a descriptor the kernel just gave us; nothing else owns it.
         let fd = fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
         if bytes != 12 {
             self.gone = true;
-            return Err("the fork server is gone".into());
+            return Err(ReceiveError::Gone(None));
         }
         let msg = Msg::decode(&buf);
         if msg.tag == EXITED {
@@ -314,28 +339,29 @@ fn serve_loop(
             let _ = mask.thread_unblock();
             body(msg.a as usize, msg.b as u32)
         });
-        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(0);
+        let errno = |e: &std::io::Error| e.raw_os_error().unwrap_or(0);
         // Our own unreaped child: its pid cannot be reused before we reap it.
-        let spawned = forked
-            .map_err(|_| errno(std::io::Error::last_os_error()))
-            .and_then(|pid| match process::pidfd_open(pid) {
+        let spawned = match forked {
+            Err(e) => Err((errno(&e), FAILED_FORK)),
+            Ok(pid) => match process::pidfd_open(pid) {
                 Ok(fd) => Ok((pid, fd)),
                 Err(e) => {
                     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                    Err(errno(e))
+                    Err((errno(&e), FAILED_PIDFD))
                 }
-            });
+            },
+        };
         // Sending passes a copy of the descriptor; ours closes when `fd` drops.
         let (msg, fd) = match &spawned {
-            Ok((pid, fd)) => ((SPAWNED, pid.as_raw()), Some(fd.as_raw_fd())),
-            Err(errno) => ((FAILED, *errno), None),
+            Ok((pid, fd)) => ((SPAWNED, pid.as_raw(), 0), Some(fd.as_raw_fd())),
+            Err((errno, step)) => ((FAILED, *errno, *step), None),
         };
         send(
             sock,
             Msg {
                 tag: msg.0,
                 a: msg.1,
-                b: 0,
+                b: msg.2,
             },
             fd,
         );

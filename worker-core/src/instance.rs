@@ -6,6 +6,10 @@
 //! the lock when the holder exits, however it exits (even by SIGKILL), so a stale lock file
 //! never blocks a restart. The file itself is left in place (removing a lock file is racy).
 //!
+//! The lock file usually lies in a directory others can write to (the temp directory), so
+//! it is not followed through a symbolic link and must be a regular file of this user's
+//! (or root's); otherwise [`InstanceError::Unsafe`]. The same holds for a [`PidFile`].
+//!
 //! ```
 //! use forkworker_core::instance::{InstanceError, InstanceLock};
 //!
@@ -33,7 +37,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -44,6 +48,7 @@ const PID_WAIT: Duration = Duration::from_millis(200);
 
 /// Why an instance lock or a pid file could not be had.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum InstanceError {
     /// Another process holds the lock.
     #[error("another instance holds the lock file {}{}", path.display(), holder(*pid))]
@@ -53,6 +58,15 @@ pub enum InstanceError {
         /// The holder's pid, as it wrote it into the lock file (`None` if unreadable).
         pid: Option<i32>,
     },
+    /// The file is not one this process may safely write: a symbolic link, not a regular
+    /// file, or another user's. Nothing was written to it.
+    #[error("refusing to use {}: it {reason}", path.display())]
+    Unsafe {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: UnsafeFile,
+    },
     /// The file could not be opened, locked, read or written.
     #[error("cannot use {}: {source}", path.display())]
     Io {
@@ -61,6 +75,24 @@ pub enum InstanceError {
         /// The error.
         #[source]
         source: io::Error,
+    },
+}
+
+/// Why a lock or pid file is not used ([`InstanceError::Unsafe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnsafeFile {
+    /// The path is a symbolic link (which someone else may have planted).
+    #[error("is a symbolic link")]
+    SymbolicLink,
+    /// The path is a directory, a FIFO, a device...
+    #[error("is not a regular file")]
+    NotRegular,
+    /// The file belongs to another user than this process's (and not to root).
+    #[error("belongs to user {uid}")]
+    OtherUser {
+        /// The owner's user id.
+        uid: u32,
     },
 }
 
@@ -75,6 +107,44 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> InstanceError + '_ {
     move |source| InstanceError::Io {
         path: path.to_owned(),
         source,
+    }
+}
+
+/// Opens `path` for writing (and reading, with `read`), creating it with mode 0644, without
+/// following a symbolic link, blocking on a FIFO or truncating; then checks that it is a
+/// regular file of this user's or root's.
+fn open_own(path: &Path, read: bool) -> Result<File, InstanceError> {
+    let file = OpenOptions::new()
+        .read(read)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => InstanceError::Unsafe {
+                path: path.to_owned(),
+                reason: UnsafeFile::SymbolicLink,
+            },
+            _ => io_error(path)(e),
+        })?;
+    let meta = file.metadata().map_err(io_error(path))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let reason = if !meta.is_file() {
+        Some(UnsafeFile::NotRegular)
+    } else if meta.uid() != me && meta.uid() != 0 {
+        Some(UnsafeFile::OtherUser { uid: meta.uid() })
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(InstanceError::Unsafe {
+            path: path.to_owned(),
+            reason,
+        }),
+        None => Ok(file),
     }
 }
 
@@ -124,18 +194,12 @@ impl InstanceLock {
     ///
     /// # Errors
     /// [`InstanceError::Held`] if another open of the file holds the lock: another process,
-    /// or another `InstanceLock` of this one. [`InstanceError::Io`] if the file cannot be
-    /// opened, locked or written.
+    /// or another `InstanceLock` of this one. [`InstanceError::Unsafe`] if the file is a
+    /// symbolic link, not a regular file, or another user's. [`InstanceError::Io`] if the
+    /// file cannot be opened, locked or written.
     pub fn acquire(path: impl AsRef<Path>) -> Result<InstanceLock, InstanceError> {
         let path = path.as_ref();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(path)
-            .map_err(io_error(path))?;
+        let mut file = open_own(path, true)?;
         loop {
             // SAFETY: flock on an fd we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -216,17 +280,12 @@ impl PidFile {
     /// Writes this process's pid into `path` (created with mode 0644, or truncated).
     ///
     /// # Errors
-    /// [`InstanceError::Io`] if the file cannot be written.
+    /// [`InstanceError::Unsafe`] if the file is a symbolic link, not a regular file, or
+    /// another user's; [`InstanceError::Io`] if it cannot be written.
     pub fn create(path: impl AsRef<Path>) -> Result<PidFile, InstanceError> {
         let path = path.as_ref();
         let pid = std::process::id();
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(path)
-            .map_err(io_error(path))?;
+        let mut file = open_own(path, false)?;
         write_pid(&mut file, pid).map_err(io_error(path))?;
         Ok(PidFile {
             path: path.to_owned(),
@@ -302,6 +361,55 @@ mod tests {
         assert!(matches!(err, InstanceError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains(&path.display().to_string()));
         assert!(PidFile::create(&path).is_err());
+    }
+
+    #[test]
+    fn a_symbolic_link_or_a_fifo_is_refused_and_left_alone() {
+        let target = temp("target");
+        std::fs::write(&target, "precious\n").unwrap();
+        let link = temp("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for err in [
+            InstanceLock::acquire(&link).expect_err("a link"),
+            PidFile::create(&link).map(drop).expect_err("a link"),
+        ] {
+            match &err {
+                InstanceError::Unsafe { path, reason } => {
+                    assert_eq!((path, *reason), (&link, UnsafeFile::SymbolicLink))
+                }
+                other => panic!("expected Unsafe, got {other:?}"),
+            }
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_file(&target).unwrap();
+
+        let fifo = temp("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        match InstanceLock::acquire(&fifo).expect_err("a FIFO") {
+            InstanceError::Unsafe { reason, .. } => assert_eq!(reason, UnsafeFile::NotRegular),
+            other => panic!("expected Unsafe, got {other:?}"),
+        }
+        std::fs::remove_file(&fifo).unwrap();
+
+        // Another user's file (only root can make one here).
+        let theirs = temp("theirs");
+        std::fs::write(&theirs, "").unwrap();
+        if std::os::unix::fs::chown(&theirs, Some(65534), None).is_ok() {
+            match PidFile::create(&theirs)
+                .map(drop)
+                .expect_err("another user's")
+            {
+                InstanceError::Unsafe { reason, .. } => {
+                    assert_eq!(reason, UnsafeFile::OtherUser { uid: 65534 })
+                }
+                other => panic!("expected Unsafe, got {other:?}"),
+            }
+        }
+        std::fs::remove_file(&theirs).unwrap();
     }
 
     #[test]

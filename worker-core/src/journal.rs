@@ -48,6 +48,15 @@ pub(crate) struct Entry {
     progress_check: AtomicU64,
 }
 
+/// A journal entry whose call part fails its checksum: the call it held cannot be trusted,
+/// and is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("journal entry {index} fails its checksum")]
+pub(crate) struct CorruptEntry {
+    /// The entry's index in the journal.
+    pub(crate) index: usize,
+}
+
 /// An entry as read back at recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Recovered {
@@ -137,7 +146,7 @@ impl Entry {
     }
 
     /// Reads the entry back; `None` if it is free, `Err` if its call part fails its checksum.
-    pub(crate) fn read(&self, index: usize) -> Option<Result<Recovered, String>> {
+    pub(crate) fn read(&self, index: usize) -> Option<Result<Recovered, CorruptEntry>> {
         let state = self.state.load(Ordering::Acquire);
         let (slot, seq) = (
             self.slot.load(Ordering::Relaxed),
@@ -169,8 +178,7 @@ impl Entry {
             // A free entry whose progress part was torn, or a scribbled one: either way its
             // call part cannot be trusted. An entry never written has all zeros, which is a
             // free, valid progress part, so this is not reached for it.
-            return (state != FREE || !progress_ok)
-                .then(|| Err(format!("journal entry {index} fails its checksum")));
+            return (state != FREE || !progress_ok).then_some(Err(CorruptEntry { index }));
         }
         Some(Ok(Recovered {
             index,

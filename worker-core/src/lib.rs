@@ -65,9 +65,12 @@ mod worker_loop;
 pub use call::{Call, CallId, CallStatus, ExitCause, Log, Timings};
 pub use closure::FnMediator;
 pub use config::{ForkStrategy, Recycle};
-pub use daemon::{Application, Control, Daemon, WorkerKey, Workers};
+pub use daemon::{Application, Control, Daemon, DaemonError, WorkerKey, Workers};
 pub use drive::{Drive, sleep_on};
-pub use error::{CallError, ErrorCounts, WireError};
+pub use error::{
+    CallError, CancelReason, ErrorCounts, OsError, PoolError, SpawnError, StartError, SubmitError,
+    WireError,
+};
 pub use mediator::Mediator;
 pub use stats::{MethodStats, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};

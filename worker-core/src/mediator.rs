@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::config::{ForkStrategy, Recycle};
 use crate::drive::Drive;
 use crate::engine::{Configured, Engine, Sink};
-use crate::error::{CallError, ErrorCounts, WireError};
+use crate::error::{CallError, ErrorCounts, StartError, WireError};
 use crate::stats::Stats;
 use crate::worker::Worker;
 
@@ -321,7 +321,12 @@ impl<W: Worker> Mediator<W> {
     /// Starts the pool now instead of at the first call: runs `check_environment`, creates the
     /// shared memory, starts the fork server if enabled and, with
     /// [`ForkStrategy::Aggressive`], forks every worker.
-    pub fn start(&mut self) -> Result<(), CallError> {
+    ///
+    /// # Errors
+    /// [`StartError::Environment`] with the problems `check_environment` reported, or
+    /// [`StartError::Pool`] if the shared memory, the eventfd or the fork server cannot be
+    /// had. Nothing is left behind.
+    pub fn start(&mut self) -> Result<(), StartError> {
         let base = match &self.stage {
             Stage::Running(_) => return Ok(()),
             Stage::Configured(base) => base,
@@ -526,7 +531,7 @@ impl<W: Worker> Drive for Mediator<W> {
         Mediator::recover(self, recover);
     }
 
-    fn start_pool(&mut self) -> Result<(), CallError> {
+    fn start_pool(&mut self) -> Result<(), StartError> {
         Mediator::start(self)
     }
 }

@@ -17,7 +17,7 @@ use crate::call::{ExitCause, to_instant};
 use crate::channel::{self, Answer, ArgsAt, Request};
 use crate::clock::{self, Clock};
 use crate::config::{Config, Recycle};
-use crate::error::{ErrorCounts, ErrorKind};
+use crate::error::{ErrorCounts, ErrorKind, OsError, PoolError, SpawnError};
 use crate::fork_server::ForkServer;
 use crate::journal::Entry;
 use crate::process::{self, Child};
@@ -115,7 +115,7 @@ impl Pool {
         alias: &str,
         config: &Config,
         value: &mut W,
-    ) -> Result<(Pool, bool), String> {
+    ) -> Result<(Pool, bool), PoolError> {
         let slots = config.workers;
         // Before any fork, so that the fork server and the workers inherit the calibration.
         clock::calibrate();
@@ -134,10 +134,7 @@ impl Pool {
         // SAFETY: plain eventfd creation; the fd is checked below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
-            return Err(format!(
-                "eventfd failed: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(PoolError::EventFd(OsError::last()));
         }
         // SAFETY: a fresh fd that nothing else owns.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -155,7 +152,8 @@ impl Pool {
                     eventfd,
                 };
                 worker_loop::run(&mut *value, env)
-            })?;
+            })
+            .map_err(PoolError::ForkServer)?;
             log::debug!(target: alias, "fork server {} started", server.pid());
             Some(Rc::new(RefCell::new(server)))
         } else {
@@ -181,7 +179,7 @@ impl Pool {
     }
 
     /// Forks a worker into slot `i` (through the fork server if there is one).
-    pub(crate) fn spawn<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
+    pub(crate) fn spawn<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, SpawnError> {
         let channel = self.region.channel(i);
         channel.reset();
         let start_seq = channel.req.seq.load(Ordering::Relaxed);
@@ -496,7 +494,7 @@ impl Pool {
     /// The replacement gets the same channel, so the old worker must be done with it first: it
     /// acknowledges the exit request before its `teardown`, and one that does not within
     /// [`EXIT_LIMIT`] is killed.
-    pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
+    pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, SpawnError> {
         if let Some(mut child) = self.slots[i].child.take() {
             let seq = self.post_exit(i);
             let channel = self.region.channel(i);

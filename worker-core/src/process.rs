@@ -9,6 +9,7 @@
 //! server (see `fork_server`), which reaps it and relays how it ended.
 
 use std::cell::RefCell;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::call::ExitCause;
+use crate::error::SpawnError;
 use crate::fork_server::ForkServer;
 
 /// Who reaps a worker.
@@ -42,13 +44,13 @@ pub(crate) struct Child {
 ///
 /// In the child, the parent-death signal is set to SIGKILL and the parent is checked to still
 /// be this process, so a child never outlives its parent, even one that died during the fork.
-pub(crate) fn fork_child(body: impl FnOnce() -> std::convert::Infallible) -> Result<Pid, String> {
+pub(crate) fn fork_child(body: impl FnOnce() -> std::convert::Infallible) -> io::Result<Pid> {
     let parent = nix::unistd::getpid();
     // SAFETY: the child only runs `body`, which leaves with `_exit` (see worker_loop and
     // fork_server). What a fork from a threaded process risks is documented on
     // `Mediator::fork_server`, and warned about when it happens.
     match unsafe { fork() } {
-        Err(e) => Err(format!("fork failed: {e}")),
+        Err(e) => Err(e.into()),
         Ok(ForkResult::Child) => {
             // SAFETY: prctl with valid arguments; getppid cannot fail.
             unsafe {
@@ -65,19 +67,19 @@ pub(crate) fn fork_child(body: impl FnOnce() -> std::convert::Infallible) -> Res
 }
 
 /// A pidfd for `pid`: readable once the process has ended.
-pub(crate) fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open has no memory arguments.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Forks a worker that is our own child.
-pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<Child, String> {
-    let pid = fork_child(body)?;
+pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<Child, SpawnError> {
+    let pid = fork_child(body).map_err(|e| SpawnError::Fork(e.into()))?;
     // Our own unreaped child: its pid cannot be reused before we reap it.
     match pidfd_open(pid) {
         Ok(pidfd) => Ok(Child {
@@ -89,9 +91,7 @@ pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<C
         Err(err) => {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
-            Err(format!(
-                "pidfd_open failed (Linux 5.3 or later is needed): {err}"
-            ))
+            Err(SpawnError::pidfd(err))
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use shared_memory::{Shmem, ShmemConf, ShmemError};
 
 use crate::channel::Channel;
+use crate::error::{OsError, PoolError};
 use crate::journal::Entry;
 
 /// Written at the start of every segment; a segment without it is not ours.
@@ -53,9 +54,30 @@ pub(crate) enum Found {
     Created(Region),
     /// One with the same layout: its journal can be read.
     Matching(Region),
-    /// One with another layout (or not ours): it was removed and a new one created. The text
-    /// says what differed.
-    Replaced(Region, String),
+    /// One with another layout (or not ours): it was removed and a new one created.
+    Replaced(Region, Mismatch),
+}
+
+/// What made a segment found under a persistent name unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Mismatch {
+    #[error("it is {0} bytes, too small to be ours")]
+    TooSmall(usize),
+    #[error("it is not a forkworker segment")]
+    NotOurs,
+    #[error("it has layout version {0}, this build reads {VERSION}")]
+    Version(u32),
+    #[error(
+        "it was made for workers({old_slots}) and malloc({old_arena}), now workers({slots}) and malloc({arena})"
+    )]
+    Settings {
+        old_slots: usize,
+        old_arena: usize,
+        slots: usize,
+        arena: usize,
+    },
+    #[error("its size {size} is not the expected {expected}")]
+    Size { size: usize, expected: usize },
 }
 
 /// Every segment name of this process starts with this; the rest is the alias and a counter.
@@ -89,6 +111,24 @@ fn layout(slots: usize, entries: usize) -> (usize, usize) {
     (journal, arena)
 }
 
+/// The system's error behind a `shared_memory` error: its errno where it has one.
+fn os_error(e: ShmemError) -> OsError {
+    match e {
+        ShmemError::MapCreateFailed(code)
+        | ShmemError::MapOpenFailed(code)
+        | ShmemError::UnknownOsError(code) => std::io::Error::from_raw_os_error(code as i32),
+        ShmemError::LinkCreateFailed(e)
+        | ShmemError::LinkWriteFailed(e)
+        | ShmemError::LinkOpenFailed(e)
+        | ShmemError::LinkReadFailed(e) => e,
+        ShmemError::MappingIdExists | ShmemError::LinkExists => {
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, e)
+        }
+        e => std::io::Error::other(e),
+    }
+    .into()
+}
+
 /// Removes a segment by name, if it exists.
 pub(crate) fn unlink(name: &str) {
     if let Ok(c) = std::ffi::CString::new(name) {
@@ -100,22 +140,28 @@ pub(crate) fn unlink(name: &str) {
 impl Region {
     /// Creates and pre-faults a segment named after this process, for `slots` workers and
     /// `arena_size` payload bytes.
-    pub(crate) fn create(alias: &str, slots: usize, arena_size: usize) -> Result<Region, String> {
+    pub(crate) fn create(
+        alias: &str,
+        slots: usize,
+        arena_size: usize,
+    ) -> Result<Region, PoolError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("/{}{}.{n}", segment_prefix(), sanitize(alias));
         Self::create_named(&name, slots, arena_size)
     }
 
-    fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, String> {
+    fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, PoolError> {
         let entries = entries_for(arena_size);
         let total = layout(slots, entries).1 + arena_size;
         let shmem = ShmemConf::new()
             .size(total)
             .os_id(name)
             .create()
-            .map_err(|e| {
-                format!("cannot create shared memory segment {name} of {total} bytes: {e}")
+            .map_err(|e| PoolError::CreateSegment {
+                name: name.to_owned(),
+                size: total,
+                source: os_error(e),
             })?;
         let base = shmem.as_ptr();
         // SAFETY: the mapping is `total` bytes long and nobody else uses it yet. Writing every
@@ -144,19 +190,24 @@ impl Region {
         alias: &str,
         slots: usize,
         arena_size: usize,
-    ) -> Result<Found, String> {
+    ) -> Result<Found, PoolError> {
         let name = persistent_name(app, alias);
         let shmem = match ShmemConf::new().os_id(&name).open() {
             Ok(shmem) => shmem,
             Err(ShmemError::MapOpenFailed(code)) if code == libc::ENOENT as u32 => {
                 return Self::create_named(&name, slots, arena_size).map(Found::Created);
             }
-            Err(e) => return Err(format!("cannot open shared memory segment {name}: {e}")),
+            Err(e) => {
+                return Err(PoolError::OpenSegment {
+                    name,
+                    source: os_error(e),
+                });
+            }
         };
         let entries = entries_for(arena_size);
         let expected = layout(slots, entries).1 + arena_size;
         let why = if shmem.len() < HEADER_SIZE {
-            Some(format!("it is {} bytes, too small to be ours", shmem.len()))
+            Some(Mismatch::TooSmall(shmem.len()))
         } else {
             // SAFETY: at least HEADER_SIZE bytes are mapped; the header is atomics only.
             let h = unsafe { &*(shmem.as_ptr() as *const Header) };
@@ -169,22 +220,23 @@ impl Region {
                 h.arena_size.load(Ordering::Relaxed) as usize,
             );
             if magic != MAGIC {
-                Some("it is not a forkworker segment".to_owned())
+                Some(Mismatch::NotOurs)
             } else if version != VERSION {
-                Some(format!(
-                    "it has layout version {version}, this build reads {VERSION}"
-                ))
+                Some(Mismatch::Version(version))
             } else if old_slots != slots || old_arena != arena_size {
-                Some(format!(
-                    "it was made for workers({old_slots}) and malloc({old_arena}), now workers({slots}) and malloc({arena_size})"
-                ))
+                Some(Mismatch::Settings {
+                    old_slots,
+                    old_arena,
+                    slots,
+                    arena: arena_size,
+                })
             } else if shmem.len() != expected
                 || h.entries.load(Ordering::Relaxed) as usize != entries
             {
-                Some(format!(
-                    "its size {} is not the expected {expected}",
-                    shmem.len()
-                ))
+                Some(Mismatch::Size {
+                    size: shmem.len(),
+                    expected,
+                })
             } else {
                 None
             }

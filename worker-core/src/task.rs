@@ -48,7 +48,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::call::{ExitCause, Log};
-use crate::error::WireError;
+use crate::error::{SpawnError, WireError};
 use crate::process::{self, Child};
 use crate::wire;
 
@@ -115,7 +115,7 @@ impl<R> fmt::Display for TaskId<R> {
 pub enum TaskError {
     /// The task's process could not be forked.
     #[error("the task could not start: {0}")]
-    Spawn(String),
+    Spawn(#[source] SpawnError),
     /// The closure panicked.
     #[error("task {id} panicked in process {pid}: {message}")]
     Panicked {
@@ -510,7 +510,7 @@ impl Tasks {
             log::warn!(target: &self.alias,
                 "forking a task from a process with {threads} threads: it can inherit a lock another thread held at the fork");
         }
-        let (read, write) = pipe().map_err(|e| TaskError::Spawn(format!("pipe failed: {e}")))?;
+        let (read, write) = pipe().map_err(|e| TaskError::Spawn(SpawnError::Channel(e.into())))?;
         let fd = write.as_raw_fd();
         let child = process::spawn(move || task_main(f, fd)).map_err(TaskError::Spawn)?;
         drop(write);

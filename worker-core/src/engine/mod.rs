@@ -35,7 +35,9 @@ use crate::call::{Call, CallId, CallRecord, CallStatus, Log, Timings, to_instant
 use crate::channel::{self, ArgsAt, Response};
 use crate::clock;
 use crate::config::{Config, ForkStrategy};
-use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
+use crate::error::{
+    CallError, CancelReason, ErrorCounts, ErrorKind, StartError, SubmitError, WireError,
+};
 use crate::journal;
 use crate::pool::Pool;
 use crate::process;
@@ -98,12 +100,12 @@ impl<W: Worker> Configured<W> {
     }
 
     /// Runs the worker's `check_environment` (user code: before anything else of a start).
-    pub(crate) fn check(&self) -> Result<(), CallError> {
+    pub(crate) fn check(&self) -> Result<(), StartError> {
         let problems = self.value.check_environment();
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(CallError::Environment(problems))
+            Err(StartError::Environment(problems))
         }
     }
 
@@ -200,7 +202,7 @@ impl<W: Worker> Engine<W> {
     /// Runs no user code in this process. On failure `base` comes back unchanged.
     pub(crate) fn start(
         mut base: Configured<W>,
-    ) -> Result<Engine<W>, Box<(Configured<W>, CallError)>> {
+    ) -> Result<Engine<W>, Box<(Configured<W>, StartError)>> {
         if base.config.fork_server
             && let Some(threads) = process::thread_count().filter(|&n| n > 1)
         {
@@ -209,7 +211,7 @@ impl<W: Worker> Engine<W> {
         }
         let (pool, matching) = match Pool::create(&base.alias, &base.config, &mut base.value) {
             Ok(created) => created,
-            Err(e) => return Err(Box::new((base, CallError::Pool(e)))),
+            Err(e) => return Err(Box::new((base, StartError::Pool(e)))),
         };
         let mut room = std::mem::replace(&mut base.room, Room::new(0));
         room.start(pool.region().arena_size(), pool.region().entries());
@@ -431,7 +433,7 @@ impl<W: Worker> Engine<W> {
             self.finish(id, CallStatus::Cancelled, now, |method| {
                 CallError::Cancelled {
                     method,
-                    reason: "the mediator shut down before a worker took the call".into(),
+                    reason: CancelReason::Shutdown,
                 }
             });
         }
@@ -452,9 +454,7 @@ impl<W: Worker> Engine<W> {
                     self.finish(b.call, CallStatus::Cancelled, now, |method| {
                         CallError::Cancelled {
                             method,
-                            reason: format!(
-                                "still running {grace:?} after shutdown began; its worker was killed"
-                            ),
+                            reason: CancelReason::ShutdownGrace { grace },
                         }
                     });
                 }
@@ -488,9 +488,9 @@ impl<W: Worker> Engine<W> {
         method: u32,
         args: &A,
         sink: &mut dyn Sink<W>,
-    ) -> Result<u64, CallError> {
+    ) -> Result<u64, SubmitError> {
         let name = Self::method_name(method);
-        let wire_err = |source| CallError::Wire {
+        let wire_err = |source| SubmitError::Encode {
             method: name,
             source,
         };
@@ -617,7 +617,7 @@ impl<W: Worker> Engine<W> {
         method: u32,
         args_len: usize,
         sink: &mut dyn Sink<W>,
-    ) -> Result<(usize, Block), CallError> {
+    ) -> Result<(usize, Block), SubmitError> {
         let needed = self.room.wanted(method, args_len);
         if let Some(d) = self.delivered.as_mut()
             && d.ret_block.is_none()
@@ -640,12 +640,12 @@ impl<W: Worker> Engine<W> {
         method: u32,
         args_len: usize,
         sink: &mut dyn Sink<W>,
-    ) -> Result<(usize, Block), CallError> {
+    ) -> Result<(usize, Block), SubmitError> {
         if !self.room.has_free_entry() {
             self.settle();
         }
         let Some(entry) = self.room.take_entry() else {
-            return Err(CallError::TooManyCalls {
+            return Err(SubmitError::TooManyCalls {
                 method: Self::method_name(method),
                 capacity: self.room.entries(),
             });
@@ -666,7 +666,7 @@ impl<W: Worker> Engine<W> {
         method: u32,
         args_len: usize,
         sink: &mut dyn Sink<W>,
-    ) -> Result<Block, CallError> {
+    ) -> Result<Block, SubmitError> {
         let name = Self::method_name(method);
         // Read the clock only once the allocation is full: most calls never wait.
         let mut start = None;
@@ -674,7 +674,7 @@ impl<W: Worker> Engine<W> {
             let needed = match self.room.alloc_call(method, args_len) {
                 Ok(block) => return Ok(block),
                 Err(NoRoom::Never { needed, allocation }) => {
-                    return Err(CallError::TooLarge {
+                    return Err(SubmitError::TooLarge {
                         method: name,
                         needed,
                         allocation,
@@ -688,7 +688,7 @@ impl<W: Worker> Engine<W> {
             }
             let start = *start.get_or_insert_with(Instant::now);
             if !self.calls.any_in_flight() || start.elapsed() > SPACE_WAIT {
-                return Err(CallError::OutOfMemory {
+                return Err(SubmitError::OutOfMemory {
                     method: name,
                     needed,
                     available: self.room.available(),

@@ -15,7 +15,7 @@ use super::{Engine, MAX_REQUEUES};
 use crate::call::{CallStatus, ExitCause};
 use crate::clock;
 use crate::config::ForkStrategy;
-use crate::error::{CallError, ErrorCounts, ErrorKind};
+use crate::error::{CallError, CancelReason, ErrorCounts, ErrorKind, PoolError};
 use crate::this_worker;
 use crate::worker::Worker;
 
@@ -148,9 +148,7 @@ impl<W: Worker> Engine<W> {
         let now = clock::now_ns();
         for id in self.calls.take_queue() {
             self.finish(id, CallStatus::Failed, now, |_| {
-                CallError::Pool(format!(
-                    "{failures} workers in a row died before answering a call (see the log); no more are forked until the mediator is restarted"
-                ))
+                CallError::Pool(PoolError::WorkersDying { failures })
             });
         }
     }
@@ -216,10 +214,11 @@ impl<W: Worker> Engine<W> {
             self.finish(id, CallStatus::Cancelled, clock::now_ns(), |method| {
                 CallError::Cancelled {
                     method,
-                    reason: format!(
-                        "its worker died before starting it {} times (last: worker {pid} {cause})",
-                        retries + 1
-                    ),
+                    reason: CancelReason::WorkersDied {
+                        attempts: retries + 1,
+                        pid,
+                        cause,
+                    },
                 }
             });
             return;
