@@ -41,7 +41,8 @@ use std::ops::DerefMut;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::call::{Call, CallStatus, Log};
+use crate::call::{Call, Log};
+use crate::callbacks::{Callbacks, On};
 use crate::drive::{Drive, sleep_on};
 use crate::error::StartError;
 use crate::instance::{InstanceError, InstanceLock, PidFile};
@@ -203,9 +204,6 @@ impl<M> std::fmt::Debug for WorkerKey<M> {
 /// A daemon callback: the application, the other pools, the finished call, a logger.
 type DaemonHandler<A, W> = Box<dyn FnMut(&mut A, &mut Workers<A>, &Call<'_, W>, Log<'_>)>;
 
-/// Picks one of an entry's three callbacks.
-type HandlerField<A, M, W> = fn(&mut Entry<A, M, W>) -> &mut Option<DaemonHandler<A, W>>;
-
 /// What the daemon needs of a pool, whatever its worker type.
 trait Registered<A> {
     fn mediator_any(&mut self) -> &mut dyn Any;
@@ -217,9 +215,7 @@ trait Registered<A> {
 
 struct Entry<A, M, W: Worker> {
     mediator: M,
-    on_return: Option<DaemonHandler<A, W>>,
-    on_timeout: Option<DaemonHandler<A, W>>,
-    on_error: Option<DaemonHandler<A, W>>,
+    callbacks: Callbacks<DaemonHandler<A, W>>,
 }
 
 impl<A, M, W> Registered<A> for Entry<A, M, W>
@@ -268,21 +264,15 @@ where
     ) -> T {
         let Entry {
             mediator,
-            on_return,
-            on_timeout,
-            on_error,
+            callbacks,
         } = self;
-        let mut handler = |call: &Call<'_, W>, log: Log<'_>| {
-            let callback = match call.status() {
-                CallStatus::Returned => on_return.as_mut(),
-                CallStatus::Timeout => on_timeout.as_mut(),
-                _ => on_error.as_mut(),
-            };
-            match (callback, call.error()) {
-                (Some(callback), _) => callback(app, workers, call, log),
-                (None, Some(error)) => log.warn(format_args!("call {}: {error}", call.id())),
-                (None, None) => {}
-            }
+        let mut handler = |call: &Call<'_, W>, log: Log<'_>| match (
+            callbacks.for_status(call.status()),
+            call.error(),
+        ) {
+            (Some(callback), _) => callback(app, workers, call, log),
+            (None, Some(error)) => log.warn(format_args!("call {}: {error}", call.id())),
+            (None, None) => {}
         };
         f(mediator, &mut handler)
     }
@@ -401,9 +391,7 @@ impl<A: Application> Daemon<A> {
         mediator.persist(self.name.clone());
         self.workers.entries.push(Some(Box::new(Entry::<A, M, W> {
             mediator,
-            on_return: None,
-            on_timeout: None,
-            on_error: None,
+            callbacks: Callbacks::default(),
         })));
         WorkerKey {
             index: self.workers.entries.len() - 1,
@@ -411,11 +399,11 @@ impl<A: Application> Daemon<A> {
         }
     }
 
-    /// Sets one of `key`'s callbacks, chosen by `which`.
+    /// Sets `key`'s callback for `on`.
     fn set_handler<M, W>(
         &mut self,
         key: WorkerKey<M>,
-        which: HandlerField<A, M, W>,
+        on: On,
         callback: DaemonHandler<A, W>,
     ) -> &mut Self
     where
@@ -426,7 +414,7 @@ impl<A: Application> Daemon<A> {
             .as_mut()
             .and_then(|e| e.entry_any().downcast_mut::<Entry<A, M, W>>())
             .expect("a WorkerKey of this daemon");
-        *which(entry) = Some(callback);
+        entry.callbacks.set(on, callback);
         self
     }
 
@@ -441,7 +429,7 @@ impl<A: Application> Daemon<A> {
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        self.set_handler(key, |e| &mut e.on_return, Box::new(callback))
+        self.set_handler(key, On::Return, Box::new(callback))
     }
 
     /// Sets the callback for `key`'s calls that timed out.
@@ -454,7 +442,7 @@ impl<A: Application> Daemon<A> {
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        self.set_handler(key, |e| &mut e.on_timeout, Box::new(callback))
+        self.set_handler(key, On::Timeout, Box::new(callback))
     }
 
     /// Sets the callback for `key`'s calls that failed otherwise (crash, panic, ...).
@@ -467,7 +455,7 @@ impl<A: Application> Daemon<A> {
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        self.set_handler(key, |e| &mut e.on_error, Box::new(callback))
+        self.set_handler(key, On::Error, Box::new(callback))
     }
 
     /// Typed access to a pool before the loop runs.
