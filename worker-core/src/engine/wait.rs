@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::answer::{self, Outcome};
 use super::{Engine, Sink, record_times};
-use crate::arena::Block;
+use crate::arena::{Block, Span};
 use crate::call::{CallId, CallRecord, CallStatus, Timings, to_instant};
 use crate::channel::Ran;
 use crate::error::{CallError, ErrorKind};
@@ -192,22 +192,12 @@ impl<W: Worker> Engine<W> {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
         self.slot_returned(i, method, len);
-        let pool = &mut self.pool;
-        let decoded = match &inline {
-            Some(bytes) => id.decode(&bytes[..len]),
-            // SAFETY: the worker answered: it no longer writes the block.
-            None => {
-                id.decode(unsafe { pool.region().payload(value.offset, len) }.unwrap_or_default())
-            }
-        };
-        let result = decoded.map_err(|source| CallError::Wire {
-            method: Self::method_name(method),
-            source,
-        });
+        let result = self.decode_return(id, method, value, inline.as_ref().map(|b| &b[..len]));
         // The rest waits for the next post (see `settle`); the block stays allocated until
-        // then (the worker is done with it), and the decoded value no longer needs it. A persistent journal forgets the
-        // call now, so that a parent killed before that does not run it again at recovery.
-        if let Some(journal) = pool.journal(entry) {
+        // then (the worker is done with it), and the decoded value no longer needs it. A
+        // persistent journal forgets the call now, so that a parent killed before that does
+        // not run it again at recovery.
+        if let Some(journal) = self.pool.journal(entry) {
             journal.clear();
         }
         self.delivered = Some(Delivered {
@@ -270,18 +260,37 @@ impl<W: Worker> Engine<W> {
         self.dispatch_queued();
     }
 
-    /// Takes the result of a finished call out of the mediator.
+    /// Decodes a returned value of `method`: its bytes came inside the answer (`inline`) or
+    /// are `value` in the payload area. The one place a return value is taken out of shared
+    /// memory.
+    #[inline]
+    fn decode_return<R>(
+        &self,
+        id: CallId<R>,
+        method: u32,
+        value: Span,
+        inline: Option<&[u8]>,
+    ) -> Result<R, CallError> {
+        let decoded = match inline {
+            Some(bytes) => id.decode(bytes),
+            // SAFETY: the worker answered: it no longer writes the block.
+            None => id.decode(
+                unsafe { self.pool.region().payload(value.offset, value.len) }.unwrap_or_default(),
+            ),
+        };
+        decoded.map_err(|source| CallError::Wire {
+            method: Self::method_name(method),
+            source,
+        })
+    }
+
+    /// Takes the result of a finished call out of the engine.
     pub(super) fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
         let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret) {
             (CallStatus::Returned, Some((off, len))) => {
-                // SAFETY: the call returned: the worker no longer writes its block.
-                let bytes = unsafe { self.pool.region().payload(off, len) }.unwrap_or_default();
-                id.decode(bytes).map_err(|source| CallError::Wire {
-                    method: Self::method_name(record.method),
-                    source,
-                })
+                self.decode_return(id, record.method, Span::new(off, len), None)
             }
             _ => Err(record
                 .error
