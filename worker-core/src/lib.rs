@@ -7,22 +7,29 @@
 //! | step | module |
 //! |---|---|
 //! | the user's type, as the macro describes it | [`worker`] |
-//! | the typed proxy, the queue, timeouts, crashes, retries, callbacks, `wait` | [`mediator`] |
+//! | the seed's face: settings, the proxies' submit, `wait`, `poll`, `status`, callbacks | [`mediator`] |
 //! | the settings: strategy, recycling | [`config`] |
+//! | the engine behind a face: submit, dispatch, collect, hand finished calls back | `engine` |
 //! | encoding straight into shared memory | [`wire`] |
-//! | the worker processes of a mediator: spawn, deaths, kills, retiring, the parent's sleep | `pool` |
-//! | the shared-memory region and its layout | `shm` |
+//! | the call table: records, queue, finished calls, moves between statuses | `engine::table` |
+//! | the payload room: blocks, journal entries, return-size hints | `engine::room` |
+//! | the worker processes: spawn, post, answers, deaths, kills, retiring, the parent's sleep | `pool` |
+//! | the shared-memory region and its layout; payload bytes | `shm` |
 //! | payload blocks inside the region | `arena` |
 //! | one request/response channel per worker, checksums, futex and eventfd wake-ups | `channel` |
+//! | the loop a worker process runs after the fork | `worker_loop` |
+//! | reading a worker's answer: a pure step to an outcome | `engine::answer` |
+//! | `wait` and its short path; **where a return is taken out of shared memory** (`decode_return`) | `engine::wait` |
+//! | health: error counts, the start-failure breaker, deaths, **where a timed-out worker is killed** (`enforce_timeouts`, through `Pool::kill`), wear | `engine::supervise` |
+//! | the three callbacks, by the way a call ended | `callbacks` |
 //! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC | `clock` |
 //! | forking, watching (pidfd), killing and reaping one process | `process` |
 //! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
-//! | the loop a worker process runs after the fork | `worker_loop` |
-//! | the call journal that survives a crash, for recovery | `journal` |
+//! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |
 //! | a call's id, status, timings; the view handed to callbacks | [`call`] |
 //! | per-method timings, error counts, memory | [`stats`] |
 //! | what a method running in a worker can ask: log, error, fatal_error, daemon | [`this_worker`] |
-//! | what can go wrong | [`error`] |
+//! | what can go wrong, by operation | [`error`] |
 //!
 //! Around the pools:
 //!
