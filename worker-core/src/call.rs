@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::clock::to_instant;
 use crate::error::{CallError, WireError};
 use crate::worker::Worker;
 
@@ -177,22 +177,6 @@ impl fmt::Debug for Timings {
         f.debug_struct("Timings")
             .field("entered", &entered)
             .finish()
-    }
-}
-
-/// The `Instant` of a CLOCK_MONOTONIC reading in nanoseconds (as `clock::now_ns` gives).
-///
-/// `Instant` is CLOCK_MONOTONIC on Linux too, so the two differ by a constant: one pair of
-/// readings taken together, once per process (a forked worker inherits it), fixes it, and a
-/// conversion is then an addition instead of two clock reads.
-pub(crate) fn to_instant(ns: u64) -> Instant {
-    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
-    let &(at, at_ns) = ANCHOR.get_or_init(|| (Instant::now(), crate::clock::now_ns()));
-    if ns >= at_ns {
-        at + Duration::from_nanos(ns - at_ns)
-    } else {
-        at.checked_sub(Duration::from_nanos(at_ns - ns))
-            .unwrap_or(at)
     }
 }
 

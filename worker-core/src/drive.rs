@@ -61,7 +61,7 @@ pub fn sleep_on(drives: &mut [&mut dyn Drive], extra: &[BorrowedFd<'_>], until: 
             .filter_map(|d| d.next_deadline())
             .chain(until)
             .min();
-        process::poll_raw(&fds, crate::pool::time_left(wake));
+        process::poll_raw(&fds, crate::clock::time_left(wake));
     }
     for i in asleep {
         drives[i].end_sleep();

@@ -28,7 +28,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::call::ExitCause;
-use crate::process::{self, Child};
+use crate::process::{self, Child, Reap};
 
 const SPAWN: u32 = 1;
 const SPAWNED: u32 = 2;
@@ -202,6 +202,12 @@ impl ForkServer {
             self.exits.insert(msg.a, cause);
         }
         Ok((msg, fd))
+    }
+}
+
+impl Reap for ForkServer {
+    fn wait_exit(&mut self, pid: Pid, limit: Duration) -> ExitCause {
+        ForkServer::wait_exit(self, pid, limit)
     }
 }
 

@@ -13,11 +13,13 @@
 //! | the worker processes of a mediator: spawn, deaths, kills, retiring, the parent's sleep | `pool` |
 //! | the shared-memory region and its layout | `shm` |
 //! | payload blocks inside the region | `arena` |
-//! | one request/response channel per worker, checksums, futex and eventfd wake-ups | `channel` |
-//! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC | `clock` |
-//! | forking, watching (pidfd), killing and reaping one process | `process` |
+//! | one request/response channel per worker, futex and eventfd wake-ups | `channel` |
+//! | the checksum of control words in shared memory (channel lines, journal entries) | `checksum` |
+//! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC; `Instant`s | `clock` |
+//! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children | `process` |
 //! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
 //! | the loop a worker process runs after the fork | `worker_loop` |
+//! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash, for recovery | `journal` |
 //! | a call's id, status, timings; the view handed to callbacks | [`call`] |
 //! | per-method timings, error counts, memory | [`stats`] |
@@ -39,6 +41,7 @@
 mod arena;
 pub mod call;
 mod channel;
+mod checksum;
 mod clock;
 pub mod closure;
 pub mod config;
@@ -49,6 +52,7 @@ mod fork_server;
 pub mod instance;
 mod journal;
 pub mod mediator;
+mod panics;
 mod pool;
 mod process;
 mod shm;

@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::arena::Block;
-use crate::call::{
-    Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings, to_instant,
-};
+use crate::call::{Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings};
 use crate::channel::{self, ArgsAt, Ran, Request, Response};
-use crate::clock;
+use crate::clock::{self, to_instant};
 use crate::config::{Config, ForkStrategy, Recycle};
 use crate::drive::Drive;
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};

@@ -344,7 +344,7 @@ fn task_main<R: Serialize>(f: impl FnOnce() -> R, fd: RawFd) -> std::convert::In
         Ok(Err(e)) => (TAG_WIRE, e.to_string().into_bytes(), EXIT_WIRE),
         Err(payload) => (
             TAG_PANIC,
-            crate::worker_loop::panic_message(payload.as_ref()).into_bytes(),
+            crate::panics::panic_message(payload.as_ref()).into_bytes(),
             EXIT_PANIC,
         ),
     };
