@@ -11,7 +11,13 @@ use crate::stats::Stats;
 ///
 /// Implemented by [`crate::Mediator`]; pass `&mut *mediator` (a generated `{Type}Mediator`
 /// dereferences to one).
-pub trait Drive {
+///
+/// The trait is sealed: only the runtime implements it. Sleeping is a protocol between a pool
+/// and [`sleep_on`] (the pool tells its workers that the parent sleeps, so that they wake it,
+/// and takes that back when the parent wakes); its two halves are in a supertrait that users
+/// can neither name nor call, so that a sleep cannot be begun without being ended, and the
+/// protocol can change without breaking users.
+pub trait Drive: Sleep {
     /// The mediator's alias.
     fn alias(&self) -> &str;
     /// Processes every event that arrived and runs callbacks, without blocking. Returns how
@@ -23,12 +29,6 @@ pub trait Drive {
     fn pending(&self) -> usize;
     /// The nearest deadline (a running call's timeout) it must be polled at.
     fn next_deadline(&self) -> Option<Instant>;
-    /// Prepares to sleep: adds the descriptors whose readiness means an event to `fds`.
-    /// Returns false if an event is already there (then do not sleep, and do not call
-    /// [`Drive::end_sleep`]).
-    fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool;
-    /// Ends a sleep begun with [`Drive::begin_sleep`].
-    fn end_sleep(&mut self);
     /// Stops the pool (see [`crate::Mediator::shutdown`]).
     fn shutdown(&mut self);
     /// Stops the pool keeping unfinished calls (see [`crate::Mediator::suspend`]); returns
@@ -39,6 +39,23 @@ pub trait Drive {
     fn set_recover(&mut self, recover: bool);
     /// Starts the pool now (see [`crate::Mediator::start`]).
     fn start_pool(&mut self) -> Result<(), crate::CallError>;
+}
+
+pub(crate) use sealed::Sleep;
+
+mod sealed {
+    use std::os::fd::RawFd;
+
+    /// The halves of a sleep in [`super::sleep_on`]. Public in a private module: a supertrait
+    /// of [`super::Drive`] that nobody outside the crate can name, implement or call.
+    pub trait Sleep {
+        /// Prepares to sleep: adds the descriptors whose readiness means an event to `fds`.
+        /// Returns false if an event is already there (then do not sleep, and do not call
+        /// [`Sleep::end_sleep`]).
+        fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool;
+        /// Ends a sleep begun with [`Sleep::begin_sleep`].
+        fn end_sleep(&mut self);
+    }
 }
 
 /// Sleeps until one of `drives` has an event, one of `extra` is readable, or the nearest

@@ -6,10 +6,10 @@
 //!
 //! | step | module |
 //! |---|---|
-//! | the user's type, as the macro describes it | [`worker`] |
-//! | the typed proxy, the queue, timeouts, crashes, retries, callbacks, `wait` | [`mediator`] |
-//! | the settings: strategy, recycling | [`config`] |
-//! | encoding straight into shared memory | [`wire`] |
+//! | the user's type, as the macro describes it | `worker` |
+//! | the typed proxy, the queue, timeouts, crashes, retries, callbacks, `wait` | `mediator` |
+//! | the settings: strategy, recycling | `config` |
+//! | encoding straight into shared memory | `wire` |
 //! | the worker processes of a mediator: spawn, deaths, kills, retiring, the parent's sleep | `pool` |
 //! | the shared-memory region and its layout | `shm` |
 //! | payload blocks inside the region | `arena` |
@@ -21,17 +21,17 @@
 //! | the loop a worker process runs after the fork | `worker_loop` |
 //! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash, for recovery | `journal` |
-//! | a call's id, status, timings; the view handed to callbacks | [`call`] |
+//! | a call's id, status, timings; the view handed to callbacks | `call` |
 //! | per-method timings, error counts, memory | [`stats`] |
 //! | what a method running in a worker can ask: log, error, fatal_error, daemon | [`this_worker`] |
-//! | what can go wrong | [`error`] |
+//! | what can go wrong | `error` |
 //!
 //! Around the pools:
 //!
 //! | concept | module |
 //! |---|---|
 //! | a pool made from a closure (the seed's function workers) | [`closure`] |
-//! | one loop sleeping on several pools | [`drive`] |
+//! | one loop sleeping on several pools | `drive` |
 //! | the daemon host: the application's loop, callbacks with `&mut` state, signals | [`daemon`] |
 //! | ad-hoc background processes (the seed's Task API) | [`task`] |
 //! | signals as flags and a wake-up descriptor | [`signals`] |
@@ -39,19 +39,19 @@
 #![deny(missing_docs)]
 
 mod arena;
-pub mod call;
+mod call;
 mod channel;
 mod checksum;
 mod clock;
 pub mod closure;
-pub mod config;
+mod config;
 pub mod daemon;
-pub mod drive;
-pub mod error;
+mod drive;
+mod error;
 mod fork_server;
 pub mod instance;
 mod journal;
-pub mod mediator;
+mod mediator;
 mod panics;
 mod pool;
 mod process;
@@ -60,8 +60,8 @@ pub mod signals;
 pub mod stats;
 pub mod task;
 pub mod this_worker;
-pub mod wire;
-pub mod worker;
+mod wire;
+mod worker;
 mod worker_loop;
 
 pub use call::{Call, CallId, CallStatus, ExitCause, Log, Timings};
@@ -70,17 +70,17 @@ pub use config::{ForkStrategy, Recycle};
 pub use daemon::{Application, Control, Daemon, WorkerKey, Workers};
 pub use drive::{Drive, sleep_on};
 pub use error::{CallError, ErrorCounts, WireError};
-pub use mediator::Mediator;
+pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
 pub use stats::{MethodStats, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};
 pub use wire::ReturnSlot;
 pub use worker::Worker;
 
-/// Items the generated code calls. Not public API.
+/// Items the generated code (and this project's tests) call. Not public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::mediator::submit;
-    pub use crate::wire::decode;
+    pub use crate::wire::{ByteBuf, decode, encode_to_vec};
 
     /// Fails to compile, at the span of the type, unless `T` can be an argument.
     pub fn assert_arg<T: serde::Serialize + serde::de::DeserializeOwned>() {}

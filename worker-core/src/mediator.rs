@@ -20,7 +20,7 @@ use crate::call::{Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log,
 use crate::channel::{self, ArgsAt, Ran, Request, Response};
 use crate::clock::{self, to_instant};
 use crate::config::{Config, ForkStrategy, Recycle};
-use crate::drive::Drive;
+use crate::drive::{Drive, Sleep};
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
 use crate::journal;
 use crate::pool::{Busy, Pool};
@@ -2000,19 +2000,6 @@ impl<W: Worker> Drive for Mediator<W> {
         self.pool.as_ref().and_then(Pool::next_deadline)
     }
 
-    fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
-        match self.pool.as_mut() {
-            Some(pool) => pool.begin_sleep(fds),
-            None => true,
-        }
-    }
-
-    fn end_sleep(&mut self) {
-        if let Some(pool) = self.pool.as_mut() {
-            pool.end_sleep();
-        }
-    }
-
     fn shutdown(&mut self) {
         Mediator::shutdown(self)
     }
@@ -2027,6 +2014,21 @@ impl<W: Worker> Drive for Mediator<W> {
 
     fn start_pool(&mut self) -> Result<(), CallError> {
         Mediator::start(self)
+    }
+}
+
+impl<W: Worker> Sleep for Mediator<W> {
+    fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
+        match self.pool.as_mut() {
+            Some(pool) => pool.begin_sleep(fds),
+            None => true,
+        }
+    }
+
+    fn end_sleep(&mut self) {
+        if let Some(pool) = self.pool.as_mut() {
+            pool.end_sleep();
+        }
     }
 }
 

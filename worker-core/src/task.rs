@@ -60,11 +60,11 @@ const TAG_WIRE: u8 = 2;
 const HEADER: usize = 9;
 
 /// Exit code of a task whose closure panicked.
-pub const EXIT_PANIC: i32 = 101;
+const EXIT_PANIC: i32 = 101;
 /// Exit code of a task whose return value could not be encoded.
-pub const EXIT_WIRE: i32 = 102;
+const EXIT_WIRE: i32 = 102;
 /// Exit code of a task that could not write its value to the parent.
-pub const EXIT_PIPE: i32 = 103;
+const EXIT_PIPE: i32 = 103;
 
 /// The id of a task whose closure returns `R`. Returned by [`Tasks::spawn`]; pass it to
 /// [`Tasks::wait`] for the typed result.
