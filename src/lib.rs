@@ -39,11 +39,11 @@ pub use worker_macros::worker;
 // is private; the generated code reaches what it needs through `__private`.
 pub use worker_core::{
     Application, Call, CallError, CallId, CallStatus, Control, Daemon, Drive, ErrorCounts,
-    ExitCause, ExternalHandler, FnMediator, ForkStrategy, Log, MAX_REQUEUES, Mediator, MethodStats,
-    Recycle, ReturnSlot, Stats, Summary, TaskError, TaskId, Tasks, Timings, WireError, Worker,
-    WorkerKey, Workers, sleep_on,
+    ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id, Log, MAX_REQUEUES, Mediator,
+    MethodStats, Recycle, ReturnSlot, Stats, Summary, TaskError, TaskId, Tasks, Timings, WireError,
+    Worker, WorkerKey, Workers, sleep_on,
 };
-pub use worker_core::{closure, daemon, instance, signals, stats, task, this_worker};
+pub use worker_core::{closure, daemon, id, instance, signals, stats, task, this_worker};
 
 /// The names most programs need: `use forkworker::prelude::*;`.
 pub mod prelude {

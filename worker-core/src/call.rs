@@ -1,5 +1,6 @@
 //! Calls: their ids, statuses, timings, and the view of a finished call handed to callbacks.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
@@ -9,62 +10,62 @@ use std::time::Instant;
 
 use crate::clock::to_instant;
 use crate::error::{CallError, WireError};
+use crate::id::{CallOf, Id};
 use crate::worker::Worker;
 
 /// The id of a call whose method returns `R`. Returned at once by every proxy method; pass it
 /// to [`crate::Mediator::wait`] for the typed result or to [`crate::Mediator::status`].
 ///
-/// Ids are unique within one mediator for its lifetime, and increase in call order.
-pub struct CallId<R> {
-    id: u64,
-    decode: fn(&[u8]) -> Result<R, WireError>,
-    _r: PhantomData<fn() -> R>,
-}
+/// Ids are unique within one mediator for its lifetime, and increase in call order. An
+/// [`Id`]: a number with a kind, cheap to copy; how to decode the return is
+/// kept by the mediator, per method, not carried by the id.
+pub type CallId<R> = Id<CallOf<R>>;
 
-impl<R> CallId<R> {
-    pub(crate) fn new(id: u64, decode: fn(&[u8]) -> Result<R, WireError>) -> Self {
-        CallId {
-            id,
-            decode,
-            _r: PhantomData,
+/// How a mediator decodes each method's return value: the function the generated proxy
+/// passed to `submit` the first time the method was called, kept per method so that a
+/// [`CallId`] need carry nothing but its number.
+///
+/// A proxy method always passes the same decoder for the same return type; `wait` finds it by
+/// the call's method and checks that it returns the `R` of the id it was given (an id of
+/// another mediator may name a call of another type here).
+#[derive(Default)]
+pub(crate) struct Decoders(Vec<Option<Box<dyn Any + Send + Sync>>>);
+
+/// A decoder of return values of type `R`.
+type Decode<R> = fn(&[u8]) -> Result<R, WireError>;
+
+impl Decoders {
+    /// Keeps `decode` for `method`, unless it has one.
+    #[inline]
+    pub(crate) fn set<R: 'static>(&mut self, method: u32, decode: Decode<R>) {
+        let m = method as usize;
+        if self.0.get(m).is_some_and(Option::is_some) {
+            return;
+        }
+        if self.0.len() <= m {
+            self.0.resize_with(m + 1, || None);
+        }
+        self.0[m] = Some(Box::new(decode));
+    }
+
+    /// Decodes a return value of `method` as an `R`.
+    #[inline]
+    pub(crate) fn decode<R: 'static>(&self, method: u32, bytes: &[u8]) -> Result<R, WireError> {
+        match self.0.get(method as usize).and_then(Option::as_ref) {
+            Some(f) => match f.downcast_ref::<Decode<R>>() {
+                Some(decode) => decode(bytes),
+                None => Err(Self::not_ours::<R>()),
+            },
+            None => Err(Self::not_ours::<R>()),
         }
     }
 
-    /// The id as a number, as seen in [`Call::id`] and in log lines.
-    pub fn raw(&self) -> u64 {
-        self.id
-    }
-
-    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<R, WireError> {
-        (self.decode)(bytes)
-    }
-}
-
-impl<R> Clone for CallId<R> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<R> Copy for CallId<R> {}
-impl<R> PartialEq for CallId<R> {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-impl<R> Eq for CallId<R> {}
-impl<R> std::hash::Hash for CallId<R> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.id.hash(state)
-    }
-}
-impl<R> fmt::Debug for CallId<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CallId({})", self.id)
-    }
-}
-impl<R> fmt::Display for CallId<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.id)
+    fn not_ours<R>() -> WireError {
+        WireError::Decode {
+            what: std::any::type_name::<R>(),
+            reason: "the call id is of another mediator: this call does not return that type"
+                .to_owned(),
+        }
     }
 }
 

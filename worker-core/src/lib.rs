@@ -21,7 +21,8 @@
 //! | the loop a worker process runs after the fork | `worker_loop` |
 //! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash, for recovery | `journal` |
-//! | a call's id, status, timings; the view handed to callbacks | `call` |
+//! | ids of calls, tasks and pools: one generic type | [`id`] |
+//! | a call's status, timings, how its return is decoded; the view handed to callbacks | `call` |
 //! | per-method timings, error counts, memory | [`stats`] |
 //! | what a method running in a worker can ask: log, error, fatal_error, daemon | [`this_worker`] |
 //! | what can go wrong | `error` |
@@ -49,6 +50,7 @@ pub mod daemon;
 mod drive;
 mod error;
 mod fork_server;
+pub mod id;
 pub mod instance;
 mod journal;
 mod mediator;
@@ -70,6 +72,7 @@ pub use config::{ForkStrategy, Recycle};
 pub use daemon::{Application, Control, Daemon, WorkerKey, Workers};
 pub use drive::{Drive, sleep_on};
 pub use error::{CallError, ErrorCounts, WireError};
+pub use id::Id;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
 pub use stats::{MethodStats, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::arena::Block;
-use crate::call::{Call, CallId, CallMap, CallRecord, CallStatus, ExitCause, Log, Timings};
+use crate::call::{
+    Call, CallId, CallMap, CallRecord, CallStatus, Decoders, ExitCause, Log, Timings,
+};
 use crate::channel::{self, ArgsAt, Ran, Request, Response};
 use crate::clock::{self, to_instant};
 use crate::config::{Config, ForkStrategy, Recycle};
@@ -86,6 +88,8 @@ pub struct Mediator<W: Worker> {
     on_error: Option<Handler<W>>,
     pool: Option<Pool>,
     calls: CallMap,
+    /// How each method's return value is decoded (see [`Decoders`]).
+    decoders: Decoders,
     queue: VecDeque<u64>,
     /// Calls that reached a final status and whose callbacks have not run yet, in order.
     finished: Vec<u64>,
@@ -151,14 +155,15 @@ enum Round {
 /// Queues a call of method `method` with encoded-from-borrow `args`. Called by generated proxy
 /// methods; `decode` turns the return bytes into `R`.
 #[doc(hidden)]
-pub fn submit<W: Worker, A: Serialize + ?Sized, R>(
+pub fn submit<W: Worker, A: Serialize + ?Sized, R: 'static>(
     mediator: &mut Mediator<W>,
     method: u32,
     args: &A,
     decode: fn(&[u8]) -> Result<R, WireError>,
 ) -> Result<CallId<R>, CallError> {
     let id = mediator.submit_encoded(method, args)?;
-    Ok(CallId::new(id, decode))
+    mediator.decoders.set(method, decode);
+    Ok(CallId::new(id))
 }
 
 impl<W: Worker> Mediator<W> {
@@ -175,6 +180,7 @@ impl<W: Worker> Mediator<W> {
             on_error: None,
             pool: None,
             calls: CallMap::default(),
+            decoders: Decoders::default(),
             queue: VecDeque::new(),
             finished: Vec::new(),
             next_id: 1,
@@ -495,7 +501,7 @@ impl<W: Worker> Mediator<W> {
     ///
     /// If the call already finished and its result was handed to a callback and released,
     /// this returns [`CallError::UnknownCall`].
-    pub fn wait<R>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
+    pub fn wait<R: 'static>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
         let raw = id.raw();
         // At most one call's bookkeeping waits at a time (`take_returned` makes one).
         self.settle();
@@ -1267,7 +1273,11 @@ impl<W: Worker> Mediator<W> {
     /// in the journal for a return that is delivered in the same breath, no trip through the
     /// callback queue. What can wait (statistics, freeing, the worker's wear) waits for
     /// [`Mediator::settle`]. `None`: anything else; the caller takes the general path.
-    fn take_returned<R>(&mut self, i: usize, id: CallId<R>) -> Option<Result<R, CallError>> {
+    fn take_returned<R: 'static>(
+        &mut self,
+        i: usize,
+        id: CallId<R>,
+    ) -> Option<Result<R, CallError>> {
         if self.on_return.is_some() {
             return None;
         }
@@ -1293,9 +1303,12 @@ impl<W: Worker> Mediator<W> {
         self.slot_returned(i, method, len);
         let pool = self.pool.as_mut().expect("started");
         let decoded = match &answer.inline {
-            Some(bytes) => id.decode(&bytes[..len]),
+            Some(bytes) => self.decoders.decode::<R>(method, &bytes[..len]),
             // SAFETY: the worker answered: it no longer writes the block.
-            None => id.decode(unsafe { pool.region.payload(busy.ret.0, len) }.unwrap_or_default()),
+            None => self.decoders.decode::<R>(
+                method,
+                unsafe { pool.region.payload(busy.ret.0, len) }.unwrap_or_default(),
+            ),
         };
         let result = decoded.map_err(|source| CallError::Wire {
             method: Self::method_name(method),
@@ -1933,17 +1946,19 @@ impl<W: Worker> Mediator<W> {
     }
 
     /// Takes the result of a finished call out of the mediator.
-    fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
+    fn take_result<R: 'static>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
         let record = self.calls.remove(&raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret, self.pool.as_ref()) {
             (CallStatus::Returned, Some((off, len)), Some(pool)) => {
                 // SAFETY: the call returned: the worker no longer writes its block.
                 let bytes = unsafe { pool.region.payload(off, len) }.unwrap_or_default();
-                id.decode(bytes).map_err(|source| CallError::Wire {
-                    method: Self::method_name(record.method),
-                    source,
-                })
+                self.decoders
+                    .decode::<R>(record.method, bytes)
+                    .map_err(|source| CallError::Wire {
+                        method: Self::method_name(record.method),
+                        source,
+                    })
             }
             _ => Err(record
                 .error
