@@ -41,21 +41,27 @@ pub trait Drive: Sleep {
     fn start_pool(&mut self) -> Result<(), crate::CallError>;
 }
 
-pub(crate) use sealed::Sleep;
+pub(crate) use sealed::{Sleep, Token};
 
 mod sealed {
     use std::os::fd::RawFd;
 
     /// The halves of a sleep in [`super::sleep_on`]. Public in a private module: a supertrait
-    /// of [`super::Drive`] that nobody outside the crate can name, implement or call.
+    /// of [`super::Drive`] that nobody outside the crate can name or implement. A `dyn Drive`
+    /// still offers its supertraits' methods to anyone, so each takes a [`Token`], which only
+    /// this crate can make.
     pub trait Sleep {
         /// Prepares to sleep: adds the descriptors whose readiness means an event to `fds`.
         /// Returns false if an event is already there (then do not sleep, and do not call
         /// [`Sleep::end_sleep`]).
-        fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool;
+        fn begin_sleep(&mut self, fds: &mut Vec<RawFd>, _: Token) -> bool;
         /// Ends a sleep begun with [`Sleep::begin_sleep`].
-        fn end_sleep(&mut self);
+        fn end_sleep(&mut self, _: Token);
     }
+
+    /// Proof that the caller is this crate: the field is private to it.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Token(pub(crate) ());
 }
 
 /// Sleeps until one of `drives` has an event, one of `extra` is readable, or the nearest
@@ -65,7 +71,7 @@ pub fn sleep_on(drives: &mut [&mut dyn Drive], extra: &[BorrowedFd<'_>], until: 
     let mut asleep = Vec::with_capacity(drives.len());
     let mut ready = false;
     for (i, d) in drives.iter_mut().enumerate() {
-        if d.begin_sleep(&mut fds) {
+        if d.begin_sleep(&mut fds, Token(())) {
             asleep.push(i);
         } else {
             ready = true;
@@ -81,6 +87,6 @@ pub fn sleep_on(drives: &mut [&mut dyn Drive], extra: &[BorrowedFd<'_>], until: 
         process::poll_raw(&fds, crate::clock::time_left(wake));
     }
     for i in asleep {
-        drives[i].end_sleep();
+        drives[i].end_sleep(Token(()));
     }
 }

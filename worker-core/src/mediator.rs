@@ -22,7 +22,7 @@ use crate::call::{
 use crate::channel::{self, ArgsAt, Ran, Request, Response};
 use crate::clock::{self, to_instant};
 use crate::config::{Config, ForkStrategy, Recycle};
-use crate::drive::{Drive, Sleep};
+use crate::drive::{Drive, Sleep, Token};
 use crate::error::{CallError, ErrorCounts, ErrorKind, WireError};
 use crate::journal;
 use crate::pool::{Busy, Pool};
@@ -2033,14 +2033,14 @@ impl<W: Worker> Drive for Mediator<W> {
 }
 
 impl<W: Worker> Sleep for Mediator<W> {
-    fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
+    fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>, _: Token) -> bool {
         match self.pool.as_mut() {
             Some(pool) => pool.begin_sleep(fds),
             None => true,
         }
     }
 
-    fn end_sleep(&mut self) {
+    fn end_sleep(&mut self, _: Token) {
         if let Some(pool) = self.pool.as_mut() {
             pool.end_sleep();
         }
