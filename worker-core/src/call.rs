@@ -479,6 +479,30 @@ mod tests {
     }
 
     #[test]
+    fn decoders_decode_by_method_and_refuse_another_type() {
+        let mut decoders = Decoders::default();
+        decoders.set::<u64>(2, crate::wire::decode::<u64>);
+        // A second decoder for the same method is ignored: a proxy method always passes the same.
+        decoders.set::<String>(2, |_| Ok("not kept".to_owned()));
+        let bytes = crate::wire::encode_to_vec(&7u64).unwrap();
+        assert_eq!(decoders.decode::<u64>(2, &bytes), Ok(7));
+        // An id of another mediator may name this method with another return type, or a
+        // method no call of this mediator used yet.
+        assert!(matches!(
+            decoders.decode::<String>(2, &bytes),
+            Err(WireError::Decode { what, .. }) if what.contains("String")
+        ));
+        assert!(matches!(
+            decoders.decode::<u64>(0, &bytes),
+            Err(WireError::Decode { .. })
+        ));
+        assert!(matches!(
+            decoders.decode::<u64>(9, &bytes),
+            Err(WireError::Decode { .. })
+        ));
+    }
+
+    #[test]
     fn the_call_map_finds_every_live_call_in_the_ring_or_beyond() {
         let mut map = CallMap::default();
         // One long-lived call, then many short ones that keep landing on its place.
