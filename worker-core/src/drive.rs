@@ -1,5 +1,5 @@
-//! Driving several mediators (and anything else with descriptors to wait on) from one loop:
-//! the daemon's view of a mediator.
+//! Driving several mediators (and any other descriptors to wait on) from one loop: the
+//! daemon's view of a mediator.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Instant;

@@ -37,6 +37,9 @@
 //! | ad-hoc background processes (the seed's Task API) | [`task`] |
 //! | signals as flags and a wake-up descriptor | [`signals`] |
 //! | single instance lock and pid file | [`instance`] |
+//!
+//! The code `#[worker]` generates reaches this crate only through `__private` (re-exported by
+//! the facade as `forkworker::__private`), which is not public API.
 #![deny(missing_docs)]
 
 mod arena;
