@@ -34,14 +34,24 @@
 #[doc(inline)]
 pub use worker_macros::worker;
 
-pub use worker_core::*;
+// The public surface, listed: the types of a pool and its calls at the root, and a module for
+// each concept that has more than one or two names of its own. Everything else in the runtime
+// is private; the generated code reaches what it needs through `__private`.
+pub use worker_core::{
+    Application, Call, CallError, CallId, CallStatus, CancelReason, Control, Daemon, DaemonError,
+    Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id, Log,
+    MAX_REQUEUES, Mediator, MethodStats, OsError, PoolError, Recycle, ReturnSlot, SpawnError,
+    StartError, Stats, SubmitError, Summary, TaskError, TaskId, Tasks, Timings, WireError, Worker,
+    WorkerKey, Workers, sleep_on,
+};
+pub use worker_core::{closure, daemon, error, id, instance, signals, stats, task, this_worker};
 
 /// The names most programs need: `use forkworker::prelude::*;`.
 pub mod prelude {
     pub use worker_core::{
-        Application, Call, CallError, CallId, CallStatus, Control, Daemon, ErrorCounts, ExitCause,
-        FnMediator, ForkStrategy, Log, Mediator, Recycle, TaskError, TaskId, Tasks, WireError,
-        Worker, WorkerKey, Workers, this_worker,
+        Application, Call, CallError, CallId, CallStatus, Control, Daemon, DaemonError,
+        ErrorCounts, ExitCause, FnMediator, ForkStrategy, Log, Mediator, Recycle, StartError,
+        TaskError, TaskId, Tasks, WireError, Worker, WorkerKey, Workers, this_worker,
     };
 }
 
@@ -53,6 +63,5 @@ pub mod __private {
     pub use ::serde_bytes::Bytes;
     pub use ::std;
     pub use worker_core::__private::*;
-    pub use worker_core::wire::ByteBuf;
     pub use worker_core::{CallError, CallId, Mediator, ReturnSlot, WireError, Worker};
 }

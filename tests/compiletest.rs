@@ -1,5 +1,6 @@
 //! The compile-time behaviour of `#[forkworker::worker]`: what it accepts (`tests/ui/pass`) and
-//! the errors it gives, one file per rejected case (`tests/ui/compile-fail`).
+//! the errors it gives, one file per rejected case (`tests/ui/compile-fail`); and the edges of
+//! the public surface, what a user's code cannot reach (`tests/ui/compile-fail/surface`).
 //!
 //! The `.stderr` files hold rustc's exact output, which changes between compiler versions; the
 //! toolchain is pinned in `rust-toolchain.toml`. After a deliberate change of a message, run

@@ -57,7 +57,7 @@ impl Faulty {
 
 /// Runs a crashing call on a fresh pool of 4 and checks that the crash is reported with
 /// `expected` long before the 60 s timeout, and that the pool is back to 4 workers after.
-fn crash_is_reported<R: std::fmt::Debug>(
+fn crash_is_reported<R: std::fmt::Debug + 'static>(
     make_call: impl FnOnce(&mut FaultyMediator) -> CallId<R>,
     expected: ExitCause,
 ) {

@@ -90,11 +90,11 @@ fn the_generated_code_works_without_a_prelude() {
     assert_eq!(primes.inline().sieve(1, 10), [2, 3, 5, 7]);
     assert_eq!(primes.inline().name("my "), "my primes");
 
-    let bytes = forkworker::wire::encode_to_vec(&(&"x",)).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&(&"x",)).unwrap();
     assert!(
         matches!(Primes::decode_args(1, &bytes), Ok(PrimesArgs::Name { prefix }) if prefix == "x")
     );
-    let bytes = forkworker::wire::encode_to_vec(&(serde_bytes::Bytes::new(b"ab"),)).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&(serde_bytes::Bytes::new(b"ab"),)).unwrap();
     assert!(
         matches!(Primes::decode_args(2, &bytes), Ok(PrimesArgs::Bytes { data }) if data == b"ab")
     );

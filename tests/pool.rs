@@ -595,6 +595,28 @@ fn check_environment_problems_stop_the_pool() {
     assert!(m.pids().is_empty());
 }
 
+/// An id is a number and a type: the id of another mediator's call may name a call here that
+/// returns another type, and waiting on it fails instead of decoding its bytes as that type.
+fn an_id_of_another_mediator_does_not_decode_a_call_of_another_type() {
+    let mut doubles = FnMediator::new("Doubles", |n: u64| n * 2);
+    let mut words = FnMediator::new("Words", |n: u64| n.to_string());
+    // 0 encodes as one zero byte, which would decode as an empty string.
+    let doubled = doubles.call(0).expect("call");
+    let word = words.call(5).expect("call");
+    assert_eq!(
+        doubled.raw(),
+        word.raw(),
+        "both mediators number from the same start"
+    );
+    match doubles.wait(word, LONG) {
+        Err(CallError::Wire { .. }) => {}
+        other => panic!("expected a wire error, got {other:?}"),
+    }
+    assert_eq!(words.wait(word, LONG).expect("its own mediator"), "5");
+    let again = doubles.call(4).expect("call");
+    assert_eq!(doubles.wait(again, LONG).expect("result"), 8);
+}
+
 tests![
     ten_thousand_calls_over_four_workers_return_once,
     ten_thousand_calls_through_on_return_fire_once_each,
@@ -614,4 +636,5 @@ tests![
     retrying_from_on_timeout_counts_retries_and_stops_at_three,
     stats_count_every_method_and_error,
     fatal_error_restarts_the_worker_after_its_call,
+    an_id_of_another_mediator_does_not_decode_a_call_of_another_type,
 ];

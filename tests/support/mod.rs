@@ -12,7 +12,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -311,4 +311,24 @@ pub fn kill_and_reap(pid: i32) {
         assert_eq!(libc::kill(pid, libc::SIGKILL), 0, "kill({pid})");
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
+}
+
+/// Sleeps in `poll(2)` until one of `fds` is readable or `until` passes.
+pub fn sleep_on(fds: &[BorrowedFd<'_>], until: Option<Instant>) {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let ms = until.map_or(-1, |u| {
+        u.saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(60_000) as i32
+            + 1
+    });
+    // SAFETY: a valid array of pollfd of the given length.
+    unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
 }

@@ -1,77 +1,75 @@
 //! Calls: their ids, statuses, timings, and the view of a finished call handed to callbacks.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::clock::to_instant;
 use crate::error::{CallError, WireError};
+use crate::id::{CallOf, Id};
 use crate::worker::Worker;
 
 /// The id of a call whose method returns `R`. Returned at once by every proxy method; pass it
 /// to [`crate::Mediator::wait`] for the typed result or to [`crate::Mediator::status`].
 ///
-/// Ids are unique within one mediator for its lifetime, and increase in call order.
-pub struct CallId<R> {
-    id: u64,
-    decode: fn(&[u8]) -> Result<R, WireError>,
-    _r: PhantomData<fn() -> R>,
-}
+/// Ids are unique within one mediator for its lifetime, and increase in call order. An
+/// [`Id`]: a number with a kind, cheap to copy; how to decode the return is
+/// kept by the mediator, per method, not carried by the id.
+pub type CallId<R> = Id<CallOf<R>>;
 
-impl<R> CallId<R> {
-    pub(crate) fn new(id: u64, decode: fn(&[u8]) -> Result<R, WireError>) -> Self {
-        CallId {
-            id,
-            decode,
-            _r: PhantomData,
+/// How a mediator decodes each method's return value: the function the generated proxy
+/// passed to `submit` the first time the method was called, kept per method so that a
+/// [`CallId`] need carry nothing but its number.
+///
+/// A proxy method always passes the same decoder for the same return type; `wait` finds it by
+/// the call's method and checks that it returns the `R` of the id it was given (an id of
+/// another mediator may name a call of another type here).
+#[derive(Default)]
+pub(crate) struct Decoders(Vec<Option<Box<dyn Any + Send + Sync>>>);
+
+/// A decoder of return values of type `R`.
+type Decode<R> = fn(&[u8]) -> Result<R, WireError>;
+
+impl Decoders {
+    /// Keeps `decode` for `method`, unless it has one.
+    #[inline]
+    pub(crate) fn set<R: 'static>(&mut self, method: u32, decode: Decode<R>) {
+        let m = method as usize;
+        if self.0.get(m).is_some_and(Option::is_some) {
+            return;
+        }
+        if self.0.len() <= m {
+            self.0.resize_with(m + 1, || None);
+        }
+        self.0[m] = Some(Box::new(decode));
+    }
+
+    /// Decodes a return value of `method` as an `R`.
+    #[inline]
+    pub(crate) fn decode<R: 'static>(&self, method: u32, bytes: &[u8]) -> Result<R, WireError> {
+        match self.0.get(method as usize).and_then(Option::as_ref) {
+            Some(f) => match f.downcast_ref::<Decode<R>>() {
+                Some(decode) => decode(bytes),
+                None => Err(Self::not_ours::<R>()),
+            },
+            None => Err(Self::not_ours::<R>()),
         }
     }
 
-    /// The id as a number, as seen in [`Call::id`] and in log lines.
-    pub fn raw(&self) -> u64 {
-        self.id
-    }
-
-    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<R, WireError> {
-        (self.decode)(bytes)
-    }
-}
-
-impl<R> Clone for CallId<R> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<R> Copy for CallId<R> {}
-impl<R> PartialEq for CallId<R> {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-impl<R> Eq for CallId<R> {}
-impl<R> std::hash::Hash for CallId<R> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.id.hash(state)
-    }
-}
-impl<R> fmt::Debug for CallId<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CallId({})", self.id)
-    }
-}
-impl<R> fmt::Display for CallId<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.id)
+    fn not_ours<R>() -> WireError {
+        WireError::Decode {
+            what: std::any::type_name::<R>(),
+            reason: "the call id is of another mediator: this call does not return that type"
+                .to_owned(),
+        }
     }
 }
 
 /// Where a call is in its life. The seed's statuses, plus distinct final states for failures
 /// the seed could only report as timeouts.
-///
-/// Statuses may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[non_exhaustive]
 pub enum CallStatus {
     /// Queued in the parent; no worker has it yet.
     Uncalled = 0,
@@ -113,9 +111,8 @@ impl CallStatus {
     }
 }
 
-/// How a worker process ended. Causes may be added: a `match` needs a wildcard arm.
+/// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ExitCause {
     /// It called `exit` with this code.
     Exited(i32),
@@ -179,22 +176,6 @@ impl fmt::Debug for Timings {
         f.debug_struct("Timings")
             .field("entered", &entered)
             .finish()
-    }
-}
-
-/// The `Instant` of a CLOCK_MONOTONIC reading in nanoseconds (as `clock::now_ns` gives).
-///
-/// `Instant` is CLOCK_MONOTONIC on Linux too, so the two differ by a constant: one pair of
-/// readings taken together, once per process (a forked worker inherits it), fixes it, and a
-/// conversion is then an addition instead of two clock reads.
-pub(crate) fn to_instant(ns: u64) -> Instant {
-    static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
-    let &(at, at_ns) = ANCHOR.get_or_init(|| (Instant::now(), crate::clock::now_ns()));
-    if ns >= at_ns {
-        at + Duration::from_nanos(ns - at_ns)
-    } else {
-        at.checked_sub(Duration::from_nanos(at_ns - ns))
-            .unwrap_or(at)
     }
 }
 
@@ -349,5 +330,34 @@ impl<'a> Log<'a> {
     /// Logs at debug level.
     pub fn debug(&self, message: impl fmt::Display) {
         log::debug!(target: self.alias, "{message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoders_decode_by_method_and_refuse_another_type() {
+        let mut decoders = Decoders::default();
+        decoders.set::<u64>(2, crate::wire::decode::<u64>);
+        // A second decoder for the same method is ignored: a proxy method always passes the same.
+        decoders.set::<String>(2, |_| Ok("not kept".to_owned()));
+        let bytes = crate::wire::encode_to_vec(&7u64).unwrap();
+        assert_eq!(decoders.decode::<u64>(2, &bytes), Ok(7));
+        // An id of another mediator may name this method with another return type, or a
+        // method no call of this mediator used yet.
+        assert!(matches!(
+            decoders.decode::<String>(2, &bytes),
+            Err(WireError::Decode { what, .. }) if what.contains("String")
+        ));
+        assert!(matches!(
+            decoders.decode::<u64>(0, &bytes),
+            Err(WireError::Decode { .. })
+        ));
+        assert!(matches!(
+            decoders.decode::<u64>(9, &bytes),
+            Err(WireError::Decode { .. })
+        ));
     }
 }

@@ -128,11 +128,11 @@ pub(crate) struct Config {
 }
 
 /// The default size of the payload area: 8 MiB.
-pub const DEFAULT_MALLOC: usize = 8 << 20;
+pub(crate) const DEFAULT_MALLOC: usize = 8 << 20;
 /// The default number of workers.
-pub const DEFAULT_WORKERS: usize = 1;
+pub(crate) const DEFAULT_WORKERS: usize = 1;
 /// The default grace period for running calls when a mediator shuts down.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 impl Default for Config {
     fn default() -> Self {

@@ -45,6 +45,7 @@ use crate::call::{Call, Log};
 use crate::callbacks::{Callbacks, On};
 use crate::drive::{Drive, sleep_on};
 use crate::error::StartError;
+use crate::id::{Id, PoolOf};
 use crate::instance::{InstanceError, InstanceLock, PidFile};
 use crate::mediator::{ExternalHandler, Mediator};
 use crate::signals::{SignalEvents, Signals};
@@ -182,24 +183,9 @@ impl Control {
     }
 }
 
-/// Typed access to a pool added to a [`Daemon`]; copy it into callbacks.
-pub struct WorkerKey<M> {
-    index: usize,
-    _m: std::marker::PhantomData<fn() -> M>,
-}
-
-impl<M> Clone for WorkerKey<M> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<M> Copy for WorkerKey<M> {}
-
-impl<M> std::fmt::Debug for WorkerKey<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WorkerKey({})", self.index)
-    }
-}
+/// Typed access to a pool added to a [`Daemon`]; copy it into callbacks. An
+/// [`Id`]: a number with a kind, cheap to copy.
+pub type WorkerKey<M> = Id<PoolOf<M>>;
 
 /// A daemon callback: the application, the other pools, the finished call, a logger.
 type DaemonHandler<A, W> = Box<dyn FnMut(&mut A, &mut Workers<A>, &Call<'_, W>, Log<'_>)>;
@@ -290,7 +276,7 @@ impl<A: 'static> Workers<A> {
     /// calls with [`Call::retry`]).
     pub fn try_get<M: 'static>(&mut self, key: WorkerKey<M>) -> Option<&mut M> {
         self.entries
-            .get_mut(key.index)?
+            .get_mut(key.raw() as usize)?
             .as_mut()?
             .mediator_any()
             .downcast_mut::<M>()
@@ -393,10 +379,7 @@ impl<A: Application> Daemon<A> {
             mediator,
             callbacks: Callbacks::default(),
         })));
-        WorkerKey {
-            index: self.workers.entries.len() - 1,
-            _m: std::marker::PhantomData,
-        }
+        WorkerKey::new((self.workers.entries.len() - 1) as u64)
     }
 
     /// Sets `key`'s callback for `on`.
@@ -410,7 +393,7 @@ impl<A: Application> Daemon<A> {
         M: DerefMut<Target = Mediator<W>> + 'static,
         W: Worker,
     {
-        let entry = self.workers.entries[key.index]
+        let entry = self.workers.entries[key.raw() as usize]
             .as_mut()
             .and_then(|e| e.entry_any().downcast_mut::<Entry<A, M, W>>())
             .expect("a WorkerKey of this daemon");

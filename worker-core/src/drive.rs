@@ -1,5 +1,5 @@
-//! Driving several mediators (and anything else with descriptors to wait on) from one loop:
-//! the daemon's view of a mediator.
+//! Driving several mediators (and any other descriptors to wait on) from one loop: the
+//! daemon's view of a mediator.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Instant;
@@ -11,7 +11,13 @@ use crate::stats::Stats;
 ///
 /// Implemented by [`crate::Mediator`]; pass `&mut *mediator` (a generated `{Type}Mediator`
 /// dereferences to one).
-pub trait Drive {
+///
+/// The trait is sealed: only the runtime implements it. Sleeping is a protocol between a pool
+/// and [`sleep_on`] (the pool tells its workers that the parent sleeps, so that they wake it,
+/// and takes that back when the parent wakes); its two halves are in a supertrait that users
+/// can neither name nor call, so that a sleep cannot be begun without being ended, and the
+/// protocol can change without breaking users.
+pub trait Drive: Sleep {
     /// The mediator's alias.
     fn alias(&self) -> &str;
     /// Processes every event that arrived and runs callbacks, without blocking. Returns how
@@ -23,12 +29,6 @@ pub trait Drive {
     fn pending(&self) -> usize;
     /// The nearest deadline (a running call's timeout) it must be polled at.
     fn next_deadline(&self) -> Option<Instant>;
-    /// Prepares to sleep: adds the descriptors whose readiness means an event to `fds`.
-    /// Returns false if an event is already there (then do not sleep, and do not call
-    /// [`Drive::end_sleep`]).
-    fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool;
-    /// Ends a sleep begun with [`Drive::begin_sleep`].
-    fn end_sleep(&mut self);
     /// Stops the pool (see [`crate::Mediator::shutdown`]).
     fn shutdown(&mut self);
     /// Stops the pool keeping unfinished calls (see [`crate::Mediator::suspend`]); returns
@@ -41,6 +41,29 @@ pub trait Drive {
     fn start_pool(&mut self) -> Result<(), crate::error::StartError>;
 }
 
+pub(crate) use sealed::{Sleep, Token};
+
+mod sealed {
+    use std::os::fd::RawFd;
+
+    /// The halves of a sleep in [`super::sleep_on`]. Public in a private module: a supertrait
+    /// of [`super::Drive`] that nobody outside the crate can name or implement. A `dyn Drive`
+    /// still offers its supertraits' methods to anyone, so each takes a [`Token`], which only
+    /// this crate can make.
+    pub trait Sleep {
+        /// Prepares to sleep: adds the descriptors whose readiness means an event to `fds`.
+        /// Returns false if an event is already there (then do not sleep, and do not call
+        /// [`Sleep::end_sleep`]).
+        fn begin_sleep(&mut self, fds: &mut Vec<RawFd>, _: Token) -> bool;
+        /// Ends a sleep begun with [`Sleep::begin_sleep`].
+        fn end_sleep(&mut self, _: Token);
+    }
+
+    /// Proof that the caller is this crate: the field is private to it.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Token(pub(crate) ());
+}
+
 /// Sleeps until one of `drives` has an event, one of `extra` is readable, or the nearest
 /// deadline (`until`, or a call's timeout) passes. Does not poll: call [`Drive::poll`] after.
 pub fn sleep_on(drives: &mut [&mut dyn Drive], extra: &[BorrowedFd<'_>], until: Option<Instant>) {
@@ -48,7 +71,7 @@ pub fn sleep_on(drives: &mut [&mut dyn Drive], extra: &[BorrowedFd<'_>], until: 
     let mut asleep = Vec::with_capacity(drives.len());
     let mut ready = false;
     for (i, d) in drives.iter_mut().enumerate() {
-        if d.begin_sleep(&mut fds) {
+        if d.begin_sleep(&mut fds, Token(())) {
             asleep.push(i);
         } else {
             ready = true;
@@ -61,9 +84,9 @@ pub fn sleep_on(drives: &mut [&mut dyn Drive], extra: &[BorrowedFd<'_>], until: 
             .filter_map(|d| d.next_deadline())
             .chain(until)
             .min();
-        process::poll_raw(&fds, crate::pool::time_left(wake));
+        process::poll_raw(&fds, crate::clock::time_left(wake));
     }
     for i in asleep {
-        drives[i].end_sleep();
+        drives[i].end_sleep(Token(()));
     }
 }

@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 
 use crate::call::ExitCause;
 use crate::error::{OsError, SpawnError};
-use crate::process::{self, Child};
+use crate::process::{self, Child, Reap};
 
 const SPAWN: u32 = 1;
 const SPAWNED: u32 = 2;
@@ -227,6 +227,12 @@ impl ForkServer {
             self.exits.insert(msg.a, cause);
         }
         Ok((msg, fd))
+    }
+}
+
+impl Reap for ForkServer {
+    fn wait_exit(&mut self, pid: Pid, limit: Duration) -> ExitCause {
+        ForkServer::wait_exit(self, pid, limit)
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::channel::checksum;
+use crate::checksum::checksum;
 
 /// The entry is unused.
 pub(crate) const FREE: u32 = 0;

@@ -6,58 +6,67 @@
 //!
 //! | step | module |
 //! |---|---|
-//! | the user's type, as the macro describes it | [`worker`] |
-//! | the seed's face: settings, the proxies' submit, `wait`, `poll`, `status`, callbacks | [`mediator`] |
-//! | the settings: strategy, recycling | [`config`] |
+//! | the user's type, as the macro describes it | `worker` |
+//! | the seed's face: settings, the proxies' submit, `wait`, `poll`, `status`, callbacks | `mediator` |
+//! | the settings: strategy, recycling | `config` |
 //! | the engine behind a face: submit, dispatch, collect, hand finished calls back | `engine` |
-//! | encoding straight into shared memory | [`wire`] |
+//! | encoding straight into shared memory | `wire` |
 //! | the call table: records, queue, finished calls, moves between statuses | `engine::table` |
 //! | the payload room: blocks, journal entries, return-size hints | `engine::room` |
 //! | the worker processes: spawn, post, answers, deaths, kills, retiring, the parent's sleep | `pool` |
 //! | the shared-memory region and its layout; payload bytes | `shm` |
 //! | payload blocks inside the region | `arena` |
-//! | one request/response channel per worker, checksums, futex and eventfd wake-ups | `channel` |
+//! | one request/response channel per worker, futex and eventfd wake-ups | `channel` |
+//! | the checksum of control words in shared memory (channel lines, journal entries) | `checksum` |
 //! | the loop a worker process runs after the fork | `worker_loop` |
 //! | reading a worker's answer: a pure step to an outcome | `engine::answer` |
 //! | `wait` and its short path; **where a return is taken out of shared memory** (`decode_return`) | `engine::wait` |
 //! | health: error counts, the start-failure breaker, deaths, **where a timed-out worker is killed** (`enforce_timeouts`, through `Pool::kill`), wear | `engine::supervise` |
 //! | the three callbacks, by the way a call ended | `callbacks` |
-//! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC | `clock` |
-//! | forking, watching (pidfd), killing and reaping one process | `process` |
+//! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC; `Instant`s | `clock` |
+//! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children | `process` |
 //! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
+//! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |
-//! | a call's id, status, timings; the view handed to callbacks | [`call`] |
+//! | ids of calls, tasks and pools: one generic type | [`id`] |
+//! | a call's status, timings, how its return is decoded; the view handed to callbacks | `call` |
 //! | per-method timings, error counts, memory | [`stats`] |
 //! | what a method running in a worker can ask: log, error, fatal_error, daemon | [`this_worker`] |
-//! | what can go wrong, by operation | [`error`] |
+//! | what can go wrong, by operation | `error` |
 //!
 //! Around the pools:
 //!
 //! | concept | module |
 //! |---|---|
 //! | a pool made from a closure (the seed's function workers) | [`closure`] |
-//! | one loop sleeping on several pools | [`drive`] |
+//! | one loop sleeping on several pools | `drive` |
 //! | the daemon host: the application's loop, callbacks with `&mut` state, signals | [`daemon`] |
 //! | ad-hoc background processes (the seed's Task API) | [`task`] |
 //! | signals as flags and a wake-up descriptor | [`signals`] |
 //! | single instance lock and pid file | [`instance`] |
+//!
+//! The code `#[worker]` generates reaches this crate only through `__private` (re-exported by
+//! the facade as `forkworker::__private`), which is not public API.
 #![deny(missing_docs)]
 
 mod arena;
-pub mod call;
+mod call;
 mod callbacks;
 mod channel;
+mod checksum;
 mod clock;
 pub mod closure;
-pub mod config;
+mod config;
 pub mod daemon;
-pub mod drive;
+mod drive;
 mod engine;
 pub mod error;
 mod fork_server;
+pub mod id;
 pub mod instance;
 mod journal;
-pub mod mediator;
+mod mediator;
+mod panics;
 mod pool;
 mod process;
 mod shm;
@@ -65,8 +74,8 @@ pub mod signals;
 pub mod stats;
 pub mod task;
 pub mod this_worker;
-pub mod wire;
-pub mod worker;
+mod wire;
+mod worker;
 mod worker_loop;
 
 pub use call::{Call, CallId, CallStatus, ExitCause, Log, Timings};
@@ -78,17 +87,18 @@ pub use error::{
     CallError, CancelReason, ErrorCounts, OsError, PoolError, SpawnError, StartError, SubmitError,
     WireError,
 };
-pub use mediator::Mediator;
+pub use id::Id;
+pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
 pub use stats::{MethodStats, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};
 pub use wire::ReturnSlot;
 pub use worker::Worker;
 
-/// Items the generated code calls. Not public API.
+/// Items the generated code (and this project's tests) call. Not public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::mediator::submit;
-    pub use crate::wire::decode;
+    pub use crate::wire::{ByteBuf, decode, encode_to_vec};
 
     /// Fails to compile, at the span of the type, unless `T` can be an argument.
     pub fn assert_arg<T: serde::Serialize + serde::de::DeserializeOwned>() {}

@@ -13,7 +13,7 @@ use crate::call::{Call, CallId, CallStatus, Log, Timings};
 use crate::callbacks::{Callbacks, On};
 use crate::config::Config;
 use crate::config::{ForkStrategy, Recycle};
-use crate::drive::Drive;
+use crate::drive::{Drive, Sleep, Token};
 use crate::engine::{Configured, Engine, Sink};
 use crate::error::{CallError, ErrorCounts, StartError, WireError};
 use crate::stats::Stats;
@@ -104,15 +104,16 @@ impl<W: Worker> Sink<W> for Lent<'_, '_, W> {
 /// Queues a call of method `method` with encoded-from-borrow `args`. Called by generated proxy
 /// methods; `decode` turns the return bytes into `R`.
 #[doc(hidden)]
-pub fn submit<W: Worker, A: Serialize + ?Sized, R>(
+pub fn submit<W: Worker, A: Serialize + ?Sized, R: 'static>(
     mediator: &mut Mediator<W>,
     method: u32,
     args: &A,
     decode: fn(&[u8]) -> Result<R, WireError>,
 ) -> Result<CallId<R>, CallError> {
     let (engine, mut sink) = mediator.started()?;
+    engine.base_mut().decoders.set(method, decode);
     let id = engine.submit_encoded(method, args, &mut sink)?;
-    Ok(CallId::new(id, decode))
+    Ok(CallId::new(id))
 }
 
 impl<W: Worker> Mediator<W> {
@@ -439,7 +440,7 @@ impl<W: Worker> Mediator<W> {
     ///
     /// If the call already finished and its result was handed to a callback and released,
     /// this returns [`CallError::UnknownCall`].
-    pub fn wait<R>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
+    pub fn wait<R: 'static>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
         match self.running(None) {
             Some((engine, mut sink)) => engine.wait(id, timeout, &mut sink),
             None => Err(CallError::UnknownCall(id.raw())),
@@ -506,19 +507,6 @@ impl<W: Worker> Drive for Mediator<W> {
         }
     }
 
-    fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
-        match &mut self.stage {
-            Stage::Running(engine) => engine.begin_sleep(fds),
-            _ => true,
-        }
-    }
-
-    fn end_sleep(&mut self) {
-        if let Stage::Running(engine) = &mut self.stage {
-            engine.end_sleep();
-        }
-    }
-
     fn shutdown(&mut self) {
         Mediator::shutdown(self)
     }
@@ -533,6 +521,21 @@ impl<W: Worker> Drive for Mediator<W> {
 
     fn start_pool(&mut self) -> Result<(), StartError> {
         Mediator::start(self)
+    }
+}
+
+impl<W: Worker> Sleep for Mediator<W> {
+    fn begin_sleep(&mut self, fds: &mut Vec<std::os::fd::RawFd>, _: Token) -> bool {
+        match &mut self.stage {
+            Stage::Running(engine) => engine.begin_sleep(fds),
+            _ => true,
+        }
+    }
+
+    fn end_sleep(&mut self, _: Token) {
+        if let Stage::Running(engine) = &mut self.stage {
+            engine.end_sleep();
+        }
     }
 }
 

@@ -13,9 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::arena::Span;
-use crate::call::{ExitCause, to_instant};
+use crate::call::ExitCause;
 use crate::channel::{self, Answer, ArgsAt, Request};
-use crate::clock::{self, Clock};
+use crate::clock::{self, Clock, time_left, to_instant};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind, OsError, PoolError, SpawnError};
 use crate::fork_server::ForkServer;
@@ -94,11 +94,6 @@ pub(crate) struct Pool {
     alias: String,
     /// Whether calls are written to the journal (see [`Pool::journal`]).
     journaled: bool,
-}
-
-/// The time left until `wake`, for a poll; `None` (no limit) for none.
-pub(crate) fn time_left(wake: Option<Instant>) -> Option<Duration> {
-    wake.map(|w| w.saturating_duration_since(Instant::now()))
 }
 
 /// A number in `[0, 1)`, different for every call.

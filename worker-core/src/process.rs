@@ -5,8 +5,10 @@
 //! timeout. A worker is reaped exactly once, by [`Child::try_reap`] or [`Child::kill`];
 //! dropping a [`Child`] kills and reaps it.
 //!
-//! A worker is either the parent's own child, reaped with `waitpid`, or a child of the fork
-//! server (see `fork_server`), which reaps it and relays how it ended.
+//! A worker is either the parent's own child, reaped with `waitpid`, or the child of another
+//! process that reaps it and relays how it ended (the fork server). That other reaper is seen
+//! here only through the [`Reap`] trait, so this module does not depend on who forked the
+//! child (as tokio's `pidfd_reaper` reaps through its `Wait` and `Kill` traits).
 
 use std::cell::RefCell;
 use std::io;
@@ -20,15 +22,22 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::call::ExitCause;
 use crate::error::SpawnError;
-use crate::fork_server::ForkServer;
+
+/// A process that reaps workers it forked on the parent's behalf and reports how they ended
+/// (the fork server).
+pub(crate) trait Reap: std::fmt::Debug {
+    /// Waits up to `limit` for the report of how `pid` ended; without one, the worker is
+    /// taken as killed.
+    fn wait_exit(&mut self, pid: Pid, limit: Duration) -> ExitCause;
+}
 
 /// Who reaps a worker.
 #[derive(Debug)]
 enum Reaper {
     /// The worker is our child.
     Own,
-    /// The worker is the fork server's child; the server relays its end.
-    Server(Rc<RefCell<ForkServer>>),
+    /// The worker is another process's child, which relays its end.
+    Other(Rc<RefCell<dyn Reap>>),
 }
 
 /// A worker process, owned by the parent until reaped.
@@ -96,12 +105,13 @@ pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<C
     }
 }
 
-/// Takes charge of a worker the fork server forked, given the pidfd the server opened for it.
-pub(crate) fn adopt(pid: Pid, pidfd: OwnedFd, server: Rc<RefCell<ForkServer>>) -> Child {
+/// Takes charge of a worker that `reaper` forked (the fork server), given the pidfd it opened
+/// for it.
+pub(crate) fn adopt(pid: Pid, pidfd: OwnedFd, reaper: Rc<RefCell<dyn Reap>>) -> Child {
     Child {
         pid,
         pidfd,
-        reaper: Reaper::Server(server),
+        reaper: Reaper::Other(reaper),
         reaped: None,
     }
 }
@@ -150,10 +160,10 @@ impl Child {
                     Err(nix::errno::Errno::ECHILD) => Some(ExitCause::Exited(-1)),
                     Err(_) => None,
                 },
-                Reaper::Server(server) => {
+                Reaper::Other(reaper) => {
                     if has_exited(self.pidfd.as_fd()) {
                         Some(
-                            server
+                            reaper
                                 .borrow_mut()
                                 .wait_exit(self.pid, Duration::from_secs(2)),
                         )
@@ -193,7 +203,7 @@ impl Child {
                     Err(_) => break ExitCause::Signaled(libc::SIGKILL),
                 }
             },
-            Reaper::Server(server) => server
+            Reaper::Other(reaper) => reaper
                 .borrow_mut()
                 .wait_exit(self.pid, Duration::from_secs(2)),
         };

@@ -39,7 +39,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
@@ -49,6 +48,7 @@ use serde::de::DeserializeOwned;
 
 use crate::call::{ExitCause, Log};
 use crate::error::{SpawnError, WireError};
+use crate::id::{Id, TaskOf};
 use crate::process::{self, Child};
 use crate::wire;
 
@@ -60,55 +60,18 @@ const TAG_WIRE: u8 = 2;
 const HEADER: usize = 9;
 
 /// Exit code of a task whose closure panicked.
-pub const EXIT_PANIC: i32 = 101;
+const EXIT_PANIC: i32 = 101;
 /// Exit code of a task whose return value could not be encoded.
-pub const EXIT_WIRE: i32 = 102;
+const EXIT_WIRE: i32 = 102;
 /// Exit code of a task that could not write its value to the parent.
-pub const EXIT_PIPE: i32 = 103;
+const EXIT_PIPE: i32 = 103;
 
 /// The id of a task whose closure returns `R`. Returned by [`Tasks::spawn`]; pass it to
 /// [`Tasks::wait`] for the typed result.
 ///
-/// Ids are unique within one [`Tasks`] for its lifetime, and increase in spawn order.
-pub struct TaskId<R> {
-    id: u64,
-    _r: PhantomData<fn() -> R>,
-}
-
-impl<R> TaskId<R> {
-    /// The id as a number, as seen in [`TaskDone::id`] and in log lines.
-    pub fn raw(&self) -> u64 {
-        self.id
-    }
-}
-
-impl<R> Clone for TaskId<R> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<R> Copy for TaskId<R> {}
-impl<R> PartialEq for TaskId<R> {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id
-    }
-}
-impl<R> Eq for TaskId<R> {}
-impl<R> std::hash::Hash for TaskId<R> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.id.hash(state)
-    }
-}
-impl<R> fmt::Debug for TaskId<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TaskId({})", self.id)
-    }
-}
-impl<R> fmt::Display for TaskId<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.id)
-    }
-}
+/// Ids are unique within one [`Tasks`] for its lifetime, and increase in spawn order. An
+/// [`Id`]: a number with a kind, cheap to copy.
+pub type TaskId<R> = Id<TaskOf<R>>;
 
 /// Why a task gave no value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,7 +168,7 @@ impl TaskDone<'_> {
 
     /// Whether this is task `id`.
     pub fn is<R>(&self, id: TaskId<R>) -> bool {
-        self.id == id.id
+        self.id == id.raw()
     }
 
     /// The process id the task ran in.
@@ -344,7 +307,7 @@ fn task_main<R: Serialize>(f: impl FnOnce() -> R, fd: RawFd) -> std::convert::In
         Ok(Err(e)) => (TAG_WIRE, e.to_string().into_bytes(), EXIT_WIRE),
         Err(payload) => (
             TAG_PANIC,
-            crate::worker_loop::panic_message(payload.as_ref()).into_bytes(),
+            crate::panics::panic_message(payload.as_ref()).into_bytes(),
             EXIT_PANIC,
         ),
     };
@@ -460,10 +423,7 @@ impl Tasks {
         R: Serialize + DeserializeOwned,
     {
         let id = self.fork(f)?;
-        Ok(TaskId {
-            id,
-            _r: PhantomData,
-        })
+        Ok(TaskId::new(id))
     }
 
     /// As [`Tasks::spawn`], with a callback of its own that gets the task's typed result
@@ -494,7 +454,7 @@ impl Tasks {
         C: FnOnce(Result<R, TaskError>, Log<'_>) + 'static,
     {
         let id = self.spawn(f)?;
-        if let Some(task) = self.tasks.get_mut(&id.id) {
+        if let Some(task) = self.tasks.get_mut(&id.raw()) {
             task.then = Some(Box::new(move |done: &TaskDone<'_>, log| {
                 then(done.value::<R>(), log)
             }));
@@ -618,7 +578,7 @@ impl Tasks {
         id: TaskId<R>,
         timeout: Duration,
     ) -> Result<R, TaskError> {
-        let raw = id.id;
+        let raw = id.raw();
         let start = Instant::now();
         let deadline = start + timeout;
         match self.tasks.get_mut(&raw) {
@@ -656,7 +616,7 @@ impl Tasks {
     /// Kills a running task (SIGKILL) and reaps it; it ends with [`TaskError::Killed`],
     /// delivered when the supervisor is next driven. Returns whether the task was running.
     pub fn kill<R>(&mut self, id: TaskId<R>) -> bool {
-        let Some(task) = self.tasks.get_mut(&id.id) else {
+        let Some(task) = self.tasks.get_mut(&id.raw()) else {
             return false;
         };
         let State::Running(run) = &mut task.state else {
@@ -665,18 +625,18 @@ impl Tasks {
         run.child.kill();
         task.state = State::Finished {
             result: Err(TaskError::Killed {
-                id: id.id,
+                id: id.raw(),
                 pid: task.pid,
             }),
             ended: Instant::now(),
         };
-        self.finished.push(id.id);
+        self.finished.push(id.raw());
         true
     }
 
     /// Where task `id` is, or `None` if it is unknown or its result was delivered.
     pub fn status<R>(&self, id: TaskId<R>) -> Option<TaskStatus> {
-        Some(match &self.tasks.get(&id.id)?.state {
+        Some(match &self.tasks.get(&id.raw())?.state {
             State::Running(_) => TaskStatus::Running,
             State::Finished { result: Ok(_), .. } => TaskStatus::Returned,
             State::Finished { result: Err(_), .. } => TaskStatus::Failed,
@@ -685,7 +645,7 @@ impl Tasks {
 
     /// The process id of task `id`, while the supervisor knows the task.
     pub fn pid<R>(&self, id: TaskId<R>) -> Option<i32> {
-        self.tasks.get(&id.id).map(|t| t.pid)
+        self.tasks.get(&id.raw()).map(|t| t.pid)
     }
 
     /// The process ids of the running tasks.
@@ -825,19 +785,13 @@ mod tests {
             ..done
         };
         assert_eq!(done.value::<u8>(), Err(TaskError::Killed { id: 3, pid: 1 }));
-        assert!(done.is(TaskId::<u8> {
-            id: 3,
-            _r: PhantomData
-        }));
+        assert!(done.is(TaskId::<u8>::new(3)));
     }
 
     #[test]
     fn an_unknown_id_is_reported_without_blocking() {
         let mut tasks = Tasks::new("T");
-        let id = TaskId::<u8> {
-            id: 5,
-            _r: PhantomData,
-        };
+        let id = TaskId::<u8>::new(5);
         assert_eq!(
             tasks.wait(id, Duration::from_secs(60)),
             Err(TaskError::Unknown(5))

@@ -79,7 +79,7 @@ fn type_key<T: 'static>() -> u64 {
 /// # Safety
 /// `state` must stay at its address and alive while workers may be forked; workers read the
 /// copy that their fork made, never the parent's live value.
-pub unsafe fn set_daemon_state<T: 'static>(state: &T) {
+pub(crate) unsafe fn set_daemon_state<T: 'static>(state: &T) {
     DAEMON_TYPE.store(type_key::<T>(), Ordering::Relaxed);
     DAEMON.store(state as *const T as *mut (), Ordering::Release);
 }

@@ -4,7 +4,6 @@
 //! leaves with `_exit`, so it runs no destructor of the parent's objects (which would, for one,
 //! unlink the parent's shared-memory segment).
 
-use std::any::Any;
 use std::convert::Infallible;
 use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,6 +11,7 @@ use std::sync::atomic::Ordering;
 
 use crate::channel::{self, INLINE_RET, PostedArgs, Request, Response, eventfd_signal};
 use crate::clock;
+use crate::panics::panic_message;
 use crate::shm::Region;
 use crate::this_worker;
 use crate::wire::{ReturnSlot, Written};
@@ -192,17 +192,6 @@ fn call<W: Worker>(
         Err(payload) => (Response::Panicked, panic_message(payload.as_ref())),
     };
     Reply::block(kind, write_truncated(ret, &message))
-}
-
-/// The text of a panic payload.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_owned()
-    }
 }
 
 /// Writes as much of `text` as fits, cut at a character boundary.

@@ -84,11 +84,11 @@ fn main() {
         [1, 2, 3, 4]
     );
 
-    let bytes = forkworker::wire::encode_to_vec(&(&Cell(5),)).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&(&Cell(5),)).unwrap();
     assert!(
         matches!(Cell::decode_args(1, &bytes).unwrap(), CellArgs::Same { other } if other == Cell(5))
     );
-    let bytes = forkworker::wire::encode_to_vec(&(&1u32, &2u32, &3u32, &4u32)).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&(&1u32, &2u32, &3u32, &4u32)).unwrap();
     assert!(matches!(
         Cell::decode_args(3, &bytes).unwrap(),
         CellArgs::Type {

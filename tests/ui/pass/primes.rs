@@ -89,34 +89,34 @@ fn main() {
 
     // Arguments as the proxy encodes them (a tuple of borrows) decode as the owned tuple.
     let numbers: &[u64] = &[4, 5, 6];
-    let bytes = forkworker::wire::encode_to_vec(&(&numbers,)).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&(&numbers,)).unwrap();
     match <Primes as Worker>::decode_args(2, &bytes).unwrap() {
         PrimesArgs::PrimesAmong { numbers } => assert_eq!(numbers, [4, 5, 6]),
         _ => unreachable!(),
     }
-    let bytes = forkworker::wire::encode_to_vec(&(&"label",)).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&(&"label",)).unwrap();
     assert!(matches!(
         <Primes as Worker>::decode_args(3, &bytes).unwrap(),
         PrimesArgs::Describe { label } if label == "label"
     ));
     let data = vec![1u8, 2, 3];
-    let bytes = forkworker::wire::encode_to_vec(&(serde_bytes::Bytes::new(&data),)).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&(serde_bytes::Bytes::new(&data),)).unwrap();
     assert!(matches!(
         <Primes as Worker>::decode_args(4, &bytes).unwrap(),
         PrimesArgs::Checksum { data } if data == [1, 2, 3]
     ));
-    let bytes = forkworker::wire::encode_to_vec(&()).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&()).unwrap();
     assert!(matches!(
         <Primes as Worker>::decode_args(5, &bytes).unwrap(),
         PrimesArgs::Ping {}
     ));
 
-    let bytes = forkworker::wire::encode_to_vec(&vec![2u64, 3]).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(&vec![2u64, 3]).unwrap();
     assert!(matches!(
         <Primes as Worker>::decode_return(0, &bytes).unwrap(),
         PrimesReturn::Sieve(v) if v == [2, 3]
     ));
-    let bytes = forkworker::wire::encode_to_vec(serde_bytes::Bytes::new(&[9, 8])).unwrap();
+    let bytes = forkworker::__private::encode_to_vec(serde_bytes::Bytes::new(&[9, 8])).unwrap();
     assert!(matches!(
         <Primes as Worker>::decode_return(4, &bytes).unwrap(),
         PrimesReturn::Checksum(v) if v == [9, 8]

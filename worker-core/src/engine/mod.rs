@@ -31,9 +31,10 @@ use self::supervise::Supervisor;
 use self::table::CallTable;
 use self::wait::{Delivered, delivered_times};
 use crate::arena::{Block, Span};
-use crate::call::{Call, CallId, CallRecord, CallStatus, Log, Timings, to_instant};
+use crate::call::{Call, CallId, CallRecord, CallStatus, Decoders, Log, Timings};
 use crate::channel::{self, ArgsAt, Response};
 use crate::clock;
+use crate::clock::to_instant;
 use crate::config::{Config, ForkStrategy};
 use crate::error::{
     CallError, CancelReason, ErrorCounts, ErrorKind, StartError, SubmitError, WireError,
@@ -77,6 +78,8 @@ pub(crate) struct Configured<W: Worker> {
     calls: CallTable,
     /// Blocks, journal entries (none until the pool starts), return-size hints.
     room: Room,
+    /// How each method's return value is decoded (see [`Decoders`]).
+    pub(crate) decoders: Decoders,
 }
 
 impl<W: Worker> Configured<W> {
@@ -91,6 +94,7 @@ impl<W: Worker> Configured<W> {
             started_at: None,
             calls: CallTable::default(),
             room: Room::new(W::METHODS.len()),
+            decoders: Decoders::default(),
         }
     }
 

@@ -9,8 +9,9 @@ use std::time::Duration;
 use super::answer::{self, Outcome};
 use super::{Engine, Sink, record_times};
 use crate::arena::{Block, Span};
-use crate::call::{CallId, CallRecord, CallStatus, Timings, to_instant};
+use crate::call::{CallId, CallRecord, CallStatus, Timings};
 use crate::channel::Ran;
+use crate::clock::to_instant;
 use crate::error::{CallError, ErrorKind};
 use crate::worker::Worker;
 
@@ -50,7 +51,7 @@ impl<W: Worker> Engine<W> {
     ///
     /// If the call already finished and its result was handed to a callback and released,
     /// this returns [`CallError::UnknownCall`].
-    pub(crate) fn wait<R>(
+    pub(crate) fn wait<R: 'static>(
         &mut self,
         id: CallId<R>,
         timeout: Duration,
@@ -164,7 +165,7 @@ impl<W: Worker> Engine<W> {
     /// in the journal for a return that is delivered in the same breath, no trip through the
     /// callback queue. What can wait (statistics, freeing, the worker's wear) waits for
     /// [`Engine::settle`]. `None`: anything else; the caller takes the general path.
-    pub(super) fn take_returned<R>(
+    pub(super) fn take_returned<R: 'static>(
         &mut self,
         i: usize,
         id: CallId<R>,
@@ -192,7 +193,7 @@ impl<W: Worker> Engine<W> {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
         self.slot_returned(i, method, len);
-        let result = self.decode_return(id, method, value, inline.as_ref().map(|b| &b[..len]));
+        let result = self.decode_return::<R>(method, value, inline.as_ref().map(|b| &b[..len]));
         // The rest waits for the next post (see `settle`); the block stays allocated until
         // then (the worker is done with it), and the decoded value no longer needs it. A
         // persistent journal forgets the call now, so that a parent killed before that does
@@ -260,21 +261,22 @@ impl<W: Worker> Engine<W> {
         self.dispatch_queued();
     }
 
-    /// Decodes a returned value of `method`: its bytes came inside the answer (`inline`) or
+    /// Decodes a returned value of `method` as an `R`: its bytes came inside the answer (`inline`) or
     /// are `value` in the payload area. The one place a return value is taken out of shared
     /// memory.
     #[inline]
-    fn decode_return<R>(
+    fn decode_return<R: 'static>(
         &self,
-        id: CallId<R>,
         method: u32,
         value: Span,
         inline: Option<&[u8]>,
     ) -> Result<R, CallError> {
+        let decoders = &self.base.decoders;
         let decoded = match inline {
-            Some(bytes) => id.decode(bytes),
+            Some(bytes) => decoders.decode::<R>(method, bytes),
             // SAFETY: the worker answered: it no longer writes the block.
-            None => id.decode(
+            None => decoders.decode::<R>(
+                method,
                 unsafe { self.pool.region().payload(value.offset, value.len) }.unwrap_or_default(),
             ),
         };
@@ -285,12 +287,12 @@ impl<W: Worker> Engine<W> {
     }
 
     /// Takes the result of a finished call out of the engine.
-    pub(super) fn take_result<R>(&mut self, id: CallId<R>) -> Result<R, CallError> {
+    pub(super) fn take_result<R: 'static>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
         let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret) {
             (CallStatus::Returned, Some((off, len))) => {
-                self.decode_return(id, record.method, Span::new(off, len), None)
+                self.decode_return::<R>(record.method, Span::new(off, len), None)
             }
             _ => Err(record
                 .error

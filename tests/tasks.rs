@@ -1,0 +1,276 @@
+//! Tasks (`Tasks`, the seed's ad-hoc background processes), end to end with real
+//! processes: typed values, panics, crashes and exits with their cause, timeouts, kills,
+//! callbacks in an event loop, and cleanup on drop. Each test runs alone in its own process
+//! (see `support`), which also checks that it left no process and no shared-memory segment
+//! behind.
+
+mod support;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use forkworker::ExitCause;
+use forkworker::task::{TaskError, TaskStatus, Tasks};
+use support::{eventually, process_exists, sleep_on};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn tasks_return_typed_values_small_large_and_empty() {
+    let mut tasks = Tasks::new("Tasks");
+    let numbers: Vec<u64> = (1..=1000).collect();
+    let sum = tasks.spawn(|| numbers.iter().sum::<u64>()).expect("spawn");
+    let pid = tasks.spawn(|| std::process::id() as i32).expect("spawn");
+    // Four MiB: far more than a pipe holds, so the parent must read while the task writes.
+    let big = tasks
+        .spawn(|| {
+            serde_bytes::ByteBuf::from(
+                (0..4u32 << 20)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                    .collect::<Vec<u8>>(),
+            )
+        })
+        .expect("spawn");
+    let unit = tasks.spawn(|| ()).expect("spawn");
+    let expected_pid = tasks.pid(pid).expect("known");
+    assert_eq!(tasks.wait(sum, LONG), Ok(500_500));
+    assert_eq!(tasks.wait(pid, LONG), Ok(expected_pid));
+    assert_ne!(expected_pid, std::process::id() as i32);
+    let bytes = tasks.wait(big, LONG).expect("big").into_vec();
+    assert_eq!(bytes.len(), 4 << 20);
+    assert!(
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == ((i as u32).wrapping_mul(2_654_435_761) >> 13) as u8)
+    );
+    assert_eq!(tasks.wait(unit, LONG), Ok(()));
+    assert_eq!(
+        tasks.wait(sum, LONG),
+        Err(TaskError::Unknown(sum.raw())),
+        "taken once"
+    );
+    assert!(tasks.is_idle());
+}
+
+fn tasks_report_panics_crashes_and_exits_with_their_cause() {
+    let mut tasks = Tasks::new("Tasks");
+    let panics = tasks
+        .spawn(|| -> u8 { panic!("task {} gave up", 42) })
+        .expect("spawn");
+    let segfaults = tasks
+        .spawn(|| -> u8 {
+            // SAFETY: not safe at all; crashing the task is the point.
+            unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
+            0
+        })
+        .expect("spawn");
+    let aborts = tasks
+        .spawn(|| -> u8 { std::process::abort() })
+        .expect("spawn");
+    let exits = tasks
+        .spawn(|| -> u8 { std::process::exit(3) })
+        .expect("spawn");
+    let t = Instant::now();
+    match tasks.wait(panics, LONG) {
+        Err(TaskError::Panicked { id, message, pid }) => {
+            assert_eq!(id, panics.raw());
+            assert_eq!(message, "task 42 gave up");
+            assert!(pid > 0 && !process_exists(pid), "reaped");
+        }
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    for (id, cause) in [
+        (segfaults, ExitCause::Signaled(libc::SIGSEGV)),
+        (aborts, ExitCause::Signaled(libc::SIGABRT)),
+        (exits, ExitCause::Exited(3)),
+    ] {
+        match tasks.wait(id, LONG) {
+            Err(e @ TaskError::Died { .. }) => {
+                let TaskError::Died { cause: got, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(got, cause);
+                let text = e.to_string();
+                assert!(text.contains("without a value"), "{text}");
+            }
+            other => panic!("expected Died with {cause:?}, got {other:?}"),
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+fn a_task_past_its_timeout_is_killed_and_reaped() {
+    let mut tasks = Tasks::new("Tasks");
+    tasks.timeout(Duration::from_millis(200));
+    let id = tasks
+        .spawn(|| std::thread::sleep(Duration::from_secs(60)))
+        .expect("spawn");
+    let pid = tasks.pid(id).expect("known");
+    assert_eq!(tasks.status(id), Some(TaskStatus::Running));
+    assert!(tasks.next_deadline().is_some());
+    let t = Instant::now();
+    assert_eq!(
+        tasks.wait(id, LONG),
+        Err(TaskError::Timeout {
+            id: id.raw(),
+            pid,
+            timeout: Duration::from_millis(200)
+        })
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert!(!process_exists(pid), "killed and reaped");
+    // No timeout for tasks spawned after it is lifted.
+    tasks.timeout(None);
+    let id = tasks
+        .spawn(|| std::thread::sleep(Duration::from_millis(300)))
+        .expect("spawn");
+    assert!(tasks.next_deadline().is_none());
+    assert_eq!(tasks.wait(id, LONG), Ok(()));
+}
+
+fn a_wait_that_gives_up_leaves_the_task_running() {
+    let mut tasks = Tasks::new("Tasks");
+    let id = tasks
+        .spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            5u8
+        })
+        .expect("spawn");
+    match tasks.wait(id, Duration::from_millis(50)) {
+        Err(TaskError::WaitTimeout { id: got, waited }) => {
+            assert_eq!(got, id.raw());
+            assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        }
+        other => panic!("expected WaitTimeout, got {other:?}"),
+    }
+    assert_eq!(tasks.status(id), Some(TaskStatus::Running));
+    assert_eq!(tasks.wait(id, LONG), Ok(5));
+}
+
+fn tasks_deliver_once_to_callbacks_in_an_event_loop() {
+    let mut tasks = Tasks::new("Tasks");
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let sink = seen.clone();
+    tasks
+        .timeout(Duration::from_secs(1))
+        .on_done(move |done, log| {
+            log.info(format_args!(
+                "task {} done in {:?}",
+                done.id(),
+                done.elapsed()
+            ));
+            let value = done.value::<u64>();
+            sink.borrow_mut()
+                .push((done.id(), value.map_err(|e| e.to_string())));
+        });
+    let typed = Rc::new(RefCell::new(None));
+    let typed_sink = typed.clone();
+    let mut ids = Vec::new();
+    for ms in [300u64, 100, 200, 0] {
+        ids.push(
+            tasks
+                .spawn(move || {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    ms
+                })
+                .expect("spawn")
+                .raw(),
+        );
+    }
+    let hangs = tasks
+        .spawn(|| -> u64 {
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        })
+        .expect("spawn");
+    let own = tasks
+        .spawn_then(
+            || vec![String::from("typed")],
+            move |result: Result<Vec<String>, TaskError>, _log| {
+                *typed_sink.borrow_mut() = Some(result)
+            },
+        )
+        .expect("spawn");
+    // The loop of a daemon: sleep on the fds until the nearest deadline, then poll.
+    let end = Instant::now() + LONG;
+    let mut wakeups = 0;
+    while !tasks.is_idle() && Instant::now() < end {
+        sleep_on(&tasks.wake_fds(), tasks.next_deadline());
+        tasks.poll();
+        wakeups += 1;
+    }
+    tasks.poll();
+    assert!(tasks.is_idle());
+    assert!(
+        wakeups < 100,
+        "the loop slept between events: {wakeups} wake-ups"
+    );
+    let seen = seen.borrow().clone();
+    assert_eq!(seen.len(), 5, "each task once: {seen:?}");
+    let by_id: std::collections::HashMap<u64, Result<u64, String>> = seen.into_iter().collect();
+    for (id, ms) in ids.iter().zip([300u64, 100, 200, 0]) {
+        assert_eq!(by_id[id], Ok(ms));
+    }
+    let timed_out = by_id[&hangs.raw()].as_ref().expect_err("timed out");
+    assert!(timed_out.contains("timeout"), "{timed_out}");
+    assert_eq!(*typed.borrow(), Some(Ok(vec!["typed".to_owned()])));
+    assert!(!by_id.contains_key(&own.raw()), "its own callback only");
+    // Delivered to callbacks, so released.
+    assert_eq!(tasks.wait(own, LONG), Err(TaskError::Unknown(own.raw())));
+}
+
+fn a_killed_task_ends_as_killed() {
+    let mut tasks = Tasks::new("Tasks");
+    let id = tasks
+        .spawn(|| std::thread::sleep(Duration::from_secs(60)))
+        .expect("spawn");
+    let pid = tasks.pid(id).expect("known");
+    assert!(tasks.kill(id));
+    assert!(!process_exists(pid), "reaped at once");
+    assert!(!tasks.kill(id), "only once");
+    assert_eq!(tasks.poll(), 1, "its end is seen by the next poll");
+    assert_eq!(tasks.status(id), Some(TaskStatus::Failed));
+    assert_eq!(
+        tasks.wait(id, LONG),
+        Err(TaskError::Killed { id: id.raw(), pid })
+    );
+}
+
+fn dropping_tasks_kills_and_reaps_the_running_ones() {
+    let mut tasks = Tasks::new("Tasks");
+    let done = tasks.spawn(|| 1u8).expect("spawn");
+    for _ in 0..3 {
+        tasks
+            .spawn(|| std::thread::sleep(Duration::from_secs(60)))
+            .expect("spawn");
+    }
+    assert!(eventually(LONG, || {
+        tasks.poll();
+        tasks.status(done) == Some(TaskStatus::Returned)
+    }));
+    let pids = tasks.pids();
+    assert_eq!(pids.len(), 3);
+    assert_eq!(tasks.wake_fds().len(), 6, "a pidfd and a pipe each");
+    assert!(pids.iter().all(|&p| process_exists(p)));
+    let t = Instant::now();
+    drop(tasks);
+    assert!(t.elapsed() < Duration::from_secs(2));
+    for pid in pids {
+        assert!(!process_exists(pid), "task {pid} was killed and reaped");
+    }
+}
+
+tests![
+    tasks_return_typed_values_small_large_and_empty,
+    tasks_report_panics_crashes_and_exits_with_their_cause,
+    a_task_past_its_timeout_is_killed_and_reaped,
+    a_wait_that_gives_up_leaves_the_task_running,
+    tasks_deliver_once_to_callbacks_in_an_event_loop,
+    a_killed_task_ends_as_killed,
+    dropping_tasks_kills_and_reaps_the_running_ones,
+];
