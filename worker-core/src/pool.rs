@@ -5,11 +5,10 @@
 //! The pool knows processes and channels; which call a worker holds and what becomes of it is
 //! the mediator's business.
 
-use std::cell::RefCell;
 use std::hash::BuildHasher;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::arena::Span;
@@ -81,7 +80,7 @@ pub(crate) struct Pool {
     slots: Vec<Slot>,
     /// Workers asked to exit (recycled), not yet reaped.
     retiring: Vec<Child>,
-    server: Option<Rc<RefCell<ForkServer>>>,
+    server: Option<Arc<Mutex<ForkServer>>>,
     spin: bool,
     /// CPUs available, to tell workers whether the pool is crowded.
     cpus: usize,
@@ -150,7 +149,7 @@ impl Pool {
             })
             .map_err(PoolError::ForkServer)?;
             log::debug!(target: alias, "fork server {} started", server.pid());
-            Some(Rc::new(RefCell::new(server)))
+            Some(Arc::new(Mutex::new(server)))
         } else {
             None
         };
@@ -180,7 +179,10 @@ impl Pool {
         let start_seq = channel.req.seq.load(Ordering::Relaxed);
         let child = match &self.server {
             Some(server) => {
-                let (pid, pidfd) = server.borrow_mut().spawn(i, start_seq)?;
+                let (pid, pidfd) = server
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .spawn(i, start_seq)?;
                 process::adopt(pid, pidfd, server.clone())
             }
             None => {

@@ -10,10 +10,9 @@
 //! here only through the [`Reap`] trait, so this module does not depend on who forked the
 //! child (as tokio's `pidfd_reaper` reaps through its `Wait` and `Kill` traits).
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -25,7 +24,7 @@ use crate::error::SpawnError;
 
 /// A process that reaps workers it forked on the parent's behalf and reports how they ended
 /// (the fork server).
-pub(crate) trait Reap: std::fmt::Debug {
+pub(crate) trait Reap: std::fmt::Debug + Send {
     /// Waits up to `limit` for the report of how `pid` ended; without one, the worker is
     /// taken as killed.
     fn wait_exit(&mut self, pid: Pid, limit: Duration) -> ExitCause;
@@ -36,8 +35,10 @@ pub(crate) trait Reap: std::fmt::Debug {
 enum Reaper {
     /// The worker is our child.
     Own,
-    /// The worker is another process's child, which relays its end.
-    Other(Rc<RefCell<dyn Reap>>),
+    /// The worker is another process's child, which relays its end. Shared by every worker
+    /// that reaper forked; the lock is never contended (one thread drives a pool) and is
+    /// there so that a pool can move to another thread.
+    Other(Arc<Mutex<dyn Reap>>),
 }
 
 /// A worker process, owned by the parent until reaped.
@@ -107,7 +108,7 @@ pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<C
 
 /// Takes charge of a worker that `reaper` forked (the fork server), given the pidfd it opened
 /// for it.
-pub(crate) fn adopt(pid: Pid, pidfd: OwnedFd, reaper: Rc<RefCell<dyn Reap>>) -> Child {
+pub(crate) fn adopt(pid: Pid, pidfd: OwnedFd, reaper: Arc<Mutex<dyn Reap>>) -> Child {
     Child {
         pid,
         pidfd,
@@ -164,7 +165,8 @@ impl Child {
                     if has_exited(self.pidfd.as_fd()) {
                         Some(
                             reaper
-                                .borrow_mut()
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
                                 .wait_exit(self.pid, Duration::from_secs(2)),
                         )
                     } else {
@@ -204,7 +206,8 @@ impl Child {
                 }
             },
             Reaper::Other(reaper) => reaper
-                .borrow_mut()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
                 .wait_exit(self.pid, Duration::from_secs(2)),
         };
         self.reaped = Some(c);

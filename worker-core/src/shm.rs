@@ -48,6 +48,13 @@ pub(crate) struct Region {
     arena_size: usize,
 }
 
+// SAFETY: a `Region` owns its mapping (`shmem`), and `base` points into it; neither is tied to
+// the thread that made them: the mapping is the whole process's, and dropping `Shmem` unmaps
+// and unlinks it with plain system calls. They are not `Send` by themselves only because they
+// hold raw pointers. What the mapping holds is shared with other processes anyway, through
+// atomics and the ownership rules of `Region::payload`, which no thread changes.
+unsafe impl Send for Region {}
+
 /// A segment found under a persistent name.
 pub(crate) enum Found {
     /// None: a new one was created.

@@ -60,6 +60,18 @@ pub(crate) trait Sink<W: Worker> {
     fn deliver(&mut self, call: &Call<'_, W>, log: Log<'_>) -> bool;
 }
 
+// An engine may move to another thread with its worker value, so that a face can drive it
+// from a thread of its own. (The seed's `Mediator` stays `!Send` by a marker: its workers'
+// parent-death signal follows the thread that forked them.)
+const _: () = {
+    fn send<T: Send>() {}
+    #[allow(dead_code)]
+    fn engine_is_send<W: Worker + Send>() {
+        send::<Engine<W>>();
+        send::<Configured<W>>();
+    }
+};
+
 /// What a mediator keeps whether its pool runs or not: its name, the value workers are
 /// forked from, the settings, and what outlives one run of the pool (health counts,
 /// statistics, the id counter, the return-size hints).
