@@ -13,15 +13,77 @@
 pub(crate) const ALIGN: usize = 64;
 
 /// A block of the payload area: `len` bytes at `offset` from the area's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Holding a `Block` is holding those bytes: the arena hands each range out once, and a block
+/// is neither `Clone` nor `Copy`, so whoever has the value (the parent's record of a call, or
+/// a worker's lease while the call is posted, see `pool::Lease`) is the only one that may use
+/// the bytes. That is what makes `Region::bytes` safe.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Block {
     pub(crate) offset: usize,
     pub(crate) len: usize,
+    /// The region whose arena made it (see `shm::Region::id`): private, so that only the
+    /// arena can make a block.
+    region: u32,
 }
 
 impl Block {
     fn end(&self) -> usize {
         self.offset + self.len
+    }
+
+    /// The bytes of the block, as a span.
+    #[inline]
+    pub(crate) fn span(&self) -> Span {
+        Span::new(self.offset, self.len)
+    }
+
+    /// Whether `span` lies within the block.
+    #[inline]
+    pub(crate) fn holds(&self, span: Span) -> bool {
+        span.offset >= self.offset
+            && span
+                .offset
+                .checked_add(span.len)
+                .is_some_and(|end| end <= self.end())
+    }
+
+    /// The region whose payload area the block is part of.
+    #[inline]
+    pub(crate) fn region(&self) -> u32 {
+        self.region
+    }
+}
+
+/// A call's blocks: its arguments and return reservation, and a larger block for the return
+/// value if the reservation was too small. Held by the parent's record of the call, or lent to
+/// the worker that holds the call (see `pool::Pool::post_call`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Blocks {
+    pub(crate) block: Block,
+    pub(crate) ret_block: Option<Block>,
+}
+
+impl Blocks {
+    /// The block that holds `span`, if one does.
+    #[inline]
+    pub(crate) fn holding(&self, span: Span) -> Option<&Block> {
+        std::iter::once(&self.block)
+            .chain(&self.ret_block)
+            .find(|b| b.holds(span))
+    }
+
+    /// The block that holds `span`, writable, if one does.
+    #[inline]
+    pub(crate) fn holding_mut(&mut self, span: Span) -> Option<&mut Block> {
+        std::iter::once(&mut self.block)
+            .chain(&mut self.ret_block)
+            .find(|b| b.holds(span))
+    }
+
+    /// Bytes held.
+    pub(crate) fn len(&self) -> usize {
+        self.block.len + self.ret_block.as_ref().map_or(0, |b| b.len)
     }
 }
 
@@ -39,6 +101,10 @@ impl Span {
         Span { offset, len }
     }
 
+    fn end(&self) -> usize {
+        self.offset + self.len
+    }
+
     /// The first `len` bytes of this span, or all of it if it is shorter.
     pub(crate) fn prefix(self, len: usize) -> Span {
         Span::new(self.offset, len.min(self.len))
@@ -49,9 +115,11 @@ impl Span {
 #[derive(Debug)]
 pub(crate) struct Arena {
     size: usize,
-    /// Free blocks, ordered by offset. Never two adjacent ones.
-    free: Vec<Block>,
+    /// Free spans, ordered by offset. Never two adjacent ones.
+    free: Vec<Span>,
     used: usize,
+    /// The region the arena divides (see `shm::Region::id`), stamped on every block.
+    region: u32,
 }
 
 fn round_up(n: usize) -> usize {
@@ -59,19 +127,26 @@ fn round_up(n: usize) -> usize {
 }
 
 impl Arena {
-    pub(crate) fn new(size: usize) -> Self {
+    /// An arena over the `size`-byte payload area of region `region`.
+    pub(crate) fn new(size: usize, region: u32) -> Self {
         let size = size / ALIGN * ALIGN;
         let mut free = Vec::new();
         if size > 0 {
-            free.push(Block {
-                offset: 0,
-                len: size,
-            });
+            free.push(Span::new(0, size));
         }
         Arena {
             size,
             free,
             used: 0,
+            region,
+        }
+    }
+
+    fn block(&self, offset: usize, len: usize) -> Block {
+        Block {
+            offset,
+            len,
+            region: self.region,
         }
     }
 
@@ -98,7 +173,7 @@ impl Arena {
             self.free.remove(i);
         }
         self.used += len;
-        Some(Block { offset, len })
+        Some(self.block(offset, len))
     }
 
     /// Takes exactly `len` bytes (rounded up) at `offset` out of the free list, for blocks
@@ -118,14 +193,8 @@ impl Arena {
         if end > f.end() {
             return None;
         }
-        let before = Block {
-            offset: f.offset,
-            len: offset - f.offset,
-        };
-        let after = Block {
-            offset: end,
-            len: f.end() - end,
-        };
+        let before = Span::new(f.offset, offset - f.offset);
+        let after = Span::new(end, f.end() - end);
         match (before.len > 0, after.len > 0) {
             (true, true) => {
                 self.free[i] = before;
@@ -138,12 +207,16 @@ impl Arena {
             }
         }
         self.used += len;
-        Some(Block { offset, len })
+        Some(self.block(offset, len))
     }
 
     /// Returns a block to the free list, merging it with free neighbours.
     pub(crate) fn free(&mut self, block: Block) {
-        debug_assert!(block.end() <= self.size);
+        debug_assert!(block.end() <= self.size && block.region == self.region);
+        self.free_span(block.span());
+    }
+
+    fn free_span(&mut self, block: Span) {
         self.used -= block.len;
         // The first free block after this one.
         let i = self.free.partition_point(|f| f.offset < block.offset);
@@ -170,14 +243,8 @@ impl Arena {
         if len >= block.len {
             return block;
         }
-        self.free(Block {
-            offset: block.offset + len,
-            len: block.len - len,
-        });
-        Block {
-            offset: block.offset,
-            len,
-        }
+        self.free_span(Span::new(block.offset + len, block.len - len));
+        self.block(block.offset, len)
     }
 }
 
@@ -187,7 +254,7 @@ mod tests {
 
     #[test]
     fn alloc_free_merges_back_to_one_block() {
-        let mut a = Arena::new(64 * 10);
+        let mut a = Arena::new(64 * 10, 0);
         let x = a.alloc(1).unwrap();
         let y = a.alloc(100).unwrap();
         let z = a.alloc(64).unwrap();
@@ -203,7 +270,7 @@ mod tests {
 
     #[test]
     fn reserve_takes_exact_blocks_and_refuses_overlaps() {
-        let mut a = Arena::new(64 * 10);
+        let mut a = Arena::new(64 * 10, 0);
         let b = a.reserve(128, 100).unwrap();
         assert_eq!((b.offset, b.len), (128, 128));
         assert!(a.reserve(192, 1).is_none(), "overlaps the first");
@@ -218,7 +285,7 @@ mod tests {
 
     #[test]
     fn exhaustion_is_none_not_a_panic() {
-        let mut a = Arena::new(256);
+        let mut a = Arena::new(256, 0);
         assert!(a.alloc(257).is_none());
         let b = a.alloc(256).unwrap();
         assert!(a.alloc(1).is_none());
@@ -231,7 +298,7 @@ mod tests {
     #[test]
     fn free_list_stays_sorted_and_merged() {
         // Allocations and frees in a scrambled order, checked against the list's invariants.
-        let mut a = Arena::new(64 * 64);
+        let mut a = Arena::new(64 * 64, 0);
         let mut live = Vec::new();
         let mut x: usize = 12345;
         for _ in 0..2000 {
@@ -253,12 +320,31 @@ mod tests {
         for b in live {
             a.free(b);
         }
+        assert_eq!(a.free, vec![Span::new(0, a.size())]);
+    }
+
+    #[test]
+    fn a_block_knows_its_region_and_what_it_holds() {
+        let mut a = Arena::new(64 * 4, 7);
+        let b = a.alloc(100).unwrap();
+        assert_eq!(b.region(), 7);
+        assert!(b.holds(Span::new(b.offset, 128)) && b.holds(Span::new(b.offset + 100, 28)));
+        assert!(!b.holds(Span::new(b.offset, 129)));
+        assert!(!b.holds(Span::new(usize::MAX, 2)), "no overflow");
+        let r = a.alloc(64).unwrap();
+        let blocks = Blocks {
+            block: b,
+            ret_block: Some(r),
+        };
         assert_eq!(
-            a.free,
-            vec![Block {
-                offset: 0,
-                len: a.size()
-            }]
+            blocks.holding(Span::new(128, 10)).map(|b| b.offset),
+            Some(128)
         );
+        assert_eq!(blocks.holding(Span::new(0, 10)).map(|b| b.offset), Some(0));
+        assert!(
+            blocks.holding(Span::new(100, 40)).is_none(),
+            "across two blocks"
+        );
+        assert_eq!(blocks.len(), 192);
     }
 }

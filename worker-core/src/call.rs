@@ -189,13 +189,14 @@ pub(crate) struct CallRecord {
     pub(crate) timings: Timings,
     /// Boxed: rare, and large enough to double the size of every record moved around.
     pub(crate) error: Option<Box<CallError>>,
-    /// The payload block in shared memory: arguments, then the return reservation.
-    pub(crate) block: crate::arena::Block,
+    /// The call's blocks in shared memory (arguments, then the return reservation; a larger
+    /// block for the return value if it needed one), while the parent holds them: `None`
+    /// while they are lent to the worker that holds the call.
+    pub(crate) blocks: Option<crate::arena::Blocks>,
+    /// Where the arguments are: the first `args_len` bytes of the first block.
     pub(crate) args_len: usize,
     /// Where the return value lies in shared memory once returned: (offset, length).
     pub(crate) ret: Option<(usize, usize)>,
-    /// A worker asked for more room for the return: the block that holds it.
-    pub(crate) ret_block: Option<crate::arena::Block>,
     /// The worker slot and request sequence number the call was posted with.
     pub(crate) posted: Option<(usize, u32)>,
     /// Its entry in the shared-memory journal.
@@ -205,6 +206,13 @@ pub(crate) struct CallRecord {
 }
 
 impl CallRecord {
+    /// Where the arguments are, as (offset, length), while the parent holds the call's blocks.
+    pub(crate) fn args(&self) -> Option<(usize, usize)> {
+        self.blocks
+            .as_ref()
+            .map(|b| (b.block.offset, self.args_len))
+    }
+
     pub(crate) fn set_status(&mut self, status: CallStatus, at_ns: u64) {
         self.status = status;
         self.timings.enter(status, at_ns);

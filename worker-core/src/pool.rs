@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::arena::Span;
+use crate::arena::{Block, Blocks, Span};
 use crate::call::ExitCause;
 use crate::channel::{self, Answer, ArgsAt, Request};
 use crate::clock::{self, Clock, time_left, to_instant};
@@ -48,6 +48,8 @@ pub(crate) struct Busy {
 struct Slot {
     child: Option<Child>,
     busy: Option<Busy>,
+    /// The blocks lent to the worker with its call, while it holds one (with `busy`).
+    lent: Option<Blocks>,
     /// Calls this worker was given.
     calls: u64,
     /// This worker's own recycling limits, drawn with jitter when it was forked.
@@ -208,6 +210,7 @@ impl Pool {
         self.slots[i] = Slot {
             child: Some(child),
             busy: None,
+            lent: None,
             calls: 0,
             retire_after_calls: self
                 .recycle
@@ -307,10 +310,12 @@ impl Pool {
     }
 
     /// Slot `i`'s worker is done with its call (it answered, and the answer was taken): it
-    /// is idle again.
+    /// is idle again, and the blocks lent with the call come back.
     #[inline]
-    pub(crate) fn release(&mut self, i: usize) {
-        self.slots[i].busy = None;
+    pub(crate) fn release(&mut self, i: usize) -> Option<Blocks> {
+        let slot = &mut self.slots[i];
+        slot.busy = None;
+        slot.lent.take()
     }
 
     /// Slot `i`'s worker waits for room for its return value: its answer is read again at
@@ -321,12 +326,15 @@ impl Pool {
         }
     }
 
-    /// Gives slot `i`'s worker, which waits for room for its return value, the reservation
-    /// `ret` for it.
-    pub(crate) fn grant_room(&mut self, i: usize, method: u32, ret: Span) {
-        let Some(busy) = self.slots[i].busy else {
-            return;
+    /// Lends slot `i`'s worker, which waits for room for its return value, `block` for it.
+    /// Gives the block back if the worker holds no call.
+    pub(crate) fn grant_room(&mut self, i: usize, method: u32, block: Block) -> Result<(), Block> {
+        let (Some(busy), Some(lent)) = (self.slots[i].busy, self.slots[i].lent.as_mut()) else {
+            return Err(block);
         };
+        let ret = block.span();
+        debug_assert!(lent.ret_block.is_none(), "one larger block per call");
+        lent.ret_block = Some(block);
         let seq = self.post_request(i, Request::Space, method, ArgsAt::Block(0, 0), ret, false);
         self.slots[i].busy = Some(Busy {
             seq,
@@ -334,6 +342,7 @@ impl Pool {
             awaiting_room: false,
             ..busy
         });
+        Ok(())
     }
 
     /// The slots whose call ran past its deadline at `now`.
@@ -353,7 +362,9 @@ impl Pool {
         self.slots.iter().filter(|s| s.busy.is_some()).count()
     }
 
-    /// Hands slot `i` a call: posts it on the channel and marks the slot busy.
+    /// Hands slot `i` a call: posts it on the channel, lends the worker the call's `blocks`
+    /// (which hold `ret`, the return reservation) until it answers, and marks the slot busy.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn post_call(
         &mut self,
         i: usize,
@@ -361,6 +372,7 @@ impl Pool {
         method: u32,
         args: ArgsAt<'_>,
         ret: Span,
+        blocks: Blocks,
         timeout: Option<Duration>,
     ) -> u32 {
         // With this call, as many busy workers and the parent as CPUs or more: crowded.
@@ -368,6 +380,7 @@ impl Pool {
         let seq = self.post_request(i, Request::Call, method, args, ret, crowded);
         let slot = &mut self.slots[i];
         slot.calls += 1;
+        slot.lent = Some(blocks);
         slot.busy = Some(Busy {
             call,
             seq,
@@ -449,15 +462,16 @@ impl Pool {
     }
 
     /// Empties slot `i`, killing its worker (SIGKILL) if it still lives; returns its pid and
-    /// its call. Every worker the parent gives up on (timed out, panicked, corrupted, still
-    /// running at shutdown) is killed here.
-    pub(crate) fn kill(&mut self, i: usize) -> (i32, Option<Busy>) {
+    /// its call, with the blocks lent with it (the dead worker writes them no more). Every
+    /// worker the parent gives up on (timed out, panicked, corrupted, still running at
+    /// shutdown) is killed here.
+    pub(crate) fn kill(&mut self, i: usize) -> (i32, Option<(Busy, Blocks)>) {
         let slot = &mut self.slots[i];
         let pid = slot.pid().unwrap_or(0);
         if let Some(mut child) = slot.child.take() {
             child.kill();
         }
-        (pid, slot.busy.take())
+        (pid, slot.busy.take().zip(slot.lent.take()))
     }
 
     /// Errors slot `i`'s worker reported (`this_worker::error`) since the last look.

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use shared_memory::{Shmem, ShmemConf, ShmemError};
 
+use crate::arena::{Block, Span};
 use crate::channel::Channel;
 use crate::error::{OsError, PoolError};
 use crate::journal::Entry;
@@ -43,6 +44,8 @@ pub(crate) struct Header {
 pub(crate) struct Region {
     shmem: Shmem,
     base: *mut u8,
+    /// Unique among the regions of this process: the blocks of this region's arena carry it.
+    id: u32,
     slots: usize,
     entries: usize,
     arena_size: usize,
@@ -144,6 +147,12 @@ pub(crate) fn unlink(name: &str) {
     }
 }
 
+/// A new region id.
+fn next_region_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 impl Region {
     /// Creates and pre-faults a segment named after this process, for `slots` workers and
     /// `arena_size` payload bytes.
@@ -177,6 +186,7 @@ impl Region {
         let region = Region {
             shmem,
             base,
+            id: next_region_id(),
             slots,
             entries,
             arena_size,
@@ -256,6 +266,7 @@ impl Region {
                 Ok(Found::Matching(Region {
                     shmem,
                     base,
+                    id: next_region_id(),
                     slots,
                     entries,
                     arena_size,
@@ -320,7 +331,47 @@ impl Region {
         layout(self.slots, self.entries).1
     }
 
-    /// The payload bytes `offset..offset + len`, or `None` if out of the payload area.
+    /// The region's id, carried by the blocks of its payload area.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Parent: the bytes `span` of `block`, which the parent holds; `None` if `span` is not
+    /// within the block or the block is not of this region.
+    ///
+    /// The one door through which the parent reads payloads. Safe because a [`Block`] is
+    /// held by one owner at a time: the arena hands each range out once, and a block lent to
+    /// a worker with a request is not in the parent's hands again until the worker answered
+    /// (see `pool::Pool::post_call`), so no worker writes these bytes while the parent reads
+    /// them. (A broken worker can still scribble anywhere in the segment it maps: what it
+    /// wrote is then validated by decoding, as everything a worker wrote.)
+    #[inline]
+    pub(crate) fn bytes<'a>(&'a self, block: &'a Block, span: Span) -> Option<&'a [u8]> {
+        if block.region() != self.id || !block.holds(span) {
+            return None;
+        }
+        // SAFETY: the parent holds `block` (see above), `span` is within it, and the block
+        // lies in the payload area (the arena divides exactly that).
+        unsafe { self.payload(span.offset, span.len) }
+    }
+
+    /// Parent: the bytes `span` of `block`, writable (as [`Region::bytes`]).
+    #[inline]
+    pub(crate) fn bytes_mut<'a>(
+        &'a self,
+        block: &'a mut Block,
+        span: Span,
+    ) -> Option<&'a mut [u8]> {
+        if block.region() != self.id || !block.holds(span) {
+            return None;
+        }
+        // SAFETY: as for `bytes`, and `&mut Block` makes this the only slice of these bytes.
+        unsafe { self.payload_mut(span.offset, span.len) }
+    }
+
+    /// The payload bytes `offset..offset + len`, or `None` if out of the payload area. The
+    /// parent reads through [`Region::bytes`]; a worker reads the blocks lent with its
+    /// request through this.
     ///
     /// # Safety
     /// No other process may write these bytes while the slice lives. The protocol guarantees

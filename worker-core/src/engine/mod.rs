@@ -30,7 +30,7 @@ use self::room::{NoRoom, Room};
 use self::supervise::Supervisor;
 use self::table::CallTable;
 use self::wait::{Delivered, delivered_times};
-use crate::arena::{Block, Span};
+use crate::arena::{Block, Blocks, Span};
 use crate::call::{Call, CallId, CallRecord, CallStatus, Decoders, Log, Timings};
 use crate::channel::{self, ArgsAt, Response};
 use crate::clock;
@@ -230,7 +230,11 @@ impl<W: Worker> Engine<W> {
             Err(e) => return Err(Box::new((base, StartError::Pool(e)))),
         };
         let mut room = std::mem::replace(&mut base.room, Room::new(0));
-        room.start(pool.region().arena_size(), pool.region().entries());
+        room.start(
+            pool.region().arena_size(),
+            pool.region().entries(),
+            pool.region().id(),
+        );
         let calls = std::mem::take(&mut base.calls);
         base.health.restart();
         base.started_at = Some(Instant::now());
@@ -367,7 +371,7 @@ impl<W: Worker> Engine<W> {
         }
         // A delivered call's block is as good as free (see `settle`).
         let held = self.delivered.as_ref().map_or(0, |d| {
-            d.held.map_or(0, |(_, b)| b.len) + d.ret_block.map_or(0, |b| b.len)
+            d.held.as_ref().map_or(0, |(_, b)| b.len) + d.ret_block.as_ref().map_or(0, |b| b.len)
         });
         let shared_memory = (
             self.room.size(),
@@ -466,7 +470,8 @@ impl<W: Worker> Engine<W> {
             let pool = &mut self.pool;
             if pool.busy(i).is_some() {
                 let (_, busy) = pool.kill(i);
-                if let Some(b) = busy {
+                if let Some((b, blocks)) = busy {
+                    self.take_back(b.call, Some(blocks));
                     self.finish(b.call, CallStatus::Cancelled, now, |method| {
                         CallError::Cancelled {
                             method,
@@ -510,9 +515,9 @@ impl<W: Worker> Engine<W> {
             method: name,
             source,
         };
-        // Small arguments are encoded once, on the stack: they travel in the request's line
-        // and are copied into the block (for the journal, and for posting the call again if
-        // its worker dies before starting it) once the call is posted.
+        // Small arguments are encoded once, on the stack: they travel in the request's line,
+        // and a copy goes into the block (for the journal, for posting the call again if its
+        // worker dies before starting it, and for the callbacks' view).
         let mut small = [0u8; channel::INLINE_ARGS];
         let inline_len = wire::encode_into(args, &mut small).map_err(wire_err)?;
         let args_len = match inline_len {
@@ -520,15 +525,20 @@ impl<W: Worker> Engine<W> {
             None => wire::encoded_len(args).map_err(wire_err)?,
         };
         self.warn_if_large(method, args_len);
-        let (entry, block) = self.call_room(method, args_len, sink)?;
-        if inline_len.is_none() {
-            let pool = &mut self.pool;
-            // SAFETY: the block is this call's: no worker has it.
-            let buf = unsafe { pool.region().payload_mut(block.offset, args_len) }
-                .expect("arena blocks lie inside the payload area");
-            if let Err(e) = wire::encode_into(args, buf) {
-                self.free_call(entry, block, None);
-                return Err(wire_err(e));
+        let (entry, mut block) = self.call_room(method, args_len, sink)?;
+        let args_at = Span::new(block.offset, args_len);
+        let buf = self
+            .pool
+            .region()
+            .bytes_mut(&mut block, args_at)
+            .expect("a call's block holds its arguments");
+        match inline_len {
+            Some(n) => buf.copy_from_slice(&small[..n]),
+            None => {
+                if let Err(e) = wire::encode_into(args, buf) {
+                    self.free_call(entry, block, None);
+                    return Err(wire_err(e));
+                }
             }
         }
         let inline = inline_len.map(|n| &small[..n]);
@@ -542,18 +552,21 @@ impl<W: Worker> Engine<W> {
         } else {
             None
         };
-        let posted = slot.map(|i| (i, self.post_block(i, id, method, block, args_len, inline)));
+        let blocks = Blocks {
+            block,
+            ret_block: None,
+        };
+        let (posted, blocks) = match slot {
+            Some(i) => (
+                Some((i, self.post_blocks(i, id, method, blocks, args_len, inline))),
+                None,
+            ),
+            None => (None, Some(blocks)),
+        };
         // The last delivered call's bookkeeping: while the worker runs this one, or before the
         // queue is looked at.
         self.settle();
         let pool = &mut self.pool;
-        if let Some(bytes) = inline {
-            // SAFETY: the block is this call's, and a call posted with inline arguments is
-            // never read from it by the worker.
-            unsafe { pool.region().payload_mut(block.offset, bytes.len()) }
-                .expect("arena blocks lie inside the payload area")
-                .copy_from_slice(bytes);
-        }
         // One clock read for the call's creation and its hand-over, if it was handed over.
         let now = pool.now_ns();
         let mut timings = Timings::default();
@@ -566,9 +579,9 @@ impl<W: Worker> Engine<W> {
         if let Some(journal) = pool.journal(entry) {
             match posted {
                 Some(posted) => {
-                    journal.write_posted_call(id, method, (block.offset, args_len), posted)
+                    journal.write_posted_call(id, method, (args_at.offset, args_len), posted)
                 }
-                None => journal.write_call(id, method, 0, (block.offset, args_len)),
+                None => journal.write_call(id, method, 0, (args_at.offset, args_len)),
             }
         }
         self.calls.insert(CallRecord {
@@ -579,10 +592,9 @@ impl<W: Worker> Engine<W> {
             pid: posted.and_then(|(i, _)| pool.pid(i)),
             timings,
             error: None,
-            block,
+            blocks,
             args_len,
             ret: None,
-            ret_block: None,
             posted,
             entry,
             awaited: false,
@@ -637,13 +649,13 @@ impl<W: Worker> Engine<W> {
         let needed = self.room.wanted(method, args_len);
         if let Some(d) = self.delivered.as_mut()
             && d.ret_block.is_none()
-            && let Some((entry, block)) = d.held
             // Not one much larger than needed: it would stay taken for as long as this call.
-            && (needed..=needed * 4).contains(&block.len)
+            && let Some((entry, block)) = d
+                .held
+                .take_if(|(_, block)| (needed..=needed * 4).contains(&block.len))
         {
             // A persistent mediator's entry was freed when the call was delivered (see
             // `take_returned`); no other mediator writes one (see `Pool::journal`).
-            d.held = None;
             return Ok((entry, block));
         }
         self.fresh_call_room(method, args_len, sink)
@@ -759,9 +771,13 @@ impl<W: Worker> Engine<W> {
     /// Posts call `id` to slot `i`'s worker; `now`, if given, is a clock reading taken just
     /// before, used as the time the call was handed over.
     fn post_call(&mut self, i: usize, id: u64, now: Option<u64>) {
-        let record = self.calls.get(id).expect("queued calls have records");
-        let (method, block, args_len) = (record.method, record.block, record.args_len);
-        let seq = self.post_block(i, id, method, block, args_len, None);
+        let record = self.calls.get_mut(id).expect("queued calls have records");
+        let (method, args_len) = (record.method, record.args_len);
+        let blocks = record
+            .blocks
+            .take()
+            .expect("a queued call's blocks are the parent's");
+        let seq = self.post_blocks(i, id, method, blocks, args_len, None);
         let pool = &self.pool;
         let record = self.calls.get_mut(id).expect("queued calls have records");
         if let Some(journal) = pool.journal(record.entry) {
@@ -772,19 +788,20 @@ impl<W: Worker> Engine<W> {
         record.set_status(CallStatus::Called, now.unwrap_or_else(clock::now_ns));
     }
 
-    /// Posts call `id`, whose arguments are the first `args_len` bytes of `block` (or, when
-    /// given, `inline`, the same bytes not yet copied there), to slot `i`'s worker. Returns the
-    /// request's sequence number.
-    fn post_block(
+    /// Posts call `id`, whose arguments are the first `args_len` bytes of its first block
+    /// (and, when given, `inline`, the same bytes), to slot `i`'s worker, which is lent the
+    /// blocks until it answers. Returns the request's sequence number.
+    fn post_blocks(
         &mut self,
         i: usize,
         id: u64,
         method: u32,
-        block: Block,
+        blocks: Blocks,
         args_len: usize,
         inline: Option<&[u8]>,
     ) -> u32 {
         let pool = &mut self.pool;
+        let block = &blocks.block;
         let (offset, len) = (block.offset, args_len);
         // Small arguments ride in the request's cache line: the worker then never reads the
         // block, which stays in this process's cache. The block keeps them for the journal
@@ -792,8 +809,7 @@ impl<W: Worker> Engine<W> {
         let mut small = [0u8; channel::INLINE_ARGS];
         let args = match inline {
             Some(bytes) => ArgsAt::Inline(bytes),
-            // SAFETY: the block is this call's; no worker writes it before the call is posted.
-            None => match unsafe { pool.region().payload(offset, len) } {
+            None => match pool.region().bytes(block, Span::new(offset, len)) {
                 Some(bytes) if len <= small.len() => {
                     small[..len].copy_from_slice(bytes);
                     ArgsAt::Inline(&small[..len])
@@ -802,7 +818,8 @@ impl<W: Worker> Engine<W> {
             },
         };
         let ret = Span::new(offset + len, block.len - len);
-        pool.post_call(i, id, method, args, ret, self.base.config.timeout)
+        let timeout = self.base.config.timeout;
+        pool.post_call(i, id, method, args, ret, blocks, timeout)
     }
 
     fn busy_count(&self) -> usize {
@@ -841,11 +858,11 @@ impl<W: Worker> Engine<W> {
 
     /// Slot `i`'s worker returned a `len`-byte value of `method`: the slot is free again, the
     /// method's next return reservation follows this one, and a large value is warned about.
-    fn slot_returned(&mut self, i: usize, method: u32, len: usize) {
+    fn slot_returned(&mut self, i: usize, method: u32, len: usize) -> Option<Blocks> {
         self.room.returned(method, len);
         self.base.health.answered();
-        self.pool.release(i);
         self.warn_if_large(method, len);
+        self.pool.release(i)
     }
 
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
@@ -893,15 +910,14 @@ impl<W: Worker> Engine<W> {
 
     /// Handles the answer of the worker in slot `i`, if it wrote one: reads it into an
     /// [`Outcome`] (see `answer`), then applies that to the call, the slot and the counts.
+    /// The blocks lent with the call come back with every outcome but a wait for room.
     fn read_answer(&mut self, i: usize) {
-        let pool = &mut self.pool;
-        let Some((busy, answer)) = pool.answer(i) else {
+        let Some((busy, answer)) = self.pool.answer(i) else {
             return;
         };
-        for _ in 0..pool.take_worker_errors(i) {
+        for _ in 0..self.pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
-        let pool = &mut self.pool;
         let record = self
             .calls
             .get_mut(busy.call)
@@ -913,52 +929,57 @@ impl<W: Worker> Engine<W> {
         let running = answer.ran.running_ns(called);
         record.timings.enter(CallStatus::Running, running);
         let finished = answer.ran.finished_ns(running);
-        let method = record.method;
-        // The worker answered: it no longer writes the block.
-        let text = |span: Span| {
-            // SAFETY: see above.
-            unsafe { pool.region().payload(span.offset, span.len) }
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default()
-        };
+        let (method, args_len, pid) = (record.method, record.args_len, record.pid.unwrap_or(0));
         match answer::outcome(&answer, busy.ret) {
             Outcome::Returned { value, inline } => {
                 let len = value.len;
-                if let Some(bytes) = inline {
+                let mut blocks = self.slot_returned(i, method, len);
+                if let (Some(bytes), Some(blocks)) = (inline, blocks.as_mut())
+                    && let Some(dst) = blocks
+                        .holding_mut(value)
+                        .and_then(|b| self.pool.region().bytes_mut(b, value))
+                {
                     // The value came inside the answer: put it where a returned value lies,
                     // for the journal and for `wait`.
-                    // SAFETY: the reservation is this call's and the worker answered.
-                    if let Some(dst) = unsafe { pool.region().payload_mut(value.offset, len) } {
-                        dst.copy_from_slice(&bytes[..len]);
-                    }
-                }
-                record.ret = Some((value.offset, len));
-                if let Some(journal) = pool.journal(record.entry) {
-                    journal.write_progress(journal::RETURNED, record.posted, record.ret);
+                    dst.copy_from_slice(&bytes[..len]);
                 }
                 // Give back what the reservation did not use.
-                if let Some(rb) = record.ret_block {
-                    record.block = self.room.shrink(record.block, record.args_len);
-                    record.ret_block = Some(self.room.shrink(rb, len));
-                } else {
-                    record.block = self.room.shrink(record.block, record.args_len + len);
+                let blocks = blocks.map(|Blocks { block, ret_block }| match ret_block {
+                    Some(rb) => Blocks {
+                        block: self.room.shrink(block, args_len),
+                        ret_block: Some(self.room.shrink(rb, len)),
+                    },
+                    None => Blocks {
+                        block: self.room.shrink(block, args_len + len),
+                        ret_block: None,
+                    },
+                });
+                if let Some(record) = self.calls.get_mut(busy.call) {
+                    record.blocks = blocks;
+                    record.ret = Some((value.offset, len));
+                    if let Some(journal) = self.pool.journal(record.entry) {
+                        journal.write_progress(journal::RETURNED, record.posted, record.ret);
+                    }
                 }
-                self.slot_returned(i, method, len);
                 self.finish(busy.call, CallStatus::Returned, finished, |_| {
                     unreachable!("a returned call has no error")
                 });
             }
             Outcome::NeedSpace { len } => {
                 if let Some(block) = self.room.alloc(len) {
-                    record.ret_block = Some(block);
-                    pool.grant_room(i, method, Span::new(block.offset, block.len));
-                } else if len <= self.room.size() && (!self.room_pass || pool.others_running(i)) {
+                    if let Err(block) = self.pool.grant_room(i, method, block) {
+                        self.room.free(block);
+                    }
+                } else if len <= self.room.size()
+                    && (!self.room_pass || self.pool.others_running(i))
+                {
                     // Room may be freed when this collection delivers finished calls, or when
                     // other calls are done: ask again then (the call's timeout still runs).
-                    pool.wait_for_room(i);
+                    self.pool.wait_for_room(i);
                 } else {
                     let (available, allocation) = (self.room.available(), self.room.size());
-                    pool.release(i);
+                    let blocks = self.pool.release(i);
+                    self.take_back(busy.call, blocks);
                     self.base.health.answered();
                     self.finish(busy.call, CallStatus::Failed, finished, |method| {
                         CallError::ReturnTooLarge {
@@ -971,10 +992,11 @@ impl<W: Worker> Engine<W> {
                 }
             }
             Outcome::Panicked { message } => {
-                let message = text(message);
-                let pid = record.pid.unwrap_or(0);
                 // The object may be half-updated: replace the process.
-                pool.kill(i);
+                let (_, held) = self.pool.kill(i);
+                let blocks = held.map(|(_, blocks)| blocks);
+                let message = self.text(blocks.as_ref(), message);
+                self.take_back(busy.call, blocks);
                 self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, None);
                 self.finish(busy.call, CallStatus::Panicked, finished, |method| {
@@ -987,8 +1009,9 @@ impl<W: Worker> Engine<W> {
                 self.base.health.refill_later();
             }
             Outcome::WireError { message } => {
-                let message = text(message);
-                pool.release(i);
+                let blocks = self.pool.release(i);
+                let message = self.text(blocks.as_ref(), message);
+                self.take_back(busy.call, blocks);
                 self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1000,7 +1023,8 @@ impl<W: Worker> Engine<W> {
             }
             Outcome::Refused => {
                 // The worker refused a request that failed its checksum.
-                pool.release(i);
+                let blocks = self.pool.release(i);
+                self.take_back(busy.call, blocks);
                 self.count_error(ErrorKind::Corruption, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
@@ -1013,7 +1037,8 @@ impl<W: Worker> Engine<W> {
             }
             Outcome::Invalid { detail } => {
                 // The channel cannot be trusted, so the worker is replaced.
-                pool.kill(i);
+                let (_, held) = self.pool.kill(i);
+                self.take_back(busy.call, held.map(|(_, blocks)| blocks));
                 self.count_error(ErrorKind::Corruption, None);
                 log::warn!(target: &self.base.alias, "call {}: corrupted {detail}", busy.call);
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1027,6 +1052,36 @@ impl<W: Worker> Engine<W> {
         }
     }
 
+    /// The text a worker wrote in `span` of the blocks it was lent (a panic's message, a
+    /// decoding error's), lossily decoded; empty if `span` is not in them.
+    fn text(&self, blocks: Option<&Blocks>, span: Span) -> String {
+        blocks
+            .and_then(|b| b.holding(span))
+            .and_then(|b| self.pool.region().bytes(b, span))
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The blocks lent with call `id` came back: its record holds them again (they are freed
+    /// if the call is gone).
+    pub(super) fn take_back(&mut self, id: u64, blocks: Option<Blocks>) {
+        let Some(blocks) = blocks else {
+            return;
+        };
+        match self.calls.get_mut(id) {
+            Some(record) => {
+                debug_assert!(record.blocks.is_none(), "a call's blocks are in one place");
+                record.blocks = Some(blocks);
+            }
+            None => {
+                self.room.free(blocks.block);
+                if let Some(b) = blocks.ret_block {
+                    self.room.free(b);
+                }
+            }
+        }
+    }
+
     /// Hands finished calls to `sink` in the order they finished, then releases the calls no
     /// one waits for. Returns how many calls it handled.
     fn fire_callbacks(&mut self, sink: &mut dyn Sink<W>) -> usize {
@@ -1035,14 +1090,18 @@ impl<W: Worker> Engine<W> {
             let Some(record) = self.calls.get(id) else {
                 continue;
             };
-            let pool = &self.pool;
-            // SAFETY: the call is final: no worker writes its blocks any more.
-            let args = unsafe { pool.region().payload(record.block.offset, record.args_len) }
+            // The call is final: its blocks are the parent's.
+            let region = self.pool.region();
+            let blocks = record.blocks.as_ref();
+            let args = record
+                .args()
+                .zip(blocks)
+                .and_then(|((off, len), b)| region.bytes(&b.block, Span::new(off, len)))
                 .unwrap_or_default();
-            let ret = record
-                .ret
-                // SAFETY: as above.
-                .and_then(|(off, len)| unsafe { pool.region().payload(off, len) });
+            let ret = record.ret.zip(blocks).and_then(|((off, len), b)| {
+                let span = Span::new(off, len);
+                region.bytes(b.holding(span)?, span)
+            });
             let call = Call {
                 record,
                 args,
@@ -1083,29 +1142,34 @@ impl<W: Worker> Engine<W> {
         let Some(record) = self.calls.rerun(id, clock::now_ns()) else {
             return;
         };
-        if let Some(block) = record.ret_block.take() {
+        if let Some(block) = record.blocks.as_mut().and_then(|b| b.ret_block.take()) {
             self.room.free(block);
         }
-        if let Some(journal) = self.pool.journal(record.entry) {
-            journal.write_call(
-                id,
-                record.method,
-                record.retries,
-                (record.block.offset, record.args_len),
-            );
+        if let (Some(journal), Some(args)) = (self.pool.journal(record.entry), record.args()) {
+            journal.write_call(id, record.method, record.retries, args);
         }
     }
 
     /// Frees a finished call's shared memory and forgets it.
     fn release(&mut self, id: u64) {
         if let Some(record) = self.calls.remove(id) {
-            self.free_record(&record);
+            self.free_record(record);
         }
     }
 
     /// Frees the shared memory of a call taken out of `calls`.
-    fn free_record(&mut self, record: &CallRecord) {
-        self.free_call(record.entry, record.block, record.ret_block);
+    fn free_record(&mut self, record: CallRecord) {
+        match record.blocks {
+            Some(Blocks { block, ret_block }) => self.free_call(record.entry, block, ret_block),
+            // Its blocks are lent to a worker: they come back to the arena when it answers
+            // or is killed (see `take_back`).
+            None => {
+                if let Some(journal) = self.pool.journal(record.entry) {
+                    journal.clear();
+                }
+                self.room.give_entry(record.entry);
+            }
+        }
     }
 
     /// Frees a call's journal entry and payload blocks.

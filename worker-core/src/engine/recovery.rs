@@ -3,6 +3,7 @@
 
 use super::room::Room;
 use super::table::CallTable;
+use crate::arena::Blocks;
 use crate::call::{CallRecord, CallStatus, Timings};
 use crate::clock;
 use crate::journal;
@@ -76,19 +77,25 @@ pub(crate) fn recover(
             ),
             _ => (room.reserve(r.args.0, r.args.1), None),
         };
-        let (Some(block), true, true) = (block, method_ok, ret_block.is_none_or(|b| b.is_some()))
-        else {
-            log::warn!(target: alias,
-                "recovery: call {} has an invalid or overlapping record; it is lost", r.id);
-            if let Some(b) = block {
-                room.free(b);
+        let blocks = match (block, ret_block) {
+            (Some(block), None) if method_ok => Blocks {
+                block,
+                ret_block: None,
+            },
+            (Some(block), Some(Some(ret))) if method_ok => Blocks {
+                block,
+                ret_block: Some(ret),
+            },
+            (block, ret_block) => {
+                log::warn!(target: alias,
+                    "recovery: call {} has an invalid or overlapping record; it is lost", r.id);
+                for b in block.into_iter().chain(ret_block.flatten()) {
+                    room.free(b);
+                }
+                pool.region().entry(r.index).clear();
+                corrupted += 1;
+                continue;
             }
-            if let Some(Some(b)) = ret_block {
-                room.free(b);
-            }
-            pool.region().entry(r.index).clear();
-            corrupted += 1;
-            continue;
         };
         room.claim_entry(r.index);
         let started = r.progress.is_none()
@@ -103,10 +110,9 @@ pub(crate) fn recover(
             pid: None,
             timings: Timings::default(),
             error: None,
-            block,
+            blocks: Some(blocks),
             args_len: r.args.1,
             ret: None,
-            ret_block: ret_block.flatten(),
             posted: None,
             entry: r.index,
             awaited: false,

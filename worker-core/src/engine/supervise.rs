@@ -170,7 +170,7 @@ impl<W: Worker> Engine<W> {
             }
             let given = pool.calls_given(i);
             let (pid, busy) = pool.kill(i);
-            let Some(b) = busy else {
+            let Some((b, blocks)) = busy else {
                 if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
                     log::info!(target: &self.base.alias, "worker {pid} exited after fatal_error(); replacing it");
                 } else {
@@ -181,11 +181,9 @@ impl<W: Worker> Engine<W> {
                 }
                 continue;
             };
-            let started = pool.started(i, b.seq).is_some()
-                || self
-                    .calls
-                    .get(b.call)
-                    .is_some_and(|r| r.ret_block.is_some());
+            // A worker that asked for room for its return value has run the method.
+            let started = pool.started(i, b.seq).is_some() || blocks.ret_block.is_some();
+            self.take_back(b.call, Some(blocks));
             self.count_error(ErrorKind::Communication, None);
             if started {
                 log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}", b.call);
@@ -227,13 +225,8 @@ impl<W: Worker> Engine<W> {
         let Some(record) = self.calls.requeue_unstarted(id, clock::now_ns()) else {
             return;
         };
-        if let Some(journal) = self.pool.journal(record.entry) {
-            journal.write_call(
-                id,
-                record.method,
-                record.retries,
-                (record.block.offset, record.args_len),
-            );
+        if let (Some(journal), Some(args)) = (self.pool.journal(record.entry), record.args()) {
+            journal.write_call(id, record.method, record.retries, args);
         }
     }
 
@@ -264,7 +257,8 @@ impl<W: Worker> Engine<W> {
                 continue;
             }
             let (pid, busy) = pool.kill(i);
-            let Some(b) = busy else { continue };
+            let Some((b, blocks)) = busy else { continue };
+            self.take_back(b.call, Some(blocks));
             log::warn!(target: &self.base.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
             self.finish(b.call, CallStatus::Timeout, now_ns, |method| {
                 CallError::Timeout {

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::arena::Blocks;
 use crate::call::{CallRecord, CallStatus, Timings};
 use crate::error::CallError;
 
@@ -84,7 +85,7 @@ impl CallTable {
     pub(crate) fn retained_bytes(&self) -> usize {
         self.records()
             .filter(|r| r.status.is_final())
-            .map(|r| r.block.len + r.ret_block.map_or(0, |b| b.len))
+            .filter_map(|r| r.blocks.as_ref().map(Blocks::len))
             .sum()
     }
 
@@ -347,10 +348,9 @@ mod tests {
             pid: None,
             timings: Timings::default(),
             error: None,
-            block: crate::arena::Block { offset: 0, len: 0 },
+            blocks: None,
             args_len: 0,
             ret: None,
-            ret_block: None,
             posted: None,
             entry: 0,
             awaited: false,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::answer::{self, Outcome};
 use super::{Engine, Sink, record_times};
-use crate::arena::{Block, Span};
+use crate::arena::{Block, Blocks, Span};
 use crate::call::{CallId, CallRecord, CallStatus, Timings};
 use crate::channel::Ran;
 use crate::clock::to_instant;
@@ -186,14 +186,19 @@ impl<W: Worker> Engine<W> {
         };
         let len = value.len;
         let record = self.calls.get(id.raw())?;
-        let (method, entry, block, ret_block) =
-            (record.method, record.entry, record.block, record.ret_block);
+        let (method, entry) = (record.method, record.entry);
         // Errors the worker reported count now: `errors` and `stats` read them.
         for _ in 0..pool.take_worker_errors(i) {
             self.count_error(ErrorKind::Catchall, Some(i));
         }
-        self.slot_returned(i, method, len);
-        let result = self.decode_return::<R>(method, value, inline.as_ref().map(|b| &b[..len]));
+        let blocks = self.slot_returned(i, method, len)?;
+        let result = self.decode_return::<R>(
+            method,
+            value,
+            inline.as_ref().map(|b| &b[..len]),
+            Some(&blocks),
+        );
+        let Blocks { block, ret_block } = blocks;
         // The rest waits for the next post (see `settle`); the block stays allocated until
         // then (the worker is done with it), and the decoded value no longer needs it. A
         // persistent journal forgets the call now, so that a parent killed before that does
@@ -270,14 +275,17 @@ impl<W: Worker> Engine<W> {
         method: u32,
         value: Span,
         inline: Option<&[u8]>,
+        blocks: Option<&Blocks>,
     ) -> Result<R, CallError> {
         let decoders = &self.base.decoders;
         let decoded = match inline {
             Some(bytes) => decoders.decode::<R>(method, bytes),
-            // SAFETY: the worker answered: it no longer writes the block.
             None => decoders.decode::<R>(
                 method,
-                unsafe { self.pool.region().payload(value.offset, value.len) }.unwrap_or_default(),
+                blocks
+                    .and_then(|b| b.holding(value))
+                    .and_then(|b| self.pool.region().bytes(b, value))
+                    .unwrap_or_default(),
             ),
         };
         decoded.map_err(|source| CallError::Wire {
@@ -291,9 +299,12 @@ impl<W: Worker> Engine<W> {
         let raw = id.raw();
         let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret) {
-            (CallStatus::Returned, Some((off, len))) => {
-                self.decode_return::<R>(record.method, Span::new(off, len), None)
-            }
+            (CallStatus::Returned, Some((off, len))) => self.decode_return::<R>(
+                record.method,
+                Span::new(off, len),
+                None,
+                record.blocks.as_ref(),
+            ),
             _ => Err(record
                 .error
                 .as_deref()
@@ -301,7 +312,7 @@ impl<W: Worker> Engine<W> {
                 .unwrap_or(CallError::UnknownCall(raw))),
         };
         // Freed after decoding: until then the bytes must stay where they are.
-        self.free_record(&record);
+        self.free_record(record);
         result
     }
 }
