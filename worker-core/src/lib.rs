@@ -10,10 +10,11 @@
 //! | the typed proxy, the queue, timeouts, crashes, retries, callbacks, `wait` | [`mediator`] |
 //! | the settings: strategy, recycling | [`config`] |
 //! | encoding straight into shared memory | [`wire`] |
-//! | the worker processes of a mediator: spawn, deaths, kills, retiring, the parent's sleep | `pool` |
+//! | the worker processes of a mediator: spawn, deaths, kills, retiring, what the parent sleeps on | `pool` |
 //! | the shared-memory region and its layout | `shm` |
 //! | payload blocks inside the region | `arena` |
-//! | one request/response channel per worker, checksums, futex and eventfd wake-ups | `channel` |
+//! | one request/response channel per worker: its two cache lines, checksums | `channel` |
+//! | the sleep/wake protocol: spinning, the sleep flags, futex and eventfd wake-ups | `wake` |
 //! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC | `clock` |
 //! | forking, watching (pidfd), killing and reaping one process | `process` |
 //! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
@@ -56,6 +57,7 @@ pub mod signals;
 pub mod stats;
 pub mod task;
 pub mod this_worker;
+mod wake;
 pub mod wire;
 pub mod worker;
 mod worker_loop;

@@ -16,6 +16,7 @@ use shared_memory::{Shmem, ShmemConf, ShmemError};
 
 use crate::channel::Channel;
 use crate::journal::Entry;
+use crate::wake::SleepFlag;
 
 /// Written at the start of every segment; a segment without it is not ours.
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
@@ -34,8 +35,9 @@ pub(crate) struct Header {
     slots: AtomicU32,
     arena_size: AtomicU64,
     entries: AtomicU64,
-    /// Set by the parent while it sleeps in `poll`; a worker that sees it writes the eventfd.
-    pub(crate) parent_sleeping: AtomicU32,
+    /// Set by the parent while it sleeps in `poll`; a worker that sees it rings the eventfd
+    /// (see `wake`).
+    pub(crate) parent_sleeping: SleepFlag,
 }
 
 /// The parent's mapping of the segment.
