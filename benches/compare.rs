@@ -929,11 +929,12 @@ fn main() {
     let smoke = args.iter().any(|a| a == "--smoke");
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let what = args.get(i + 1).map_or("", String::as_str);
-        let count = args
-            .iter()
-            .position(|a| a == "--count")
-            .and_then(|j| args.get(j + 1)?.parse().ok());
-        profile_only(what, count, smoke);
+        let number = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|j| args.get(j + 1)?.parse().ok())
+        };
+        profile_only(what, number("--count"), number("--rounds"), smoke);
         return;
     }
     let mut cfg = Cfg::new(smoke);
@@ -1642,14 +1643,14 @@ fn print_batches(what: &str, batches: &[f64]) {
     );
 }
 
-/// `--only WHAT [--count N] [--smoke]`: one forkworker path (or the futex floor) alone, with
+/// `--only WHAT [--count N] [--rounds N] [--smoke]`: one forkworker path (or the futex floor) alone, with
 /// no procspawn and no other floor, for a profiler (`perf stat`, `valgrind --tool=callgrind
 /// --trace-children=yes`). WHAT is `empty`, `paired` (the empty call and the futex floor in
 /// alternating batches), `throughput`, `throughput2`, `echo64`, `futex`, `futex-long`,
 /// `futex-clock`, `pipeline` (two workers against one on pipelined calls, alternating runs)
-/// or `pipeline-loaded` (the same while a spinning process keeps one CPU busy). `--smoke`
-/// makes the default count tiny.
-fn profile_only(what: &str, count: Option<usize>, smoke: bool) {
+/// or `pipeline-loaded` (the same while a spinning process keeps one CPU busy; `--rounds`
+/// sets how many runs of each, 7 by default). `--smoke` makes the default counts tiny.
+fn profile_only(what: &str, count: Option<usize>, rounds: Option<usize>, smoke: bool) {
     let default = |full: usize| count.unwrap_or(if smoke { 500 } else { full });
     let t = Instant::now();
     let n = match what {
@@ -1669,7 +1670,8 @@ fn profile_only(what: &str, count: Option<usize>, smoke: bool) {
         ),
         "futex-long" => only_futex(FutexFloor::start(LONG_SPIN), what, default(100_000)),
         "pipeline" | "pipeline-loaded" => {
-            only_pipeline(what == "pipeline-loaded", default(100_000), smoke)
+            let rounds = rounds.unwrap_or(if smoke { 2 } else { 7 });
+            only_pipeline(what == "pipeline-loaded", default(100_000), rounds)
         }
         _ => {
             eprintln!(
@@ -1754,8 +1756,7 @@ fn only_futex(mut floor: FutexFloor, what: &str, n: usize) -> usize {
 
 /// `--only pipeline` and `pipeline-loaded`: two workers against one on `n` pipelined calls,
 /// alternating runs, printed as the full table's row; then the cleanup check.
-fn only_pipeline(loaded: bool, n: usize, smoke: bool) -> usize {
-    let rounds = if smoke { 2 } else { 7 };
+fn only_pipeline(loaded: bool, n: usize, rounds: usize) -> usize {
     let mut m1 = pool("bench-1", 1, 64 * MIB, 0);
     let mut m2 = pool("bench-2", 2, 64 * MIB, 0);
     // Warm-up: the pending calls' records and every worker's first calls.

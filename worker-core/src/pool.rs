@@ -132,6 +132,7 @@ impl Pool {
             },
         };
         let wake = ParentWake::new()?;
+        region.header().spin_places.clear();
         let server = if config.fork_server {
             // The server runs in a copy of this process: `region` and `wake` stay where they
             // are in its memory, since the server never returns from here.
@@ -173,6 +174,8 @@ impl Pool {
     pub(crate) fn spawn<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, String> {
         let channel = self.region.channel(i);
         channel.reset();
+        // The previous worker of the slot may have died holding a spin place.
+        self.region.header().spin_places.give_back(i);
         let start_seq = channel.req.seq.load(Ordering::Relaxed);
         let child = match &self.server {
             Some(server) => {
@@ -326,6 +329,8 @@ impl Pool {
         if let Some(mut child) = slot.child.take() {
             child.kill();
         }
+        // It may have died holding a spin place.
+        self.region.header().spin_places.give_back(i);
         (pid, slot.busy.take())
     }
 

@@ -16,13 +16,13 @@ use shared_memory::{Shmem, ShmemConf, ShmemError};
 
 use crate::channel::Channel;
 use crate::journal::Entry;
-use crate::wake::SleepFlag;
+use crate::wake::{SleepFlag, SpinPlaces};
 
 /// Written at the start of every segment; a segment without it is not ours.
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
 /// The layout version; bumped whenever `Header`, `Channel`, `Entry` or
 /// `channel::checksum` change.
-const VERSION: u32 = 6;
+const VERSION: u32 = 7;
 /// The header occupies the first bytes of the segment, padded to this size.
 const HEADER_SIZE: usize = 4096;
 const PAGE: usize = 4096;
@@ -38,6 +38,8 @@ pub(crate) struct Header {
     /// Set by the parent while it sleeps in `poll`; a worker that sees it rings the eventfd
     /// (see `wake`).
     pub(crate) parent_sleeping: SleepFlag,
+    /// Which workers spin past the free spin (see `wake::SpinPlaces`).
+    pub(crate) spin_places: SpinPlaces,
 }
 
 /// The parent's mapping of the segment.

@@ -55,7 +55,13 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
-    let mut wake = WorkerWake::new(&env.region.header().parent_sleeping, env.eventfd);
+    let header = env.region.header();
+    let mut wake = WorkerWake::new(
+        &header.parent_sleeping,
+        env.eventfd,
+        &header.spin_places,
+        env.slot,
+    );
     // Worked out once, not per request.
     let short_run = channel::short_run_ticks();
     loop {
@@ -99,6 +105,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
                 channel.respond(req.seq, Response::Exiting, 0, None, 0, None);
+                wake.leave();
                 value.teardown();
                 return;
             }
