@@ -79,7 +79,7 @@ const RET_INLINE: u32 = 1 << 16;
 /// that the worker's answer does no floating-point work.
 const RUN_SPAN: u32 = 1 << 17;
 /// A call that ran for less than this is timed with the tick counter alone (see `clock`);
-/// a longer one reads the clock when it ends, which then costs it less than 0.1%.
+/// a longer one reads the clock when it ends, a cost that is then negligible beside its run.
 const SHORT_RUN_NS: u64 = 100_000;
 
 /// [`SHORT_RUN_NS`] in ticks of the counter: a worker works it out once.
@@ -91,7 +91,8 @@ pub(crate) fn short_run_ticks() -> u64 {
 ///
 /// Small arguments ride in the line itself (`args_at` = 1 + their length), so that a small
 /// call moves one line to the worker and one back, as the futex floor does, instead of also
-/// pulling the payload block's line across (about 95 ns each way on the machine measured).
+/// pulling the payload block's line across (a crossing as costly as the line's own: see
+/// benches/README.md).
 #[repr(C, align(64))]
 pub(crate) struct RequestHalf {
     /// Bumped by the parent for each request; the worker's futex word.
@@ -236,8 +237,8 @@ fn unpack<const N: usize, const B: usize>(words: [u64; N]) -> [u8; B] {
 /// any one word changes the sum (multiplying by an odd number is a bijection modulo 2^64) and
 /// so the result. The multiplications are independent of one another, so both sides of a
 /// call (the parent computes two per call, the worker two) pay a few cycles instead of the
-/// chain of dependent multiplications of a word-by-word hash (measured: the request's checksum
-/// went from about 35 cycles to under 10). The journal's entries outlive the program:
+/// chain of dependent multiplications of a word-by-word hash (figures in benches/README.md).
+/// The journal's entries outlive the program:
 /// changing this function changes the segment layout version (`shm::VERSION`). `const` so that
 /// the checksums of fixed records are computed at compile time.
 pub(crate) const fn checksum(words: &[u64]) -> u64 {
@@ -453,9 +454,8 @@ impl Channel {
     ///
     /// A request picked up `prompt`ly started when the parent posted it, to within a cache
     /// line's crossing, so the time is left 0 and the parent uses its own time of posting:
-    /// reading the clock right after the request's line arrived cost about 90 ns per call
-    /// here (an A/B run of the empty call, alternating batches in one process: 0.81-0.87 of
-    /// the time without that read).
+    /// a clock read right after the request's line arrived is a large share of the empty
+    /// call's time (measured in benches/README.md).
     #[inline]
     pub(crate) fn mark_running(&self, seq: u32, prompt: bool) -> u64 {
         let now = if prompt { 0 } else { now_ns() };

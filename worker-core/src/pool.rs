@@ -222,8 +222,8 @@ impl Pool {
     }
 
     /// Journal entry `i`, if this pool keeps a journal: only a persistent pool's journal is
-    /// ever read (by the next run's recovery), so the others write none (about 50
-    /// instructions less per call, callgrind).
+    /// ever read (by the next run's recovery), so the others write none (a saving per call:
+    /// benches/README.md).
     #[inline]
     pub(crate) fn journal(&self, i: usize) -> Option<&Entry> {
         self.journaled.then(|| self.region.entry(i))
