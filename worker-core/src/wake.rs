@@ -11,6 +11,7 @@
 //! | the worker's [`SleepFlag`] (`ResponseHalf::sleeping`) | the worker | the parent | the worker sleeps (or is about to) on that futex |
 //! | an answer's sequence number (`ResponseHalf::seq`) | the worker | the parent | the answer is in the line |
 //! | the parent's [`SleepFlag`] (`Header::parent_sleeping`) | the parent | every worker | the parent sleeps (or is about to) in `poll(2)` on the [`ParentWake`]'s eventfd |
+//! | the [`SpinPlaces`] (`Header::spin_places`) | the workers (take, give back); the parent (a dead worker's, a new pool's) | the workers | which workers may spin (see below); no wake-up depends on it |
 //!
 //! The channel writes the rest of a line with relaxed stores before its sequence number; this
 //! module publishes the sequence number and decides about the wake-up.
