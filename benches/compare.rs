@@ -5,21 +5,30 @@
 //! `cargo bench --bench compare -- --smoke` runs the same code paths with tiny counts (CI).
 //! `-- --verbose` also prints every round's figures to stderr; `-- --only WHAT [--count N]`
 //! runs one forkworker path alone for a profiler, or, with `paired`, the empty call and the
-//! futex floor in alternating batches (see `profile_only`).
+//! futex floor in alternating batches, or, with `pipeline` and `pipeline-loaded`, two workers
+//! against one on pipelined calls, quiet or with one CPU kept busy (see `profile_only`). A
+//! smoke run also runs the loaded pipeline, in its forking phase; a full run leaves it to its
+//! `--only` group, so that its spinning process disturbs no other row.
+//!
+//! `main` reads the arguments; `full_table` runs one function per group of rows
+//! (`measure_empty`, `measure_throughput`, `measure_pipeline`, `measure_payloads`, and the
+//! forking measurements of `Forked::start`), and one function per group turns its figures
+//! into rows (`empty_rows`, ...).
 //!
 //! Floors and peers, all measured in this run and interleaved round by round with forkworker,
 //! so that a noisy VM slows both sides alike:
-//! - a raw two-process ping-pong through a futex word in a shared mapping, spinning briefly
-//!   before sleeping, as forkworker's channel does (the spin measured with the time-stamp
+//! - a raw two-process ping-pong through a futex word in a shared mapping, spinning a fixed
+//!   50 us before sleeping (the floor's own spin, see `SPIN`), measured with the time-stamp
 //!   counter; and, for comparison, the same floor measuring its spin with the clock, whose
-//!   reads cost it about 100 ns per round trip on these VMs);
+//!   reads cost it a clock read per check of the budget;
 //! - a pipe-pair ping-pong;
 //! - two `memcpy`s of the payload between pre-faulted buffers;
 //! - `procspawn` (re-executes this binary for its workers; IPC through `ipc-channel`) with its
 //!   `Pool`.
 //!
-//! Order in `main` matters: `procspawn::init()` comes first (a procspawn worker re-enters
-//! `main` and never leaves `init`, so it never reaches forkworker's code); then every fork
+//! Order matters: `procspawn::init()` comes first in `main` (a procspawn worker re-enters
+//! `main` and never leaves `init`, so it never reaches forkworker's code); then, in
+//! `full_table`, every fork
 //! (forkworker pools, floor processes, the fault tests, whose workers are replaced by forks)
 //! while this process has one thread; only then the procspawn pools, which start threads.
 //! From then on no forkworker worker may die (its replacement would be forked from a threaded
@@ -44,8 +53,10 @@ use serde_bytes::ByteBuf;
 
 const MIB: usize = 1 << 20;
 const LONG: Duration = Duration::from_secs(60);
-/// How long the futex floor spins before sleeping, in nanoseconds: the same as forkworker's
-/// channel (`SPIN_NS` in worker-core/src/channel.rs); keep the two equal.
+/// How long the futex floor spins before sleeping, in nanoseconds: the floor's own, fixed
+/// spin. It is the longest spin forkworker's sides use (`SPIN_NS` in worker-core/src/wake.rs),
+/// and stays fixed while theirs adapts to the CPUs that are free, so that the floor measures
+/// the same thing from one version to the next.
 const SPIN: u32 = 50_000;
 /// A longer spin for a second floor row (1 ms): the round trip when neither side ever sleeps.
 const LONG_SPIN: u32 = 1_000_000;
@@ -361,10 +372,9 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
-/// How a floor side measures its spin: with the CPU's time-stamp counter (about 10 ns a read),
-/// as forkworker's channel does, or with the clock (60-100 ns a read on these VMs: it costs
-/// the floor about 100 ns per round trip, which is how forkworker spun until it moved to the
-/// counter).
+/// How a floor side measures its spin: with the CPU's time-stamp counter, as forkworker's
+/// sides do, or with the clock, whose reads are slower (how forkworker spun until it moved to
+/// the counter; benches/README.md has the figures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Budget {
     Ticks,
@@ -485,7 +495,7 @@ struct FutexFloor {
 
 impl FutexFloor {
     /// Forks the peer. Spins for `spin` nanoseconds before sleeping when more than one CPU is
-    /// available (not at all otherwise), as forkworker's channel does.
+    /// available (not at all otherwise), as forkworker's sides do when their spin is longest.
     fn start(spin: u32) -> FutexFloor {
         Self::start_with(spin, Budget::Ticks)
     }
@@ -916,59 +926,40 @@ fn main() {
     // and exits there, never reaching the code below.
     procspawn::init();
     let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
     if let Some(i) = args.iter().position(|a| a == "--only") {
         let what = args.get(i + 1).map_or("", String::as_str);
-        let count = args
-            .iter()
-            .position(|a| a == "--count")
-            .and_then(|j| args.get(j + 1)?.parse().ok());
-        profile_only(what, count);
+        let number = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|j| args.get(j + 1)?.parse().ok())
+        };
+        profile_only(what, number("--count"), number("--rounds"), smoke);
         return;
     }
-    let smoke = args.iter().any(|a| a == "--smoke");
     let mut cfg = Cfg::new(smoke);
     cfg.verbose = args.iter().any(|a| a == "--verbose");
+    full_table(&cfg);
+}
+
+/// The whole table: every fork first (phase 1), then the procspawn pools and the interleaved
+/// rounds (phase 2), then the cleanup check and the table.
+fn full_table(cfg: &Cfg) {
     let started = Instant::now();
     let cpu_start = CpuSample::now();
     let me = std::process::id();
     eprintln!(
         "compare: {} run, pid {me}",
-        if smoke { "smoke" } else { "full" }
+        if cfg.smoke { "smoke" } else { "full" }
     );
-
-    // ---- Phase 1: every fork, while single-threaded. ----
-    assert_single_threaded("start");
-    // The crash stamp's page lives until the process exits.
-    let stamp = shared_page() as usize;
-
-    let memory = measure_memory(stamp);
-    let biggest = cfg.payloads.iter().map(|p| p.0).max().unwrap_or(MIB);
-    let mut pools: Vec<BenchMediator> = [
-        ("bench-1", 1, 64 * MIB),
-        ("bench-2", 2, 64 * MIB),
-        ("bench-payload", 1, 3 * biggest),
-    ]
-    .into_iter()
-    .map(|(alias, workers, malloc)| {
-        let mut m = BenchMediator::new(alias, Bench { stamp });
-        m.workers(workers)
-            .malloc(malloc)
-            .strategy(ForkStrategy::Aggressive);
-        m.start().expect("start");
-        m
-    })
-    .collect();
-    let [m1, m2, mpay] = pools.as_mut_slice() else {
-        unreachable!()
+    let progress = |what: &str| {
+        eprintln!(
+            "compare: {what} done at {:.1} s",
+            started.elapsed().as_secs_f64()
+        )
     };
-    let mut futex = FutexFloor::start(SPIN);
-    let mut futex_long = FutexFloor::start(LONG_SPIN);
-    let mut futex_clock = FutexFloor::start_with(SPIN, Budget::Clock);
-    let mut pipe = PipeFloor::start();
-    let faults = measure_faults(&cfg, stamp);
-    let queue_noop = measure_queue_memory(&cfg, stamp, 0);
-    let queue_1k = measure_queue_memory(&cfg, stamp, 1000);
-    assert_single_threaded("end of the forking phase");
+
+    let mut forked = Forked::start(cfg);
     eprintln!(
         "compare: forks done in {:.1} s; starting procspawn pools",
         started.elapsed().as_secs_f64()
@@ -977,30 +968,218 @@ fn main() {
     // ---- Phase 2: procspawn pools (threads) and the interleaved rounds. No fork from here. ----
     let ps1 = procspawn::Pool::new(1).expect("procspawn pool of 1");
     let ps2 = procspawn::Pool::new(2).expect("procspawn pool of 2");
+    warm_up(cfg, &mut forked, &ps1, &ps2);
+    let empty = measure_empty(cfg, &mut forked.m1, &mut forked.floors, &ps1);
+    progress("empty calls");
+    let throughput = measure_throughput(cfg, &mut forked.m1, &mut forked.m2, &ps1, &ps2);
+    progress("throughput");
+    let pipeline = measure_pipeline(
+        &mut forked.m1,
+        &mut forked.m2,
+        cfg.tp_calls,
+        cfg.throughput_rounds,
+        cfg.verbose,
+    );
+    progress("pipeline");
+    let payloads = measure_payloads(cfg, &mut forked.mpay, &ps1);
+    progress("payloads");
 
-    // Warm-up: every path once, plus a short burst.
-    fw_empty(m1, cfg.empty_fast / 10 + 1);
-    (0..cfg.empty_fast / 10 + 1).for_each(|_| futex.round_trip());
-    (0..cfg.empty_fast / 10 + 1).for_each(|_| futex_long.round_trip());
-    (0..cfg.empty_fast / 10 + 1).for_each(|_| futex_clock.round_trip());
-    (0..cfg.empty_pipe / 10 + 1).for_each(|_| pipe.round_trip());
-    ps_empty(&ps1, 5);
-    ps_empty(&ps2, 5);
-    fw_empty(m2, 100);
+    // ---- Clean up: every pool, every floor process; then check. ----
+    drop(ps1);
+    drop(ps2);
+    let Forked {
+        m1,
+        m2,
+        mpay,
+        floors,
+        memory,
+        faults,
+        queue_noop,
+        queue_1k,
+        loaded,
+    } = forked;
+    drop((m1, m2, mpay));
+    drop(floors);
+    let leftovers = cleanup_problems(me);
 
-    let (mut e_fw, mut e_fx, mut e_fl, mut e_fc, mut e_pp, mut e_ps) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let per_call = |n: usize, f: &mut dyn FnMut()| {
-        quiesce(f);
-        let t = Instant::now();
-        (0..n).for_each(|_| f());
-        t.elapsed().as_secs_f64() / n as f64
+    // ---- The table. ----
+    let mut rows = empty_rows(&empty);
+    rows.extend(throughput_rows(cfg, &throughput));
+    rows.push(pipeline_row(&pipeline));
+    rows.extend(loaded.iter().map(pipeline_row));
+    rows.extend(payload_rows(&payloads));
+    rows.extend(fault_rows(cfg, &faults));
+    rows.extend(memory_rows(
+        cfg,
+        &memory,
+        &queue_noop,
+        &queue_1k,
+        throughput.heap_per_call,
+    ));
+
+    println!();
+    println!(
+        "forkworker compare ({} run, {} rounds, medians; ratio = forkworker / floor-or-peer for times, forkworker / peer for throughput)",
+        if cfg.smoke { "smoke" } else { "full" },
+        cfg.rounds
+    );
+    println!();
+    print_table(&rows);
+    println!();
+    let (steal, others) = CpuSample::now().noise_since(cpu_start);
+    let met = rows.iter().filter(|r| r.met == "yes").count();
+    let targets = rows.iter().filter(|r| r.met != "-").count();
+    println!(
+        "targets met: {met} of {targets}; total time {:.1} s; nproc {}; during the run, CPU used by other processes {others:.0}% and stolen by the hypervisor {steal:.1}% (above a few %, the figures are noisy)",
+        started.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    exit_if_left_behind(&leftovers);
+}
+
+/// Fails the run if the bench left anything behind; says so if not.
+fn exit_if_left_behind(leftovers: &[String]) {
+    if !leftovers.is_empty() {
+        eprintln!("compare: left behind: {}", leftovers.join("; "));
+        std::process::exit(1);
+    }
+    println!("cleanup: no fw.* segment of this process in /dev/shm, no child process left");
+}
+
+/// The floor processes of the empty call's rows.
+struct Floors {
+    futex: FutexFloor,
+    futex_long: FutexFloor,
+    futex_clock: FutexFloor,
+    pipe: PipeFloor,
+}
+
+/// Everything phase 1 made or measured: the pools and floors the rounds use, and the
+/// measurements that fork.
+struct Forked {
+    /// One worker, two workers, and one worker for the payloads.
+    m1: BenchMediator,
+    m2: BenchMediator,
+    mpay: BenchMediator,
+    floors: Floors,
+    memory: Memory,
+    faults: Faults,
+    queue_noop: QueueMemory,
+    queue_1k: QueueMemory,
+    /// The pipeline with one CPU kept busy: in a smoke run only (its own `--only` group
+    /// otherwise, so that its spinning process disturbs no other row).
+    loaded: Option<Pipeline>,
+}
+
+impl Forked {
+    /// Phase 1: every fork, while this process has one thread.
+    fn start(cfg: &Cfg) -> Forked {
+        assert_single_threaded("start");
+        // The crash stamp's page lives until the process exits.
+        let stamp = shared_page() as usize;
+        let memory = measure_memory(stamp);
+        let biggest = cfg.payloads.iter().map(|p| p.0).max().unwrap_or(MIB);
+        let mut m1 = pool("bench-1", 1, 64 * MIB, stamp);
+        let mut m2 = pool("bench-2", 2, 64 * MIB, stamp);
+        let mpay = pool("bench-payload", 1, 3 * biggest, stamp);
+        let floors = Floors {
+            futex: FutexFloor::start(SPIN),
+            futex_long: FutexFloor::start(LONG_SPIN),
+            futex_clock: FutexFloor::start_with(SPIN, Budget::Clock),
+            pipe: PipeFloor::start(),
+        };
+        let faults = measure_faults(cfg, stamp);
+        let queue_noop = measure_queue_memory(cfg, stamp, 0);
+        let queue_1k = measure_queue_memory(cfg, stamp, 1000);
+        let loaded = cfg.smoke.then(|| {
+            measure_pipeline_loaded(
+                &mut m1,
+                &mut m2,
+                cfg.tp_calls,
+                cfg.throughput_rounds,
+                cfg.verbose,
+            )
+        });
+        assert_single_threaded("end of the forking phase");
+        Forked {
+            m1,
+            m2,
+            mpay,
+            floors,
+            memory,
+            faults,
+            queue_noop,
+            queue_1k,
+            loaded,
+        }
+    }
+}
+
+/// A started pool of `workers` with `malloc` bytes of shared memory, every worker forked.
+fn pool(alias: &str, workers: usize, malloc: usize, stamp: usize) -> BenchMediator {
+    let mut m = BenchMediator::new(alias, Bench { stamp });
+    m.workers(workers)
+        .malloc(malloc)
+        .strategy(ForkStrategy::Aggressive);
+    m.start().expect("start");
+    m
+}
+
+/// Every path once, plus a short burst.
+fn warm_up(cfg: &Cfg, forked: &mut Forked, ps1: &procspawn::Pool, ps2: &procspawn::Pool) {
+    let burst = cfg.empty_fast / 10 + 1;
+    let f = &mut forked.floors;
+    fw_empty(&mut forked.m1, burst);
+    (0..burst).for_each(|_| f.futex.round_trip());
+    (0..burst).for_each(|_| f.futex_long.round_trip());
+    (0..burst).for_each(|_| f.futex_clock.round_trip());
+    (0..cfg.empty_pipe / 10 + 1).for_each(|_| f.pipe.round_trip());
+    ps_empty(ps1, 5);
+    ps_empty(ps2, 5);
+    fw_empty(&mut forked.m2, 100);
+}
+
+/// Seconds per round trip of `n` calls of `f`, after a quiet start (see `quiesce`).
+fn per_call(n: usize, f: &mut dyn FnMut()) -> f64 {
+    quiesce(f);
+    let t = Instant::now();
+    (0..n).for_each(|_| f());
+    t.elapsed().as_secs_f64() / n as f64
+}
+
+/// The empty call's round trips and its floors', in seconds, one entry per batch.
+struct Empty {
+    forkworker: Vec<f64>,
+    futex: Vec<f64>,
+    futex_long: Vec<f64>,
+    futex_clock: Vec<f64>,
+    pipe: Vec<f64>,
+    procspawn: Vec<f64>,
+    /// The empty call over the futex floor, batch by batch.
+    ratio: Vec<f64>,
+}
+
+/// The empty call against its floors and procspawn.
+///
+/// The empty call and its futex floor alternate in batches of a tenth of a round, and the
+/// ratio is the median of the batch-by-batch ratios: on a VM the cost of a cache line's
+/// crossing changes from one moment to the next (the host moves the virtual CPUs), and a pair
+/// of neighbouring batches sees the same placement where two medians taken apart need not.
+fn measure_empty(
+    cfg: &Cfg,
+    m1: &mut BenchMediator,
+    f: &mut Floors,
+    ps1: &procspawn::Pool,
+) -> Empty {
+    let mut e = Empty {
+        forkworker: vec![],
+        futex: vec![],
+        futex_long: vec![],
+        futex_clock: vec![],
+        pipe: vec![],
+        procspawn: vec![],
+        ratio: vec![],
     };
-    // The empty call and its floor alternate in batches of a tenth of a round, and the ratio
-    // is the median of the batch-by-batch ratios: on a VM the cost of a cache line's crossing
-    // changes from one moment to the next (the host moves the virtual CPUs), and a pair of
-    // neighbouring batches sees the same placement where two medians taken apart need not.
-    let mut e_ratio = vec![];
     for _ in 0..cfg.rounds {
         let part = cfg.empty_fast.div_ceil(10);
         for _ in 0..10 {
@@ -1008,160 +1187,142 @@ fn main() {
                 fw_empty(m1, 1);
             });
             let fw = fw_empty(m1, part);
-            let fx = per_call(part, &mut || futex.round_trip());
-            e_fw.push(fw);
-            e_fx.push(fx);
-            e_ratio.push(fw / fx);
+            let fx = per_call(part, &mut || f.futex.round_trip());
+            e.forkworker.push(fw);
+            e.futex.push(fx);
+            e.ratio.push(fw / fx);
         }
-        e_fl.push(per_call(cfg.empty_fast, &mut || futex_long.round_trip()));
-        e_fc.push(per_call(cfg.empty_fast, &mut || futex_clock.round_trip()));
-        e_pp.push(per_call(cfg.empty_pipe, &mut || pipe.round_trip()));
-        e_ps.push(ps_empty(&ps1, cfg.empty_ps));
+        e.futex_long
+            .push(per_call(cfg.empty_fast, &mut || f.futex_long.round_trip()));
+        e.futex_clock
+            .push(per_call(cfg.empty_fast, &mut || f.futex_clock.round_trip()));
+        e.pipe
+            .push(per_call(cfg.empty_pipe, &mut || f.pipe.round_trip()));
+        e.procspawn.push(ps_empty(ps1, cfg.empty_ps));
         if cfg.verbose {
             let l = |v: &[f64]| fmt_time(v[v.len() - 1]);
             eprintln!(
                 "empty round: forkworker {} futex {} futex-long {} futex-clock {} pipe {} procspawn {}",
-                l(&e_fw),
-                l(&e_fx),
-                l(&e_fl),
-                l(&e_fc),
-                l(&e_pp),
-                l(&e_ps)
+                l(&e.forkworker),
+                l(&e.futex),
+                l(&e.futex_long),
+                l(&e.futex_clock),
+                l(&e.pipe),
+                l(&e.procspawn)
             );
         }
     }
-    eprintln!(
-        "compare: empty calls done at {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    e
+}
 
-    let (mut t1, mut t2, mut p1, mut p2) = (vec![], vec![], vec![], vec![]);
-    let mut heap_per_call = 0.0;
-    // The parent's heap grows once for the pending calls' records; later rounds reuse it.
-    let before = proc_status(0, "VmRSS").unwrap_or(0);
-    for round in 0..cfg.throughput_rounds {
-        t1.push(fw_throughput(m1, cfg.tp_calls));
-        if round == 0 {
-            let after = proc_status(0, "VmRSS").unwrap_or(0);
-            heap_per_call = after.saturating_sub(before) as f64 * 1024.0 / cfg.tp_calls as f64;
-        }
-        p1.push(ps_throughput(&ps1, cfg.tp_ps_calls));
-        t2.push(fw_throughput(m2, cfg.tp_calls));
-        p2.push(ps_throughput(&ps2, cfg.tp_ps_calls));
-        if cfg.verbose {
-            let l = |v: &[f64]| fmt_rate(v[v.len() - 1]);
-            eprintln!(
-                "throughput round: 1 worker {} (procspawn {}), 2 workers {} (procspawn {})",
-                l(&t1),
-                l(&p1),
-                l(&t2),
-                l(&p2)
-            );
-        }
-    }
-    eprintln!(
-        "compare: throughput done at {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-
-    let mut payload_rows = Vec::new();
-    for &(size, calls) in &cfg.payloads {
-        let mut data: Vec<u8> = (0..size).map(|i| i as u8).collect();
-        let src = data.clone();
-        let (mut mid, mut dst) = (vec![1u8; size], vec![2u8; size]);
-        // Warm-up: the first call sizes the return reservation and faults the buffers.
-        fw_echo(mpay, &mut data);
-        memcpy_twice(&src, &mut mid, &mut dst);
-        ps_echo_once(&ps1, &mut data);
-        let (mut fw, mut mc, mut ps) = (vec![], vec![], vec![]);
-        for _ in 0..cfg.rounds.div_ceil(2) {
-            for _ in 0..calls {
-                fw.push(fw_echo(mpay, &mut data));
-                mc.push(memcpy_twice(&src, &mut mid, &mut dst).as_secs_f64());
-            }
-            ps.push(ps_echo_once(&ps1, &mut data));
-        }
-        assert!(data == src, "echo changed the bytes");
-        if cfg.verbose {
-            let all = |v: &[f64]| v.iter().map(|&x| fmt_time(x)).collect::<Vec<_>>().join(" ");
-            eprintln!("echo {}: forkworker {}", size_name(size), all(&fw));
-            eprintln!("echo {}: memcpy x2 {}", size_name(size), all(&mc));
-            eprintln!("echo {}: procspawn {}", size_name(size), all(&ps));
-        }
-        payload_rows.push((size, median(&fw), median(&mc), median(&ps)));
-    }
-    eprintln!(
-        "compare: payloads done at {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-
-    // ---- Clean up: every pool, every floor process; then check. ----
-    drop(ps1);
-    drop(ps2);
-    drop(pools);
-    drop(futex);
-    drop(futex_long);
-    drop(futex_clock);
-    drop(pipe);
-    let leftovers = cleanup_problems(me);
-
-    // ---- The table. ----
-    let mut rows = Vec::new();
-    let (fw, fx, fl, pp, ps) = (
-        median(&e_fw),
-        median(&e_fx),
-        median(&e_fl),
-        median(&e_pp),
-        median(&e_ps),
-    );
-    let ratio = median(&e_ratio);
-    rows.push(
+fn empty_rows(e: &Empty) -> Vec<Row> {
+    let fw = median(&e.forkworker);
+    let ratio = median(&e.ratio);
+    let against = |measure: String, floor: &[f64], digits: usize| {
+        let floor = median(floor);
+        row(
+            measure,
+            fmt_time(fw),
+            fmt_time(floor),
+            format!("{:.digits$}x", fw / floor),
+        )
+    };
+    vec![
         row(
             format!(
                 "empty call round trip vs futex ping-pong floor (spin {} us, as forkworker; ratio: median of {} paired batches)",
                 SPIN / 1000,
-                e_ratio.len()
+                e.ratio.len()
             ),
             fmt_time(fw),
-            fmt_time(fx),
+            fmt_time(median(&e.futex)),
             format!("{ratio:.2}x"),
         )
         .target("<= 2x", ratio <= 2.0),
-    );
-    rows.push(row(
-        format!(
-            "empty call round trip vs futex ping-pong floor (spin {} ms: never sleeps)",
-            LONG_SPIN / 1_000_000
+        against(
+            format!(
+                "empty call round trip vs futex ping-pong floor (spin {} ms: never sleeps)",
+                LONG_SPIN / 1_000_000
+            ),
+            &e.futex_long,
+            2,
         ),
-        fmt_time(fw),
-        fmt_time(fl),
-        format!("{:.2}x", fw / fl),
-    ));
-    let fc = median(&e_fc);
-    rows.push(row(
-        format!(
-            "empty call round trip vs futex ping-pong floor (spin {} us measured with the clock, as forkworker did before it read the counter)",
-            SPIN / 1000
+        against(
+            format!(
+                "empty call round trip vs futex ping-pong floor (spin {} us measured with the clock, as forkworker did before it read the counter)",
+                SPIN / 1000
+            ),
+            &e.futex_clock,
+            2,
         ),
-        fmt_time(fw),
-        fmt_time(fc),
-        format!("{:.2}x", fw / fc),
-    ));
-    rows.push(row(
-        "empty call round trip vs pipe ping-pong",
-        fmt_time(fw),
-        fmt_time(pp),
-        format!("{:.2}x", fw / pp),
-    ));
-    rows.push(row(
-        "empty call round trip vs procspawn Pool(1)",
-        fmt_time(fw),
-        fmt_time(ps),
-        format!("{:.3}x", fw / ps),
-    ));
-    for (workers, fw, ps) in [(1, &t1, &p1), (2, &t2, &p2)] {
-        let (fw, ps) = (median(fw), median(ps));
-        rows.push(
+        against(
+            "empty call round trip vs pipe ping-pong".into(),
+            &e.pipe,
+            2,
+        ),
+        against(
+            "empty call round trip vs procspawn Pool(1)".into(),
+            &e.procspawn,
+            3,
+        ),
+    ]
+}
+
+/// Pipelined calls per second, one entry per round.
+struct Throughput {
+    one: Vec<f64>,
+    two: Vec<f64>,
+    ps_one: Vec<f64>,
+    ps_two: Vec<f64>,
+    /// The parent's heap growth per pending call, in bytes.
+    heap_per_call: f64,
+}
+
+/// Pipelined empty calls on one and two workers, forkworker and procspawn in turn.
+fn measure_throughput(
+    cfg: &Cfg,
+    m1: &mut BenchMediator,
+    m2: &mut BenchMediator,
+    ps1: &procspawn::Pool,
+    ps2: &procspawn::Pool,
+) -> Throughput {
+    let mut t = Throughput {
+        one: vec![],
+        two: vec![],
+        ps_one: vec![],
+        ps_two: vec![],
+        heap_per_call: 0.0,
+    };
+    // The parent's heap grows once for the pending calls' records; later rounds reuse it.
+    let before = proc_status(0, "VmRSS").unwrap_or(0);
+    for round in 0..cfg.throughput_rounds {
+        t.one.push(fw_throughput(m1, cfg.tp_calls));
+        if round == 0 {
+            let after = proc_status(0, "VmRSS").unwrap_or(0);
+            t.heap_per_call = after.saturating_sub(before) as f64 * 1024.0 / cfg.tp_calls as f64;
+        }
+        t.ps_one.push(ps_throughput(ps1, cfg.tp_ps_calls));
+        t.two.push(fw_throughput(m2, cfg.tp_calls));
+        t.ps_two.push(ps_throughput(ps2, cfg.tp_ps_calls));
+        if cfg.verbose {
+            let l = |v: &[f64]| fmt_rate(v[v.len() - 1]);
+            eprintln!(
+                "throughput round: 1 worker {} (procspawn {}), 2 workers {} (procspawn {})",
+                l(&t.one),
+                l(&t.ps_one),
+                l(&t.two),
+                l(&t.ps_two)
+            );
+        }
+    }
+    t
+}
+
+fn throughput_rows(cfg: &Cfg, t: &Throughput) -> Vec<Row> {
+    [(1, &t.one, &t.ps_one), (2, &t.two, &t.ps_two)]
+        .into_iter()
+        .map(|(workers, fw, ps)| {
+            let (fw, ps) = (median(fw), median(ps));
             row(
                 format!(
                     "throughput, {workers} worker{}, {} calls pipelined (procspawn: {})",
@@ -1173,27 +1334,194 @@ fn main() {
                 fmt_rate(ps),
                 format!("{:.1}x", fw / ps),
             )
-            .target(">= 10x", fw >= 10.0 * ps),
-        );
+            .target(">= 10x", fw >= 10.0 * ps)
+        })
+        .collect()
+}
+
+/// Two workers against one on the same pipelined calls, in calls per second.
+struct Pipeline {
+    calls: usize,
+    one: Vec<f64>,
+    two: Vec<f64>,
+    /// Two workers' throughput over one worker's, run by run.
+    ratios: Vec<f64>,
+    /// Whether a spinning process kept one CPU busy meanwhile.
+    loaded: bool,
+}
+
+/// `calls` pipelined empty calls on one worker and on two, `rounds` times, alternating which
+/// goes first; each run starts quiet (see `quiesce`), so that the other pool's workers have
+/// stopped spinning.
+fn measure_pipeline(
+    m1: &mut BenchMediator,
+    m2: &mut BenchMediator,
+    calls: usize,
+    rounds: usize,
+    verbose: bool,
+) -> Pipeline {
+    let mut p = Pipeline {
+        calls,
+        one: vec![],
+        two: vec![],
+        ratios: vec![],
+        loaded: false,
+    };
+    let run = |m: &mut BenchMediator| {
+        quiesce(&mut || {
+            fw_empty(m, 1);
+        });
+        fw_throughput(m, calls)
+    };
+    for round in 0..rounds {
+        let (one, two) = if round % 2 == 0 {
+            let one = run(m1);
+            (one, run(m2))
+        } else {
+            let two = run(m2);
+            (run(m1), two)
+        };
+        p.one.push(one);
+        p.two.push(two);
+        p.ratios.push(two / one);
+        if verbose {
+            eprintln!(
+                "pipeline round: 1 worker {}, 2 workers {}: {:.2}x",
+                fmt_rate(one),
+                fmt_rate(two),
+                two / one
+            );
+        }
     }
-    for &(size, fw, mc, ps) in &payload_rows {
+    p
+}
+
+/// A process that keeps one CPU busy until it is dropped (killed and reaped).
+struct Hog(i32);
+
+impl Hog {
+    /// Forks it (this process must be single-threaded).
+    fn start() -> Hog {
+        Hog(fork_child(|| {
+            loop {
+                std::hint::spin_loop();
+            }
+        }))
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        // SAFETY: killing our own child, which nothing else reaps.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+        reap(self.0);
+    }
+}
+
+/// [`measure_pipeline`] while a spinning process keeps one CPU busy.
+fn measure_pipeline_loaded(
+    m1: &mut BenchMediator,
+    m2: &mut BenchMediator,
+    calls: usize,
+    rounds: usize,
+    verbose: bool,
+) -> Pipeline {
+    let hog = Hog::start();
+    let mut p = measure_pipeline(m1, m2, calls, rounds, verbose);
+    drop(hog);
+    p.loaded = true;
+    p
+}
+
+fn pipeline_row(p: &Pipeline) -> Row {
+    let ratio = median(&p.ratios);
+    row(
+        format!(
+            "pipeline, 2 workers vs 1 worker, {} calls pipelined{} (ratio: median of {} alternating runs)",
+            p.calls,
+            if p.loaded {
+                ", one CPU kept busy by a spinning process"
+            } else {
+                ""
+            },
+            p.ratios.len()
+        ),
+        fmt_rate(median(&p.two)),
+        fmt_rate(median(&p.one)),
+        format!("{ratio:.2}x"),
+    )
+    .target(">= 0.95x", ratio >= 0.95)
+}
+
+/// One payload size: forkworker's echo, two memcpys, procspawn's echo (medians, seconds).
+struct PayloadRow {
+    size: usize,
+    forkworker: f64,
+    memcpy: f64,
+    procspawn: f64,
+}
+
+/// Echoes of each payload size against two memcpys and procspawn.
+fn measure_payloads(cfg: &Cfg, mpay: &mut BenchMediator, ps1: &procspawn::Pool) -> Vec<PayloadRow> {
+    let mut rows = Vec::new();
+    for &(size, calls) in &cfg.payloads {
+        let mut data: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        let src = data.clone();
+        let (mut mid, mut dst) = (vec![1u8; size], vec![2u8; size]);
+        // Warm-up: the first call sizes the return reservation and faults the buffers.
+        fw_echo(mpay, &mut data);
+        memcpy_twice(&src, &mut mid, &mut dst);
+        ps_echo_once(ps1, &mut data);
+        let (mut fw, mut mc, mut ps) = (vec![], vec![], vec![]);
+        for _ in 0..cfg.rounds.div_ceil(2) {
+            for _ in 0..calls {
+                fw.push(fw_echo(mpay, &mut data));
+                mc.push(memcpy_twice(&src, &mut mid, &mut dst).as_secs_f64());
+            }
+            ps.push(ps_echo_once(ps1, &mut data));
+        }
+        assert!(data == src, "echo changed the bytes");
+        if cfg.verbose {
+            let all = |v: &[f64]| v.iter().map(|&x| fmt_time(x)).collect::<Vec<_>>().join(" ");
+            eprintln!("echo {}: forkworker {}", size_name(size), all(&fw));
+            eprintln!("echo {}: memcpy x2 {}", size_name(size), all(&mc));
+            eprintln!("echo {}: procspawn {}", size_name(size), all(&ps));
+        }
+        rows.push(PayloadRow {
+            size,
+            forkworker: median(&fw),
+            memcpy: median(&mc),
+            procspawn: median(&ps),
+        });
+    }
+    rows
+}
+
+fn payload_rows(payloads: &[PayloadRow]) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for p in payloads {
+        let (fw, mc, ps) = (p.forkworker, p.memcpy, p.procspawn);
         let mut r = row(
-            format!("echo {} round trip vs memcpy x2", size_name(size)),
+            format!("echo {} round trip vs memcpy x2", size_name(p.size)),
             fmt_time(fw),
             fmt_time(mc),
             format!("{:.2}x", fw / mc),
         );
-        if size == 64 * MIB {
+        if p.size == 64 * MIB {
             r = r.target("<= 3x", fw <= 3.0 * mc);
         }
         rows.push(r);
         rows.push(row(
-            format!("echo {} round trip vs procspawn Pool(1)", size_name(size)),
+            format!("echo {} round trip vs procspawn Pool(1)", size_name(p.size)),
             fmt_time(fw),
             fmt_time(ps),
             format!("{:.3}x", fw / ps),
         ));
     }
+    rows
+}
+
+fn fault_rows(cfg: &Cfg, faults: &Faults) -> Vec<Row> {
     let ms5 = 5e-3;
     let (tl, rp, cl) = (
         median(&faults.timeout_late),
@@ -1202,7 +1530,7 @@ fn main() {
     );
     let tl_max = faults.timeout_late.iter().copied().fold(0.0, f64::max);
     let cl_max = faults.crash_late.iter().copied().fold(0.0, f64::max);
-    rows.push(
+    vec![
         figure(
             format!(
                 "timeout ({} ms): deadline to on_timeout, median (max)",
@@ -1211,31 +1539,40 @@ fn main() {
             format!("{} ({})", fmt_time(tl), fmt_time(tl_max)),
         )
         .target("<= 5 ms", tl_max <= ms5),
-    );
-    rows.push(figure(
-        "after a timeout: its report to the first return of the replacement worker",
-        fmt_time(rp),
-    ));
-    rows.push(
+        figure(
+            "after a timeout: its report to the first return of the replacement worker",
+            fmt_time(rp),
+        ),
         figure(
             "crash (abort in the method) to wait's CallError::Crashed, median (max)",
             format!("{} ({})", fmt_time(cl), fmt_time(cl_max)),
         )
         .target("<= 5 ms", cl_max <= ms5),
-    );
-    rows.push(figure(
-        "parent RSS added by starting a 1-worker pool (default malloc 8 MiB, pre-faulted)",
-        fmt_bytes(memory.parent_delta_kib as f64 * 1024.0),
-    ));
-    rows.push(figure(
-        "idle worker RSS after one call (VmRSS; anon + shmem)",
-        format!(
-            "{} ({} + {})",
-            fmt_bytes(memory.worker_rss_kib as f64 * 1024.0),
-            fmt_bytes(memory.worker_anon_kib as f64 * 1024.0),
-            fmt_bytes(memory.worker_shmem_kib as f64 * 1024.0)
+    ]
+}
+
+fn memory_rows(
+    cfg: &Cfg,
+    memory: &Memory,
+    queue_noop: &QueueMemory,
+    queue_1k: &QueueMemory,
+    heap_per_call: f64,
+) -> Vec<Row> {
+    let mut rows = vec![
+        figure(
+            "parent RSS added by starting a 1-worker pool (default malloc 8 MiB, pre-faulted)",
+            fmt_bytes(memory.parent_delta_kib as f64 * 1024.0),
         ),
-    ));
+        figure(
+            "idle worker RSS after one call (VmRSS; anon + shmem)",
+            format!(
+                "{} ({} + {})",
+                fmt_bytes(memory.worker_rss_kib as f64 * 1024.0),
+                fmt_bytes(memory.worker_anon_kib as f64 * 1024.0),
+                fmt_bytes(memory.worker_shmem_kib as f64 * 1024.0)
+            ),
+        ),
+    ];
     for (what, q) in [("noop()", queue_noop), ("echo(1000 B)", queue_1k)] {
         let failed = if q.too_large > 0 {
             format!(
@@ -1260,29 +1597,7 @@ fn main() {
         ),
         fmt_bytes(heap_per_call),
     ));
-
-    println!();
-    println!(
-        "forkworker compare ({} run, {} rounds, medians; ratio = forkworker / floor-or-peer for times, forkworker / peer for throughput)",
-        if cfg.smoke { "smoke" } else { "full" },
-        cfg.rounds
-    );
-    println!();
-    print_table(&rows);
-    println!();
-    let (steal, others) = CpuSample::now().noise_since(cpu_start);
-    let met = rows.iter().filter(|r| r.met == "yes").count();
-    let targets = rows.iter().filter(|r| r.met != "-").count();
-    println!(
-        "targets met: {met} of {targets}; total time {:.1} s; nproc {}; during the run, CPU used by other processes {others:.0}% and stolen by the hypervisor {steal:.1}% (above a few %, the figures are noisy)",
-        started.elapsed().as_secs_f64(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    if !leftovers.is_empty() {
-        eprintln!("compare: left behind: {}", leftovers.join("; "));
-        std::process::exit(1);
-    }
-    println!("cleanup: no fw.* segment of this process in /dev/shm, no child process left");
+    rows
 }
 
 /// What the bench left behind: shared-memory segments of this process, live children.
@@ -1328,89 +1643,39 @@ fn print_batches(what: &str, batches: &[f64]) {
     );
 }
 
-/// `--only WHAT [--count N]`: one forkworker path (or the futex floor) alone, with no
-/// procspawn and no other floor, for a profiler (`perf stat`, `valgrind --tool=callgrind
+/// `--only WHAT [--count N] [--rounds N] [--smoke]`: one forkworker path (or the futex floor) alone, with
+/// no procspawn and no other floor, for a profiler (`perf stat`, `valgrind --tool=callgrind
 /// --trace-children=yes`). WHAT is `empty`, `paired` (the empty call and the futex floor in
-/// alternating batches), `throughput`, `throughput2`, `echo64`, `futex`, `futex-long` or
-/// `futex-clock`.
-fn profile_only(what: &str, count: Option<usize>) {
-    let stamp = 0;
-    let mut m = BenchMediator::new("bench-profile", Bench { stamp });
-    let workers = if what == "throughput2" { 2 } else { 1 };
-    m.workers(workers)
-        .malloc(3 * 64 * MIB)
-        .strategy(ForkStrategy::Aggressive);
-    m.start().expect("start");
+/// alternating batches), `throughput`, `throughput2`, `echo64`, `futex`, `futex-long`,
+/// `futex-clock`, `pipeline` (two workers against one on pipelined calls, alternating runs)
+/// or `pipeline-loaded` (the same while a spinning process keeps one CPU busy; `--rounds`
+/// sets how many runs of each, 7 by default). `--smoke` makes the default counts tiny.
+fn profile_only(what: &str, count: Option<usize>, rounds: Option<usize>, smoke: bool) {
+    let default = |full: usize| count.unwrap_or(if smoke { 500 } else { full });
     let t = Instant::now();
     let n = match what {
-        "empty" => {
-            let n = count.unwrap_or(100_000);
-            let batches: Vec<f64> = (0..n.div_ceil(BATCH))
-                .map(|_| fw_empty(&mut m, BATCH))
-                .collect();
-            print_batches(what, &batches);
-            n.div_ceil(BATCH) * BATCH
-        }
-        "throughput" | "throughput2" => {
-            let n = count.unwrap_or(100_000);
-            fw_throughput(&mut m, n);
-            n
-        }
-        "echo64" => {
-            let n = count.unwrap_or(20);
-            let mut data = vec![5u8; 64 * MIB];
-            for _ in 0..n {
-                fw_echo(&mut m, &mut data);
-            }
-            n
-        }
-        "paired" => {
-            // Alternating batches of forkworker's empty call and of the futex floor, in this
-            // one process: both see the same placement of processes on CPUs.
-            let n = count.unwrap_or(100_000);
-            let mut floor = FutexFloor::start(SPIN);
-            let (mut fw, mut fl) = (Vec::new(), Vec::new());
-            for _ in 0..n.div_ceil(BATCH) {
-                quiesce(&mut || {
-                    fw_empty(&mut m, 1);
-                });
-                fw.push(fw_empty(&mut m, BATCH));
-                quiesce(&mut || floor.round_trip());
-                let t = Instant::now();
-                (0..BATCH).for_each(|_| floor.round_trip());
-                fl.push(t.elapsed().as_secs_f64() / BATCH as f64);
-            }
-            print_batches("empty", &fw);
-            print_batches("futex", &fl);
-            let mut ratios: Vec<f64> = fw.iter().zip(&fl).map(|(a, b)| a / b).collect();
-            ratios.sort_by(f64::total_cmp);
-            println!(
-                "empty / futex, batch by batch: p10 {:.2}x, median {:.2}x",
-                ratios[ratios.len() / 10],
-                median(&ratios)
-            );
-            2 * n.div_ceil(BATCH) * BATCH
-        }
-        "futex" | "futex-long" | "futex-clock" => {
-            let n = count.unwrap_or(100_000);
-            let mut floor = match what {
-                "futex" => FutexFloor::start(SPIN),
-                "futex-clock" => FutexFloor::start_with(SPIN, Budget::Clock),
-                _ => FutexFloor::start(LONG_SPIN),
-            };
-            let batches: Vec<f64> = (0..n.div_ceil(BATCH))
-                .map(|_| {
-                    let t = Instant::now();
-                    (0..BATCH).for_each(|_| floor.round_trip());
-                    t.elapsed().as_secs_f64() / BATCH as f64
-                })
-                .collect();
-            print_batches(what, &batches);
-            n.div_ceil(BATCH) * BATCH
+        "empty" => only_empty(&mut profiled(1), default(100_000)),
+        "throughput" => only_throughput(&mut profiled(1), default(100_000)),
+        "throughput2" => only_throughput(&mut profiled(2), default(100_000)),
+        "echo64" => only_echo64(
+            &mut profiled(1),
+            count.unwrap_or(if smoke { 2 } else { 20 }),
+        ),
+        "paired" => only_paired(&mut profiled(1), default(100_000)),
+        "futex" => only_futex(FutexFloor::start(SPIN), what, default(100_000)),
+        "futex-clock" => only_futex(
+            FutexFloor::start_with(SPIN, Budget::Clock),
+            what,
+            default(100_000),
+        ),
+        "futex-long" => only_futex(FutexFloor::start(LONG_SPIN), what, default(100_000)),
+        "pipeline" | "pipeline-loaded" => {
+            let rounds = rounds.unwrap_or(if smoke { 2 } else { 7 });
+            only_pipeline(what == "pipeline-loaded", default(100_000), rounds)
         }
         _ => {
             eprintln!(
-                "--only takes empty, paired, throughput, throughput2, echo64, futex, futex-long or futex-clock"
+                "--only takes empty, paired, throughput, throughput2, echo64, futex, futex-long, futex-clock, pipeline or pipeline-loaded"
             );
             std::process::exit(2);
         }
@@ -1420,4 +1685,93 @@ fn profile_only(what: &str, count: Option<usize>) {
         t.elapsed().as_secs_f64(),
         fmt_time(t.elapsed().as_secs_f64() / n as f64)
     );
+}
+
+/// The pool of `--only`: `workers` of them, room for 64 MiB echoes.
+fn profiled(workers: usize) -> BenchMediator {
+    pool("bench-profile", workers, 3 * 64 * MIB, 0)
+}
+
+/// `--only empty`: `n` empty calls in batches; returns how many ran.
+fn only_empty(m: &mut BenchMediator, n: usize) -> usize {
+    let batches: Vec<f64> = (0..n.div_ceil(BATCH)).map(|_| fw_empty(m, BATCH)).collect();
+    print_batches("empty", &batches);
+    n.div_ceil(BATCH) * BATCH
+}
+
+/// `--only throughput` and `throughput2`: `n` pipelined empty calls.
+fn only_throughput(m: &mut BenchMediator, n: usize) -> usize {
+    fw_throughput(m, n);
+    n
+}
+
+/// `--only echo64`: `n` echoes of 64 MiB.
+fn only_echo64(m: &mut BenchMediator, n: usize) -> usize {
+    let mut data = vec![5u8; 64 * MIB];
+    for _ in 0..n {
+        fw_echo(m, &mut data);
+    }
+    n
+}
+
+/// `--only paired`: alternating batches of forkworker's empty call and of the futex floor,
+/// in this one process: both see the same placement of processes on CPUs.
+fn only_paired(m: &mut BenchMediator, n: usize) -> usize {
+    let mut floor = FutexFloor::start(SPIN);
+    let (mut fw, mut fl) = (Vec::new(), Vec::new());
+    for _ in 0..n.div_ceil(BATCH) {
+        quiesce(&mut || {
+            fw_empty(m, 1);
+        });
+        fw.push(fw_empty(m, BATCH));
+        quiesce(&mut || floor.round_trip());
+        let t = Instant::now();
+        (0..BATCH).for_each(|_| floor.round_trip());
+        fl.push(t.elapsed().as_secs_f64() / BATCH as f64);
+    }
+    print_batches("empty", &fw);
+    print_batches("futex", &fl);
+    let mut ratios: Vec<f64> = fw.iter().zip(&fl).map(|(a, b)| a / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "empty / futex, batch by batch: p10 {:.2}x, median {:.2}x",
+        ratios[ratios.len() / 10],
+        median(&ratios)
+    );
+    2 * n.div_ceil(BATCH) * BATCH
+}
+
+/// `--only futex`, `futex-long`, `futex-clock`: `n` round trips of a floor, in batches.
+fn only_futex(mut floor: FutexFloor, what: &str, n: usize) -> usize {
+    let batches: Vec<f64> = (0..n.div_ceil(BATCH))
+        .map(|_| {
+            let t = Instant::now();
+            (0..BATCH).for_each(|_| floor.round_trip());
+            t.elapsed().as_secs_f64() / BATCH as f64
+        })
+        .collect();
+    print_batches(what, &batches);
+    n.div_ceil(BATCH) * BATCH
+}
+
+/// `--only pipeline` and `pipeline-loaded`: two workers against one on `n` pipelined calls,
+/// alternating runs, printed as the full table's row; then the cleanup check.
+fn only_pipeline(loaded: bool, n: usize, rounds: usize) -> usize {
+    let mut m1 = pool("bench-1", 1, 64 * MIB, 0);
+    let mut m2 = pool("bench-2", 2, 64 * MIB, 0);
+    // Warm-up: the pending calls' records and every worker's first calls.
+    fw_throughput(&mut m1, n.min(10_000));
+    fw_throughput(&mut m2, n.min(10_000));
+    let p = if loaded {
+        measure_pipeline_loaded(&mut m1, &mut m2, n, rounds, true)
+    } else {
+        measure_pipeline(&mut m1, &mut m2, n, rounds, true)
+    };
+    drop((m1, m2));
+    let leftovers = cleanup_problems(std::process::id());
+    println!();
+    print_table(&[pipeline_row(&p)]);
+    println!();
+    exit_if_left_behind(&leftovers);
+    2 * rounds * n
 }

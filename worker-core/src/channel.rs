@@ -1,23 +1,18 @@
-//! One request/response channel per worker slot, in shared memory, and the wake-ups between
-//! the two sides.
+//! One request/response channel per worker slot, in shared memory: the two cache lines a
+//! call crosses, and their checksums.
 //!
 //! Every word has a single writer. The parent writes the request half and bumps `req_seq`;
 //! the worker writes the response half and sets `resp_seq` to the request's sequence number.
 //! Each half is one cache line, and small arguments and returns travel inside it, so that a
-//! small call crosses one line each way. A sleeping worker waits on `req_seq` with a futex; a
-//! sleeping parent waits in `poll` on an eventfd (and on the workers' pidfds, so that a death
-//! wakes it too). Each side first spins briefly when more than one CPU is available (a
-//! spinning side sees the other's write as soon as its cache line crosses, while a futex or
-//! eventfd wake-up costs the sleeper a syscall and a trip through the scheduler; the README's
-//! benchmark, `cargo bench --bench compare`, compares the round trip with a futex floor),
-//! timing its spin with the tick counter (see `clock`), and only pays for a wake-up syscall
-//! when the other side announced that it sleeps.
+//! small call crosses one line each way. How each side waits for the other's sequence number,
+//! and wakes it, is the protocol of `wake`: this module writes the lines and hands their
+//! sequence numbers to it.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::checksum::checksum;
 use crate::clock::{self, now_ns};
+use crate::wake::{self, SleepFlag, WorkerWake};
 
 /// What the parent asks of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +81,7 @@ const RET_INLINE: u32 = 1 << 16;
 /// that the worker's answer does no floating-point work.
 const RUN_SPAN: u32 = 1 << 17;
 /// A call that ran for less than this is timed with the tick counter alone (see `clock`);
-/// a longer one reads the clock when it ends, which then costs it less than 0.1%.
+/// a longer one reads the clock when it ends, a cost that is then negligible beside its run.
 const SHORT_RUN_NS: u64 = 100_000;
 
 /// [`SHORT_RUN_NS`] in ticks of the counter: a worker works it out once.
@@ -98,7 +93,8 @@ pub(crate) fn short_run_ticks() -> u64 {
 ///
 /// Small arguments ride in the line itself (`args_at` = 1 + their length), so that a small
 /// call moves one line to the worker and one back, as the futex floor does, instead of also
-/// pulling the payload block's line across (about 95 ns each way on the machine measured).
+/// pulling the payload block's line across (a crossing as costly as the line's own: see
+/// benches/README.md).
 #[repr(C, align(64))]
 pub(crate) struct RequestHalf {
     /// Bumped by the parent for each request; the worker's futex word.
@@ -121,8 +117,8 @@ pub(crate) struct RequestHalf {
 /// the forged-answer test in tests/faults.rs.
 #[repr(C, align(64))]
 pub(crate) struct ResponseHalf {
-    /// Set by the worker before it sleeps on `RequestHalf::seq`.
-    pub(crate) sleeping: AtomicU32,
+    /// Set by the worker before it sleeps on `RequestHalf::seq` (see `wake`).
+    pub(crate) sleeping: SleepFlag,
     /// Errors the worker reported with `this_worker::error`, ever.
     pub(crate) errors: AtomicU32,
     /// The sequence number of the request answered; written last.
@@ -203,7 +199,8 @@ pub(crate) struct Posted {
     /// Whether the worker, spinning, saw the request arrive (rather than finding it when it
     /// came back from other work, or waking up for it).
     pub(crate) prompt: bool,
-    /// Whether the pool was crowded when the request was posted (see `worker_spin_ns`).
+    /// Whether the pool was crowded when the request was posted (see
+    /// `wake::ParentWake::crowded`).
     pub(crate) crowded: bool,
     /// Whether the request's checksum matched its fields.
     pub(crate) valid: bool,
@@ -296,49 +293,13 @@ impl Ran {
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT on a valid, aligned u32 in a shared mapping (not PRIVATE: the waker
-    // is another process). Returns at once if the word no longer holds `expected`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a valid, aligned u32; wakes at most one waiter.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1);
-    }
-}
-
-/// Adds one to an eventfd, waking a parent that sleeps in `poll` on it.
-pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) {
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes from a valid u64 to an eventfd. A full counter (EAGAIN) is
-    // harmless: the parent is then certainly awake.
-    unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-}
-
-/// Empties an eventfd (non-blocking).
-pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
-    let mut v: u64 = 0;
-    // SAFETY: reading 8 bytes into a valid u64 from a non-blocking eventfd.
-    unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-}
-
 impl Channel {
     /// Parent: clears the channel for a newly forked worker.
     pub(crate) fn reset(&self) {
         let seq = self.req.seq.load(Ordering::Relaxed);
         self.resp.seq.store(seq, Ordering::Relaxed);
         self.running.seq.store(seq, Ordering::Relaxed);
-        self.resp.sleeping.store(0, Ordering::Relaxed);
+        self.resp.sleeping.reset();
         self.resp.errors.store(0, Ordering::Relaxed);
     }
 
@@ -383,10 +344,7 @@ impl Channel {
             ),
             Ordering::Relaxed,
         );
-        r.seq.store(seq, Ordering::SeqCst);
-        if self.resp.sleeping.load(Ordering::SeqCst) != 0 {
-            futex_wake(&r.seq);
-        }
+        wake::publish_request(&r.seq, seq, &self.resp.sleeping);
     }
 
     /// Parent: whether the worker answered request `seq`.
@@ -435,27 +393,13 @@ impl Channel {
             .then(|| self.running.started_ns.load(Ordering::Relaxed))
     }
 
-    /// Worker: waits for the request after `last`, spinning first for `spin_ns` (see
-    /// `worker_spin_ns`), then sleeping.
-    pub(crate) fn next_request(&self, last: u32, spin_ns: u64) -> Posted {
-        let seq = &self.req.seq;
+    /// Worker: waits for the request after `last` (spinning, then sleeping, as `wake`
+    /// decides), and reads it.
+    pub(crate) fn next_request(&self, last: u32, wake: &mut WorkerWake<'_>) -> Posted {
         // Prompt: the spin saw the request arrive, so it was posted a moment ago.
-        let prompt = spin_ns > 0
-            && seq.load(Ordering::Acquire) == last
-            && spin_for(spin_ns, || seq.load(Ordering::Acquire) != last);
-        loop {
-            let now = seq.load(Ordering::Acquire);
-            if now != last {
-                break;
-            }
-            self.resp.sleeping.store(1, Ordering::SeqCst);
-            if seq.load(Ordering::SeqCst) == last {
-                futex_wait(seq, last);
-            }
-            self.resp.sleeping.store(0, Ordering::Relaxed);
-        }
+        let prompt = wake.wait(&self.req.seq, last, &self.resp.sleeping);
         let r = &self.req;
-        let seq = seq.load(Ordering::Acquire);
+        let seq = r.seq.load(Ordering::Acquire);
         let kind = r.kind.load(Ordering::Relaxed);
         let method = r.method.load(Ordering::Relaxed);
         let args_at = r.args_at.load(Ordering::Relaxed);
@@ -493,9 +437,8 @@ impl Channel {
     ///
     /// A request picked up `prompt`ly started when the parent posted it, to within a cache
     /// line's crossing, so the time is left 0 and the parent uses its own time of posting:
-    /// reading the clock right after the request's line arrived cost about 90 ns per call
-    /// here (an A/B run of the empty call, alternating batches in one process: 0.81-0.87 of
-    /// the time without that read).
+    /// a clock read right after the request's line arrived is a large share of the empty
+    /// call's time (measured in benches/README.md).
     #[inline]
     pub(crate) fn mark_running(&self, seq: u32, prompt: bool) -> u64 {
         let now = if prompt { 0 } else { now_ns() };
@@ -546,7 +489,7 @@ impl Channel {
         r.finished_ns.store(finished, Ordering::Relaxed);
         r.check
             .store(answer_check(seq, kind, ret_len as u64), Ordering::Relaxed);
-        r.seq.store(seq, Ordering::SeqCst);
+        wake::publish_answer(&r.seq, seq);
     }
 }
 
@@ -576,70 +519,9 @@ fn request_check(
     ])
 }
 
-/// Whether the parent spins before sleeping: not on a single CPU, where spinning only delays
-/// the peer that would answer.
-pub(crate) fn spin_allowed() -> bool {
-    cpus() > 1
-}
-
-/// How many CPUs this process may use, looked up once (`available_parallelism` reads cgroup
-/// files: tens of microseconds).
-pub(crate) fn cpus() -> usize {
-    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// How long a worker spins for its next request, in nanoseconds, after a request posted
-/// while the pool was `crowded` (more busy workers, with the parent, than CPUs) or not:
-/// `SPIN_NS` when every busy process could have a CPU of its own, `SHORT_SPIN_NS` when not,
-/// since a worker spinning for the parent's next call then takes the CPU the parent or another
-/// worker needs to make it (two workers on two CPUs: 100,000 pipelined calls took 5.0-9.4 us
-/// each with the long spin, 1.6-2.1 us with the short one; one worker is not affected), and
-/// none on a single CPU.
-pub(crate) fn worker_spin_ns(crowded: bool) -> u64 {
-    match cpus() {
-        1 => 0,
-        _ if crowded => SHORT_SPIN_NS,
-        _ => SPIN_NS,
-    }
-}
-
-/// A worker's spin in a crowded pool: long enough for a parent that answers at once, short
-/// enough not to hold a CPU the others need.
-pub(crate) const SHORT_SPIN_NS: u64 = 2_000;
-
 /// Set in `RequestHalf::kind` when the pool was crowded as the request was posted (see
-/// `worker_spin_ns`).
+/// `wake::ParentWake::crowded`).
 const CROWDED: u32 = 1 << 16;
-
-/// How long a side spins before sleeping, when more than one CPU is available: longer than a
-/// wake-up takes on a VM (about 30 us measured here), so that one late answer does not start a
-/// chain in which both sides sleep on every call. Measured by `cargo bench --bench compare`:
-/// a 200-iteration spin (about 5 us) gave 8.7-19.9 us per empty call, this one 1.1-3.7 us.
-pub(crate) const SPIN_NS: u64 = 50_000;
-
-/// Spins until `done()` or `SPIN_NS` passed; see [`spin_for`].
-pub(crate) fn spin_until(done: impl FnMut() -> bool) -> bool {
-    spin_for(SPIN_NS, done)
-}
-
-/// Spins until `done()` or `ns` nanoseconds passed, looking at the tick counter (not the
-/// slower clock, see `clock`) every 64 checks. Returns whether `done()`.
-pub(crate) fn spin_for(ns: u64, mut done: impl FnMut() -> bool) -> bool {
-    let start = clock::ticks();
-    let budget = clock::ticks_in(ns);
-    loop {
-        for _ in 0..64 {
-            if done() {
-                return true;
-            }
-            std::hint::spin_loop();
-        }
-        if clock::ticks().wrapping_sub(start) >= budget {
-            return false;
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -662,7 +544,7 @@ mod tests {
             (640, 256),
             true,
         );
-        let r = c.next_request(seq - 1, 0);
+        let r = c.next_request(seq - 1, &mut WorkerWake::detached());
         assert!(r.valid && r.crowded && !r.prompt);
         assert_eq!((r.seq, r.kind, r.method), (seq, Some(Request::Call), 3));
         assert!(matches!(r.args, PostedArgs::Inline { len: 3, bytes } if bytes[..3] == [1, 2, 3]));
@@ -686,7 +568,7 @@ mod tests {
         );
         // A scribbled word fails the checksum.
         c.req.ret_cap.store(1 << 40, Ordering::Relaxed);
-        let r = c.next_request(seq - 1, 0);
+        let r = c.next_request(seq - 1, &mut WorkerWake::detached());
         assert!(!r.valid && !r.crowded);
         assert!(matches!(r.args, PostedArgs::Block(4096, 100)));
     }

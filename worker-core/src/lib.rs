@@ -18,6 +18,7 @@
 //! | payload blocks inside the region | `arena` |
 //! | one request/response channel per worker, futex and eventfd wake-ups | `channel` |
 //! | the checksum of control words in shared memory (channel lines, journal entries) | `checksum` |
+//! | the sleep/wake protocol: spinning, the sleep flags, futex and eventfd wake-ups | `wake` |
 //! | the loop a worker process runs after the fork | `worker_loop` |
 //! | reading a worker's answer: a pure step to an outcome | `engine::answer` |
 //! | `wait` and its short path; **where a return is taken out of shared memory** (`decode_return`) | `engine::wait` |
@@ -74,6 +75,7 @@ pub mod signals;
 pub mod stats;
 pub mod task;
 pub mod this_worker;
+mod wake;
 mod wire;
 mod worker;
 mod worker_loop;

@@ -1,26 +1,27 @@
 //! The worker processes of one mediator: the shared memory they use, forking them (directly or
-//! through the fork server), noticing their deaths, killing them, retiring worn ones, and the
-//! parent's sleep between events.
+//! through the fork server), noticing their deaths, killing them, retiring worn ones, and what
+//! the parent waits on between events (the sleep itself is `wake`'s protocol).
 //!
 //! The pool knows processes and channels; which call a worker holds and what becomes of it is
 //! the mediator's business.
 
 use std::hash::BuildHasher;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::arena::{Block, Blocks, Span};
 use crate::call::ExitCause;
-use crate::channel::{self, Answer, ArgsAt, Request};
+use crate::channel::{Answer, ArgsAt, Request};
 use crate::clock::{self, Clock, time_left, to_instant};
 use crate::config::{Config, Recycle};
-use crate::error::{ErrorCounts, ErrorKind, OsError, PoolError, SpawnError};
+use crate::error::{ErrorCounts, ErrorKind, PoolError, SpawnError};
 use crate::fork_server::ForkServer;
 use crate::journal::Entry;
 use crate::process::{self, Child};
 use crate::shm::{Found, Region};
+use crate::wake::ParentWake;
 use crate::worker::Worker;
 use crate::worker_loop::{self, WorkerEnv};
 
@@ -78,14 +79,12 @@ impl Slot {
 /// The resources of a started pool.
 pub(crate) struct Pool {
     region: Region,
-    eventfd: OwnedFd,
+    /// The parent's side of the sleep/wake protocol: its eventfd, whether it spins.
+    wake: ParentWake,
     slots: Vec<Slot>,
     /// Workers asked to exit (recycled), not yet reaped.
     retiring: Vec<Child>,
     server: Option<Arc<Mutex<ForkServer>>>,
-    spin: bool,
-    /// CPUs available, to tell workers whether the pool is crowded.
-    cpus: usize,
     recycle: Recycle,
     next_death_check: Instant,
     /// The parent's time on the hot path.
@@ -127,18 +126,12 @@ impl Pool {
                 }
             },
         };
-        // SAFETY: plain eventfd creation; the fd is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(PoolError::EventFd(OsError::last()));
-        }
-        // SAFETY: a fresh fd that nothing else owns.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let spin = channel::spin_allowed();
+        let wake = ParentWake::new()?;
+        region.header().spin_places.clear();
         let server = if config.fork_server {
-            // The server runs in a copy of this process: `region` and `eventfd` stay where
-            // they are in its memory, since the server never returns from here.
-            let (region, eventfd) = (&region, eventfd.as_fd());
+            // The server runs in a copy of this process: `region` and `wake` stay where they
+            // are in its memory, since the server never returns from here.
+            let (region, eventfd) = (&region, wake.bell());
             let server = ForkServer::start(move |slot, start_seq| {
                 let env = WorkerEnv {
                     alias,
@@ -158,12 +151,10 @@ impl Pool {
         log::debug!(target: alias, "shared memory {} with {} payload bytes", region.name(), region.arena_size());
         let pool = Pool {
             region,
-            eventfd,
+            wake,
             slots: (0..slots).map(|_| Slot::default()).collect(),
             retiring: Vec::new(),
             server,
-            spin,
-            cpus: channel::cpus(),
             recycle: config.recycle,
             next_death_check: Instant::now(),
             clock: Clock::new(),
@@ -178,6 +169,8 @@ impl Pool {
     pub(crate) fn spawn<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, SpawnError> {
         let channel = self.region.channel(i);
         channel.reset();
+        // The previous worker of the slot may have died holding a spin place.
+        self.region.header().spin_places.give_back(i);
         let start_seq = channel.req.seq.load(Ordering::Relaxed);
         let child = match &self.server {
             Some(server) => {
@@ -200,7 +193,7 @@ impl Pool {
                     region: &self.region,
                     slot: i,
                     start_seq,
-                    eventfd: self.eventfd.as_fd(),
+                    eventfd: self.wake.bell(),
                 };
                 process::spawn(|| worker_loop::run(value, env))?
             }
@@ -228,8 +221,8 @@ impl Pool {
     }
 
     /// Journal entry `i`, if this pool keeps a journal: only a persistent pool's journal is
-    /// ever read (by the next run's recovery), so the others write none (about 50
-    /// instructions less per call, callgrind).
+    /// ever read (by the next run's recovery), so the others write none (a saving per call:
+    /// benches/README.md).
     #[inline]
     pub(crate) fn journal(&self, i: usize) -> Option<&Entry> {
         self.journaled.then(|| self.region.entry(i))
@@ -375,8 +368,7 @@ impl Pool {
         blocks: Blocks,
         timeout: Option<Duration>,
     ) -> u32 {
-        // With this call, as many busy workers and the parent as CPUs or more: crowded.
-        let crowded = self.slots.len() + 1 > self.cpus && self.busy_count() + 2 > self.cpus;
+        let crowded = self.wake.crowded(self.slots.len(), self.busy_count());
         let seq = self.post_request(i, Request::Call, method, args, ret, crowded);
         let slot = &mut self.slots[i];
         slot.calls += 1;
@@ -471,6 +463,8 @@ impl Pool {
         if let Some(mut child) = slot.child.take() {
             child.kill();
         }
+        // It may have died holding a spin place.
+        self.region.header().spin_places.give_back(i);
         (pid, slot.busy.take().zip(slot.lent.take()))
     }
 
@@ -510,7 +504,7 @@ impl Pool {
             let seq = self.post_exit(i);
             let channel = self.region.channel(i);
             let deadline = Instant::now() + EXIT_LIMIT;
-            if !(self.spin && channel::spin_until(|| channel.answered(seq))) {
+            if !self.wake.spin_until(|| channel.answered(seq)) {
                 while !channel.answered(seq) && child.try_reap().is_none() {
                     if Instant::now() >= deadline {
                         child.kill();
@@ -548,25 +542,15 @@ impl Pool {
             .min()
     }
 
-    /// Before sleeping: announces it to the workers (so that they write the eventfd when they
-    /// answer) and adds the descriptors to wait on to `fds`. Returns false, having announced
-    /// nothing, if an answer is already there (after a short spin on several CPUs).
+    /// Before sleeping: announces it to the workers, so that they ring the eventfd when they
+    /// answer (see `wake::ParentWake::begin_sleep`), and adds the descriptors to wait on to
+    /// `fds`: the eventfd and the workers' pidfds. Returns false, having announced nothing, if
+    /// an answer is already there.
     pub(crate) fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool {
-        if self.spin && channel::spin_until(|| self.any_answer()) {
+        let flag = &self.region.header().parent_sleeping;
+        if !self.wake.begin_sleep(flag, || self.any_answer(), fds) {
             return false;
         }
-        self.region
-            .header()
-            .parent_sleeping
-            .store(1, Ordering::SeqCst);
-        if self.any_answer() {
-            self.region
-                .header()
-                .parent_sleeping
-                .store(0, Ordering::Relaxed);
-            return false;
-        }
-        fds.push(self.eventfd.as_raw_fd());
         fds.extend(self.live_pidfds().map(|fd| fd.as_raw_fd()));
         true
     }
@@ -574,11 +558,7 @@ impl Pool {
     /// After sleeping: withdraws the announcement, empties the eventfd, and makes the next
     /// collection look for dead workers (a pidfd may have woken us).
     pub(crate) fn end_sleep(&mut self) {
-        self.region
-            .header()
-            .parent_sleeping
-            .store(0, Ordering::Relaxed);
-        channel::eventfd_drain(self.eventfd.as_fd());
+        self.wake.end_sleep(&self.region.header().parent_sleeping);
         self.next_death_check = Instant::now();
     }
 

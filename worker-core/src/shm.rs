@@ -18,12 +18,13 @@ use crate::arena::{Block, Span};
 use crate::channel::Channel;
 use crate::error::{OsError, PoolError};
 use crate::journal::Entry;
+use crate::wake::{SleepFlag, SpinPlaces};
 
 /// Written at the start of every segment; a segment without it is not ours.
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
 /// The layout version; bumped whenever `Header`, `Channel`, `Entry` or
 /// `channel::checksum` change.
-const VERSION: u32 = 6;
+const VERSION: u32 = 7;
 /// The header occupies the first bytes of the segment, padded to this size.
 const HEADER_SIZE: usize = 4096;
 const PAGE: usize = 4096;
@@ -36,8 +37,11 @@ pub(crate) struct Header {
     slots: AtomicU32,
     arena_size: AtomicU64,
     entries: AtomicU64,
-    /// Set by the parent while it sleeps in `poll`; a worker that sees it writes the eventfd.
-    pub(crate) parent_sleeping: AtomicU32,
+    /// Set by the parent while it sleeps in `poll`; a worker that sees it rings the eventfd
+    /// (see `wake`).
+    pub(crate) parent_sleeping: SleepFlag,
+    /// Which workers spin past the free spin (see `wake::SpinPlaces`).
+    pub(crate) spin_places: SpinPlaces,
 }
 
 /// The parent's mapping of the segment.

@@ -7,13 +7,13 @@
 use std::convert::Infallible;
 use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::Ordering;
 
-use crate::channel::{self, INLINE_RET, PostedArgs, Request, Response, eventfd_signal};
+use crate::channel::{self, INLINE_RET, PostedArgs, Request, Response};
 use crate::clock;
 use crate::panics::panic_message;
 use crate::shm::Region;
 use crate::this_worker;
+use crate::wake::WorkerWake;
 use crate::wire::{ReturnSlot, Written};
 use crate::worker::Worker;
 
@@ -55,20 +55,18 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
-    // Worked out once, not per request.
-    let (calm_spin_ns, crowded_spin_ns) = (
-        channel::worker_spin_ns(false),
-        channel::worker_spin_ns(true),
+    let header = env.region.header();
+    let mut wake = WorkerWake::new(
+        &header.parent_sleeping,
+        env.eventfd,
+        &header.spin_places,
+        env.slot,
     );
+    // Worked out once, not per request.
     let short_run = channel::short_run_ticks();
-    let mut spin_ns = calm_spin_ns;
     loop {
-        let req = channel.next_request(last, spin_ns);
-        spin_ns = if req.crowded {
-            crowded_spin_ns
-        } else {
-            calm_spin_ns
-        };
+        let req = channel.next_request(last, &mut wake);
+        wake.posted(req.crowded);
         last = req.seq;
         let kind = if req.valid { req.kind } else { None };
         let mut started_ns = 0;
@@ -107,6 +105,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
                 channel.respond(req.seq, Response::Exiting, 0, None, 0, None);
+                wake.leave();
                 value.teardown();
                 return;
             }
@@ -127,9 +126,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             channel.respond(
                 req.seq, reply.kind, reply.len, inline, started_ns, run_ticks,
             );
-            if env.region.header().parent_sleeping.load(Ordering::SeqCst) != 0 {
-                eventfd_signal(env.eventfd);
-            }
+            wake.answered();
             if this_worker::fatal_requested() {
                 value.teardown();
                 // SAFETY: leaving without destructors, as everywhere in a worker.
