@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::arena::Span;
 use crate::checksum::checksum;
 use crate::clock::{self, now_ns};
 use crate::wake::{self, SleepFlag, WorkerWake};
@@ -17,7 +18,7 @@ use crate::wake::{self, SleepFlag, WorkerWake};
 /// What the parent asks of a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
-pub(crate) enum Request {
+pub(crate) enum RequestKind {
     /// Run method `method` on the arguments that `args_at` and `args` locate (in the line, or
     /// a block of the payload area), reply into `ret_off`.
     Call = 1,
@@ -27,11 +28,54 @@ pub(crate) enum Request {
     Exit = 3,
 }
 
-impl Request {
-    fn from_u32(v: u32) -> Option<Request> {
-        [Request::Call, Request::Space, Request::Exit]
+impl RequestKind {
+    fn from_u32(v: u32) -> Option<RequestKind> {
+        [RequestKind::Call, RequestKind::Space, RequestKind::Exit]
             .into_iter()
             .find(|r| *r as u32 == v)
+    }
+}
+
+/// A request as the parent posts it: the one value that travels from the engine through the
+/// pool to the channel's request line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request<'a> {
+    pub(crate) kind: RequestKind,
+    pub(crate) method: u32,
+    pub(crate) args: ArgsAt<'a>,
+    /// Where the worker writes what it answers with (a return value, a message).
+    pub(crate) ret: Span,
+}
+
+impl<'a> Request<'a> {
+    /// Run `method` on `args`, answering into `ret` (the call's return reservation).
+    pub(crate) fn call(method: u32, args: ArgsAt<'a>, ret: Span) -> Request<'a> {
+        Request {
+            kind: RequestKind::Call,
+            method,
+            args,
+            ret,
+        }
+    }
+
+    /// The return value of `method` that did not fit its reservation goes to `ret`.
+    pub(crate) fn space(method: u32, ret: Span) -> Request<'static> {
+        Request {
+            kind: RequestKind::Space,
+            method,
+            args: ArgsAt::Block(0, 0),
+            ret,
+        }
+    }
+
+    /// Run `teardown` and exit.
+    pub(crate) fn exit() -> Request<'static> {
+        Request {
+            kind: RequestKind::Exit,
+            method: 0,
+            args: ArgsAt::Block(0, 0),
+            ret: Span::default(),
+        }
     }
 }
 
@@ -204,7 +248,7 @@ pub(crate) struct Posted {
     pub(crate) crowded: bool,
     /// Whether the request's checksum matched its fields.
     pub(crate) valid: bool,
-    pub(crate) kind: Option<Request>,
+    pub(crate) kind: Option<RequestKind>,
     pub(crate) method: u32,
     pub(crate) args: PostedArgs,
     pub(crate) ret_off: usize,
@@ -306,16 +350,15 @@ impl Channel {
     /// Parent: posts request number `seq` (one more than the last, which the caller keeps: a
     /// read of the request line here would fetch it back from the worker spinning on it, one
     /// more line crossing per call) and wakes the worker if it sleeps.
-    pub(crate) fn post(
-        &self,
-        seq: u32,
-        kind: Request,
-        method: u32,
-        args: ArgsAt<'_>,
-        ret: (usize, usize),
-        crowded: bool,
-    ) {
+    pub(crate) fn post(&self, seq: u32, request: Request<'_>, crowded: bool) {
         let r = &self.req;
+        let Request {
+            kind,
+            method,
+            args,
+            ret,
+        } = request;
+        let ret = (ret.offset, ret.len);
         let kind = kind as u32 | if crowded { CROWDED } else { 0 };
         let (args_at, words) = match args {
             ArgsAt::Block(off, len) => (0, [off as u64, len as u64, 0]),
@@ -425,7 +468,7 @@ impl Channel {
             prompt,
             crowded: kind & CROWDED != 0,
             valid,
-            kind: Request::from_u32(kind & !CROWDED),
+            kind: RequestKind::from_u32(kind & !CROWDED),
             method,
             args,
             ret_off: ret_off as usize,
@@ -538,15 +581,12 @@ mod tests {
         let seq = 1;
         c.post(
             seq,
-            Request::Call,
-            3,
-            ArgsAt::Inline(&[1, 2, 3]),
-            (640, 256),
+            Request::call(3, ArgsAt::Inline(&[1, 2, 3]), Span::new(640, 256)),
             true,
         );
         let r = c.next_request(seq - 1, &mut WorkerWake::detached());
         assert!(r.valid && r.crowded && !r.prompt);
-        assert_eq!((r.seq, r.kind, r.method), (seq, Some(Request::Call), 3));
+        assert_eq!((r.seq, r.kind, r.method), (seq, Some(RequestKind::Call), 3));
         assert!(matches!(r.args, PostedArgs::Inline { len: 3, bytes } if bytes[..3] == [1, 2, 3]));
         assert_eq!((r.ret_off, r.ret_cap), (640, 256));
         assert!(c.answer(seq).is_none(), "not answered yet");
@@ -560,10 +600,7 @@ mod tests {
         let seq = 2;
         c.post(
             seq,
-            Request::Call,
-            1,
-            ArgsAt::Block(4096, 100),
-            (4196, 300),
+            Request::call(1, ArgsAt::Block(4096, 100), Span::new(4196, 300)),
             false,
         );
         // A scribbled word fails the checksum.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::arena::{Block, Blocks, Span};
 use crate::call::ExitCause;
-use crate::channel::{Answer, ArgsAt, Request};
+use crate::channel::{Answer, Request};
 use crate::clock::{self, Clock, time_left, to_instant};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind, PoolError, SpawnError};
@@ -328,7 +328,7 @@ impl Pool {
         let ret = block.span();
         debug_assert!(lent.ret_block.is_none(), "one larger block per call");
         lent.ret_block = Some(block);
-        let seq = self.post_request(i, Request::Space, method, ArgsAt::Block(0, 0), ret, false);
+        let seq = self.post_request(i, Request::space(method, ret), false);
         self.slots[i].busy = Some(Busy {
             seq,
             ret,
@@ -357,19 +357,17 @@ impl Pool {
 
     /// Hands slot `i` a call: posts it on the channel, lends the worker the call's `blocks`
     /// (which hold `ret`, the return reservation) until it answers, and marks the slot busy.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn post_call(
         &mut self,
         i: usize,
         call: u64,
-        method: u32,
-        args: ArgsAt<'_>,
-        ret: Span,
+        request: Request<'_>,
         blocks: Blocks,
         timeout: Option<Duration>,
     ) -> u32 {
         let crowded = self.wake.crowded(self.slots.len(), self.busy_count());
-        let seq = self.post_request(i, Request::Call, method, args, ret, crowded);
+        let ret = request.ret;
+        let seq = self.post_request(i, request, crowded);
         let slot = &mut self.slots[i];
         slot.calls += 1;
         slot.lent = Some(blocks);
@@ -384,33 +382,16 @@ impl Pool {
     }
 
     /// Posts a request on slot `i`'s channel (see `Channel::post`); returns its sequence number.
-    fn post_request(
-        &mut self,
-        i: usize,
-        kind: Request,
-        method: u32,
-        args: ArgsAt<'_>,
-        ret: Span,
-        crowded: bool,
-    ) -> u32 {
+    fn post_request(&mut self, i: usize, request: Request<'_>, crowded: bool) -> u32 {
         let seq = self.slots[i].req_seq.wrapping_add(1);
         self.slots[i].req_seq = seq;
-        self.region
-            .channel(i)
-            .post(seq, kind, method, args, (ret.offset, ret.len), crowded);
+        self.region.channel(i).post(seq, request, crowded);
         seq
     }
 
     /// Asks slot `i`'s worker to exit; returns the request's sequence number.
     fn post_exit(&mut self, i: usize) -> u32 {
-        self.post_request(
-            i,
-            Request::Exit,
-            0,
-            ArgsAt::Block(0, 0),
-            Span::default(),
-            false,
-        )
+        self.post_request(i, Request::exit(), false)
     }
 
     /// Whether a worker other than slot `i`'s holds a call that is not itself waiting for

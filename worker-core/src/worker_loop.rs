@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::channel::{self, INLINE_RET, PostedArgs, Request, Response};
+use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
 use crate::panics::panic_message;
 use crate::shm::Region;
@@ -72,7 +72,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         let mut started_ns = 0;
         let mut start_ticks = None;
         let answer = match kind {
-            Some(Request::Call) => {
+            Some(RequestKind::Call) => {
                 spilled = None;
                 started_ns = channel.mark_running(req.seq, req.prompt);
                 start_ticks = Some(clock::ticks());
@@ -90,7 +90,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                     _ => Some(Reply::block(Response::WireError, 0)),
                 }
             }
-            Some(Request::Space) => match (spilled.take(), unsafe {
+            Some(RequestKind::Space) => match (spilled.take(), unsafe {
                 // SAFETY: as above, the new block is ours until we answer.
                 env.region.payload_mut(req.ret_off, req.ret_cap)
             }) {
@@ -101,7 +101,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                 (Some(_), _) => Some(Reply::block(Response::WireError, 0)),
                 (None, _) => None,
             },
-            Some(Request::Exit) => {
+            Some(RequestKind::Exit) => {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
                 channel.respond(req.seq, Response::Exiting, 0, None, 0, None);

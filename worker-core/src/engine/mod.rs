@@ -32,7 +32,7 @@ use self::table::CallTable;
 use self::wait::{Delivered, delivered_times};
 use crate::arena::{Block, Blocks, Span};
 use crate::call::{Call, CallId, CallRecord, CallStatus, Decoders, Log, Timings};
-use crate::channel::{self, ArgsAt, Response};
+use crate::channel::{self, ArgsAt, Request, Response};
 use crate::clock;
 use crate::clock::to_instant;
 use crate::config::{Config, ForkStrategy};
@@ -819,7 +819,7 @@ impl<W: Worker> Engine<W> {
         };
         let ret = Span::new(offset + len, block.len - len);
         let timeout = self.base.config.timeout;
-        pool.post_call(i, id, method, args, ret, blocks, timeout)
+        pool.post_call(i, id, Request::call(method, args, ret), blocks, timeout)
     }
 
     fn busy_count(&self) -> usize {
