@@ -373,15 +373,41 @@ impl Region {
         unsafe { self.payload_mut(span.offset, span.len) }
     }
 
-    /// The payload bytes `offset..offset + len`, or `None` if out of the payload area. The
-    /// parent reads through [`Region::bytes`]; a worker reads the blocks lent with its
-    /// request through this.
+    /// Worker: the payload bytes a request lent it: its arguments, when they are in a block
+    /// (`args`), and the room for its answer (`ret`). `None` if either lies outside the payload
+    /// area, or if they overlap (a request no parent of ours posts).
+    ///
+    /// Safe for the same reason as [`Region::bytes`], from the other side: the parent lent
+    /// these bytes with the request and touches them again only after the answer.
+    // The bytes are the shared mapping's, not `self`'s: lending, not borrowing, makes them
+    // writable here.
+    #[allow(clippy::type_complexity, clippy::mut_from_ref)]
+    pub(crate) fn lent(&self, args: Option<Span>, ret: Span) -> Option<(Option<&[u8]>, &mut [u8])> {
+        let ret_end = ret.offset.checked_add(ret.len)?;
+        if let Some(a) = args {
+            let a_end = a.offset.checked_add(a.len)?;
+            if a.len > 0 && ret.len > 0 && a.offset < ret_end && ret.offset < a_end {
+                return None;
+            }
+        }
+        // SAFETY: lent with the request (see above); the two ranges do not overlap, so the
+        // shared and the writable slice never alias.
+        let ret = unsafe { self.payload_mut(ret.offset, ret.len) }?;
+        let args = match args {
+            // SAFETY: as above.
+            Some(a) => Some(unsafe { self.payload(a.offset, a.len) }?),
+            None => None,
+        };
+        Some((args, ret))
+    }
+
+    /// The payload bytes `offset..offset + len`, or `None` if out of the payload area.
     ///
     /// # Safety
     /// No other process may write these bytes while the slice lives. The protocol guarantees
     /// it: a block belongs to one side at a time, handed over by the channel's sequence words.
     #[inline]
-    pub(crate) unsafe fn payload(&self, offset: usize, len: usize) -> Option<&[u8]> {
+    unsafe fn payload(&self, offset: usize, len: usize) -> Option<&[u8]> {
         let end = offset.checked_add(len)?;
         (end <= self.arena_size).then(|| {
             // SAFETY: in bounds (checked); exclusivity is the caller's promise.
@@ -395,7 +421,7 @@ impl Region {
     /// As for [`Region::payload`], and no other slice of these bytes may be alive.
     #[allow(clippy::mut_from_ref)]
     #[inline]
-    pub(crate) unsafe fn payload_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
+    unsafe fn payload_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
         let end = offset.checked_add(len)?;
         (end <= self.arena_size).then(|| {
             // SAFETY: in bounds (checked); exclusivity is the caller's promise.
@@ -403,5 +429,33 @@ impl Region {
                 std::slice::from_raw_parts_mut(self.base.add(self.arena_offset() + offset), len)
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arena::Arena;
+
+    #[test]
+    fn payload_bytes_go_only_through_their_block_or_a_lent_request() {
+        let region = Region::create("shm-test", 1, 64 * 16).expect("a segment");
+        let mut arena = Arena::new(region.arena_size(), region.id());
+        let mut block = arena.alloc(100).unwrap();
+        let span = Span::new(block.offset, 100);
+        region.bytes_mut(&mut block, span).unwrap()[..3].copy_from_slice(b"abc");
+        assert_eq!(&region.bytes(&block, span).unwrap()[..3], b"abc");
+        // Not within the block, or a block of another region: no bytes.
+        assert!(region.bytes(&block, Span::new(block.offset, 129)).is_none());
+        let mut other = Arena::new(region.arena_size(), region.id() + 1);
+        let foreign = other.alloc(64).unwrap();
+        assert!(region.bytes(&foreign, foreign.span()).is_none());
+        // A request's arguments and answer room may not overlap, nor leave the area.
+        assert!(region.lent(Some(Span::new(0, 128)), Span::new(64, 64)).is_none());
+        assert!(region.lent(Some(Span::new(0, 64)), Span::new(1 << 20, 64)).is_none());
+        assert!(region.lent(None, Span::new(usize::MAX, 2)).is_none());
+        let (args, ret) = region.lent(Some(Span::new(0, 64)), Span::new(64, 64)).unwrap();
+        assert_eq!(&args.unwrap()[..3], b"abc");
+        assert_eq!(ret.len(), 64);
     }
 }

@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::os::fd::BorrowedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::arena::Span;
 use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
 use crate::panics::panic_message;
@@ -76,24 +77,30 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                 spilled = None;
                 started_ns = channel.mark_running(req.seq, req.prompt);
                 start_ticks = Some(clock::ticks());
-                // SAFETY: the parent handed this block to us with the request and does not
-                // touch it until we answer.
-                let args = match &req.args {
-                    PostedArgs::Inline { len, bytes } => Some(&bytes[..*len]),
-                    PostedArgs::Block(off, len) => unsafe { env.region.payload(*off, *len) },
+                // The parent lent us the blocks with the request, until we answer.
+                let room = Span::new(req.ret_off, req.ret_cap);
+                let lent = match &req.args {
+                    PostedArgs::Inline { len, bytes } => env
+                        .region
+                        .lent(None, room)
+                        .map(|(_, ret)| (&bytes[..*len], ret)),
+                    PostedArgs::Block(off, len) => env
+                        .region
+                        .lent(Some(Span::new(*off, *len)), room)
+                        .and_then(|(args, ret)| Some((args?, ret))),
                 };
-                let ret = unsafe { env.region.payload_mut(req.ret_off, req.ret_cap) };
-                match (args, ret) {
-                    (Some(args), Some(ret)) => {
-                        Some(call(value, req.method, args, ret, &mut spilled))
-                    }
-                    _ => Some(Reply::block(Response::WireError, 0)),
+                match lent {
+                    Some((args, ret)) => Some(call(value, req.method, args, ret, &mut spilled)),
+                    None => Some(Reply::block(Response::WireError, 0)),
                 }
             }
-            Some(RequestKind::Space) => match (spilled.take(), unsafe {
-                // SAFETY: as above, the new block is ours until we answer.
-                env.region.payload_mut(req.ret_off, req.ret_cap)
-            }) {
+            Some(RequestKind::Space) => match (
+                spilled.take(),
+                // As above: the new block is ours until we answer.
+                env.region
+                    .lent(None, Span::new(req.ret_off, req.ret_cap))
+                    .map(|(_, ret)| ret),
+            ) {
                 (Some(bytes), Some(ret)) if bytes.len() <= ret.len() => {
                     ret[..bytes.len()].copy_from_slice(&bytes);
                     Some(Reply::block(Response::Returned, bytes.len()))
