@@ -122,8 +122,10 @@ pub(crate) struct Arena {
     region: u32,
 }
 
-fn round_up(n: usize) -> usize {
-    n.max(1).div_ceil(ALIGN) * ALIGN
+/// `n` rounded up to the alignment (at least one unit), or `None` past `usize::MAX`: lengths
+/// may come from shared memory.
+fn round_up(n: usize) -> Option<usize> {
+    n.max(1).checked_next_multiple_of(ALIGN)
 }
 
 impl Arena {
@@ -162,7 +164,7 @@ impl Arena {
 
     /// Allocates at least `len` bytes, or `None` if no free block is large enough.
     pub(crate) fn alloc(&mut self, len: usize) -> Option<Block> {
-        let len = round_up(len);
+        let len = round_up(len)?;
         let i = self.free.iter().position(|f| f.len >= len)?;
         let f = &mut self.free[i];
         let offset = f.offset;
@@ -179,7 +181,7 @@ impl Arena {
     /// Takes exactly `len` bytes (rounded up) at `offset` out of the free list, for blocks
     /// recovered from a journal. False if any of it is not free (or `offset` is not aligned).
     pub(crate) fn reserve(&mut self, offset: usize, len: usize) -> Option<Block> {
-        let len = round_up(len);
+        let len = round_up(len)?;
         if !offset.is_multiple_of(ALIGN) {
             return None;
         }
@@ -239,7 +241,7 @@ impl Arena {
 
     /// Shrinks a block in place to at least `len` bytes, freeing its tail.
     pub(crate) fn shrink(&mut self, block: Block, len: usize) -> Block {
-        let len = round_up(len);
+        let len = round_up(len).unwrap_or(usize::MAX);
         if len >= block.len {
             return block;
         }
@@ -287,6 +289,7 @@ mod tests {
     fn exhaustion_is_none_not_a_panic() {
         let mut a = Arena::new(256, 0);
         assert!(a.alloc(257).is_none());
+        assert!(a.alloc(usize::MAX).is_none() && a.reserve(0, usize::MAX - 1).is_none());
         let b = a.alloc(256).unwrap();
         assert!(a.alloc(1).is_none());
         let b = a.shrink(b, 10);

@@ -196,9 +196,9 @@ pub(crate) struct CallRecord {
     /// Where the arguments are: the first `args_len` bytes of the first block.
     pub(crate) args_len: usize,
     /// Where the return value lies in shared memory once returned: (offset, length).
-    pub(crate) ret: Option<(usize, usize)>,
+    pub(crate) ret: Option<crate::arena::Span>,
     /// The worker slot and request sequence number the call was posted with.
-    pub(crate) posted: Option<(usize, u32)>,
+    pub(crate) posted: Option<crate::channel::PostedAt>,
     /// Its entry in the shared-memory journal.
     pub(crate) entry: usize,
     /// `wait` is waiting for this call: keep its result after `on_return`.
@@ -206,11 +206,11 @@ pub(crate) struct CallRecord {
 }
 
 impl CallRecord {
-    /// Where the arguments are, as (offset, length), while the parent holds the call's blocks.
-    pub(crate) fn args(&self) -> Option<(usize, usize)> {
+    /// Where the arguments are, while the parent holds the call's blocks.
+    pub(crate) fn args(&self) -> Option<crate::arena::Span> {
         self.blocks
             .as_ref()
-            .map(|b| (b.block.offset, self.args_len))
+            .map(|b| crate::arena::Span::new(b.block.offset, self.args_len))
     }
 
     pub(crate) fn set_status(&mut self, status: CallStatus, at_ns: u64) {

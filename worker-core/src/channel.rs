@@ -36,6 +36,13 @@ impl RequestKind {
     }
 }
 
+/// Where a call was posted: the worker slot and the request's sequence number on its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PostedAt {
+    pub(crate) slot: usize,
+    pub(crate) seq: u32,
+}
+
 /// A request as the parent posts it: the one value that travels from the engine through the
 /// pool to the channel's request line.
 #[derive(Debug, Clone, Copy)]

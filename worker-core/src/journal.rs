@@ -12,6 +12,8 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::arena::Span;
+use crate::channel::PostedAt;
 use crate::checksum::checksum;
 
 /// The entry is unused.
@@ -64,7 +66,7 @@ pub(crate) struct Recovered {
     pub(crate) id: u64,
     pub(crate) method: u32,
     pub(crate) retries: u32,
-    pub(crate) args: (usize, usize),
+    pub(crate) args: Span,
     /// The progress part, if its checksum held.
     pub(crate) progress: Option<Progress>,
 }
@@ -75,58 +77,47 @@ pub(crate) struct Progress {
     /// [`PENDING`] or [`RETURNED`].
     pub(crate) state: u32,
     /// The worker slot and request sequence number it was posted with.
-    pub(crate) posted: Option<(usize, u32)>,
+    pub(crate) posted: Option<PostedAt>,
     /// Where its return value is, if it returned.
-    pub(crate) ret: Option<(usize, usize)>,
+    pub(crate) ret: Option<Span>,
 }
 
 impl Entry {
     /// Records a new (or requeued) call as pending and not posted.
-    pub(crate) fn write_call(&self, id: u64, method: u32, retries: u32, args: (usize, usize)) {
+    pub(crate) fn write_call(&self, id: u64, method: u32, retries: u32, args: Span) {
         self.write_call_words(id, method, retries, args);
         self.write_progress(PENDING, None, None);
     }
 
     /// Records a new call as pending and already `posted` to a worker (`write_call` then
     /// `write_progress`, without the intermediate "not posted").
-    pub(crate) fn write_posted_call(
-        &self,
-        id: u64,
-        method: u32,
-        args: (usize, usize),
-        posted: (usize, u32),
-    ) {
+    pub(crate) fn write_posted_call(&self, id: u64, method: u32, args: Span, posted: PostedAt) {
         self.write_call_words(id, method, 0, args);
         self.write_progress(PENDING, Some(posted), None);
     }
 
-    fn write_call_words(&self, id: u64, method: u32, retries: u32, args: (usize, usize)) {
+    fn write_call_words(&self, id: u64, method: u32, retries: u32, args: Span) {
         self.id.store(id, Ordering::Relaxed);
         self.method.store(method, Ordering::Relaxed);
         self.retries.store(retries, Ordering::Relaxed);
-        self.args_off.store(args.0 as u64, Ordering::Relaxed);
-        self.args_len.store(args.1 as u64, Ordering::Relaxed);
+        self.args_off.store(args.offset as u64, Ordering::Relaxed);
+        self.args_len.store(args.len as u64, Ordering::Relaxed);
         self.call_check.store(
             checksum(&[
                 id,
                 method as u64,
                 retries as u64,
-                args.0 as u64,
-                args.1 as u64,
+                args.offset as u64,
+                args.len as u64,
             ]),
             Ordering::Release,
         );
     }
 
     /// Records where the call is: pending (posted or not) or returned.
-    pub(crate) fn write_progress(
-        &self,
-        state: u32,
-        posted: Option<(usize, u32)>,
-        ret: Option<(usize, usize)>,
-    ) {
-        let (slot, seq) = posted.map_or((NOT_POSTED, 0), |(s, q)| (s as u32, q));
-        let (ret_off, ret_len) = ret.map_or((0, 0), |(o, l)| (o as u64, l as u64));
+    pub(crate) fn write_progress(&self, state: u32, posted: Option<PostedAt>, ret: Option<Span>) {
+        let (slot, seq) = posted.map_or((NOT_POSTED, 0), |p| (p.slot as u32, p.seq));
+        let (ret_off, ret_len) = ret.map_or((0, 0), |r| (r.offset as u64, r.len as u64));
         let check = match (state, posted, ret) {
             (FREE, None, None) => FREE_CHECK,
             (PENDING, None, None) => UNPOSTED_CHECK,
@@ -185,11 +176,14 @@ impl Entry {
             id,
             method,
             retries,
-            args: (args_off as usize, args_len as usize),
+            args: Span::new(args_off as usize, args_len as usize),
             progress: progress_ok.then_some(Progress {
                 state,
-                posted: (slot != NOT_POSTED).then_some((slot as usize, seq)),
-                ret: (state == RETURNED).then_some((ret_off as usize, ret_len as usize)),
+                posted: (slot != NOT_POSTED).then_some(PostedAt {
+                    slot: slot as usize,
+                    seq,
+                }),
+                ret: (state == RETURNED).then_some(Span::new(ret_off as usize, ret_len as usize)),
             }),
         }))
     }
@@ -198,6 +192,10 @@ impl Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(slot: usize, seq: u32) -> PostedAt {
+        PostedAt { slot, seq }
+    }
 
     fn entry() -> Box<Entry> {
         // SAFETY: all-zero bytes are a valid Entry (atomics only).
@@ -208,11 +206,11 @@ mod tests {
     fn a_zeroed_entry_is_free_and_entries_read_back() {
         let e = entry();
         assert_eq!(e.read(0), None);
-        e.write_call(7, 2, 1, (128, 40));
+        e.write_call(7, 2, 1, Span::new(128, 40));
         let r = e.read(3).unwrap().unwrap();
         assert_eq!(
             (r.index, r.id, r.method, r.retries, r.args),
-            (3, 7, 2, 1, (128, 40))
+            (3, 7, 2, 1, Span::new(128, 40))
         );
         assert_eq!(
             r.progress,
@@ -222,26 +220,29 @@ mod tests {
                 ret: None
             })
         );
-        e.write_progress(PENDING, Some((1, 9)), None);
+        e.write_progress(PENDING, Some(at(1, 9)), None);
         let progress = e.read(3).unwrap().unwrap().progress.unwrap();
-        assert_eq!((progress.state, progress.posted), (PENDING, Some((1, 9))));
-        e.write_progress(RETURNED, Some((1, 9)), Some((168, 12)));
+        assert_eq!((progress.state, progress.posted), (PENDING, Some(at(1, 9))));
+        e.write_progress(RETURNED, Some(at(1, 9)), Some(Span::new(168, 12)));
         let progress = e.read(3).unwrap().unwrap().progress.unwrap();
-        assert_eq!(progress.ret, Some((168, 12)));
+        assert_eq!(progress.ret, Some(Span::new(168, 12)));
         assert_eq!(progress.state, RETURNED);
         e.clear();
         assert_eq!(e.read(3), None);
-        e.write_posted_call(8, 1, (256, 3), (0, 4));
+        e.write_posted_call(8, 1, Span::new(256, 3), at(0, 4));
         let r = e.read(3).unwrap().unwrap();
-        assert_eq!((r.id, r.method, r.retries, r.args), (8, 1, 0, (256, 3)));
+        assert_eq!(
+            (r.id, r.method, r.retries, r.args),
+            (8, 1, 0, Span::new(256, 3))
+        );
         let progress = r.progress.unwrap();
-        assert_eq!((progress.state, progress.posted), (PENDING, Some((0, 4))));
+        assert_eq!((progress.state, progress.posted), (PENDING, Some(at(0, 4))));
     }
 
     #[test]
     fn torn_parts_are_not_trusted() {
         let e = entry();
-        e.write_call(7, 2, 0, (128, 40));
+        e.write_call(7, 2, 0, Span::new(128, 40));
         e.seq.store(99, Ordering::Relaxed); // a progress write cut short
         let r = e.read(0).unwrap().unwrap();
         assert_eq!(r.progress, None);

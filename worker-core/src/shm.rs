@@ -451,10 +451,20 @@ mod tests {
         let foreign = other.alloc(64).unwrap();
         assert!(region.bytes(&foreign, foreign.span()).is_none());
         // A request's arguments and answer room may not overlap, nor leave the area.
-        assert!(region.lent(Some(Span::new(0, 128)), Span::new(64, 64)).is_none());
-        assert!(region.lent(Some(Span::new(0, 64)), Span::new(1 << 20, 64)).is_none());
+        assert!(
+            region
+                .lent(Some(Span::new(0, 128)), Span::new(64, 64))
+                .is_none()
+        );
+        assert!(
+            region
+                .lent(Some(Span::new(0, 64)), Span::new(1 << 20, 64))
+                .is_none()
+        );
         assert!(region.lent(None, Span::new(usize::MAX, 2)).is_none());
-        let (args, ret) = region.lent(Some(Span::new(0, 64)), Span::new(64, 64)).unwrap();
+        let (args, ret) = region
+            .lent(Some(Span::new(0, 64)), Span::new(64, 64))
+            .unwrap();
         assert_eq!(&args.unwrap()[..3], b"abc");
         assert_eq!(ret.len(), 64);
     }

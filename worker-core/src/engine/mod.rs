@@ -32,7 +32,7 @@ use self::table::CallTable;
 use self::wait::{Delivered, delivered_times};
 use crate::arena::{Block, Blocks, Span};
 use crate::call::{Call, CallId, CallRecord, CallStatus, Decoders, Log, Timings};
-use crate::channel::{self, ArgsAt, Request, Response};
+use crate::channel::{self, ArgsAt, PostedAt, Request, Response};
 use crate::clock;
 use crate::clock::to_instant;
 use crate::config::{Config, ForkStrategy};
@@ -499,8 +499,8 @@ impl<W: Worker> Engine<W> {
 
     /// When the worker holding `record` started running it, if it did.
     fn started_ns(&self, record: &CallRecord) -> Option<u64> {
-        let (slot, seq) = record.posted?;
-        self.pool.started(slot, seq)
+        let posted = record.posted?;
+        self.pool.started(posted.slot, posted.seq)
     }
 
     /// Encodes the arguments into shared memory and queues the call.
@@ -558,7 +558,10 @@ impl<W: Worker> Engine<W> {
         };
         let (posted, blocks) = match slot {
             Some(i) => (
-                Some((i, self.post_blocks(i, id, method, blocks, args_len, inline))),
+                Some(PostedAt {
+                    slot: i,
+                    seq: self.post_blocks(i, id, method, blocks, args_len, inline),
+                }),
                 None,
             ),
             None => (None, Some(blocks)),
@@ -578,10 +581,8 @@ impl<W: Worker> Engine<W> {
         }
         if let Some(journal) = pool.journal(entry) {
             match posted {
-                Some(posted) => {
-                    journal.write_posted_call(id, method, (args_at.offset, args_len), posted)
-                }
-                None => journal.write_call(id, method, 0, (args_at.offset, args_len)),
+                Some(posted) => journal.write_posted_call(id, method, args_at, posted),
+                None => journal.write_call(id, method, 0, args_at),
             }
         }
         self.calls.insert(CallRecord {
@@ -589,7 +590,7 @@ impl<W: Worker> Engine<W> {
             method,
             status,
             retries: 0,
-            pid: posted.and_then(|(i, _)| pool.pid(i)),
+            pid: posted.and_then(|p| pool.pid(p.slot)),
             timings,
             error: None,
             blocks,
@@ -781,10 +782,10 @@ impl<W: Worker> Engine<W> {
         let pool = &self.pool;
         let record = self.calls.get_mut(id).expect("queued calls have records");
         if let Some(journal) = pool.journal(record.entry) {
-            journal.write_progress(journal::PENDING, Some((i, seq)), None);
+            journal.write_progress(journal::PENDING, Some(PostedAt { slot: i, seq }), None);
         }
         record.pid = pool.pid(i);
-        record.posted = Some((i, seq));
+        record.posted = Some(PostedAt { slot: i, seq });
         record.set_status(CallStatus::Called, now.unwrap_or_else(clock::now_ns));
     }
 
@@ -956,7 +957,7 @@ impl<W: Worker> Engine<W> {
                 });
                 if let Some(record) = self.calls.get_mut(busy.call) {
                     record.blocks = blocks;
-                    record.ret = Some((value.offset, len));
+                    record.ret = Some(value);
                     if let Some(journal) = self.pool.journal(record.entry) {
                         journal.write_progress(journal::RETURNED, record.posted, record.ret);
                     }
@@ -1096,12 +1097,12 @@ impl<W: Worker> Engine<W> {
             let args = record
                 .args()
                 .zip(blocks)
-                .and_then(|((off, len), b)| region.bytes(&b.block, Span::new(off, len)))
+                .and_then(|(span, b)| region.bytes(&b.block, span))
                 .unwrap_or_default();
-            let ret = record.ret.zip(blocks).and_then(|((off, len), b)| {
-                let span = Span::new(off, len);
-                region.bytes(b.holding(span)?, span)
-            });
+            let ret = record
+                .ret
+                .zip(blocks)
+                .and_then(|(span, b)| region.bytes(b.holding(span)?, span));
             let call = Call {
                 record,
                 args,

@@ -67,15 +67,21 @@ pub(crate) fn recover(
             ret: None,
         });
         // The return value right after the arguments: one block; elsewhere: two.
+        // (Lengths come from shared memory: sums are checked.)
+        let args = r.args;
         let (block, ret_block) = match ret {
-            Some((off, len)) if state == journal::RETURNED && off == r.args.0 + r.args.1 => {
-                (room.reserve(r.args.0, r.args.1 + len), None)
+            Some(ret)
+                if state == journal::RETURNED
+                    && args.offset.checked_add(args.len) == Some(ret.offset) =>
+            {
+                let len = args.len.checked_add(ret.len);
+                (len.and_then(|len| room.reserve(args.offset, len)), None)
             }
-            Some((off, len)) if state == journal::RETURNED => (
-                room.reserve(r.args.0, r.args.1),
-                Some(room.reserve(off, len)),
+            Some(ret) if state == journal::RETURNED => (
+                room.reserve(args.offset, args.len),
+                Some(room.reserve(ret.offset, ret.len)),
             ),
-            _ => (room.reserve(r.args.0, r.args.1), None),
+            _ => (room.reserve(args.offset, args.len), None),
         };
         let blocks = match (block, ret_block) {
             (Some(block), None) if method_ok => Blocks {
@@ -99,9 +105,8 @@ pub(crate) fn recover(
         };
         room.claim_entry(r.index);
         let started = r.progress.is_none()
-            || posted.is_some_and(|(slot, seq)| {
-                slot >= pool.size() || pool.started(slot, seq).is_some()
-            });
+            || posted
+                .is_some_and(|p| p.slot >= pool.size() || pool.started(p.slot, p.seq).is_some());
         let mut record = CallRecord {
             id: r.id,
             method: r.method,
@@ -111,7 +116,7 @@ pub(crate) fn recover(
             timings: Timings::default(),
             error: None,
             blocks: Some(blocks),
-            args_len: r.args.1,
+            args_len: args.len,
             ret: None,
             posted: None,
             entry: r.index,

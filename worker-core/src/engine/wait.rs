@@ -10,7 +10,7 @@ use super::answer::{self, Outcome};
 use super::{Engine, Sink, record_times};
 use crate::arena::{Block, Blocks, Span};
 use crate::call::{CallId, CallRecord, CallStatus, Timings};
-use crate::channel::Ran;
+use crate::channel::{PostedAt, Ran};
 use crate::clock::to_instant;
 use crate::error::{CallError, ErrorKind};
 use crate::worker::Worker;
@@ -88,7 +88,7 @@ impl<W: Worker> Engine<W> {
             _ if due => Round::Full,
             Some(i) => Round::Answer(i),
             None if status == CallStatus::Called
-                && self.nothing_else_to_collect(posted.map(|(i, _)| i)) =>
+                && self.nothing_else_to_collect(posted.map(|p| p.slot)) =>
             {
                 Round::Nothing
             }
@@ -150,11 +150,11 @@ impl<W: Worker> Engine<W> {
     }
 
     /// The slot of the worker that holds a call `posted` there, if it answered.
-    pub(super) fn answered_slot(&self, posted: Option<(usize, u32)>) -> Option<usize> {
+    pub(super) fn answered_slot(&self, posted: Option<PostedAt>) -> Option<usize> {
         let pool = &self.pool;
         posted
-            .filter(|&(i, seq)| pool.answered(i, seq))
-            .map(|(i, _)| i)
+            .filter(|p| pool.answered(p.slot, p.seq))
+            .map(|p| p.slot)
     }
 
     /// The shortest way from an answer to a result, taken by `wait` when slot `i`'s worker
@@ -299,12 +299,9 @@ impl<W: Worker> Engine<W> {
         let raw = id.raw();
         let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret) {
-            (CallStatus::Returned, Some((off, len))) => self.decode_return::<R>(
-                record.method,
-                Span::new(off, len),
-                None,
-                record.blocks.as_ref(),
-            ),
+            (CallStatus::Returned, Some(value)) => {
+                self.decode_return::<R>(record.method, value, None, record.blocks.as_ref())
+            }
             _ => Err(record
                 .error
                 .as_deref()
