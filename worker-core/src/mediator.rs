@@ -165,7 +165,9 @@ impl<W: Worker> Mediator<W> {
 
     /// The running engine, started now if it was not.
     fn started(&mut self) -> Result<(&mut Engine<W>, Lent<'_, 'static, W>), CallError> {
-        self.start()?;
+        if !matches!(self.stage, Stage::Running(_)) {
+            self.start()?;
+        }
         Ok(self.running(None).expect("started just above"))
     }
 

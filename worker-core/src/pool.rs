@@ -302,6 +302,20 @@ impl Pool {
             .flatten()
     }
 
+    /// Writes `bytes`, the arguments of the call slot `i`'s worker holds, which travelled
+    /// inside its request, into `span` of the blocks lent with it: the parent's own copy (for
+    /// the journal, a requeue, the callbacks' view). The worker reads such arguments from the
+    /// request line and writes only the return reservation after them, so the arguments' bytes
+    /// of a call posted that way stay the parent's to fill while the call runs.
+    #[inline]
+    pub(crate) fn fill_args(&mut self, i: usize, span: Span, bytes: &[u8]) {
+        if let Some(lent) = self.slots[i].lent.as_mut()
+            && let Some(dst) = self.region.bytes_mut(&mut lent.block, span)
+        {
+            dst.copy_from_slice(bytes);
+        }
+    }
+
     /// Slot `i`'s worker is done with its call (it answered, and the answer was taken): it
     /// is idle again, and the blocks lent with the call come back.
     #[inline]

@@ -517,7 +517,8 @@ impl<W: Worker> Engine<W> {
         };
         // Small arguments are encoded once, on the stack: they travel in the request's line,
         // and a copy goes into the block (for the journal, for posting the call again if its
-        // worker dies before starting it, and for the callbacks' view).
+        // worker dies before starting it, and for the callbacks' view) once the call is
+        // posted: the worker runs it meanwhile.
         let mut small = [0u8; channel::INLINE_ARGS];
         let inline_len = wire::encode_into(args, &mut small).map_err(wire_err)?;
         let args_len = match inline_len {
@@ -527,18 +528,15 @@ impl<W: Worker> Engine<W> {
         self.warn_if_large(method, args_len);
         let (entry, mut block) = self.call_room(method, args_len, sink)?;
         let args_at = Span::new(block.offset, args_len);
-        let buf = self
-            .pool
-            .region()
-            .bytes_mut(&mut block, args_at)
-            .expect("a call's block holds its arguments");
-        match inline_len {
-            Some(n) => buf.copy_from_slice(&small[..n]),
-            None => {
-                if let Err(e) = wire::encode_into(args, buf) {
-                    self.free_call(entry, block, None);
-                    return Err(wire_err(e));
-                }
+        if inline_len.is_none() {
+            let buf = self
+                .pool
+                .region()
+                .bytes_mut(&mut block, args_at)
+                .expect("a call's block holds its arguments");
+            if let Err(e) = wire::encode_into(args, buf) {
+                self.free_call(entry, block, None);
+                return Err(wire_err(e));
             }
         }
         let inline = inline_len.map(|n| &small[..n]);
@@ -556,7 +554,7 @@ impl<W: Worker> Engine<W> {
             block,
             ret_block: None,
         };
-        let (posted, blocks) = match slot {
+        let (posted, mut blocks) = match slot {
             Some(i) => (
                 Some(PostedAt {
                     slot: i,
@@ -570,6 +568,17 @@ impl<W: Worker> Engine<W> {
         // queue is looked at.
         self.settle();
         let pool = &mut self.pool;
+        if let Some(bytes) = inline {
+            match (posted, blocks.as_mut()) {
+                (Some(p), _) => pool.fill_args(p.slot, args_at, bytes),
+                (None, Some(b)) => pool
+                    .region()
+                    .bytes_mut(&mut b.block, args_at)
+                    .expect("a call's block holds its arguments")
+                    .copy_from_slice(bytes),
+                (None, None) => unreachable!("a call not posted keeps its blocks"),
+            }
+        }
         // One clock read for the call's creation and its hand-over, if it was handed over.
         let now = pool.now_ns();
         let mut timings = Timings::default();

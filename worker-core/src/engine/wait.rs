@@ -55,7 +55,7 @@ impl<W: Worker> Engine<W> {
         &mut self,
         id: CallId<R>,
         timeout: Duration,
-        sink: &mut dyn Sink<W>,
+        sink: &mut impl Sink<W>,
     ) -> Result<R, CallError> {
         let raw = id.raw();
         // At most one call's bookkeeping waits at a time (`take_returned` makes one).
@@ -169,7 +169,7 @@ impl<W: Worker> Engine<W> {
         &mut self,
         i: usize,
         id: CallId<R>,
-        sink: &dyn Sink<W>,
+        sink: &impl Sink<W>,
     ) -> Option<Result<R, CallError>> {
         if sink.takes_returns() {
             return None;
