@@ -9,6 +9,10 @@
 //! giving back a block next to a free one) change an entry in place instead of removing and
 //! inserting nodes. That takes about a tenth of the instructions per call of a `BTreeMap`.
 
+/// Which region a block belongs to (see `shm::Region::id`). Never zero, so that an
+/// `Option<Block>` takes no more room than a block.
+pub(crate) type RegionId = std::num::NonZeroU32;
+
 /// Alignment and granularity of blocks.
 pub(crate) const ALIGN: usize = 64;
 
@@ -24,7 +28,7 @@ pub(crate) struct Block {
     pub(crate) len: usize,
     /// The region whose arena made it (see `shm::Region::id`): private, so that only the
     /// arena can make a block.
-    region: u32,
+    region: RegionId,
 }
 
 impl Block {
@@ -50,7 +54,7 @@ impl Block {
 
     /// The region whose payload area the block is part of.
     #[inline]
-    pub(crate) fn region(&self) -> u32 {
+    pub(crate) fn region(&self) -> RegionId {
         self.region
     }
 }
@@ -119,7 +123,7 @@ pub(crate) struct Arena {
     free: Vec<Span>,
     used: usize,
     /// The region the arena divides (see `shm::Region::id`), stamped on every block.
-    region: u32,
+    region: RegionId,
 }
 
 /// `n` rounded up to the alignment (at least one unit), or `None` past `usize::MAX`: lengths
@@ -130,7 +134,7 @@ fn round_up(n: usize) -> Option<usize> {
 
 impl Arena {
     /// An arena over the `size`-byte payload area of region `region`.
-    pub(crate) fn new(size: usize, region: u32) -> Self {
+    pub(crate) fn new(size: usize, region: RegionId) -> Self {
         let size = size / ALIGN * ALIGN;
         let mut free = Vec::new();
         if size > 0 {
@@ -254,9 +258,21 @@ impl Arena {
 mod tests {
     use super::*;
 
+    fn id(n: u32) -> RegionId {
+        RegionId::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_block_or_none_takes_the_room_of_a_block() {
+        assert_eq!(
+            std::mem::size_of::<Option<Block>>(),
+            std::mem::size_of::<Block>()
+        );
+    }
+
     #[test]
     fn alloc_free_merges_back_to_one_block() {
-        let mut a = Arena::new(64 * 10, 0);
+        let mut a = Arena::new(64 * 10, id(1));
         let x = a.alloc(1).unwrap();
         let y = a.alloc(100).unwrap();
         let z = a.alloc(64).unwrap();
@@ -272,7 +288,7 @@ mod tests {
 
     #[test]
     fn reserve_takes_exact_blocks_and_refuses_overlaps() {
-        let mut a = Arena::new(64 * 10, 0);
+        let mut a = Arena::new(64 * 10, id(1));
         let b = a.reserve(128, 100).unwrap();
         assert_eq!((b.offset, b.len), (128, 128));
         assert!(a.reserve(192, 1).is_none(), "overlaps the first");
@@ -287,7 +303,7 @@ mod tests {
 
     #[test]
     fn exhaustion_is_none_not_a_panic() {
-        let mut a = Arena::new(256, 0);
+        let mut a = Arena::new(256, id(1));
         assert!(a.alloc(257).is_none());
         assert!(a.alloc(usize::MAX).is_none() && a.reserve(0, usize::MAX - 1).is_none());
         let b = a.alloc(256).unwrap();
@@ -301,7 +317,7 @@ mod tests {
     #[test]
     fn free_list_stays_sorted_and_merged() {
         // Allocations and frees in a scrambled order, checked against the list's invariants.
-        let mut a = Arena::new(64 * 64, 0);
+        let mut a = Arena::new(64 * 64, id(1));
         let mut live = Vec::new();
         let mut x: usize = 12345;
         for _ in 0..2000 {
@@ -328,9 +344,9 @@ mod tests {
 
     #[test]
     fn a_block_knows_its_region_and_what_it_holds() {
-        let mut a = Arena::new(64 * 4, 7);
+        let mut a = Arena::new(64 * 4, id(7));
         let b = a.alloc(100).unwrap();
-        assert_eq!(b.region(), 7);
+        assert_eq!(b.region(), id(7));
         assert!(b.holds(Span::new(b.offset, 128)) && b.holds(Span::new(b.offset + 100, 28)));
         assert!(!b.holds(Span::new(b.offset, 129)));
         assert!(!b.holds(Span::new(usize::MAX, 2)), "no overflow");

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use shared_memory::{Shmem, ShmemConf, ShmemError};
 
-use crate::arena::{Block, Span};
+use crate::arena::{Block, RegionId, Span};
 use crate::channel::Channel;
 use crate::error::{OsError, PoolError};
 use crate::journal::Entry;
@@ -49,7 +49,7 @@ pub(crate) struct Region {
     shmem: Shmem,
     base: *mut u8,
     /// Unique among the regions of this process: the blocks of this region's arena carry it.
-    id: u32,
+    id: RegionId,
     slots: usize,
     entries: usize,
     arena_size: usize,
@@ -152,9 +152,9 @@ pub(crate) fn unlink(name: &str) {
 }
 
 /// A new region id.
-fn next_region_id() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+fn next_region_id() -> RegionId {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    RegionId::new(NEXT.fetch_add(1, Ordering::Relaxed)).unwrap_or(RegionId::MAX)
 }
 
 impl Region {
@@ -336,7 +336,7 @@ impl Region {
     }
 
     /// The region's id, carried by the blocks of its payload area.
-    pub(crate) fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> RegionId {
         self.id
     }
 
@@ -447,7 +447,7 @@ mod tests {
         assert_eq!(&region.bytes(&block, span).unwrap()[..3], b"abc");
         // Not within the block, or a block of another region: no bytes.
         assert!(region.bytes(&block, Span::new(block.offset, 129)).is_none());
-        let mut other = Arena::new(region.arena_size(), region.id() + 1);
+        let mut other = Arena::new(region.arena_size(), region.id().saturating_add(1));
         let foreign = other.alloc(64).unwrap();
         assert!(region.bytes(&foreign, foreign.span()).is_none());
         // A request's arguments and answer room may not overlap, nor leave the area.

@@ -7,7 +7,7 @@
 //! the engine waits for running calls to free some (see `Mediator::alloc_call_block`); the
 //! room only says whether there is any.
 
-use crate::arena::{Arena, Block};
+use crate::arena::{Arena, Block, RegionId};
 
 /// The smallest return reservation made with each call.
 pub(crate) const MIN_RET: usize = 256;
@@ -38,7 +38,7 @@ impl Room {
     /// The room of a mediator of `methods` methods, before its pool starts: none.
     pub(crate) fn new(methods: usize) -> Room {
         Room {
-            arena: Arena::new(0, u32::MAX),
+            arena: Arena::new(0, RegionId::MAX),
             free_entries: Vec::new(),
             entries: 0,
             ret_hints: vec![MIN_RET; methods],
@@ -49,7 +49,7 @@ impl Room {
     /// A started pool's room: the payload area of `arena_size` bytes of region `region`, all
     /// free, and `entries` journal entries. The return-size hints are kept from an earlier
     /// start.
-    pub(crate) fn start(&mut self, arena_size: usize, entries: usize, region: u32) {
+    pub(crate) fn start(&mut self, arena_size: usize, entries: usize, region: RegionId) {
         self.arena = Arena::new(arena_size, region);
         self.free_entries = (0..entries).rev().collect();
         self.entries = entries;
@@ -193,7 +193,7 @@ mod tests {
         let mut room = Room::new(2);
         // Not started: nothing fits.
         assert!(matches!(room.alloc_call(0, 0), Err(NoRoom::Never { .. })));
-        room.start(4096, 8, 0);
+        room.start(4096, 8, RegionId::MIN);
         assert_eq!(
             (room.size(), room.available(), room.entries()),
             (4096, 4096, 8)
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn entries_are_taken_and_given_back() {
         let mut room = Room::new(1);
-        room.start(4096, 3, 0);
+        room.start(4096, 3, RegionId::MIN);
         assert_eq!(room.take_entry(), Some(0));
         room.claim_entry(2);
         assert_eq!(room.take_entry(), Some(1));
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn a_large_payload_is_warned_about_once_per_method() {
         let mut room = Room::new(2);
-        room.start(50 << 20, 1, 0);
+        room.start(50 << 20, 1, RegionId::MIN);
         assert_eq!(room.large(0, 1 << 20), None);
         assert_eq!(room.large(0, (1 << 20) + 1), Some(51));
         assert_eq!(room.large(0, 5 << 20), None);
