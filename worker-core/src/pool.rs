@@ -2,8 +2,10 @@
 //! through the fork server), noticing their deaths, killing them, retiring worn ones, and what
 //! the parent waits on between events (the sleep itself is `wake`'s protocol).
 //!
-//! The pool knows processes and channels; which call a worker holds and what becomes of it is
-//! the mediator's business.
+//! The pool knows processes and channels, and holds the blocks lent to each worker with its
+//! call; which call a worker holds and what becomes of it is the engine's business (see
+//! `engine`). Nobody outside the pool writes a slot's state: the engine asks and tells through
+//! its verbs.
 
 use std::hash::BuildHasher;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -438,7 +440,7 @@ impl Pool {
     }
 
     /// The slots whose worker has died (reaped now; the child stays in the slot until
-    /// [`Pool::clear`]). Also reaps retired workers that have exited.
+    /// [`Pool::kill`]). Also reaps retired workers that have exited.
     pub(crate) fn dead_slots(&mut self) -> Vec<(usize, ExitCause)> {
         self.retiring.retain_mut(|c| c.try_reap().is_none());
         self.slots

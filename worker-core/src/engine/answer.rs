@@ -1,7 +1,7 @@
 //! Reading a worker's answer: a pure step from what the worker wrote in its channel and what
 //! it held (the call's return reservation) to an [`Outcome`]. Nothing here touches a process,
-//! the call table or shared memory; the mediator applies the outcome (see
-//! `Mediator::read_answer`).
+//! the call table or shared memory; the engine applies the outcome (see
+//! `Engine::read_answer`).
 //!
 //! Everything in an answer was written by the worker, which may be broken or hostile: a kind
 //! that is not a [`Response`], a checksum that does not match, or a length larger than the

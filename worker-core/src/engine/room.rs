@@ -4,7 +4,7 @@
 //!
 //! A call takes an entry and one block: its encoded arguments, then a return reservation the
 //! size of the method's last return value (at least [`MIN_RET`]). When the allocation is full
-//! the engine waits for running calls to free some (see `Mediator::alloc_call_block`); the
+//! the engine waits for running calls to free some (see `Engine::alloc_call_block`); the
 //! room only says whether there is any.
 
 use crate::arena::{Arena, Block, RegionId};

@@ -1,7 +1,7 @@
 //! The call table: the parent's record of every call it holds, the queue of calls waiting
 //! for a worker, the calls finished and not yet handed to their callbacks, and the moves of a
 //! call between statuses. It knows no process and no shared memory: what a move means for a
-//! worker or a block is the engine's business (see `mediator`).
+//! worker or a block is the engine's business (see `engine`).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
