@@ -16,7 +16,7 @@
 //! | the worker processes: spawn, post, answers, deaths, kills, retiring, the parent's sleep | `pool` |
 //! | the shared-memory region and its layout; payload bytes | `shm` |
 //! | payload blocks inside the region | `arena` |
-//! | one request/response channel per worker, futex and eventfd wake-ups | `channel` |
+//! | one request/response channel per worker: its two cache lines, typed requests and answers | `channel` |
 //! | the checksum of control words in shared memory (channel lines, journal entries) | `checksum` |
 //! | the sleep/wake protocol: spinning, the sleep flags, futex and eventfd wake-ups | `wake` |
 //! | the loop a worker process runs after the fork | `worker_loop` |
@@ -33,7 +33,7 @@
 //! | a call's status, timings, how its return is decoded; the view handed to callbacks | `call` |
 //! | per-method timings, error counts, memory | [`stats`] |
 //! | what a method running in a worker can ask: log, error, fatal_error, daemon | [`this_worker`] |
-//! | what can go wrong, by operation | `error` |
+//! | what can go wrong, by operation | [`error`] |
 //!
 //! Around the pools:
 //!
