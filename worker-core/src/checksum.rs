@@ -9,8 +9,8 @@
 /// any one word changes the sum (multiplying by an odd number is a bijection modulo 2^64) and
 /// so the result. The multiplications are independent of one another, so both sides of a
 /// call (the parent computes two per call, the worker two) pay a few cycles instead of the
-/// chain of dependent multiplications of a word-by-word hash (measured: the request's checksum
-/// went from about 35 cycles to under 10). The journal's entries outlive the program:
+/// chain of dependent multiplications of a word-by-word hash (figures in benches/README.md).
+/// The journal's entries outlive the program:
 /// changing this function changes the segment layout version (`shm::VERSION`). `const` so that
 /// the checksums of fixed records are computed at compile time.
 pub(crate) const fn checksum(words: &[u64]) -> u64 {

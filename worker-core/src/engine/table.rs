@@ -221,8 +221,9 @@ impl CallTable {
 /// ones begin: a call lives in a small ring at `id % RING` (a lookup is an index and a
 /// compare), and only when that place is still taken by a call `RING` ids older does it go to
 /// a hash map. A pipelined burst of thousands of calls therefore costs what a map costs, and
-/// the common case (a few calls in flight) about a tenth: the map's insert, lookups and
-/// removal took about 300 of the parent's 2,000 instructions per empty call (callgrind).
+/// the common case (a few calls in flight) a fraction of it: the map's insert, lookups and
+/// removal were a large share of the parent's work per empty call (figures in
+/// benches/README.md).
 pub(crate) struct CallMap {
     ring: Vec<Option<CallRecord>>,
     overflow: HashMap<u64, CallRecord, BuildHasherDefault<IdHasher>>,
@@ -314,7 +315,7 @@ impl CallMap {
 /// The hasher of [`CallMap`]'s overflow: a multiplication by an odd constant maps sequential
 /// ids to distinct low bits (hashbrown's bucket index) and mixes them into the high bits (its
 /// control byte); SipHash's protection against chosen keys buys nothing for the mediator's own
-/// sequence, at about 150 instructions per lookup.
+/// sequence, at the cost of a hash per lookup larger than the rest of the lookup.
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 
