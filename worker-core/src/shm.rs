@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use shared_memory::{Shmem, ShmemConf, ShmemError};
 
-use crate::arena::{Block, RegionId, Span};
+use crate::arena::{Block, Blocks, RegionId, Span};
 use crate::channel::Channel;
 use crate::error::{OsError, PoolError};
 use crate::journal::Entry;
@@ -357,6 +357,13 @@ impl Region {
         // SAFETY: the parent holds `block` (see above), `span` is within it, and the block
         // lies in the payload area (the arena divides exactly that).
         unsafe { self.payload(span.offset, span.len) }
+    }
+
+    /// Parent: the bytes `span` of whichever of a call's `blocks` holds it (see
+    /// [`Region::bytes`]).
+    #[inline]
+    pub(crate) fn bytes_in<'a>(&'a self, blocks: &'a Blocks, span: Span) -> Option<&'a [u8]> {
+        self.bytes(blocks.holding(span)?, span)
     }
 
     /// Parent: the bytes `span` of `block`, writable (as [`Region::bytes`]).

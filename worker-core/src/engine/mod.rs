@@ -40,7 +40,7 @@ use crate::error::{
     CallError, CancelReason, ErrorCounts, ErrorKind, StartError, SubmitError, WireError,
 };
 use crate::journal;
-use crate::pool::Pool;
+use crate::pool::{Busy, Pool};
 use crate::process;
 use crate::stats::{self, MethodStats, Recorder, Stats};
 use crate::wire;
@@ -422,12 +422,11 @@ impl<W: Worker> Engine<W> {
             self.pool.sleep(Some(limit));
             self.collect(sink);
         }
-        let pool = &mut self.pool;
         let mut kept = queued.len();
-        for i in 0..pool.size() {
+        for i in 0..self.pool.size() {
             // Killed while running: the journal says it was started, so it runs again, with
             // one more retry, after recovery.
-            if pool.kill(i).1.is_some() {
+            if self.kill_worker(i).1.is_some() {
                 kept += 1;
             }
         }
@@ -467,11 +466,9 @@ impl<W: Worker> Engine<W> {
         let now = clock::now_ns();
         let slots = self.pool.size();
         for i in 0..slots {
-            let pool = &mut self.pool;
-            if pool.busy(i).is_some() {
-                let (_, busy) = pool.kill(i);
-                if let Some((b, blocks)) = busy {
-                    self.take_back(b.call, Some(blocks));
+            if self.pool.busy(i).is_some() {
+                let (_, busy) = self.kill_worker(i);
+                if let Some(b) = busy {
                     self.finish(b.call, CallStatus::Cancelled, now, |method| {
                         CallError::Cancelled {
                             method,
@@ -988,8 +985,7 @@ impl<W: Worker> Engine<W> {
                     self.pool.wait_for_room(i);
                 } else {
                     let (available, allocation) = (self.room.available(), self.room.size());
-                    let blocks = self.pool.release(i);
-                    self.take_back(busy.call, blocks);
+                    self.release_worker(i, busy.call);
                     self.base.health.answered();
                     self.finish(busy.call, CallStatus::Failed, finished, |method| {
                         CallError::ReturnTooLarge {
@@ -1003,10 +999,8 @@ impl<W: Worker> Engine<W> {
             }
             Outcome::Panicked { message } => {
                 // The object may be half-updated: replace the process.
-                let (_, held) = self.pool.kill(i);
-                let blocks = held.map(|(_, blocks)| blocks);
-                let message = self.text(blocks.as_ref(), message);
-                self.take_back(busy.call, blocks);
+                self.kill_worker(i);
+                let message = self.text(busy.call, message);
                 self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, None);
                 self.finish(busy.call, CallStatus::Panicked, finished, |method| {
@@ -1019,9 +1013,8 @@ impl<W: Worker> Engine<W> {
                 self.base.health.refill_later();
             }
             Outcome::WireError { message } => {
-                let blocks = self.pool.release(i);
-                let message = self.text(blocks.as_ref(), message);
-                self.take_back(busy.call, blocks);
+                self.release_worker(i, busy.call);
+                let message = self.text(busy.call, message);
                 self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1033,8 +1026,7 @@ impl<W: Worker> Engine<W> {
             }
             Outcome::Refused => {
                 // The worker refused a request that failed its checksum.
-                let blocks = self.pool.release(i);
-                self.take_back(busy.call, blocks);
+                self.release_worker(i, busy.call);
                 self.count_error(ErrorKind::Corruption, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
                     CallError::Wire {
@@ -1047,8 +1039,7 @@ impl<W: Worker> Engine<W> {
             }
             Outcome::Invalid { detail } => {
                 // The channel cannot be trusted, so the worker is replaced.
-                let (_, held) = self.pool.kill(i);
-                self.take_back(busy.call, held.map(|(_, blocks)| blocks));
+                self.kill_worker(i);
                 self.count_error(ErrorKind::Corruption, None);
                 log::warn!(target: &self.base.alias, "call {}: corrupted {detail}", busy.call);
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1062,19 +1053,38 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// The text a worker wrote in `span` of the blocks it was lent (a panic's message, a
+    /// The text the worker wrote in `span` of call `id`'s blocks (a panic's message, a
     /// decoding error's), lossily decoded; empty if `span` is not in them.
-    fn text(&self, blocks: Option<&Blocks>, span: Span) -> String {
-        blocks
-            .and_then(|b| b.holding(span))
-            .and_then(|b| self.pool.region().bytes(b, span))
+    fn text(&self, id: u64, span: Span) -> String {
+        self.calls
+            .get(id)
+            .and_then(|r| r.blocks.as_ref())
+            .and_then(|b| self.pool.region().bytes_in(b, span))
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default()
     }
 
+    /// Kills slot `i`'s worker (see `Pool::kill`); the blocks lent with its call come back to
+    /// the call's record. Returns the worker's pid and the call it held.
+    pub(super) fn kill_worker(&mut self, i: usize) -> (i32, Option<Busy>) {
+        let (pid, held) = self.pool.kill(i);
+        let busy = held.map(|(busy, blocks)| {
+            self.take_back(busy.call, Some(blocks));
+            busy
+        });
+        (pid, busy)
+    }
+
+    /// Slot `i`'s worker answered call `call` for good: it is idle again, and the blocks
+    /// lent with the call come back to its record.
+    fn release_worker(&mut self, i: usize, call: u64) {
+        let blocks = self.pool.release(i);
+        self.take_back(call, blocks);
+    }
+
     /// The blocks lent with call `id` came back: its record holds them again (they are freed
     /// if the call is gone).
-    pub(super) fn take_back(&mut self, id: u64, blocks: Option<Blocks>) {
+    fn take_back(&mut self, id: u64, blocks: Option<Blocks>) {
         let Some(blocks) = blocks else {
             return;
         };
@@ -1111,7 +1121,7 @@ impl<W: Worker> Engine<W> {
             let ret = record
                 .ret
                 .zip(blocks)
-                .and_then(|(span, b)| region.bytes(b.holding(span)?, span));
+                .and_then(|(span, b)| region.bytes_in(b, span));
             let call = Call {
                 record,
                 args,

@@ -169,8 +169,8 @@ impl<W: Worker> Engine<W> {
                 continue; // Its answer (a panic, say) already settled the slot.
             }
             let given = pool.calls_given(i);
-            let (pid, busy) = pool.kill(i);
-            let Some((b, blocks)) = busy else {
+            let (pid, busy) = self.kill_worker(i);
+            let Some(b) = busy else {
                 if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
                     log::info!(target: &self.base.alias, "worker {pid} exited after fatal_error(); replacing it");
                 } else {
@@ -181,9 +181,13 @@ impl<W: Worker> Engine<W> {
                 }
                 continue;
             };
-            // A worker that asked for room for its return value has run the method.
-            let started = pool.started(i, b.seq).is_some() || blocks.ret_block.is_some();
-            self.take_back(b.call, Some(blocks));
+            // A worker that was lent a larger block for its return value has run the method.
+            let started = self.pool.started(i, b.seq).is_some()
+                || self
+                    .calls
+                    .get(b.call)
+                    .and_then(|r| r.blocks.as_ref())
+                    .is_some_and(|b| b.ret_block.is_some());
             self.count_error(ErrorKind::Communication, None);
             if started {
                 log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}", b.call);
@@ -252,13 +256,11 @@ impl<W: Worker> Engine<W> {
         for i in expired {
             // An answer that arrived in time wins over the deadline.
             self.read_answer(i);
-            let pool = &mut self.pool;
-            if pool.busy(i).is_none() {
+            if self.pool.busy(i).is_none() {
                 continue;
             }
-            let (pid, busy) = pool.kill(i);
-            let Some((b, blocks)) = busy else { continue };
-            self.take_back(b.call, Some(blocks));
+            let (pid, busy) = self.kill_worker(i);
+            let Some(b) = busy else { continue };
             log::warn!(target: &self.base.alias, "call {} ran past its timeout of {timeout:?}; killed worker {pid}", b.call);
             self.finish(b.call, CallStatus::Timeout, now_ns, |method| {
                 CallError::Timeout {

@@ -283,8 +283,7 @@ impl<W: Worker> Engine<W> {
             None => decoders.decode::<R>(
                 method,
                 blocks
-                    .and_then(|b| b.holding(value))
-                    .and_then(|b| self.pool.region().bytes(b, value))
+                    .and_then(|b| self.pool.region().bytes_in(b, value))
                     .unwrap_or_default(),
             ),
         };
