@@ -348,34 +348,16 @@ fn a_forged_answer_in_shared_memory_fails_its_call_only() {
     let id = m.sleep_ms(2_000).unwrap();
     assert!(eventually(LONG, || m.status(id) == Some(CallStatus::Running)));
     let worker = m.pids()[0];
-    let segment = support::segments_of(std::process::id())
-        .into_iter()
-        .find(|s| s.contains("Forged"))
-        .expect("the segment");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/shm/{segment}"))
-        .unwrap();
-    // SAFETY: mapping the test's own segment to scribble on it, as a stray write would.
+    let (base, _) = support::memfd_mappings("Forged")[0];
+    let base = base as *mut u8;
+    // SAFETY: scribbling on the test's own mapping of the segment, as a stray write would.
     unsafe {
-        use std::os::fd::AsRawFd;
-        let base = libc::mmap(
-            std::ptr::null_mut(),
-            8192,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        ) as *mut u8;
-        assert_ne!(base as isize, -1);
         let req_seq = std::ptr::read_volatile(base.add(CHANNEL0) as *const u32);
         let resp = base.add(CHANNEL0 + 64);
         std::ptr::write_volatile(resp.add(12) as *mut u32, 1); // "returned"
         std::ptr::write_volatile(resp.add(16) as *mut u64, 1 << 40); // a huge length
         std::ptr::write_volatile(resp.add(40) as *mut u64, 0xdead_beef); // a wrong checksum
         std::ptr::write_volatile(resp.add(8) as *mut u32, req_seq);
-        libc::munmap(base.cast(), 8192);
     }
     match m.wait(id, LONG) {
         Err(CallError::Wire {
@@ -425,11 +407,8 @@ fn workers_die_within_two_seconds_of_a_sigkilled_parent() {
         while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
         pids.iter().all(|&p| !support::process_exists(p))
     });
-    // The killed parent could not remove its segment: that is the job of recovery (a later
-    // issue); here the test removes it.
-    for s in support::segments_of(parent as u32) {
-        std::fs::remove_file(format!("/dev/shm/{s}")).unwrap();
-    }
+    // The segment is a memfd: it went with the last process that mapped it.
+    assert!(support::segments_of(parent as u32).is_empty());
     assert!(
         gone,
         "workers still alive {:?} after the parent's death",

@@ -231,6 +231,24 @@ pub fn segments_of(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// This process's mappings of forkworker's (memfd) segments whose name contains `part`:
+/// start address and length, from /proc/self/maps (`/memfd:fw.<pid>.<alias>.<n> (deleted)`).
+/// A worker sees its mediator's segment there too.
+pub fn memfd_mappings(part: &str) -> Vec<(usize, usize)> {
+    let prefix = "/memfd:fw.";
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(prefix) && l.contains(part))
+        .filter_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            Some((start, end - start))
+        })
+        .collect()
+}
+
 /// Panics if this process has a child, alive or zombie.
 pub fn assert_no_children() {
     // SAFETY: WNOHANG never blocks; status is a valid out-pointer.

@@ -592,12 +592,14 @@ impl ErrorCounts {
             || self.catchall >= limits.catchall
     }
 
-    pub(crate) fn add(&mut self, kind: ErrorKind) {
-        match kind {
-            ErrorKind::Communication => self.communication += 1,
-            ErrorKind::Corruption => self.corruption += 1,
-            ErrorKind::Catchall => self.catchall += 1,
-        }
+    /// Counts `n` errors of `kind`, saturating.
+    pub(crate) fn add_n(&mut self, kind: ErrorKind, n: u64) {
+        let count = match kind {
+            ErrorKind::Communication => &mut self.communication,
+            ErrorKind::Corruption => &mut self.corruption,
+            ErrorKind::Catchall => &mut self.catchall,
+        };
+        *count = count.saturating_add(n);
     }
 }
 

@@ -31,6 +31,9 @@ use crate::worker_loop::{self, WorkerEnv};
 const DEATH_CHECK: Duration = Duration::from_millis(1);
 /// How long workers asked to exit may take before they are killed.
 const EXIT_LIMIT: Duration = Duration::from_secs(1);
+/// The most errors one look at a worker's `errors` word counts: far above the limits that
+/// replace a worker (`ErrorCounts::WORKER_LIMITS`), so that only a scribbled word reaches it.
+const MAX_REPORTED_ERRORS: u32 = 1 << 16;
 
 /// A call a worker holds.
 #[derive(Debug, Clone, Copy)]
@@ -290,10 +293,12 @@ impl Pool {
         Some((busy, self.region.channel(i).answer(busy.seq)?))
     }
 
-    /// Whether slot `i`'s worker answered request `seq`.
+    /// Whether slot `i`'s worker answered request `seq`, the one it holds now. (An answer to
+    /// an earlier request of the same call, such as a request for room that was granted,
+    /// is no news.)
     #[inline]
     pub(crate) fn answered(&self, i: usize, seq: u32) -> bool {
-        self.region.channel(i).answered(seq)
+        self.slots[i].busy.is_some_and(|b| b.seq == seq) && self.region.channel(i).answered(seq)
     }
 
     /// When slot `i`'s worker started request `seq`, if it did (`None` too for a slot this
@@ -424,9 +429,9 @@ impl Pool {
         self.slots[i].busy.is_some_and(|b| b.awaiting_room)
     }
 
-    /// Counts an error against slot `i`'s worker.
-    pub(crate) fn count_error(&mut self, i: usize, kind: ErrorKind) {
-        self.slots[i].errors.add(kind);
+    /// Counts `n` errors against slot `i`'s worker.
+    pub(crate) fn count_errors(&mut self, i: usize, kind: ErrorKind, n: u64) {
+        self.slots[i].errors.add_n(kind, n);
     }
 
     /// Whether it is time to look for dead workers (every millisecond, or after a sleep).
@@ -465,14 +470,16 @@ impl Pool {
         (pid, slot.busy.take().zip(slot.lent.take()))
     }
 
-    /// Errors slot `i`'s worker reported (`this_worker::error`) since the last look.
+    /// Errors slot `i`'s worker reported (`this_worker::error`) since the last look, at most
+    /// [`MAX_REPORTED_ERRORS`]: the word is the worker's to write, so its number is a count
+    /// to add, never a loop bound or a size.
     #[inline]
-    pub(crate) fn take_worker_errors(&mut self, i: usize) -> u32 {
+    pub(crate) fn take_worker_errors(&mut self, i: usize) -> u64 {
         let total = self.region.channel(i).resp.errors.load(Ordering::Relaxed);
         let slot = &mut self.slots[i];
         let new = total.wrapping_sub(slot.reported_errors);
         slot.reported_errors = total;
-        new
+        u64::from(new.min(MAX_REPORTED_ERRORS))
     }
 
     /// How many calls slot `i`'s worker was given.

@@ -2,13 +2,17 @@
 //! worker slot, the call journal, and the payload area that [`crate::arena`] divides into
 //! blocks.
 //!
-//! The segment is created by the parent (`shared_memory`, `shm_open` + `mmap`), pre-faulted so
-//! that the first copy into it runs at memcpy speed, and inherited by workers through `fork`.
-//! Workers never drop the handle (they leave with `_exit`), so only the parent unlinks it.
+//! A mediator's segment is a sealed memfd: anonymous (no name under /dev/shm for anyone to
+//! open), allocated in full with `fallocate` before it is mapped (a machine short of memory
+//! gives an error at `start`, never a SIGBUS at a later access), then sealed against shrinking
+//! and growing (`F_SEAL_SHRINK | F_SEAL_GROW`), so that no process holding it, a worker
+//! included, can truncate it under the parent. Its descriptor is closed once it is mapped:
+//! workers inherit the mapping through `fork`, not a descriptor.
 //!
-//! A segment is named after the process (`fw.<pid>.<alias>.<n>`), or, for a persistent
-//! mediator, after the application and the alias (`fw.app.<app>.<alias>`), so that a restarted
-//! program finds it again and recovers its calls (see `journal`).
+//! A persistent mediator's segment (`fw.app.<app>.<alias>`) has a name under /dev/shm, so
+//! that a restarted program finds it again and recovers its calls (see `journal`). It is
+//! created by the parent (`shared_memory`, `shm_open` + `mmap`) and pre-faulted; workers never
+//! drop the handle (they leave with `_exit`), so only the parent unlinks it.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -44,9 +48,17 @@ pub(crate) struct Header {
     pub(crate) spin_places: SpinPlaces,
 }
 
+/// What a region's bytes are mapped from.
+enum Backing {
+    /// A sealed memfd, mapped at `Region::base` for `len` bytes; unmapped on drop.
+    Memfd { name: String, len: usize },
+    /// A named segment (a persistent mediator's).
+    Named(Shmem),
+}
+
 /// The parent's mapping of the segment.
 pub(crate) struct Region {
-    shmem: Shmem,
+    backing: Backing,
     base: *mut u8,
     /// Unique among the regions of this process: the blocks of this region's arena carry it.
     id: RegionId,
@@ -55,9 +67,9 @@ pub(crate) struct Region {
     arena_size: usize,
 }
 
-// SAFETY: a `Region` owns its mapping (`shmem`), and `base` points into it; neither is tied to
-// the thread that made them: the mapping is the whole process's, and dropping `Shmem` unmaps
-// and unlinks it with plain system calls. They are not `Send` by themselves only because they
+// SAFETY: a `Region` owns its mapping (`backing`), and `base` points into it; neither is tied to
+// the thread that made them: the mapping is the whole process's, and dropping it unmaps (and, for a named
+// segment, unlinks) it with plain system calls. They are not `Send` by themselves only because they
 // hold raw pointers. What the mapping holds is shared with other processes anyway, through
 // atomics and the ownership rules of `Region::payload`, which no thread changes.
 unsafe impl Send for Region {}
@@ -158,8 +170,9 @@ fn next_region_id() -> RegionId {
 }
 
 impl Region {
-    /// Creates and pre-faults a segment named after this process, for `slots` workers and
-    /// `arena_size` payload bytes.
+    /// Creates a sealed memfd segment for `slots` workers and `arena_size` payload bytes
+    /// (see the module's documentation). Its name (`fw.<pid>.<alias>.<n>`) shows only in
+    /// `/proc/<pid>/maps`.
     pub(crate) fn create(
         alias: &str,
         slots: usize,
@@ -167,8 +180,47 @@ impl Region {
     ) -> Result<Region, PoolError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("/{}{}.{n}", segment_prefix(), sanitize(alias));
-        Self::create_named(&name, slots, arena_size)
+        let name = format!("{}{}.{n}", segment_prefix(), sanitize(alias));
+        let entries = entries_for(arena_size);
+        let total = layout(slots, entries).1 + arena_size;
+        let error = |source: std::io::Error| PoolError::CreateSegment {
+            name: name.clone(),
+            size: total,
+            source: source.into(),
+        };
+        let base = sealed_memfd(&name, total).map_err(error)?;
+        Ok(Region::init(
+            Backing::Memfd { name, len: total },
+            base,
+            slots,
+            entries,
+            arena_size,
+        ))
+    }
+
+    /// A new region over a mapping of zeroes: writes the header.
+    fn init(
+        backing: Backing,
+        base: *mut u8,
+        slots: usize,
+        entries: usize,
+        arena_size: usize,
+    ) -> Region {
+        let region = Region {
+            backing,
+            base,
+            id: next_region_id(),
+            slots,
+            entries,
+            arena_size,
+        };
+        let h = region.header();
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.slots.store(slots as u32, Ordering::Relaxed);
+        h.arena_size.store(arena_size as u64, Ordering::Relaxed);
+        h.entries.store(entries as u64, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        region
     }
 
     fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, PoolError> {
@@ -184,24 +236,26 @@ impl Region {
                 source: os_error(e),
             })?;
         let base = shmem.as_ptr();
-        // SAFETY: the mapping is `total` bytes long and nobody else uses it yet. Writing every
-        // byte pre-faults the pages so later copies do not stall on page faults.
+        // Allocated before the first write, so that a full /dev/shm is an error here and not
+        // a SIGBUS at the write.
+        if let Err(source) = allocate_named(name, total) {
+            drop(shmem);
+            return Err(PoolError::CreateSegment {
+                name: name.to_owned(),
+                size: total,
+                source: source.into(),
+            });
+        }
+        // SAFETY: the mapping is `total` bytes long, allocated, and nobody else uses it yet.
+        // Writing every byte pre-faults the pages so later copies do not stall on page faults.
         unsafe { std::ptr::write_bytes(base, 0, total) };
-        let region = Region {
-            shmem,
+        Ok(Region::init(
+            Backing::Named(shmem),
             base,
-            id: next_region_id(),
             slots,
             entries,
             arena_size,
-        };
-        let h = region.header();
-        h.version.store(VERSION, Ordering::Relaxed);
-        h.slots.store(slots as u32, Ordering::Relaxed);
-        h.arena_size.store(arena_size as u64, Ordering::Relaxed);
-        h.entries.store(entries as u64, Ordering::Relaxed);
-        h.magic.store(MAGIC, Ordering::Release);
-        Ok(region)
+        ))
     }
 
     /// Opens the persistent segment of `app` and `alias` if it exists and has this layout;
@@ -268,7 +322,7 @@ impl Region {
                 shmem.set_owner(true);
                 let base = shmem.as_ptr();
                 Ok(Found::Matching(Region {
-                    shmem,
+                    backing: Backing::Named(shmem),
                     base,
                     id: next_region_id(),
                     slots,
@@ -285,14 +339,21 @@ impl Region {
         }
     }
 
-    /// The segment's name, as under /dev/shm.
+    /// The segment's name: under /dev/shm for a named one, in `/proc/<pid>/maps` (as
+    /// `/memfd:<name>`) for a memfd.
     pub(crate) fn name(&self) -> &str {
-        self.shmem.get_os_id()
+        match &self.backing {
+            Backing::Memfd { name, .. } => name,
+            Backing::Named(shmem) => shmem.get_os_id(),
+        }
     }
 
-    /// Keeps the segment when this mapping is dropped (for recovery), or not.
+    /// Keeps a named segment when this mapping is dropped (for recovery), or not. A memfd
+    /// segment goes with its last mapping whatever this says.
     pub(crate) fn keep(&mut self, keep: bool) {
-        self.shmem.set_owner(!keep);
+        if let Backing::Named(shmem) = &mut self.backing {
+            shmem.set_owner(!keep);
+        }
     }
 
     pub(crate) fn header(&self) -> &Header {
@@ -340,33 +401,68 @@ impl Region {
         self.id
     }
 
-    /// Parent: the bytes `span` of `block`, which the parent holds; `None` if `span` is not
-    /// within the block or the block is not of this region.
+    /// Parent: copies the bytes `span` of `block`, which the parent holds, into `out`
+    /// (replacing what it held); false, with `out` empty, if `span` is not within the block
+    /// or the block is not of this region.
     ///
-    /// The one door through which the parent reads payloads. Safe because a [`Block`] is
-    /// held by one owner at a time: the arena hands each range out once, and a block lent to
-    /// a worker with a request is not in the parent's hands again until the worker answered
-    /// (see `pool::Pool::post_call`), so no worker writes these bytes while the parent reads
-    /// them. (A broken worker can still scribble anywhere in the segment it maps: what it
-    /// wrote is then validated by decoding, as everything a worker wrote.)
+    /// The one door through which the parent reads payloads, and it copies: the parent never
+    /// decodes or validates bytes in place. A [`Block`] is held by one owner at a time (the
+    /// arena hands each range out once, and a block lent to a worker with a request is not in
+    /// the parent's hands again until the worker answered: see `pool::Pool::post_call`), but
+    /// a broken worker can still scribble anywhere it maps, at any time. Validating bytes and
+    /// then reading them again would let such a worker change them in between (a `String`
+    /// that is not UTF-8); a private copy is read once, and everything decoded from it is
+    /// validated there.
     #[inline]
-    pub(crate) fn bytes<'a>(&'a self, block: &'a Block, span: Span) -> Option<&'a [u8]> {
+    pub(crate) fn copy_out(&self, block: &Block, span: Span, out: &mut Vec<u8>) -> bool {
+        out.clear();
         if block.region() != self.id || !block.holds(span) {
-            return None;
+            return false;
         }
-        // SAFETY: the parent holds `block` (see above), `span` is within it, and the block
-        // lies in the payload area (the arena divides exactly that).
-        unsafe { self.payload(span.offset, span.len) }
+        let Some(src) = self.payload_ptr(span.offset, span.len) else {
+            return false;
+        };
+        out.reserve(span.len);
+        // SAFETY: as in `read`, into `out`'s spare capacity (reserved), which the copy
+        // initialises before the length covers it.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), span.len);
+            out.set_len(span.len);
+        }
+        true
     }
 
-    /// Parent: the bytes `span` of whichever of a call's `blocks` holds it (see
-    /// [`Region::bytes`]).
+    /// Parent: copies the bytes `span` of `block` into `dst`, which is `span.len` bytes long
+    /// (see [`Region::copy_out`]); false, with `dst` untouched, if they are not the block's
+    /// or the lengths differ.
     #[inline]
-    pub(crate) fn bytes_in<'a>(&'a self, blocks: &'a Blocks, span: Span) -> Option<&'a [u8]> {
-        self.bytes(blocks.holding(span)?, span)
+    pub(crate) fn read(&self, block: &Block, span: Span, dst: &mut [u8]) -> bool {
+        if block.region() != self.id || !block.holds(span) || dst.len() != span.len {
+            return false;
+        }
+        let Some(src) = self.payload_ptr(span.offset, span.len) else {
+            return false;
+        };
+        // SAFETY: `src` is valid for `span.len` bytes of the mapping (checked), `dst` is as
+        // long, and the two do not overlap (`dst` is this process's own memory). Copying
+        // through raw pointers makes no reference to bytes another process may be writing.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), span.len) };
+        true
     }
 
-    /// Parent: the bytes `span` of `block`, writable (as [`Region::bytes`]).
+    /// Parent: [`Region::copy_out`] from whichever of a call's `blocks` holds `span`.
+    #[inline]
+    pub(crate) fn copy_out_in(&self, blocks: &Blocks, span: Span, out: &mut Vec<u8>) -> bool {
+        match blocks.holding(span) {
+            Some(block) => self.copy_out(block, span, out),
+            None => {
+                out.clear();
+                false
+            }
+        }
+    }
+
+    /// Parent: the bytes `span` of `block`, writable, to fill (see [`Region::copy_out`]).
     #[inline]
     pub(crate) fn bytes_mut<'a>(
         &'a self,
@@ -376,7 +472,8 @@ impl Region {
         if block.region() != self.id || !block.holds(span) {
             return None;
         }
-        // SAFETY: as for `bytes`, and `&mut Block` makes this the only slice of these bytes.
+        // SAFETY: the parent holds `block` (see `copy_out`), `span` is within it, and
+        // `&mut Block` makes this the only slice of these bytes in this process.
         unsafe { self.payload_mut(span.offset, span.len) }
     }
 
@@ -384,7 +481,7 @@ impl Region {
     /// (`args`), and the room for its answer (`ret`). `None` if either lies outside the payload
     /// area, or if they overlap (a request no parent of ours posts).
     ///
-    /// Safe for the same reason as [`Region::bytes`], from the other side: the parent lent
+    /// Safe for the same reason as [`Region::copy_out`], from the other side: the parent lent
     /// these bytes with the request and touches them again only after the answer.
     // The bytes are the shared mapping's, not `self`'s: lending, not borrowing, makes them
     // writable here.
@@ -406,6 +503,16 @@ impl Region {
             None => None,
         };
         Some((args, ret))
+    }
+
+    /// The address of payload bytes `offset..offset + len`, or `None` if out of the payload
+    /// area.
+    #[inline]
+    fn payload_ptr(&self, offset: usize, len: usize) -> Option<*const u8> {
+        let end = offset.checked_add(len)?;
+        // SAFETY: in bounds (checked): the payload area lies within the mapping.
+        (end <= self.arena_size)
+            .then(|| unsafe { self.base.add(self.arena_offset() + offset) } as *const u8)
     }
 
     /// The payload bytes `offset..offset + len`, or `None` if out of the payload area.
@@ -439,6 +546,78 @@ impl Region {
     }
 }
 
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Backing::Memfd { len, .. } = self.backing {
+            // SAFETY: `base..base + len` is the mapping `sealed_memfd` made, which this region
+            // owns; nothing borrowed from it outlives the region.
+            unsafe { libc::munmap(self.base.cast(), len) };
+        }
+    }
+}
+
+/// Creates a memfd of `len` bytes named `name`, allocates all of it, seals its size, maps it
+/// shared and pre-faulted, and closes the descriptor. Returns the mapping's address.
+fn sealed_memfd(name: &str, len: usize) -> std::io::Result<*mut u8> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let last = std::io::Error::last_os_error;
+    let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a valid C string and flags.
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: a descriptor just made, owned by nothing else; closed when `fd` drops.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let size =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: plain system calls on our own descriptor.
+    unsafe {
+        if libc::ftruncate(fd.as_raw_fd(), size) != 0 {
+            return Err(last());
+        }
+        // Every page allocated now: short of memory, this fails with ENOSPC or ENOMEM, where
+        // a touch of an unallocated page later would raise SIGBUS.
+        let e = libc::posix_fallocate(fd.as_raw_fd(), 0, size);
+        if e != 0 {
+            return Err(std::io::Error::from_raw_os_error(e));
+        }
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
+            return Err(last());
+        }
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            fd.as_raw_fd(),
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            return Err(last());
+        }
+        Ok(base.cast())
+    }
+}
+
+/// Allocates every byte of the named segment `name` (a /dev/shm name with its leading `/`).
+fn allocate_named(name: &str, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm{name}"))?;
+    let size =
+        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: a plain system call on a descriptor we own.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,12 +630,15 @@ mod tests {
         let mut block = arena.alloc(100).unwrap();
         let span = Span::new(block.offset, 100);
         region.bytes_mut(&mut block, span).unwrap()[..3].copy_from_slice(b"abc");
-        assert_eq!(&region.bytes(&block, span).unwrap()[..3], b"abc");
+        let mut out = vec![1, 2];
+        assert!(region.copy_out(&block, span, &mut out));
+        assert_eq!((&out[..3], out.len()), (&b"abc"[..], 100));
         // Not within the block, or a block of another region: no bytes.
-        assert!(region.bytes(&block, Span::new(block.offset, 129)).is_none());
+        assert!(!region.copy_out(&block, Span::new(block.offset, 129), &mut out));
+        assert!(out.is_empty());
         let mut other = Arena::new(region.arena_size(), region.id().saturating_add(1));
         let foreign = other.alloc(64).unwrap();
-        assert!(region.bytes(&foreign, foreign.span()).is_none());
+        assert!(!region.copy_out(&foreign, foreign.span(), &mut out));
         // A request's arguments and answer room may not overlap, nor leave the area.
         assert!(
             region

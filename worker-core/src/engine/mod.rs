@@ -179,6 +179,12 @@ pub(crate) struct Engine<W: Worker> {
     /// The call `wait` delivered last, whose bookkeeping waits for the next call's post (see
     /// [`Engine::settle`]).
     delivered: Option<Delivered>,
+    /// Where a return is copied out of shared memory to be decoded (see `wait`), kept for
+    /// the next one: at most the payload area's size.
+    scratch: Vec<u8>,
+    /// Where the arguments and the return of a finished call are copied for the callbacks'
+    /// view, kept for the next one.
+    views: (Vec<u8>, Vec<u8>),
 }
 
 impl<W: Worker> Engine<W> {
@@ -247,6 +253,8 @@ impl<W: Worker> Engine<W> {
             room_pass: false,
             collected_at: None,
             delivered: None,
+            scratch: Vec::new(),
+            views: (Vec::new(), Vec::new()),
         };
         if matching {
             if engine.base.config.recover {
@@ -816,13 +824,14 @@ impl<W: Worker> Engine<W> {
         let mut small = [0u8; channel::INLINE_ARGS];
         let args = match inline {
             Some(bytes) => ArgsAt::Inline(bytes),
-            None => match pool.region().bytes(block, Span::new(offset, len)) {
-                Some(bytes) if len <= small.len() => {
-                    small[..len].copy_from_slice(bytes);
-                    ArgsAt::Inline(&small[..len])
-                }
-                _ => ArgsAt::Block(offset, len),
-            },
+            None if len <= small.len()
+                && pool
+                    .region()
+                    .read(block, Span::new(offset, len), &mut small[..len]) =>
+            {
+                ArgsAt::Inline(&small[..len])
+            }
+            None => ArgsAt::Block(offset, len),
         };
         let ret = Span::new(offset + len, block.len - len);
         let timeout = self.base.config.timeout;
@@ -922,9 +931,8 @@ impl<W: Worker> Engine<W> {
         let Some((busy, answer)) = self.pool.answer(i) else {
             return;
         };
-        for _ in 0..self.pool.take_worker_errors(i) {
-            self.count_error(ErrorKind::Catchall, Some(i));
-        }
+        let reported = self.pool.take_worker_errors(i);
+        self.count_errors(ErrorKind::Catchall, reported, Some(i));
         let record = self
             .calls
             .get_mut(busy.call)
@@ -1056,12 +1064,14 @@ impl<W: Worker> Engine<W> {
     /// The text the worker wrote in `span` of call `id`'s blocks (a panic's message, a
     /// decoding error's), lossily decoded; empty if `span` is not in them.
     fn text(&self, id: u64, span: Span) -> String {
-        self.calls
-            .get(id)
-            .and_then(|r| r.blocks.as_ref())
-            .and_then(|b| self.pool.region().bytes_in(b, span))
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
+        let mut bytes = Vec::new();
+        if let Some(blocks) = self.calls.get(id).and_then(|r| r.blocks.as_ref()) {
+            self.pool.region().copy_out_in(blocks, span, &mut bytes);
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }
     }
 
     /// Kills slot `i`'s worker (see `Pool::kill`); the blocks lent with its call come back to
@@ -1110,22 +1120,23 @@ impl<W: Worker> Engine<W> {
             let Some(record) = self.calls.get(id) else {
                 continue;
             };
-            // The call is final: its blocks are the parent's.
+            // The call is final: its blocks are the parent's. The view gets copies (see
+            // `Region::copy_out`), in buffers kept for the next callback.
             let region = self.pool.region();
             let blocks = record.blocks.as_ref();
-            let args = record
+            let (args, ret) = &mut self.views;
+            let has_args = record
                 .args()
                 .zip(blocks)
-                .and_then(|(span, b)| region.bytes(&b.block, span))
-                .unwrap_or_default();
-            let ret = record
+                .is_some_and(|(span, b)| region.copy_out(&b.block, span, args));
+            let has_ret = record
                 .ret
                 .zip(blocks)
-                .and_then(|(span, b)| region.bytes_in(b, span));
+                .is_some_and(|(span, b)| region.copy_out_in(b, span, ret));
             let call = Call {
                 record,
-                args,
-                ret,
+                args: if has_args { args } else { &[] },
+                ret: has_ret.then_some(&ret[..]),
                 retry: Cell::new(false),
                 _w: PhantomData,
             };

@@ -44,8 +44,8 @@ impl Supervisor {
 
     /// Counts an error of `kind`. True the first time the counts reach
     /// [`ErrorCounts::PARENT_LIMITS`]: the caller reports it.
-    pub(crate) fn count(&mut self, kind: ErrorKind) -> bool {
-        self.errors.add(kind);
+    pub(crate) fn count(&mut self, kind: ErrorKind, n: u64) -> bool {
+        self.errors.add_n(kind, n);
         if !self.limits_reported && self.errors.reached(&ErrorCounts::PARENT_LIMITS) {
             self.limits_reported = true;
             return true;
@@ -101,10 +101,18 @@ impl Supervisor {
 impl<W: Worker> Engine<W> {
     /// Counts an error against the mediator and, if given, against a slot's worker.
     pub(super) fn count_error(&mut self, kind: ErrorKind, slot: Option<usize>) {
-        if let Some(i) = slot {
-            self.pool.count_error(i, kind);
+        self.count_errors(kind, 1, slot);
+    }
+
+    /// Counts `n` errors of `kind`, against slot `slot`'s worker if given.
+    pub(super) fn count_errors(&mut self, kind: ErrorKind, n: u64, slot: Option<usize>) {
+        if n == 0 {
+            return;
         }
-        if self.base.health.count(kind) {
+        if let Some(i) = slot {
+            self.pool.count_errors(i, kind, n);
+        }
+        if self.base.health.count(kind, n) {
             log::error!(target: &self.base.alias,
                 "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
                 self.base.health.errors(), ErrorCounts::PARENT_LIMITS);
@@ -328,7 +336,7 @@ mod tests {
         let mut s = Supervisor::default();
         let limit = ErrorCounts::PARENT_LIMITS.corruption;
         let reports: Vec<bool> = (0..limit + 3)
-            .map(|_| s.count(ErrorKind::Corruption))
+            .map(|_| s.count(ErrorKind::Corruption, 1))
             .collect();
         assert_eq!(reports.iter().filter(|&&r| r).count(), 1);
         assert!(reports[limit as usize - 1]);

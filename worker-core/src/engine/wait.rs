@@ -188,9 +188,8 @@ impl<W: Worker> Engine<W> {
         let record = self.calls.get(id.raw())?;
         let (method, entry) = (record.method, record.entry);
         // Errors the worker reported count now: `errors` and `stats` read them.
-        for _ in 0..pool.take_worker_errors(i) {
-            self.count_error(ErrorKind::Catchall, Some(i));
-        }
+        let reported = pool.take_worker_errors(i);
+        self.count_errors(ErrorKind::Catchall, reported, Some(i));
         let blocks = self.slot_returned(i, method, len)?;
         let result = self.decode_return::<R>(
             method,
@@ -269,9 +268,12 @@ impl<W: Worker> Engine<W> {
     /// Decodes a returned value of `method` as an `R`: its bytes came inside the answer (`inline`) or
     /// are `value` in the payload area. The one place a return value is taken out of shared
     /// memory.
+    ///
+    /// The bytes are copied out first (see `Region::copy_out`): a worker may still write
+    /// where they lie, and decoding validates what it reads.
     #[inline]
     fn decode_return<R: 'static>(
-        &self,
+        &mut self,
         method: u32,
         value: Span,
         inline: Option<&[u8]>,
@@ -280,12 +282,15 @@ impl<W: Worker> Engine<W> {
         let decoders = &self.base.decoders;
         let decoded = match inline {
             Some(bytes) => decoders.decode::<R>(method, bytes),
-            None => decoders.decode::<R>(
-                method,
-                blocks
-                    .and_then(|b| self.pool.region().bytes_in(b, value))
-                    .unwrap_or_default(),
-            ),
+            None => {
+                let scratch = &mut self.scratch;
+                if let Some(b) = blocks {
+                    self.pool.region().copy_out_in(b, value, scratch);
+                } else {
+                    scratch.clear();
+                }
+                decoders.decode::<R>(method, scratch)
+            }
         };
         decoded.map_err(|source| CallError::Wire {
             method: Self::method_name(method),
