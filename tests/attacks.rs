@@ -149,6 +149,30 @@ impl Hostile {
         (tried, done)
     }
 
+    /// Starts a thread that writes random words over the whole segment, as fast as it can,
+    /// for `ms` milliseconds (half of them into its first 8 KiB: the header and channels).
+    pub fn scribble(&self, alias: String, ms: u64) -> u32 {
+        let (base, len) = own_segment(&alias);
+        let base = base as usize;
+        std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_millis(ms);
+            let mut x = std::process::id() as u64 | 1;
+            while Instant::now() < end {
+                for _ in 0..4096 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // Half of the words hit the header and the channels.
+                    let span = if x & 1 == 0 { len } else { 8192 };
+                    let at = base + (x as usize % (span / 8)) * 8;
+                    // SAFETY: within the worker's own mapping; scribbling is the attack.
+                    unsafe { std::ptr::write_volatile(at as *mut u64, x) };
+                }
+            }
+        });
+        std::process::id()
+    }
+
     /// Writes `value` into the `errors` word of channel `slot` (the worker's own).
     pub fn set_errors_word(&self, alias: String, slot: usize, value: u32) -> u32 {
         let (base, _) = own_segment(&alias);
@@ -252,6 +276,98 @@ fn a_return_changed_while_the_parent_decodes_it_is_never_invalid() {
     assert!(returned > 0, "some calls returned");
 }
 
+fn a_worker_scribbling_over_the_whole_segment_neither_hangs_nor_kills_the_parent() {
+    let mut m = HostileMediator::new("Scribble", Hostile);
+    m.workers(2).timeout(Duration::from_secs(2));
+    let id = m.scribble("Scribble".into(), 1_000).unwrap();
+    let scribbler = m.wait(id, LONG);
+    let end = Instant::now() + Duration::from_millis(1_500);
+    let (mut right, mut failed) = (0, 0);
+    while Instant::now() < end {
+        let t = Instant::now();
+        match m.echo(7).map(|id| m.wait(id, Duration::from_secs(10))) {
+            Ok(Ok(7)) => right += 1,
+            // A wrong value of the right type, or a typed error: the contained outcomes while
+            // the segment is shared (each worker's own area will make them the scribbler's
+            // calls alone).
+            Ok(_) | Err(_) => failed += 1,
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "a call took {:?}",
+            t.elapsed()
+        );
+    }
+    eprintln!("scribbler {scribbler:?}: {right} right, {failed} failed while it scribbled");
+    // Once the scribbler is replaced (its thread ended), every call is right again.
+    std::thread::sleep(Duration::from_millis(200));
+    let settled = eventually(LONG, || {
+        (0..50).all(|n| m.echo(n).map(|id| m.wait(id, LONG)) == Ok(Ok(n)))
+    });
+    assert!(settled, "the pool recovered from the scribbling");
+}
+
+fn a_full_dev_shm_fails_start_with_an_error_not_sigbus() {
+    // In a child with a private mount namespace whose /dev/shm is a 1 MiB tmpfs: a persistent
+    // mediator's named segment does not fit; a plain mediator's memfd needs no /dev/shm.
+    let (child, lines) = support::fork_reporting(|mut out| {
+        use std::io::Write;
+        let private = std::ffi::CString::new("/").unwrap();
+        let shm = std::ffi::CString::new("/dev/shm").unwrap();
+        let tmpfs = std::ffi::CString::new("tmpfs").unwrap();
+        let size = std::ffi::CString::new("size=1m").unwrap();
+        // SAFETY: plain system calls with valid strings, in this child only.
+        let mounted = unsafe {
+            libc::unshare(libc::CLONE_NEWNS) == 0
+                && libc::mount(
+                    std::ptr::null(),
+                    private.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) == 0
+                && libc::mount(
+                    tmpfs.as_ptr(),
+                    shm.as_ptr(),
+                    tmpfs.as_ptr(),
+                    0,
+                    size.as_ptr().cast(),
+                ) == 0
+        };
+        if !mounted {
+            writeln!(out, "cannot mount: {}", std::io::Error::last_os_error()).unwrap();
+            return;
+        }
+        let mut m = HostileMediator::new("FullShm", Hostile);
+        m.persist(support::app_name(std::process::id()))
+            .malloc(8 << 20);
+        match m.start() {
+            Err(e) => writeln!(out, "persistent: {e}").unwrap(),
+            Ok(()) => writeln!(out, "persistent: started").unwrap(),
+        }
+        drop(m);
+        let mut m = HostileMediator::new("FullShmMemfd", Hostile);
+        m.malloc(8 << 20);
+        let echoed = m.echo(3).map(|id| m.wait(id, LONG));
+        writeln!(out, "memfd: {echoed:?}").unwrap();
+    });
+    let lines: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status),
+        "the child died of signal {} (SIGBUS is 7); it said {lines:?}",
+        libc::WTERMSIG(status)
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("persistent: ") && lines[0].contains("No space left on device"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[1], "memfd: Ok(Ok(3))");
+}
+
 /// The return of the room games: large, so that copying it into the granted room takes the
 /// worker long enough for its watching thread to act first.
 const BIG: usize = 32 << 20;
@@ -304,6 +420,8 @@ tests![
     a_worker_cannot_truncate_the_segment,
     a_huge_errors_word_neither_hangs_nor_floods_the_parent,
     a_return_changed_while_the_parent_decodes_it_is_never_invalid,
+    a_worker_scribbling_over_the_whole_segment_neither_hangs_nor_kills_the_parent,
+    a_full_dev_shm_fails_start_with_an_error_not_sigbus,
     a_worker_stopped_after_asking_for_room_ends_by_its_timeout_without_spinning,
     a_worker_dead_after_asking_for_room_is_reported_at_once,
 ];

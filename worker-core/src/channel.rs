@@ -339,7 +339,8 @@ impl Ran {
     pub(crate) fn finished_ns(&self, running: u64) -> u64 {
         match self.finished {
             Finished::At(ns) => ns.max(running),
-            Finished::AfterTicks(ticks) => running + clock::span_ns(ticks),
+            // The ticks are the worker's to write: no sum may overflow.
+            Finished::AfterTicks(ticks) => running.saturating_add(clock::span_ns(ticks)),
         }
     }
 }

@@ -9,6 +9,10 @@ use crate::clock;
 use crate::journal;
 use crate::pool::Pool;
 
+/// The largest call id recovery accepts from a journal: a run would take centuries of calls
+/// to reach it.
+const MAX_RECOVERED_ID: u64 = 1 << 48;
+
 /// What recovery found besides the calls it rebuilt.
 pub(crate) struct Found {
     /// Entries lost to corruption (logged, and to be counted as corruption errors).
@@ -60,7 +64,9 @@ pub(crate) fn recover(
     let (mut queued, mut rerun, mut returned) = (0, 0, 0);
     let now = clock::now_ns();
     for r in found {
-        let method_ok = (r.method as usize) < methods;
+        // An id no run reaches (a scribbled or planted entry) would bring the id counter to
+        // its end.
+        let method_ok = (r.method as usize) < methods && r.id < MAX_RECOVERED_ID;
         let journal::Progress { state, posted, ret } = r.progress.unwrap_or(journal::Progress {
             state: journal::PENDING,
             posted: None,
@@ -130,7 +136,7 @@ pub(crate) fn recover(
             returned += 1;
         } else {
             if started {
-                record.retries += 1;
+                record.retries = record.retries.saturating_add(1);
                 rerun += 1;
             } else {
                 queued += 1;
