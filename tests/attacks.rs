@@ -173,6 +173,19 @@ impl Hostile {
         std::process::id()
     }
 
+    /// Writes `seq` into the sequence word of channel `slot`'s answer line (the worker's
+    /// own), then hangs.
+    pub fn scribble_answer_seq(&self, alias: String, slot: usize, seq: u32) -> u32 {
+        let (base, _) = own_segment(&alias);
+        // SAFETY: the worker's own mapping; scribbling is the attack.
+        unsafe {
+            let word = base.add(CHANNELS + slot * CHANNEL_SIZE + RESP_SEQ) as *mut u32;
+            std::ptr::write_volatile(word, seq);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        seq
+    }
+
     /// Writes `value` into the `errors` word of channel `slot` (the worker's own).
     pub fn set_errors_word(&self, alias: String, slot: usize, value: u32) -> u32 {
         let (base, _) = own_segment(&alias);
@@ -368,6 +381,24 @@ fn a_full_dev_shm_fails_start_with_an_error_not_sigbus() {
     assert_eq!(lines[1], "memfd: Ok(Ok(3))");
 }
 
+fn a_scribbled_answer_line_is_counted_as_corruption_not_a_timeout() {
+    let mut m = HostileMediator::new("AnswerSeq", Hostile);
+    m.workers(1).timeout(Duration::from_secs(1));
+    let id = m
+        .scribble_answer_seq("AnswerSeq".into(), 0, 0xdead_beef)
+        .unwrap();
+    match m.wait(id, LONG) {
+        Err(CallError::Wire {
+            source: WireError::Corrupted(detail),
+            ..
+        }) => assert!(detail.contains("sequence number"), "{detail}"),
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+    assert_eq!(m.errors().corruption, 1);
+    let id = m.echo(4).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 4);
+}
+
 /// The return of the room games: large, so that copying it into the granted room takes the
 /// worker long enough for its watching thread to act first.
 const BIG: usize = 32 << 20;
@@ -422,6 +453,7 @@ tests![
     a_return_changed_while_the_parent_decodes_it_is_never_invalid,
     a_worker_scribbling_over_the_whole_segment_neither_hangs_nor_kills_the_parent,
     a_full_dev_shm_fails_start_with_an_error_not_sigbus,
+    a_scribbled_answer_line_is_counted_as_corruption_not_a_timeout,
     a_worker_stopped_after_asking_for_room_ends_by_its_timeout_without_spinning,
     a_worker_dead_after_asking_for_room_is_reported_at_once,
 ];

@@ -293,6 +293,15 @@ impl Pool {
         Some((busy, self.region.channel(i).answer(busy.seq)?))
     }
 
+    /// The sequence number in slot `i`'s answer line, if it is neither the request the
+    /// worker holds nor the one before it, the only two a worker of ours writes there while
+    /// it holds a call: the line was overwritten.
+    pub(crate) fn scribbled_answer(&self, i: usize) -> Option<u32> {
+        let busy = self.slots[i].busy?;
+        let seq = self.region.channel(i).resp.seq.load(Ordering::Acquire);
+        (seq != busy.seq && seq != busy.seq.wrapping_sub(1)).then_some(seq)
+    }
+
     /// Whether slot `i`'s worker answered request `seq`, the one it holds now. (An answer to
     /// an earlier request of the same call, such as a request for room that was granted,
     /// is no news.)

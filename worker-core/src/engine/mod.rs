@@ -929,6 +929,9 @@ impl<W: Worker> Engine<W> {
     /// The blocks lent with the call come back with every outcome but a wait for room.
     fn read_answer(&mut self, i: usize) {
         let Some((busy, answer)) = self.pool.answer(i) else {
+            if let Some(seq) = self.pool.scribbled_answer(i) {
+                self.answer_line_scribbled(i, seq);
+            }
             return;
         };
         let reported = self.pool.take_worker_errors(i);
@@ -1059,6 +1062,24 @@ impl<W: Worker> Engine<W> {
                 self.base.health.refill_later();
             }
         }
+    }
+
+    /// Slot `i`'s answer line holds sequence number `seq`, which no worker of ours writes
+    /// there: the channel cannot be trusted; the call fails as corrupted and the worker is
+    /// replaced (rather than the call ending by its timeout, uncounted).
+    fn answer_line_scribbled(&mut self, i: usize, seq: u32) {
+        let (pid, busy) = self.kill_worker(i);
+        let Some(busy) = busy else { return };
+        let detail = format!("answer line: sequence number {seq}, not one of its requests");
+        self.count_error(ErrorKind::Corruption, None);
+        log::warn!(target: &self.base.alias, "call {}: worker {pid} corrupted its {detail}", busy.call);
+        self.finish(busy.call, CallStatus::Failed, clock::now_ns(), |method| {
+            CallError::Wire {
+                method,
+                source: WireError::Corrupted(detail),
+            }
+        });
+        self.base.health.refill_later();
     }
 
     /// The text the worker wrote in `span` of call `id`'s blocks (a panic's message, a
