@@ -256,8 +256,9 @@ impl Drop for InstanceLock {
 pub struct PidFile {
     path: PathBuf,
     pid: u32,
-    /// The checked directory and the file's name in it, to remove it on drop.
-    dir: PrivateDir,
+    /// The file's directory and name in it, to check and remove it on drop (the directory
+    /// is not held open: forked workers would inherit the descriptor).
+    dir: PathBuf,
     name: OsString,
 }
 
@@ -278,7 +279,7 @@ impl PidFile {
         Ok(PidFile {
             path: path.to_owned(),
             pid,
-            dir,
+            dir: dir.path().to_owned(),
             name,
         })
     }
@@ -297,12 +298,14 @@ impl Drop for PidFile {
         if std::process::id() != self.pid {
             return;
         }
-        let ours = self
-            .dir
+        let Ok(dir) = PrivateDir::open(&self.dir) else {
+            return;
+        };
+        let ours = dir
             .open_file(&self.name, How::readable_by_all().existing_only())
             .is_ok_and(|(mut file, _)| read_pid(&mut file) == Some(self.pid as i32));
         if ours {
-            let _ = self.dir.remove(&self.name);
+            let _ = dir.remove(&self.name);
         }
     }
 }
