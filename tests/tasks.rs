@@ -265,6 +265,131 @@ fn dropping_tasks_kills_and_reaps_the_running_ones() {
     }
 }
 
+/// The parent's resident memory now and at its peak, in KiB (/proc/self/statm, VmHWM).
+fn rss_kib() -> (u64, u64) {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf cannot fail for _SC_PAGESIZE.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    (pages * page / 1024, hwm)
+}
+
+/// In a task: the write end of its result pipe, found as a hostile closure would (the one
+/// close-on-exec, write-only FIFO it holds beyond stdin, stdout and stderr).
+fn own_result_pipe() -> i32 {
+    for entry in std::fs::read_dir("/proc/self/fd").expect("fds") {
+        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if fd <= 2 {
+            continue;
+        }
+        // SAFETY: fstat and fcntl on a descriptor number; a closed one just fails.
+        let (fifo, wronly, cloexec) = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            let fifo = libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFIFO;
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            let fdfl = libc::fcntl(fd, libc::F_GETFD);
+            (
+                fifo,
+                fl >= 0 && fl & libc::O_ACCMODE == libc::O_WRONLY,
+                fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0,
+            )
+        };
+        if fifo && wronly && cloexec {
+            return fd;
+        }
+    }
+    panic!("no result pipe found");
+}
+
+fn a_task_flooding_its_output_is_killed_at_the_limit_and_the_parent_stays_small() {
+    let mut tasks = Tasks::new("Tasks");
+    // Warm up: the parent's own code and buffers are resident before the baseline.
+    let warm = tasks.spawn(|| 1u8).expect("spawn");
+    assert_eq!(tasks.wait(warm, LONG), Ok(1));
+    let limit = forkworker::task::DEFAULT_OUTPUT_LIMIT;
+    let (rss_before, peak_before) = rss_kib();
+
+    // A hostile task: announces a value within the limit, then writes 200 MiB as fast as it
+    // can into its result pipe.
+    let flood = tasks
+        .spawn(|| -> u8 {
+            let fd = own_result_pipe();
+            let mut header = vec![0u8];
+            header.extend_from_slice(&(8u64 << 20).to_le_bytes());
+            let chunk = vec![0x55u8; 1 << 20];
+            for bytes in std::iter::once(&header).chain(std::iter::repeat_n(&chunk, 200)) {
+                let mut rest = &bytes[..];
+                while !rest.is_empty() {
+                    // SAFETY: writing from a valid slice.
+                    let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+                    assert!(n > 0, "the parent stopped reading");
+                    rest = &rest[n as usize..];
+                }
+            }
+            0
+        })
+        .expect("spawn");
+    let pid = tasks.pid(flood).expect("known");
+    let started = Instant::now();
+    assert_eq!(
+        tasks.wait(flood, LONG),
+        Err(TaskError::OutputLimit {
+            id: flood.raw(),
+            pid,
+            limit
+        })
+    );
+    assert!(!process_exists(pid), "killed and reaped");
+    println!("flood stopped after {:?}", started.elapsed());
+
+    // A value whose announced length passes the limit is refused without being read.
+    let big = tasks
+        .spawn(|| serde_bytes::ByteBuf::from(vec![7u8; 2 * limit]))
+        .expect("spawn");
+    let err = tasks.wait(big, LONG).expect_err("over the limit");
+    assert!(
+        matches!(err, TaskError::OutputLimit { limit: l, .. } if l == limit),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("output limit of {limit} bytes")),
+        "{text}"
+    );
+
+    let (rss_after, peak_after) = rss_kib();
+    println!("parent RSS {rss_before} -> {rss_after} KiB, peak {peak_before} -> {peak_after} KiB");
+    let bound = (limit / 1024) as u64 + 8 * 1024;
+    assert!(
+        peak_after.saturating_sub(peak_before) <= bound,
+        "the parent's peak RSS grew by {} KiB, more than the {limit}-byte limit and 8 MiB",
+        peak_after - peak_before
+    );
+    assert!(rss_after.saturating_sub(rss_before) <= bound);
+
+    // The limit is a setting: a smaller one refuses what the default lets through.
+    tasks.output_limit(1 << 20);
+    let small = tasks
+        .spawn(|| serde_bytes::ByteBuf::from(vec![1u8; 512 << 10]))
+        .expect("spawn");
+    let large = tasks
+        .spawn(|| serde_bytes::ByteBuf::from(vec![1u8; 2 << 20]))
+        .expect("spawn");
+    assert_eq!(tasks.wait(small, LONG).map(|b| b.len()), Ok(512 << 10));
+    assert!(matches!(
+        tasks.wait(large, LONG),
+        Err(TaskError::OutputLimit { limit: 1048576, .. })
+    ));
+}
+
 tests![
     tasks_return_typed_values_small_large_and_empty,
     tasks_report_panics_crashes_and_exits_with_their_cause,
@@ -273,4 +398,5 @@ tests![
     tasks_deliver_once_to_callbacks_in_an_event_loop,
     a_killed_task_ends_as_killed,
     dropping_tasks_kills_and_reaps_the_running_ones,
+    a_task_flooding_its_output_is_killed_at_the_limit_and_the_parent_stays_small,
 ];

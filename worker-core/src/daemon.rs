@@ -101,11 +101,11 @@ pub struct Control {
 ///     }
 /// }
 ///
-/// let dir = std::env::temp_dir();
+/// // The lock file goes in this user's private runtime directory (unless `lock_dir` is set).
+/// let dir = forkworker_core::instance::default_dir()?;
 /// // Another instance holds the lock (here, this very process, through another open).
 /// let other = InstanceLock::acquire(dir.join("DocDaemon.lock"))?;
-/// let mut daemon = Daemon::new("DocDaemon", App);
-/// daemon.lock_dir(&dir);
+/// let daemon = Daemon::new("DocDaemon", App);
 /// match daemon.run() {
 ///     Err(DaemonError::Instance(InstanceError::Held { pid, .. })) => {
 ///         assert_eq!(pid, Some(std::process::id() as i32));
@@ -315,7 +315,8 @@ pub struct Daemon<A: Application> {
     loop_interval: Duration,
     recover: bool,
     pid_file: Option<PathBuf>,
-    lock_dir: PathBuf,
+    /// `None`: [`crate::instance::default_dir`].
+    lock_dir: Option<PathBuf>,
 }
 
 impl<A: Application> Daemon<A> {
@@ -333,7 +334,7 @@ impl<A: Application> Daemon<A> {
             loop_interval: Duration::from_secs(1),
             recover: std::env::args().any(|a| a == RECOVER_FLAG),
             pid_file: None,
-            lock_dir: std::env::temp_dir(),
+            lock_dir: None,
         }
     }
 
@@ -356,9 +357,11 @@ impl<A: Application> Daemon<A> {
         self
     }
 
-    /// Where the single-instance lock file `<name>.lock` goes (default: the temp directory).
+    /// Where the single-instance lock file `<name>.lock` goes (default:
+    /// [`crate::instance::default_dir`], a directory private to this user). The directory
+    /// must be this user's or root's and not writable by others unless sticky (as `/tmp`).
     pub fn lock_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Self {
-        self.lock_dir = dir.into();
+        self.lock_dir = Some(dir.into());
         self
     }
 
@@ -458,7 +461,11 @@ impl<A: Application> Daemon<A> {
     /// program again. See [`DaemonError`] for an example.
     pub fn run(mut self) -> Result<Stop, DaemonError> {
         let name = self.name.clone();
-        let lock_path = self.lock_dir.join(format!("{name}.lock"));
+        let lock_dir = match &self.lock_dir {
+            Some(dir) => dir.clone(),
+            None => crate::instance::default_dir()?,
+        };
+        let lock_path = lock_dir.join(format!("{name}.lock"));
         let _lock = InstanceLock::acquire(&lock_path)?;
         let _pid = match &self.pid_file {
             Some(p) => Some(PidFile::create(p)?),

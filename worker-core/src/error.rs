@@ -10,6 +10,7 @@
 //! | a call, from the proxy to `wait` (the umbrella) | [`CallError`] | [`SubmitError`], [`StartError`] and [`PoolError`] convert into it with `From` |
 //! | why a call was cancelled | [`CancelReason`] | `mediator`, inside [`CallError::Cancelled`] |
 //! | bytes crossing the process boundary | [`WireError`] | `wire`, the generated code |
+//! | opening a lock, pid or persistent file, or the runtime directory, that another user could have planted | [`UnsafePath`] | `private_fs`; inside [`crate::instance::InstanceError::Unsafe`] |
 //!
 //! [`CallError`] is what proxies, [`crate::Mediator::wait`] and `?` in a user's `main` see.
 //! `wait` adds two failures of its own, [`CallError::WaitTimeout`] (the call goes on) and
@@ -28,6 +29,7 @@
 //! ```
 
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -609,6 +611,76 @@ pub(crate) enum ErrorKind {
     Communication,
     Corruption,
     Catchall,
+}
+
+/// A file or directory forkworker refuses to use because another local user could have
+/// planted it, could change it, or could redirect it: a symbolic link, another user's file,
+/// a mode that lets others write to it, ...
+///
+/// Nothing was written to, truncated or read from the refused file. The fields name what was
+/// found, so that the message says what to fix:
+/// `refusing to use /tmp/App.lock: it belongs to another user (owner uid 65534, mode 0666)`.
+/// Found inside [`crate::instance::InstanceError::Unsafe`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("refusing to use {}: it {why} ({})", path.display(), found(*owner, *mode))]
+#[non_exhaustive]
+pub struct UnsafePath {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// Its owner's user id (`None` if it could not be read: the entry vanished).
+    pub owner: Option<u32>,
+    /// Its permission bits (`mode & 0o7777`; `None` as for `owner`).
+    pub mode: Option<u32>,
+    /// What is wrong with it.
+    pub why: Unsafety,
+}
+
+fn found(owner: Option<u32>, mode: Option<u32>) -> String {
+    match (owner, mode) {
+        (Some(owner), Some(mode)) => format!("owner uid {owner}, mode {mode:04o}"),
+        _ => "owner and mode unknown".to_owned(),
+    }
+}
+
+/// Why a path is refused ([`UnsafePath::why`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unsafety {
+    /// The last component is a symbolic link (which someone else may have planted): it is
+    /// never followed.
+    #[error("is a symbolic link")]
+    SymbolicLink,
+    /// A file was expected, and it is a directory, a FIFO, a socket, a device...
+    #[error("is not a regular file")]
+    NotRegular,
+    /// A directory was expected.
+    #[error("is not a directory")]
+    NotDirectory,
+    /// It belongs to another user than this process's effective user (`me`); a directory
+    /// given by the user may also belong to root.
+    #[error("belongs to another user (this process runs as uid {me})")]
+    OtherOwner {
+        /// This process's effective user id.
+        me: u32,
+    },
+    /// Its mode grants more than `allowed` (a file: 0600, or 0644 for a pid file; a private
+    /// directory: 0700).
+    #[error("has a mode that grants more than {allowed:04o}")]
+    TooOpen {
+        /// The most the file may grant.
+        allowed: u32,
+    },
+    /// A directory that others may write to, without the sticky bit (as /tmp has) that
+    /// keeps them from replacing this user's files in it.
+    #[error("is a directory others can write to, without the sticky bit")]
+    WritableByOthers,
+    /// A file with more than one name: another name, in a directory others can write to,
+    /// may have been linked to it.
+    #[error("has {links} hard links")]
+    HardLinked {
+        /// Its number of links.
+        links: u64,
+    },
 }
 
 #[cfg(test)]

@@ -6,9 +6,15 @@
 //! the lock when the holder exits, however it exits (even by SIGKILL), so a stale lock file
 //! never blocks a restart. The file itself is left in place (removing a lock file is racy).
 //!
-//! The lock file usually lies in a directory others can write to (the temp directory), so
-//! it is not followed through a symbolic link and must be a regular file of this user's
-//! (or root's); otherwise [`InstanceError::Unsafe`]. The same holds for a [`PidFile`].
+//! Both files are opened through one door that other local users cannot get past (the
+//! crate's `private_fs` module): never through a symbolic link (`O_NOFOLLOW`, whatever the
+//! kernel's `fs.protected_symlinks`), in a directory that is this user's or root's and not
+//! writable by others unless sticky (as `/tmp`), and checked on the open descriptor before
+//! anything is written or truncated: a regular file of this user's with one link, mode 0600
+//! for a lock file, 0644 at most for a pid file. Anything else is refused with
+//! [`InstanceError::Unsafe`], an [`UnsafePath`] naming the path, its owner and its mode, and
+//! the file is left as it was. A daemon's lock file goes by default in [`default_dir`], a
+//! directory private to this user, not in the world-writable temp directory.
 //!
 //! ```
 //! use forkworker_core::instance::{InstanceError, InstanceLock};
@@ -34,13 +40,16 @@
 //! die with their parent, so this only delays a restart by as long as they take to die. The
 //! file is opened close-on-exec, so programs started with `exec` do not hold it.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
+
+pub use crate::error::{UnsafePath, Unsafety};
+use crate::private_fs::{self, FsError, How, PrivateDir};
 
 /// How long [`InstanceLock::acquire`] waits for a holder that has just taken the lock to
 /// write its pid.
@@ -58,15 +67,12 @@ pub enum InstanceError {
         /// The holder's pid, as it wrote it into the lock file (`None` if unreadable).
         pid: Option<i32>,
     },
-    /// The file is not one this process may safely write: a symbolic link, not a regular
-    /// file, or another user's. Nothing was written to it.
-    #[error("refusing to use {}: it {reason}", path.display())]
-    Unsafe {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: UnsafeFile,
-    },
+    /// The file, or its directory, is one another user could have planted or could change:
+    /// a symbolic link, not a regular file, another user's, a mode that grants others more
+    /// than reading a pid file, a directory others can write to... The error names the
+    /// path, its owner and its mode. Nothing was written to it.
+    #[error(transparent)]
+    Unsafe(#[from] UnsafePath),
     /// The file could not be opened, locked, read or written.
     #[error("cannot use {}: {source}", path.display())]
     Io {
@@ -78,22 +84,13 @@ pub enum InstanceError {
     },
 }
 
-/// Why a lock or pid file is not used ([`InstanceError::Unsafe`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum UnsafeFile {
-    /// The path is a symbolic link (which someone else may have planted).
-    #[error("is a symbolic link")]
-    SymbolicLink,
-    /// The path is a directory, a FIFO, a device...
-    #[error("is not a regular file")]
-    NotRegular,
-    /// The file belongs to another user than this process's (and not to root).
-    #[error("belongs to user {uid}")]
-    OtherUser {
-        /// The owner's user id.
-        uid: u32,
-    },
+impl From<FsError> for InstanceError {
+    fn from(e: FsError) -> Self {
+        match e {
+            FsError::Unsafe(u) => InstanceError::Unsafe(u),
+            FsError::Io { path, source } => InstanceError::Io { path, source },
+        }
+    }
 }
 
 fn holder(pid: Option<i32>) -> String {
@@ -110,42 +107,24 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> InstanceError + '_ {
     }
 }
 
-/// Opens `path` for writing (and reading, with `read`), creating it with mode 0644, without
-/// following a symbolic link, blocking on a FIFO or truncating; then checks that it is a
-/// regular file of this user's or root's.
-fn open_own(path: &Path, read: bool) -> Result<File, InstanceError> {
-    let file = OpenOptions::new()
-        .read(read)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => InstanceError::Unsafe {
-                path: path.to_owned(),
-                reason: UnsafeFile::SymbolicLink,
-            },
-            _ => io_error(path)(e),
-        })?;
-    let meta = file.metadata().map_err(io_error(path))?;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let reason = if !meta.is_file() {
-        Some(UnsafeFile::NotRegular)
-    } else if meta.uid() != me && meta.uid() != 0 {
-        Some(UnsafeFile::OtherUser { uid: meta.uid() })
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(InstanceError::Unsafe {
-            path: path.to_owned(),
-            reason,
-        }),
-        None => Ok(file),
-    }
+/// The directory where a [`Daemon`](crate::daemon::Daemon)'s lock file goes unless
+/// [`Daemon::lock_dir`](crate::daemon::Daemon::lock_dir) says otherwise, private to this
+/// user: `$XDG_RUNTIME_DIR/forkworker` if `XDG_RUNTIME_DIR` is a directory of this user's
+/// that others cannot write to, else `forkworker-<uid>` in the temp directory (`$TMPDIR`,
+/// else `/tmp`). Created with mode 0700 if missing.
+///
+/// # Errors
+/// [`InstanceError::Unsafe`] if it exists and is a symbolic link, not a directory, another
+/// user's, or has any group or other permission bit (someone may have made it first: it is
+/// refused, not used); [`InstanceError::Io`] if it cannot be created.
+///
+/// ```
+/// let dir = forkworker_core::instance::default_dir()?;
+/// assert!(dir.ends_with("forkworker") || dir.file_name().unwrap().to_str().unwrap().starts_with("forkworker-"));
+/// # Ok::<(), forkworker_core::instance::InstanceError>(())
+/// ```
+pub fn default_dir() -> Result<PathBuf, InstanceError> {
+    Ok(private_fs::runtime_dir()?)
 }
 
 /// The pid written in `file`, if it holds one.
@@ -189,17 +168,20 @@ pub struct InstanceLock {
 }
 
 impl InstanceLock {
-    /// Takes the lock on `path`, creating the file (mode 0644) if needed, and writes this
-    /// process's pid into it.
+    /// Takes the lock on `path`, creating the file (mode 0600) if needed, and writes this
+    /// process's pid into it (after the checks of the [module documentation](self), and
+    /// once the lock is held).
     ///
     /// # Errors
     /// [`InstanceError::Held`] if another open of the file holds the lock: another process,
     /// or another `InstanceLock` of this one. [`InstanceError::Unsafe`] if the file is a
-    /// symbolic link, not a regular file, or another user's. [`InstanceError::Io`] if the
-    /// file cannot be opened, locked or written.
+    /// symbolic link, not a regular file, another user's, open to others (mode beyond
+    /// 0600) or has other links, or its directory is another user's or writable by others
+    /// without the sticky bit. [`InstanceError::Io`] if the file cannot be opened, locked
+    /// or written.
     pub fn acquire(path: impl AsRef<Path>) -> Result<InstanceLock, InstanceError> {
         let path = path.as_ref();
-        let mut file = open_own(path, true)?;
+        let (mut file, _, _, _) = private_fs::open_private_path(path, How::private())?;
         loop {
             // SAFETY: flock on an fd we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -274,22 +256,31 @@ impl Drop for InstanceLock {
 pub struct PidFile {
     path: PathBuf,
     pid: u32,
+    /// The file's directory and name in it, to check and remove it on drop (the directory
+    /// is not held open: forked workers would inherit the descriptor).
+    dir: PathBuf,
+    name: OsString,
 }
 
 impl PidFile {
-    /// Writes this process's pid into `path` (created with mode 0644, or truncated).
+    /// Writes this process's pid into `path` (created with mode 0644, or truncated after
+    /// the checks of the [module documentation](self)).
     ///
     /// # Errors
-    /// [`InstanceError::Unsafe`] if the file is a symbolic link, not a regular file, or
-    /// another user's; [`InstanceError::Io`] if it cannot be written.
+    /// [`InstanceError::Unsafe`] if the file is a symbolic link, not a regular file, another
+    /// user's, writable by others (mode beyond 0644) or has other links, or its directory is
+    /// another user's or writable by others without the sticky bit; [`InstanceError::Io`] if
+    /// it cannot be written.
     pub fn create(path: impl AsRef<Path>) -> Result<PidFile, InstanceError> {
         let path = path.as_ref();
         let pid = std::process::id();
-        let mut file = open_own(path, false)?;
+        let (mut file, _, dir, name) = private_fs::open_private_path(path, How::readable_by_all())?;
         write_pid(&mut file, pid).map_err(io_error(path))?;
         Ok(PidFile {
             path: path.to_owned(),
             pid,
+            dir: dir.path().to_owned(),
+            name,
         })
     }
 
@@ -302,12 +293,19 @@ impl PidFile {
 impl Drop for PidFile {
     fn drop(&mut self) {
         // Removed only by the process that wrote it, and only if it still names it (another
-        // instance may have replaced it).
-        if std::process::id() == self.pid
-            && std::fs::read_to_string(&self.path)
-                .is_ok_and(|text| text.trim() == self.pid.to_string())
-        {
-            let _ = std::fs::remove_file(&self.path);
+        // instance may have replaced it); read through the same checks, in the same
+        // directory, without following a link.
+        if std::process::id() != self.pid {
+            return;
+        }
+        let Ok(dir) = PrivateDir::open(&self.dir) else {
+            return;
+        };
+        let ours = dir
+            .open_file(&self.name, How::readable_by_all().existing_only())
+            .is_ok_and(|(mut file, _)| read_pid(&mut file) == Some(self.pid as i32));
+        if ours {
+            let _ = dir.remove(&self.name);
         }
     }
 }
@@ -375,8 +373,8 @@ mod tests {
             PidFile::create(&link).map(drop).expect_err("a link"),
         ] {
             match &err {
-                InstanceError::Unsafe { path, reason } => {
-                    assert_eq!((path, *reason), (&link, UnsafeFile::SymbolicLink))
+                InstanceError::Unsafe(u) => {
+                    assert_eq!((&u.path, u.why), (&link, Unsafety::SymbolicLink))
                 }
                 other => panic!("expected Unsafe, got {other:?}"),
             }
@@ -390,12 +388,12 @@ mod tests {
         // SAFETY: a valid C string.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         match InstanceLock::acquire(&fifo).expect_err("a FIFO") {
-            InstanceError::Unsafe { reason, .. } => assert_eq!(reason, UnsafeFile::NotRegular),
+            InstanceError::Unsafe(u) => assert_eq!(u.why, Unsafety::NotRegular),
             other => panic!("expected Unsafe, got {other:?}"),
         }
         std::fs::remove_file(&fifo).unwrap();
 
-        // Another user's file (only root can make one here).
+        // Another user's file (only root can make one here); tests/other_users.rs has more.
         let theirs = temp("theirs");
         std::fs::write(&theirs, "").unwrap();
         if std::os::unix::fs::chown(&theirs, Some(65534), None).is_ok() {
@@ -403,8 +401,11 @@ mod tests {
                 .map(drop)
                 .expect_err("another user's")
             {
-                InstanceError::Unsafe { reason, .. } => {
-                    assert_eq!(reason, UnsafeFile::OtherUser { uid: 65534 })
+                InstanceError::Unsafe(u) => {
+                    assert_eq!(
+                        (u.owner, u.why),
+                        (Some(65534), Unsafety::OtherOwner { me: 0 })
+                    )
                 }
                 other => panic!("expected Unsafe, got {other:?}"),
             }

@@ -45,6 +45,7 @@
 //! | ad-hoc background processes (the seed's Task API) | [`task`] |
 //! | signals as flags and a wake-up descriptor | [`signals`] |
 //! | single instance lock and pid file | [`instance`] |
+//! | files other local users cannot plant: the runtime directory, checked opens (lock, pid, journal) | `private_fs` |
 //!
 //! The code `#[worker]` generates reaches this crate only through `__private` (re-exported by
 //! the facade as `forkworker::__private`), which is not public API.
@@ -69,6 +70,7 @@ mod journal;
 mod mediator;
 mod panics;
 mod pool;
+mod private_fs;
 mod process;
 mod shm;
 pub mod signals;

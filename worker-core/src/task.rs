@@ -32,6 +32,16 @@
 //! # Ok::<(), TaskError>(())
 //! ```
 //!
+//! # Output limit
+//! A task's value is read into the parent's memory, so the parent bounds it: a task whose
+//! message (its encoded value, or its panic text, plus a 9-byte header) would pass
+//! [`Tasks::output_limit`] (default [`DEFAULT_OUTPUT_LIMIT`], 16 MiB) is killed as soon as
+//! the parent sees it, from the length the message announces or from the bytes that came,
+//! and ends with [`TaskError::OutputLimit`]. What it wrote is dropped. It is killed rather
+//! than drained: its value could not be delivered anyway, and a task that kept writing
+//! would otherwise keep the parent reading, or sit blocked on a full pipe until its
+//! timeout. The parent holds at most the limit per running task.
+//!
 //! # In an event loop
 //! A daemon's loop sleeps in `poll(2)` on [`Tasks::wake_fds`] (readable when a task ended or
 //! wrote part of its value), until [`Tasks::next_deadline`] at the latest, then calls
@@ -66,6 +76,10 @@ const EXIT_WIRE: i32 = 102;
 /// Exit code of a task that could not write its value to the parent.
 const EXIT_PIPE: i32 = 103;
 
+/// The default of [`Tasks::output_limit`]: 16 MiB, the most a task's message (its encoded
+/// value and a 9-byte header) may take in the parent.
+pub const DEFAULT_OUTPUT_LIMIT: usize = 16 << 20;
+
 /// The id of a task whose closure returns `R`. Returned by [`Tasks::spawn`]; pass it to
 /// [`Tasks::wait`] for the typed result.
 ///
@@ -74,7 +88,10 @@ const EXIT_PIPE: i32 = 103;
 pub type TaskId<R> = Id<TaskOf<R>>;
 
 /// Why a task gave no value.
+///
+/// Variants may be added: a `match` needs a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TaskError {
     /// The task's process could not be forked.
     #[error("the task could not start: {0}")]
@@ -109,6 +126,19 @@ pub enum TaskError {
         pid: i32,
         /// The timeout in force.
         timeout: Duration,
+    },
+    /// The task's message (its encoded value or panic text) would pass the output limit
+    /// ([`Tasks::output_limit`]): its process was killed and what it wrote dropped.
+    #[error(
+        "task {id} (process {pid}) wrote more than its output limit of {limit} bytes; it was killed and its output dropped"
+    )]
+    OutputLimit {
+        /// The task id.
+        id: u64,
+        /// The task's process id.
+        pid: i32,
+        /// The limit in force, in bytes.
+        limit: usize,
     },
     /// The task was killed by [`Tasks::kill`].
     #[error("task {id} (process {pid}) was killed before it returned")]
@@ -214,8 +244,12 @@ struct Running {
     child: Child,
     /// The read end of the task's pipe, until it reaches end of file.
     pipe: Option<OwnedFd>,
-    /// What the task wrote so far.
+    /// What the task wrote so far, never more than `limit` bytes.
     buf: Vec<u8>,
+    /// The output limit in force for this task.
+    limit: usize,
+    /// Set once the task wrote, or announced, more than `limit`: it is to be killed.
+    over_limit: bool,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
 }
@@ -245,6 +279,7 @@ struct Task {
 pub struct Tasks {
     alias: String,
     timeout: Option<Duration>,
+    output_limit: usize,
     on_done: Option<DoneHandler>,
     tasks: BTreeMap<u64, Task>,
     /// Tasks that finished and whose callbacks have not run yet, in order.
@@ -259,6 +294,7 @@ impl fmt::Debug for Tasks {
         f.debug_struct("Tasks")
             .field("alias", &self.alias)
             .field("timeout", &self.timeout)
+            .field("output_limit", &self.output_limit)
             .field("running", &self.running())
             .field("held", &(self.tasks.len() - self.running()))
             .finish()
@@ -325,7 +361,9 @@ fn task_main<R: Serialize>(f: impl FnOnce() -> R, fd: RawFd) -> std::convert::In
     unsafe { libc::_exit(code) }
 }
 
-/// Reads what the task wrote so far, without blocking.
+/// Reads what the task wrote so far, without blocking, keeping at most `run.limit` bytes:
+/// past it (or once the header announces more), sets `over_limit`, drops what came and
+/// stops reading.
 fn drain(run: &mut Running) {
     let Some(fd) = &run.pipe else { return };
     let mut chunk = vec![0u8; 64 << 10];
@@ -333,7 +371,29 @@ fn drain(run: &mut Running) {
         // SAFETY: reading into a valid buffer from a non-blocking fd we own.
         let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
         if n > 0 {
-            run.buf.extend_from_slice(&chunk[..n as usize]);
+            let had = run.buf.len();
+            let n = n as usize;
+            if n > run.limit.saturating_sub(had) {
+                give_up(run);
+                return;
+            }
+            run.buf.extend_from_slice(&chunk[..n]);
+            if had < HEADER && run.buf.len() >= HEADER {
+                // The length the message announces: refuse it at once if it is too long,
+                // else make room for it in one allocation (no doubling past the limit).
+                let announced = u64::from_le_bytes(run.buf[1..HEADER].try_into().expect("8"));
+                match usize::try_from(announced)
+                    .ok()
+                    .and_then(|a| a.checked_add(HEADER))
+                    .filter(|&total| total <= run.limit)
+                {
+                    Some(total) => run.buf.reserve_exact(total.saturating_sub(run.buf.len())),
+                    None => {
+                        give_up(run);
+                        return;
+                    }
+                }
+            }
             continue;
         }
         if n < 0 {
@@ -347,6 +407,13 @@ fn drain(run: &mut Running) {
         run.pipe = None;
         return;
     }
+}
+
+/// The task passed its output limit: drop what it wrote and stop reading.
+fn give_up(run: &mut Running) {
+    run.over_limit = true;
+    run.buf = Vec::new();
+    run.pipe = None;
 }
 
 /// The result of a task whose process ended with `cause`, having written `buf`.
@@ -380,6 +447,7 @@ impl Tasks {
         Tasks {
             alias: alias.into(),
             timeout: None,
+            output_limit: DEFAULT_OUTPUT_LIMIT,
             on_done: None,
             tasks: BTreeMap::new(),
             finished: Vec::new(),
@@ -398,6 +466,29 @@ impl Tasks {
     /// Enforced whenever the supervisor is driven ([`Tasks::poll`], [`Tasks::wait`]).
     pub fn timeout(&mut self, timeout: impl Into<Option<Duration>>) -> &mut Self {
         self.timeout = timeout.into();
+        self
+    }
+
+    /// Sets the most bytes a task spawned from now on may write to the parent: its encoded
+    /// value (or panic text) plus a 9-byte header. Default [`DEFAULT_OUTPUT_LIMIT`]
+    /// (16 MiB). A task that passes it is killed at once and ends with
+    /// [`TaskError::OutputLimit`]; see the [module documentation](self#output-limit).
+    ///
+    /// ```
+    /// use forkworker_core::task::{TaskError, Tasks};
+    /// use std::time::Duration;
+    ///
+    /// let mut tasks = Tasks::new("Tasks");
+    /// tasks.output_limit(1 << 10);
+    /// let id = tasks.spawn(|| "x".repeat(4 << 10))?;
+    /// match tasks.wait(id, Duration::from_secs(10)) {
+    ///     Err(TaskError::OutputLimit { limit, .. }) => assert_eq!(limit, 1 << 10),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # Ok::<(), TaskError>(())
+    /// ```
+    pub fn output_limit(&mut self, bytes: usize) -> &mut Self {
+        self.output_limit = bytes;
         self
     }
 
@@ -486,6 +577,8 @@ impl Tasks {
                     child,
                     pipe: Some(read),
                     buf: Vec::new(),
+                    limit: self.output_limit,
+                    over_limit: false,
                     deadline: self.timeout.map(|t| started + t),
                     timeout: self.timeout,
                 }),
@@ -506,10 +599,27 @@ impl Tasks {
                 continue;
             };
             drain(run);
-            let result = if let Some(cause) = run.child.try_reap() {
+            let result = if run.over_limit {
+                run.child.kill();
+                log::warn!(target: &self.alias,
+                    "task {id} wrote more than its output limit of {} bytes; process {} was killed", run.limit, task.pid);
+                Err(TaskError::OutputLimit {
+                    id,
+                    pid: task.pid,
+                    limit: run.limit,
+                })
+            } else if let Some(cause) = run.child.try_reap() {
                 // Everything the task wrote before it exited is in the pipe now.
                 drain(run);
-                outcome(id, task.pid, std::mem::take(&mut run.buf), cause)
+                if run.over_limit {
+                    Err(TaskError::OutputLimit {
+                        id,
+                        pid: task.pid,
+                        limit: run.limit,
+                    })
+                } else {
+                    outcome(id, task.pid, std::mem::take(&mut run.buf), cause)
+                }
             } else if let (Some(deadline), Some(timeout)) = (run.deadline, run.timeout)
                 && now >= deadline
             {
