@@ -125,6 +125,10 @@ pub(crate) struct Config {
     pub(crate) persist: Option<String>,
     /// Whether to recover the calls found in a persistent segment.
     pub(crate) recover: bool,
+    /// The memory a worker may use, in bytes (see `limits`).
+    pub(crate) memory_limit: Option<u64>,
+    /// The CPU time one call may use.
+    pub(crate) cpu_limit: Option<Duration>,
 }
 
 /// The default size of the payload area: 8 MiB.
@@ -146,6 +150,8 @@ impl Default for Config {
             fork_server: false,
             persist: None,
             recover: false,
+            memory_limit: None,
+            cpu_limit: None,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind, PoolError, SpawnError};
 use crate::fork_server::ForkServer;
 use crate::journal::Entry;
+use crate::limits::{InForce, LimitMechanism, MemoryLimit, Verdict, WorkerLimits};
 use crate::process::{self, Child};
 use crate::shm::{Found, Region};
 use crate::wake::ParentWake;
@@ -96,6 +97,10 @@ pub(crate) struct Pool {
     alias: String,
     /// Whether calls are written to the journal (see [`Pool::journal`]).
     journaled: bool,
+    /// The workers' memory limit, if set: its mechanism and cgroups (see `limits`).
+    memory: Option<MemoryLimit>,
+    /// What the workers apply after `setup`.
+    limits: WorkerLimits,
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -130,10 +135,12 @@ impl Pool {
         };
         let wake = ParentWake::new()?;
         region.header().spin_places.clear();
+        let memory = config.memory_limit.map(|b| MemoryLimit::new(alias, b));
+        let limits = MemoryLimit::for_workers(memory.as_ref(), config.cpu_limit);
         let server = if config.fork_server {
-            // The server runs in a copy of this process: `region` and `wake` stay where they
-            // are in its memory, since the server never returns from here.
-            let (region, eventfd) = (&region, wake.bell());
+            // The server runs in a copy of this process: `region`, `wake` and `limits` stay
+            // where they are in its memory, since the server never returns from here.
+            let (region, eventfd, limits) = (&region, wake.bell(), &limits);
             let server = ForkServer::start(move |slot, start_seq| {
                 let env = WorkerEnv {
                     alias,
@@ -141,6 +148,7 @@ impl Pool {
                     slot,
                     start_seq,
                     eventfd,
+                    limits,
                 };
                 worker_loop::run(&mut *value, env)
             })
@@ -163,6 +171,8 @@ impl Pool {
             warned_threads: false,
             alias: alias.to_owned(),
             journaled: config.persist.is_some(),
+            memory,
+            limits,
         };
         Ok((pool, matching))
     }
@@ -196,6 +206,7 @@ impl Pool {
                     slot: i,
                     start_seq,
                     eventfd: self.wake.bell(),
+                    limits: &self.limits,
                 };
                 process::spawn(|| worker_loop::run(value, env))?
             }
@@ -442,7 +453,14 @@ impl Pool {
     /// The slots whose worker has died (reaped now; the child stays in the slot until
     /// [`Pool::kill`]). Also reaps retired workers that have exited.
     pub(crate) fn dead_slots(&mut self) -> Vec<(usize, ExitCause)> {
-        self.retiring.retain_mut(|c| c.try_reap().is_none());
+        let memory = &self.memory;
+        self.retiring.retain_mut(|c| {
+            let gone = c.try_reap().is_some();
+            if gone && let Some(m) = memory {
+                m.release(c.pid());
+            }
+            !gone
+        });
         self.slots
             .iter_mut()
             .enumerate()
@@ -459,6 +477,9 @@ impl Pool {
         let pid = slot.pid().unwrap_or(0);
         if let Some(mut child) = slot.child.take() {
             child.kill();
+            if let Some(m) = &self.memory {
+                m.release(pid);
+            }
         }
         // It may have died holding a spin place.
         self.region.header().spin_places.give_back(i);
@@ -489,6 +510,36 @@ impl Pool {
             && (s.retire_after_calls.is_some_and(|n| s.calls >= n)
                 || s.retire_at.zip(now).is_some_and(|(t, now)| now >= t)
                 || s.errors.reached(&ErrorCounts::WORKER_LIMITS))
+    }
+
+    /// How the workers' memory limit is enforced, if one is set.
+    pub(crate) fn memory_mechanism(&self) -> Option<LimitMechanism> {
+        self.memory.as_ref().map(MemoryLimit::mechanism)
+    }
+
+    /// The limits in force, for telling a death under them from a crash.
+    pub(crate) fn limits_in_force(&self) -> InForce {
+        InForce {
+            memory: self.memory_mechanism(),
+            cpu: self.limits.cpu.is_some(),
+        }
+    }
+
+    /// The memory limit in bytes, and the CPU limit, if set.
+    pub(crate) fn limit_values(&self) -> (u64, Option<Duration>) {
+        (
+            self.memory.as_ref().map_or(0, MemoryLimit::bytes),
+            self.limits.cpu,
+        )
+    }
+
+    /// What the cgroup of slot `i`'s worker says about its death; read before
+    /// [`Pool::kill`] removes the group.
+    pub(crate) fn memory_verdict(&self, i: usize) -> Verdict {
+        match (&self.memory, self.slots[i].pid()) {
+            (Some(m), Some(pid)) => m.verdict(pid),
+            _ => Verdict::Unknown,
+        }
     }
 
     /// Asks slot `i`'s worker to exit and forks its replacement into the slot.
@@ -614,9 +665,21 @@ impl Pool {
         }
         // Dropping a child kills it if it did not exit in time, and reaps it.
         for slot in &mut self.slots {
-            slot.child = None;
+            if let Some(child) = slot.child.take() {
+                let pid = child.pid();
+                drop(child);
+                if let Some(m) = &self.memory {
+                    m.release(pid);
+                }
+            }
         }
-        self.retiring.clear();
+        for child in self.retiring.drain(..) {
+            let pid = child.pid();
+            drop(child);
+            if let Some(m) = &self.memory {
+                m.release(pid);
+            }
+        }
     }
 }
 

@@ -109,6 +109,10 @@ pub struct Stats {
     pub worker_rss_kib: Vec<(i32, u64)>,
     /// Bytes of shared memory for payloads, and how many are in use.
     pub shared_memory: (usize, usize),
+    /// How the workers' memory limit ([`crate::Mediator::memory_limit`]) is enforced: `None`
+    /// without a limit, or while the pool is not running (the mechanism is chosen when it
+    /// starts).
+    pub memory_limit: Option<crate::LimitMechanism>,
 }
 
 /// Resident memory of a process in KiB, from /proc/PID/status (0 if unknown).
@@ -192,6 +196,9 @@ impl fmt::Display for Stats {
             self.shared_memory.1,
             self.shared_memory.0
         )?;
+        if let Some(m) = self.memory_limit {
+            writeln!(f, "   Memory limit per worker: {m}")?;
+        }
         write!(f, "{rule}")
     }
 }

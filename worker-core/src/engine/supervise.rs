@@ -16,6 +16,7 @@ use crate::call::{CallStatus, ExitCause};
 use crate::clock;
 use crate::config::ForkStrategy;
 use crate::error::{CallError, CancelReason, ErrorCounts, ErrorKind, PoolError};
+use crate::limits::{self, Death};
 use crate::this_worker;
 use crate::worker::Worker;
 
@@ -169,6 +170,8 @@ impl<W: Worker> Engine<W> {
                 continue; // Its answer (a panic, say) already settled the slot.
             }
             let given = pool.calls_given(i);
+            // Before `kill_worker` removes the worker's cgroup.
+            let verdict = pool.memory_verdict(i);
             let (pid, busy) = self.kill_worker(i);
             let Some(b) = busy else {
                 if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
@@ -190,11 +193,42 @@ impl<W: Worker> Engine<W> {
                     .is_some_and(|b| b.ret_block.is_some());
             self.count_error(ErrorKind::Communication, None);
             if started {
-                log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}", b.call);
                 self.base.health.answered();
-                self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
-                    CallError::Crashed { method, pid, cause }
-                });
+                // LEAD: pass the worker's stderr tail here (the last 4 KiB it wrote), so that
+                // an allocation failure under RLIMIT_DATA is told from a crash.
+                let tail: Option<&str> = None;
+                let in_force = self.pool.limits_in_force();
+                let (limit, cpu_limit) = self.pool.limit_values();
+                let death = limits::classify(cause, verdict, tail, in_force);
+                let call = b.call;
+                match (death, in_force.memory, cpu_limit) {
+                    (Death::MemoryLimit, Some(mechanism), _) => {
+                        log::warn!(target: &self.base.alias,
+                            "worker {pid} passed its memory limit of {limit} bytes ({mechanism}) while running call {call} and {cause}");
+                        self.finish(call, CallStatus::Crashed, clock::now_ns(), |method| {
+                            CallError::MemoryLimit {
+                                method,
+                                pid,
+                                limit,
+                                mechanism,
+                                cause,
+                            }
+                        });
+                    }
+                    (Death::CpuLimit, _, Some(limit)) => {
+                        log::warn!(target: &self.base.alias,
+                            "call {call} used more than its CPU time limit of {limit:?}; worker {pid} ended");
+                        self.finish(call, CallStatus::Crashed, clock::now_ns(), |method| {
+                            CallError::CpuLimit { method, pid, limit }
+                        });
+                    }
+                    _ => {
+                        log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {call}");
+                        self.finish(call, CallStatus::Crashed, clock::now_ns(), |method| {
+                            CallError::Crashed { method, pid, cause }
+                        });
+                    }
+                }
             } else {
                 self.base.health.died_unanswered();
                 self.requeue_unstarted(b.call, pid, cause);
