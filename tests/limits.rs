@@ -406,10 +406,50 @@ fn cpu_limit_ends_a_spinning_call() {
     m.wait(id, LONG).unwrap();
 }
 
+fn recycle_above_memory_retires_a_growing_worker() {
+    let threshold = 48 * MIB;
+    let step = 8 * MIB;
+    let mut m = HungryMediator::new("Growing", Hungry);
+    m.recycle(Recycle::above_memory(threshold)).timeout(LONG);
+    let (first, _) = call!(m, keep(0)).unwrap();
+    let mut pid = first;
+    let mut kept = 0;
+    let mut retired_at = None;
+    for _ in 0..40 {
+        let (p, total) = call!(m, keep(step)).unwrap();
+        if p == pid {
+            assert_eq!(total, kept + step, "worker {p} lost what it kept");
+        } else {
+            // A fresh worker keeps only this call's bytes.
+            assert_eq!(total, step, "worker {p} is not fresh");
+            retired_at = Some(kept);
+            break;
+        }
+        kept = total;
+        pid = p;
+        // Let the parent's next look at the worker's memory come due.
+        std::thread::sleep(Recycle::MEMORY_CHECK + Duration::from_millis(5));
+    }
+    let retired_at = retired_at.expect("the growing worker was never retired");
+    assert_eq!(pid, first);
+    // Retired once past the threshold (its own heap counts too), not before.
+    assert!(
+        retired_at + 8 * MIB >= threshold && retired_at <= threshold + 2 * step,
+        "retired when it kept {} MiB, threshold {} MiB",
+        retired_at / MIB,
+        threshold / MIB
+    );
+    // The replacement serves the next calls.
+    let (p, total) = call!(m, keep(step)).unwrap();
+    assert_ne!(p, first);
+    assert_eq!(total, 2 * step);
+}
+
 tests![
     memory_limit_with_cgroup_v1,
     stale_cgroups_are_removed_at_start,
     memory_limit_with_rlimit_data,
     no_memory_limit_by_default,
     cpu_limit_ends_a_spinning_call,
+    recycle_above_memory_retires_a_growing_worker,
 ];

@@ -66,6 +66,10 @@ struct Slot {
     /// The sequence number of the last request posted on the slot's channel: the parent's own
     /// copy, so that a post only writes the request line (see `Channel::post`).
     req_seq: u32,
+    /// With [`Recycle::above_memory`]: when the worker's memory may be read next (CLOCK_MONOTONIC
+    /// nanoseconds), and whether it was over the threshold then.
+    next_memory_check: u64,
+    over_memory: bool,
 }
 
 impl Slot {
@@ -229,6 +233,8 @@ impl Pool {
             errors: ErrorCounts::default(),
             reported_errors: 0,
             req_seq: start_seq,
+            next_memory_check: 0,
+            over_memory: false,
         };
         Ok(pid)
     }
@@ -335,7 +341,10 @@ impl Pool {
     pub(crate) fn release(&mut self, i: usize) -> Option<Blocks> {
         let slot = &mut self.slots[i];
         slot.busy = None;
-        slot.lent.take()
+        let lent = slot.lent.take();
+        // Before the next call is given to it (no cost without the rule).
+        self.check_memory(i);
+        lent
     }
 
     /// Slot `i`'s worker waits for room for its return value: its answer is read again at
@@ -502,14 +511,40 @@ impl Pool {
     }
 
     /// Whether slot `i`'s worker should retire at `now`: idle and past its limits, or past
-    /// the per-worker error limits. Without `now`, the age limit is not looked at.
+    /// the per-worker error limits. Without `now`, the age limit is not looked at. The memory
+    /// threshold is looked at as of the last [`Pool::check_memory`].
     #[inline]
     pub(crate) fn is_worn(&self, i: usize, now: Option<Instant>) -> bool {
         let s = &self.slots[i];
         s.is_idle()
             && (s.retire_after_calls.is_some_and(|n| s.calls >= n)
                 || s.retire_at.zip(now).is_some_and(|(t, now)| now >= t)
+                || s.over_memory
                 || s.errors.reached(&ErrorCounts::WORKER_LIMITS))
+    }
+
+    /// With [`Recycle::above_memory`]: reads the memory of slot `i`'s worker, if it is idle
+    /// and was not read in the last [`Recycle::MEMORY_CHECK`], for [`Pool::is_worn`].
+    #[inline]
+    pub(crate) fn check_memory(&mut self, i: usize) {
+        if let Some(max) = self.recycle.max_memory {
+            self.check_memory_against(i, max);
+        }
+    }
+
+    #[inline(never)]
+    fn check_memory_against(&mut self, i: usize, max: u64) {
+        let now = self.clock.now_ns();
+        let s = &mut self.slots[i];
+        if !s.is_idle() || now < s.next_memory_check {
+            return;
+        }
+        s.next_memory_check = now.saturating_add(Recycle::MEMORY_CHECK.as_nanos() as u64);
+        if let Some(pid) = s.pid()
+            && let Some(bytes) = crate::stats::anon_rss_bytes(pid)
+        {
+            s.over_memory = bytes > max;
+        }
     }
 
     /// How the workers' memory limit is enforced, if one is set.

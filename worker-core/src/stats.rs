@@ -132,6 +132,20 @@ pub(crate) fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Resident anonymous memory of process `pid` in bytes: resident pages minus file and
+/// shared-memory pages, from /proc/PID/statm (one read).
+pub(crate) fn anon_rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut fields = statm.split_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no memory arguments.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    resident
+        .saturating_sub(shared)
+        .checked_mul(u64::try_from(page).ok()?)
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.5}", d.as_secs_f64())
 }
@@ -220,6 +234,20 @@ mod tests {
         assert_eq!(s.p90, Duration::from_millis(90));
         assert_eq!(s.p99, Duration::from_millis(99));
         assert_eq!(Recorder::default().summary(), Summary::default());
+    }
+
+    #[test]
+    fn anonymous_memory_counts_touched_heap() {
+        let pid = std::process::id() as i32;
+        let before = anon_rss_bytes(pid).expect("statm of this process");
+        let mut v = vec![0u8; 32 << 20];
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        let after = anon_rss_bytes(pid).expect("statm of this process");
+        std::hint::black_box(&v);
+        assert!(after >= before + (30 << 20), "{before} -> {after}");
+        assert_eq!(anon_rss_bytes(-1), None);
     }
 
     #[test]

@@ -320,6 +320,7 @@ impl<W: Worker> Engine<W> {
     /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
     pub(super) fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
         let pool = &mut self.pool;
+        pool.check_memory(i);
         if !pool.is_worn(i, now) {
             return;
         }
