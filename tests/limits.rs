@@ -286,6 +286,45 @@ fn memory_limit_with_cgroup_v1() {
     groups.assert_none_left();
 }
 
+/// Both limits hold for workers forked by the fork server, which captured them when it
+/// started.
+fn limits_hold_through_the_fork_server() {
+    let groups = Groups::watch();
+    {
+        // SAFETY: this test process is single-threaded (see `support`).
+        unsafe { std::env::set_var("FORKWORKER_MEMORY_LIMIT_MECHANISM", "cgroup_v1") };
+        let mut m = HungryMediator::new("Served", Hungry);
+        m.fork_server(true)
+            .memory_limit(LIMIT)
+            .cpu_limit(Duration::from_millis(200))
+            .timeout(LONG);
+        m.start().expect("start");
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("FORKWORKER_MEMORY_LIMIT_MECHANISM") };
+        assert_eq!(m.stats().memory_limit, Some(LimitMechanism::CgroupV1));
+        let pid = call!(m, pid()).unwrap();
+        let line = call!(m, memory_cgroup()).unwrap();
+        assert!(
+            line.ends_with(&format!("/{pid}")),
+            "worker {pid} is in {line:?}"
+        );
+        match call!(m, touch(2 * LIMIT)) {
+            Err(CallError::MemoryLimit { mechanism, .. }) => {
+                assert_eq!(mechanism, LimitMechanism::CgroupV1)
+            }
+            other => panic!("expected MemoryLimit, got {other:?}"),
+        }
+        match call!(m, spin(5_000)) {
+            Err(CallError::CpuLimit { method, .. }) => assert_eq!(method, "spin"),
+            other => panic!("expected CpuLimit, got {other:?}"),
+        }
+        let last = call!(m, pid()).unwrap();
+        assert_ne!(last, pid);
+        assert_eq!(call!(m, touch(LIMIT / 2)).unwrap(), LIMIT / 2 / 4096);
+    }
+    groups.assert_none_left();
+}
+
 /// Groups left by a program that is gone (`fw-<its pid>-<n>`, with a worker's group inside)
 /// are removed when a pool with a memory limit starts; another live program's are kept.
 fn stale_cgroups_are_removed_at_start() {
@@ -448,6 +487,7 @@ fn recycle_above_memory_retires_a_growing_worker() {
 tests![
     memory_limit_with_cgroup_v1,
     stale_cgroups_are_removed_at_start,
+    limits_hold_through_the_fork_server,
     memory_limit_with_rlimit_data,
     no_memory_limit_by_default,
     cpu_limit_ends_a_spinning_call,
