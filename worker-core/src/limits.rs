@@ -46,6 +46,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::call::ExitCause;
+use crate::error::CallError;
 
 /// Exit code of a worker whose call used up its CPU time limit.
 pub(crate) const EXIT_CPU_LIMIT: i32 = 104;
@@ -121,19 +122,60 @@ pub(crate) enum Verdict {
 /// How a worker that died while running a call is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Death {
-    /// A plain crash ([`crate::CallError::Crashed`]).
+    /// A plain crash ([`CallError::Crashed`]).
     Crashed,
-    /// It passed its memory limit ([`crate::CallError::MemoryLimit`]).
-    MemoryLimit,
-    /// Its call used up its CPU time ([`crate::CallError::CpuLimit`]).
-    CpuLimit,
+    /// It passed its memory limit ([`CallError::MemoryLimit`]).
+    MemoryLimit {
+        limit: u64,
+        mechanism: LimitMechanism,
+    },
+    /// Its call used up its CPU time ([`CallError::CpuLimit`]).
+    CpuLimit { limit: Duration },
+}
+
+impl Death {
+    /// The error of a call whose worker died under a limit; `None` for a plain crash.
+    pub(crate) fn limit_error(
+        self,
+        method: &'static str,
+        pid: i32,
+        cause: ExitCause,
+    ) -> Option<CallError> {
+        match self {
+            Death::Crashed => None,
+            Death::MemoryLimit { limit, mechanism } => Some(CallError::MemoryLimit {
+                method,
+                pid,
+                limit,
+                mechanism,
+                cause,
+            }),
+            Death::CpuLimit { limit } => Some(CallError::CpuLimit { method, pid, limit }),
+        }
+    }
+}
+
+/// What follows "worker N died ... while running call M" in a log line: nothing for a plain
+/// crash.
+impl fmt::Display for Death {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Death::Crashed => Ok(()),
+            Death::MemoryLimit { limit, mechanism } => {
+                write!(f, ": past its memory limit of {limit} bytes ({mechanism})")
+            }
+            Death::CpuLimit { limit } => write!(f, ": past its CPU time limit of {limit:?}"),
+        }
+    }
 }
 
 /// The limits in force for a pool's workers, as far as telling deaths apart goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct InForce {
-    pub(crate) memory: Option<LimitMechanism>,
-    pub(crate) cpu: bool,
+    /// The memory limit's mechanism and bytes.
+    pub(crate) memory: Option<(LimitMechanism, u64)>,
+    /// The CPU time limit of a call.
+    pub(crate) cpu: Option<Duration>,
 }
 
 /// Tells how a worker that died while running a call is reported, from how it ended
@@ -153,29 +195,24 @@ pub(crate) fn classify(
     tail: Option<&str>,
     in_force: InForce,
 ) -> Death {
-    let memory = in_force.memory;
-    if memory.is_some_and(LimitMechanism::is_cgroup) {
-        match verdict {
-            Verdict::OomKilled => return Death::MemoryLimit,
-            Verdict::LimitHit if cause == ExitCause::Signaled(libc::SIGKILL) => {
-                return Death::MemoryLimit;
-            }
-            _ => {}
+    if let Some((mechanism, limit)) = in_force.memory {
+        let over = if mechanism.is_cgroup() {
+            verdict == Verdict::OomKilled
+                || (verdict == Verdict::LimitHit && cause == ExitCause::Signaled(libc::SIGKILL))
+        } else {
+            cause == ExitCause::Signaled(libc::SIGABRT) && tail.is_some_and(allocation_failed)
+        };
+        if over {
+            return Death::MemoryLimit { limit, mechanism };
         }
     }
-    if in_force.cpu
+    if let Some(limit) = in_force.cpu
         && matches!(
             cause,
             ExitCause::Exited(EXIT_CPU_LIMIT) | ExitCause::Signaled(libc::SIGXCPU)
         )
     {
-        return Death::CpuLimit;
-    }
-    if memory == Some(LimitMechanism::RlimitData)
-        && cause == ExitCause::Signaled(libc::SIGABRT)
-        && tail.is_some_and(allocation_failed)
-    {
-        return Death::MemoryLimit;
+        return Death::CpuLimit { limit };
     }
     Death::Crashed
 }
@@ -661,40 +698,34 @@ mod tests {
     const ALLOC: &str = "memory allocation of 67108864 bytes failed\n";
     const ABRT: ExitCause = ExitCause::Signaled(libc::SIGABRT);
     const KILL: ExitCause = ExitCause::Signaled(libc::SIGKILL);
+    const LIMIT: u64 = 1 << 26;
 
     fn memory(m: LimitMechanism) -> InForce {
         InForce {
-            memory: Some(m),
-            cpu: false,
+            memory: Some((m, LIMIT)),
+            cpu: None,
+        }
+    }
+
+    fn over(mechanism: LimitMechanism) -> Death {
+        Death::MemoryLimit {
+            limit: LIMIT,
+            mechanism,
         }
     }
 
     #[test]
     fn a_cgroup_oom_kill_is_a_memory_limit() {
         let v1 = memory(LimitMechanism::CgroupV1);
-        assert_eq!(
-            classify(KILL, Verdict::OomKilled, None, v1),
-            Death::MemoryLimit
-        );
+        let over_v1 = over(LimitMechanism::CgroupV1);
+        assert_eq!(classify(KILL, Verdict::OomKilled, None, v1), over_v1);
         let v2 = memory(LimitMechanism::CgroupV2);
-        assert_eq!(
-            classify(KILL, Verdict::OomKilled, None, v2),
-            Death::MemoryLimit
-        );
+        let over_v2 = over(LimitMechanism::CgroupV2);
+        assert_eq!(classify(KILL, Verdict::OomKilled, None, v2), over_v2);
         // Reaching the limit without a count of OOM kills: only a SIGKILL is the OOM killer's.
-        assert_eq!(
-            classify(KILL, Verdict::LimitHit, None, v1),
-            Death::MemoryLimit
-        );
-        assert_eq!(
-            classify(
-                ExitCause::Signaled(libc::SIGSEGV),
-                Verdict::LimitHit,
-                None,
-                v1
-            ),
-            Death::Crashed
-        );
+        assert_eq!(classify(KILL, Verdict::LimitHit, None, v1), over_v1);
+        let segv = ExitCause::Signaled(libc::SIGSEGV);
+        assert_eq!(classify(segv, Verdict::LimitHit, None, v1), Death::Crashed);
         // A SIGKILL from elsewhere is a crash.
         assert_eq!(classify(KILL, Verdict::Clean, None, v1), Death::Crashed);
         assert_eq!(classify(KILL, Verdict::Unknown, None, v1), Death::Crashed);
@@ -709,15 +740,13 @@ mod tests {
     #[test]
     fn a_failed_allocation_under_rlimit_data_needs_the_tail() {
         let rl = memory(LimitMechanism::RlimitData);
-        assert_eq!(
-            classify(ABRT, Verdict::Unknown, Some(ALLOC), rl),
-            Death::MemoryLimit
+        let over_rl = over(LimitMechanism::RlimitData);
+        assert_eq!(classify(ABRT, Verdict::Unknown, Some(ALLOC), rl), over_rl);
+        // As Rust 1.95 writes it, a note after it.
+        let later = format!(
+            "noise\n{ALLOC}note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n"
         );
-        let later = format!("noise\n{ALLOC}one more line\n");
-        assert_eq!(
-            classify(ABRT, Verdict::Unknown, Some(&later), rl),
-            Death::MemoryLimit
-        );
+        assert_eq!(classify(ABRT, Verdict::Unknown, Some(&later), rl), over_rl);
         // Without the tail, or with another abort, it is a crash.
         assert_eq!(classify(ABRT, Verdict::Unknown, None, rl), Death::Crashed);
         let other = "thread 'main' has overflowed its stack\nfatal runtime error: stack overflow\n";
@@ -725,18 +754,15 @@ mod tests {
             classify(ABRT, Verdict::Unknown, Some(other), rl),
             Death::Crashed
         );
+        let lots = "memory allocation of lots bytes failed";
         assert_eq!(
-            classify(
-                ABRT,
-                Verdict::Unknown,
-                Some("memory allocation of lots bytes failed"),
-                rl
-            ),
+            classify(ABRT, Verdict::Unknown, Some(lots), rl),
             Death::Crashed
         );
         // The message without an abort, or without a limit, is not enough.
+        let exit = ExitCause::Exited(1);
         assert_eq!(
-            classify(ExitCause::Exited(1), Verdict::Unknown, Some(ALLOC), rl),
+            classify(exit, Verdict::Unknown, Some(ALLOC), rl),
             Death::Crashed
         );
         let none = InForce::default();
@@ -754,19 +780,51 @@ mod tests {
 
     #[test]
     fn the_cpu_timer_exit_is_a_cpu_limit_only_under_one() {
+        let limit = Duration::from_millis(300);
         let cpu = InForce {
             memory: None,
-            cpu: true,
+            cpu: Some(limit),
         };
         let exit = ExitCause::Exited(EXIT_CPU_LIMIT);
-        assert_eq!(classify(exit, Verdict::Unknown, None, cpu), Death::CpuLimit);
-        let xcpu = ExitCause::Signaled(libc::SIGXCPU);
-        assert_eq!(classify(xcpu, Verdict::Unknown, None, cpu), Death::CpuLimit);
         assert_eq!(
-            classify(exit, Verdict::Unknown, None, InForce::default()),
-            Death::Crashed
+            classify(exit, Verdict::Unknown, None, cpu),
+            Death::CpuLimit { limit }
         );
+        let xcpu = ExitCause::Signaled(libc::SIGXCPU);
+        assert_eq!(
+            classify(xcpu, Verdict::Unknown, None, cpu),
+            Death::CpuLimit { limit }
+        );
+        let none = InForce::default();
+        assert_eq!(classify(exit, Verdict::Unknown, None, none), Death::Crashed);
         assert_eq!(classify(ABRT, Verdict::Unknown, None, cpu), Death::Crashed);
+    }
+
+    #[test]
+    fn a_death_under_a_limit_has_its_error() {
+        let d = over(LimitMechanism::CgroupV1);
+        let expected = CallError::MemoryLimit {
+            method: "f",
+            pid: 7,
+            limit: LIMIT,
+            mechanism: LimitMechanism::CgroupV1,
+            cause: KILL,
+        };
+        assert_eq!(d.limit_error("f", 7, KILL), Some(expected));
+        assert_eq!(
+            d.to_string(),
+            ": past its memory limit of 67108864 bytes (cgroup v1 memory.limit_in_bytes)"
+        );
+        let limit = Duration::from_secs(1);
+        let expected = CallError::CpuLimit {
+            method: "f",
+            pid: 7,
+            limit,
+        };
+        let d = Death::CpuLimit { limit };
+        assert_eq!(d.limit_error("f", 7, KILL), Some(expected));
+        assert_eq!(Death::Crashed.limit_error("f", 7, KILL), None);
+        assert_eq!(Death::Crashed.to_string(), "");
     }
 
     #[test]

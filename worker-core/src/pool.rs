@@ -21,7 +21,7 @@ use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind, PoolError, SpawnError};
 use crate::fork_server::ForkServer;
 use crate::journal::Entry;
-use crate::limits::{InForce, LimitMechanism, MemoryLimit, Verdict, WorkerLimits};
+use crate::limits::{self, Death, InForce, LimitMechanism, MemoryLimit, Verdict, WorkerLimits};
 use crate::process::{self, Child};
 use crate::shm::{Found, Region};
 use crate::wake::ParentWake;
@@ -552,20 +552,19 @@ impl Pool {
         self.memory.as_ref().map(MemoryLimit::mechanism)
     }
 
-    /// The limits in force, for telling a death under them from a crash.
-    pub(crate) fn limits_in_force(&self) -> InForce {
-        InForce {
-            memory: self.memory_mechanism(),
-            cpu: self.limits.cpu.is_some(),
-        }
-    }
-
-    /// The memory limit in bytes, and the CPU limit, if set.
-    pub(crate) fn limit_values(&self) -> (u64, Option<Duration>) {
-        (
-            self.memory.as_ref().map_or(0, MemoryLimit::bytes),
-            self.limits.cpu,
-        )
+    /// How the death of a worker that was running a call is reported, given how it ended,
+    /// what its cgroup said ([`Pool::memory_verdict`]) and its stderr tail, if known.
+    pub(crate) fn classify_death(
+        &self,
+        cause: ExitCause,
+        verdict: Verdict,
+        tail: Option<&str>,
+    ) -> Death {
+        let in_force = InForce {
+            memory: self.memory.as_ref().map(|m| (m.mechanism(), m.bytes())),
+            cpu: self.limits.cpu,
+        };
+        limits::classify(cause, verdict, tail, in_force)
     }
 
     /// What the cgroup of slot `i`'s worker says about its death; read before

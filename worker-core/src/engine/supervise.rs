@@ -16,7 +16,6 @@ use crate::call::{CallStatus, ExitCause};
 use crate::clock;
 use crate::config::ForkStrategy;
 use crate::error::{CallError, CancelReason, ErrorCounts, ErrorKind, PoolError};
-use crate::limits::{self, Death};
 use crate::this_worker;
 use crate::worker::Worker;
 
@@ -197,38 +196,13 @@ impl<W: Worker> Engine<W> {
                 // LEAD: pass the worker's stderr tail here (the last 4 KiB it wrote), so that
                 // an allocation failure under RLIMIT_DATA is told from a crash.
                 let tail: Option<&str> = None;
-                let in_force = self.pool.limits_in_force();
-                let (limit, cpu_limit) = self.pool.limit_values();
-                let death = limits::classify(cause, verdict, tail, in_force);
-                let call = b.call;
-                match (death, in_force.memory, cpu_limit) {
-                    (Death::MemoryLimit, Some(mechanism), _) => {
-                        log::warn!(target: &self.base.alias,
-                            "worker {pid} passed its memory limit of {limit} bytes ({mechanism}) while running call {call} and {cause}");
-                        self.finish(call, CallStatus::Crashed, clock::now_ns(), |method| {
-                            CallError::MemoryLimit {
-                                method,
-                                pid,
-                                limit,
-                                mechanism,
-                                cause,
-                            }
-                        });
-                    }
-                    (Death::CpuLimit, _, Some(limit)) => {
-                        log::warn!(target: &self.base.alias,
-                            "call {call} used more than its CPU time limit of {limit:?}; worker {pid} ended");
-                        self.finish(call, CallStatus::Crashed, clock::now_ns(), |method| {
-                            CallError::CpuLimit { method, pid, limit }
-                        });
-                    }
-                    _ => {
-                        log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {call}");
-                        self.finish(call, CallStatus::Crashed, clock::now_ns(), |method| {
-                            CallError::Crashed { method, pid, cause }
-                        });
-                    }
-                }
+                let death = self.pool.classify_death(cause, verdict, tail);
+                log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}{death}", b.call);
+                self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
+                    death
+                        .limit_error(method, pid, cause)
+                        .unwrap_or(CallError::Crashed { method, pid, cause })
+                });
             } else {
                 self.base.health.died_unanswered();
                 self.requeue_unstarted(b.call, pid, cause);
