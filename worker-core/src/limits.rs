@@ -19,8 +19,8 @@
 //! after `setup`, so with every mechanism the limit counts what the worker allocates after its
 //! `setup` (pages it shares with the parent count once it writes to them). The parent removes a
 //! worker's group once it has reaped the worker (killing any process of the worker's still in
-//! it), the pool's group when the pool stops, and at start the groups of programs that are no
-//! longer running. The environment variable `FORKWORKER_MEMORY_LIMIT_MECHANISM`
+//! it), the pool's group when the pool stops, and at start the empty groups of programs that
+//! are no longer running. The environment variable `FORKWORKER_MEMORY_LIMIT_MECHANISM`
 //! (`cgroup_v2`, `cgroup_v1` or `rlimit_data`) restricts the choice to one mechanism, for
 //! tests and for programs that must not make cgroups; an unavailable one falls back to
 //! `RLIMIT_DATA` with a warning.
@@ -31,6 +31,10 @@
 //! writes "memory allocation of N bytes failed" to stderr and aborts (SIGABRT). The first is
 //! recognised from the counters alone; the second only from the last lines the worker wrote
 //! to stderr, which [`classify`] takes.
+//!
+//! The limit holds against a worker that leaks or blows up, not against a hostile one: a
+//! worker can write to its own group's files (they are its user's), and a worker running as
+//! root can raise its `RLIMIT_DATA`; a worker confined after `setup` can do neither.
 //!
 //! # CPU time
 //! [`CpuTimer`]: a timer on the worker's CPU clock (`CLOCK_PROCESS_CPUTIME_ID`, all its
@@ -642,7 +646,9 @@ fn enable_memory(dir: &Path) -> io::Result<()> {
     })
 }
 
-/// Removes the pool groups (`fw-<pid>-<n>`) under `own` whose program is no longer running.
+/// Removes the pool groups (`fw-<pid>-<n>`) under `own` whose program is no longer running,
+/// if they are empty: a process still in one is left alone (its pid may be of another PID
+/// namespace's).
 fn remove_stale(own: &Path) {
     let Ok(entries) = std::fs::read_dir(own) else {
         return;
@@ -651,7 +657,7 @@ fn remove_stale(own: &Path) {
         if let Some(pid) = stale_owner(&entry.file_name())
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
-            remove_group(&entry.path());
+            remove_tree(&entry.path(), false);
         }
     }
 }
@@ -663,14 +669,21 @@ fn stale_owner(name: &OsStr) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Removes cgroup `dir` and the groups inside it, killing the processes still in them, and
-/// waiting a little for them to go. Errors are ignored: what cannot be removed now is removed
-/// as stale by the next program that limits memory here.
+/// Removes cgroup `dir` of this program's and the groups inside it, killing the processes
+/// still in them (a worker's own children), and waiting a little for them to go. Errors are
+/// ignored: what cannot be removed now is removed as stale by the next program that limits
+/// memory here.
 fn remove_group(dir: &Path) {
+    remove_tree(dir, true);
+}
+
+/// Removes cgroup `dir` and the groups inside it; with `kill`, kills what is still in them
+/// first. Without it (the groups of another program), only empty groups go.
+fn remove_tree(dir: &Path, kill: bool) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_group(&entry.path());
+                remove_tree(&entry.path(), kill);
             }
         }
     }
@@ -678,7 +691,7 @@ fn remove_group(dir: &Path) {
         match std::fs::remove_dir(dir) {
             Ok(()) => return,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Err(e) if kill && e.raw_os_error() == Some(libc::EBUSY) => {
                 let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
                 for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
                     // SAFETY: kill has no memory arguments; the process is in a group of ours.
