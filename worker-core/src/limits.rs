@@ -190,8 +190,9 @@ pub(crate) struct InForce {
 ///   reaching the group's limit): [`Death::MemoryLimit`].
 /// - Exited with [`EXIT_CPU_LIMIT`], or killed by SIGXCPU, under a CPU limit:
 ///   [`Death::CpuLimit`].
-/// - Aborted (SIGABRT) under `RLIMIT_DATA` after writing Rust's "memory allocation of N bytes
-///   failed": [`Death::MemoryLimit`]. Without the tail such a death is a plain crash.
+/// - Aborted (SIGABRT) under `RLIMIT_DATA` (also a worker of a cgroup pool that has no group:
+///   it fell back to it) after writing Rust's "memory allocation of N bytes failed":
+///   [`Death::MemoryLimit`]. Without the tail such a death is a plain crash.
 /// - Anything else: [`Death::Crashed`].
 pub(crate) fn classify(
     cause: ExitCause,
@@ -200,12 +201,16 @@ pub(crate) fn classify(
     in_force: InForce,
 ) -> Death {
     if let Some((mechanism, limit)) = in_force.memory {
-        let over = if mechanism.is_cgroup() {
-            verdict == Verdict::OomKilled
-                || (verdict == Verdict::LimitHit && cause == ExitCause::Signaled(libc::SIGKILL))
-        } else {
-            cause == ExitCause::Signaled(libc::SIGABRT) && tail.is_some_and(allocation_failed)
-        };
+        let killed = mechanism.is_cgroup()
+            && (verdict == Verdict::OomKilled
+                || (verdict == Verdict::LimitHit && cause == ExitCause::Signaled(libc::SIGKILL)));
+        // Under RLIMIT_DATA, or in a cgroup pool by a worker that has no group (it could not
+        // join one and set RLIMIT_DATA instead).
+        let rlimit = !mechanism.is_cgroup() || verdict == Verdict::Unknown;
+        let aborted = rlimit
+            && cause == ExitCause::Signaled(libc::SIGABRT)
+            && tail.is_some_and(allocation_failed);
+        let over = killed || aborted;
         if over {
             return Death::MemoryLimit { limit, mechanism };
         }
@@ -789,6 +794,9 @@ mod tests {
             classify(ABRT, Verdict::Clean, Some(ALLOC), v1),
             Death::Crashed
         );
+        // Unless the worker has no group: it fell back to RLIMIT_DATA.
+        let over_v1 = over(LimitMechanism::CgroupV1);
+        assert_eq!(classify(ABRT, Verdict::Unknown, Some(ALLOC), v1), over_v1);
     }
 
     #[test]
