@@ -39,8 +39,8 @@ pub use worker_macros::worker;
 // is private; the generated code reaches what it needs through `__private`.
 pub use worker_core::{
     Application, Call, CallError, CallId, CallStatus, CancelReason, Control, Daemon, DaemonError,
-    Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id, Log,
-    MAX_REQUEUES, Mediator, MethodStats, OsError, PoolError, Recycle, ReturnSlot, SpawnError,
+    Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id, LimitMechanism,
+    Log, MAX_REQUEUES, Mediator, MethodStats, OsError, PoolError, Recycle, ReturnSlot, SpawnError,
     StartError, Stats, SubmitError, Summary, TaskError, TaskId, Tasks, Timings, WireError, Worker,
     WorkerKey, Workers, sleep_on,
 };

@@ -29,8 +29,17 @@ pub enum ForkStrategy {
 /// for longer than a fork and no call is dropped.
 ///
 /// The default retires workers after about 30 minutes (25 to 30), whatever their number of
-/// calls; [`Recycle::NEVER`] turns recycling off. Limits may be added later, so a `Recycle` is
-/// built with its constructors and builder methods, not with a literal:
+/// calls; [`Recycle::NEVER`] turns recycling off.
+///
+/// [`Recycle::above_memory`] also retires a worker between calls once its resident memory
+/// passes a threshold (Celery's `worker_max_memory_per_child`), for work that leaks or
+/// fragments the heap. The parent reads it from `/proc/<pid>/statm`, at most every
+/// [`Recycle::MEMORY_CHECK`] per worker, only when the rule is set, and counts the worker's
+/// anonymous memory (resident pages minus file and shared-memory pages: the payload area it
+/// shares with the parent does not count). The threshold is not jittered.
+///
+/// Limits may be added later, so a `Recycle` is built with its constructors and builder
+/// methods, not with a literal:
 ///
 /// ```
 /// use forkworker_core::Recycle;
@@ -40,6 +49,11 @@ pub enum ForkStrategy {
 ///     .and_after(Duration::from_secs(600))
 ///     .with_jitter(0.0);
 /// assert_eq!((r.max_calls, r.max_age, r.jitter), (Some(1000), Some(Duration::from_secs(600)), 0.0));
+///
+/// // Also retire a worker once it holds more than 512 MiB.
+/// let r = Recycle::after_calls(1000).and_above_memory(512 << 20);
+/// assert_eq!((r.max_calls, r.max_memory), (Some(1000), Some(512 << 20)));
+/// assert_eq!(Recycle::above_memory(1 << 30).max_calls, None);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
@@ -50,6 +64,9 @@ pub struct Recycle {
     pub max_age: Option<Duration>,
     /// How far below the limits each worker's own limits may be drawn, from 0.0 to 1.0.
     pub jitter: f64,
+    /// Retire once the worker's resident anonymous memory passes this many bytes (checked
+    /// between calls, at most every [`Recycle::MEMORY_CHECK`]).
+    pub max_memory: Option<u64>,
 }
 
 impl Recycle {
@@ -58,7 +75,12 @@ impl Recycle {
         max_calls: None,
         max_age: None,
         jitter: 0.0,
+        max_memory: None,
     };
+
+    /// How often, at most, the parent reads an idle worker's memory for
+    /// [`Recycle::above_memory`] (one read of `/proc/<pid>/statm`).
+    pub const MEMORY_CHECK: Duration = Duration::from_millis(20);
 
     /// Retire after `calls` calls (with the default jitter of 1/6, so between 5/6 of it
     /// and all of it).
@@ -67,6 +89,7 @@ impl Recycle {
             max_calls: Some(calls.max(1)),
             max_age: None,
             jitter: 1.0 / 6.0,
+            max_memory: None,
         }
     }
 
@@ -76,6 +99,25 @@ impl Recycle {
             max_calls: None,
             max_age: Some(age),
             jitter: 1.0 / 6.0,
+            max_memory: None,
+        }
+    }
+
+    /// Retire a worker, between calls, once its resident anonymous memory passes `bytes`
+    /// (see the type's documentation); no other limit.
+    pub fn above_memory(bytes: u64) -> Recycle {
+        Recycle {
+            max_memory: Some(bytes),
+            ..Recycle::NEVER
+        }
+    }
+
+    /// These limits, and also retire once the worker's resident anonymous memory passes
+    /// `bytes`.
+    pub fn and_above_memory(self, bytes: u64) -> Recycle {
+        Recycle {
+            max_memory: Some(bytes),
+            ..self
         }
     }
 
@@ -125,6 +167,10 @@ pub(crate) struct Config {
     pub(crate) persist: Option<String>,
     /// Whether to recover the calls found in a persistent segment.
     pub(crate) recover: bool,
+    /// The memory a worker may use, in bytes (see `limits`).
+    pub(crate) memory_limit: Option<u64>,
+    /// The CPU time one call may use.
+    pub(crate) cpu_limit: Option<Duration>,
 }
 
 /// The default size of the payload area: 8 MiB.
@@ -146,6 +192,8 @@ impl Default for Config {
             fork_server: false,
             persist: None,
             recover: false,
+            memory_limit: None,
+            cpu_limit: None,
         }
     }
 }

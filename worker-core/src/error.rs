@@ -166,6 +166,36 @@ pub enum CallError {
         /// How it died.
         cause: crate::ExitCause,
     },
+    /// The worker passed its memory limit ([`crate::Mediator::memory_limit`]) while it held
+    /// the call: the kernel's OOM killer killed it in its cgroup, or, under `RLIMIT_DATA`, an
+    /// allocation failed and it aborted. The call's status is [`crate::CallStatus::Crashed`];
+    /// the worker was replaced.
+    #[error(
+        "worker {pid} running {method}() passed its memory limit of {limit} bytes ({mechanism}) and {cause}"
+    )]
+    MemoryLimit {
+        /// The method called.
+        method: &'static str,
+        /// The worker's process id.
+        pid: i32,
+        /// The limit in bytes.
+        limit: u64,
+        /// How the limit was enforced.
+        mechanism: crate::LimitMechanism,
+        /// How the worker ended.
+        cause: crate::ExitCause,
+    },
+    /// The call used more CPU time than [`crate::Mediator::cpu_limit`] allows; its worker
+    /// ended and was replaced. The call's status is [`crate::CallStatus::Crashed`].
+    #[error("{method}() used more than its CPU time limit of {limit:?}; worker {pid} ended")]
+    CpuLimit {
+        /// The method called.
+        method: &'static str,
+        /// The worker's process id.
+        pid: i32,
+        /// The limit in force.
+        limit: Duration,
+    },
     /// The call ran longer than the mediator's timeout; its worker was killed.
     #[error("{method}() ran longer than its timeout of {timeout:?}; worker {pid} was killed")]
     Timeout {

@@ -20,6 +20,7 @@
 //! | the checksum of control words in shared memory (channel lines, journal entries) | `checksum` |
 //! | the sleep/wake protocol: spinning, the sleep flags, futex and eventfd wake-ups | `wake` |
 //! | the loop a worker process runs after the fork | `worker_loop` |
+//! | the user's limits on a worker: memory (cgroup or `RLIMIT_DATA`), CPU time per call; telling a death under them from a crash | `limits` |
 //! | reading a worker's answer: a pure step to an outcome | `engine::answer` |
 //! | `wait` and its short path; **where a return is taken out of shared memory** (`decode_return`) | `engine::wait` |
 //! | health: error counts, the start-failure breaker, deaths, **where a timed-out worker is killed** (`enforce_timeouts`, through `Pool::kill`), wear | `engine::supervise` |
@@ -67,6 +68,7 @@ mod fork_server;
 pub mod id;
 pub mod instance;
 mod journal;
+mod limits;
 mod mediator;
 mod panics;
 mod pool;
@@ -92,6 +94,7 @@ pub use error::{
     WireError,
 };
 pub use id::Id;
+pub use limits::LimitMechanism;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
 pub use stats::{MethodStats, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};

@@ -242,6 +242,45 @@ impl<W: Worker> Mediator<W> {
         self
     }
 
+    /// Limits the memory each worker may use to `bytes` (default: no limit). A worker that
+    /// passes it while running a call ends that call with [`CallError::MemoryLimit`] (status
+    /// [`CallStatus::Crashed`]); it is replaced and the pool goes on. The limit counts what the
+    /// worker allocates after its `setup` (every thread of it, thread stacks included).
+    ///
+    /// Enforced, in this order of preference, with a cgroup per worker (v2 `memory.max` under
+    /// the program's own cgroup if it is delegated the memory controller; else v1
+    /// `memory.limit_in_bytes`), where the kernel's OOM killer ends the worker and the group's
+    /// counters say so; or, where no cgroup can be made, with `RLIMIT_DATA` set in the worker,
+    /// where an allocation fails and the worker aborts with Rust's "memory allocation of N
+    /// bytes failed", which is told from a plain crash by that line on its stderr.
+    /// [`Stats::memory_limit`] says which mechanism is in force. The environment variable
+    /// `FORKWORKER_MEMORY_LIMIT_MECHANISM` (`cgroup_v2`, `cgroup_v1`, `rlimit_data`) restricts
+    /// the choice, for tests. Set before the pool starts.
+    ///
+    /// ```no_run
+    /// # use forkworker_core::Mediator;
+    /// # fn limit<W: forkworker_core::Worker>(m: &mut Mediator<W>) {
+    /// m.memory_limit(256 << 20); // 256 MiB per worker
+    /// # }
+    /// ```
+    pub fn memory_limit(&mut self, bytes: u64) -> &mut Self {
+        self.before_start("memory_limit", |c| c.memory_limit = Some(bytes))
+    }
+
+    /// Limits the CPU time a single call may use to `limit` (default: no limit): a call past it
+    /// ends with [`CallError::CpuLimit`] (status [`CallStatus::Crashed`]) and its worker is
+    /// replaced. It counts the CPU time of every thread of the worker while the method runs,
+    /// not time spent waiting, so it complements [`Mediator::timeout`] (wall-clock time).
+    ///
+    /// Enforced by a timer on the worker's CPU clock (`CLOCK_PROCESS_CPUTIME_ID`), armed when a
+    /// call starts and disarmed when it ends (two system calls per call, only with a limit),
+    /// precise to the kernel's tick (a few milliseconds); when it fires the worker exits from
+    /// its SIGXCPU handler. A method that installs its own SIGXCPU handler defeats it. Set
+    /// before the pool starts.
+    pub fn cpu_limit(&mut self, limit: Duration) -> &mut Self {
+        self.before_start("cpu_limit", |c| c.cpu_limit = Some(limit))
+    }
+
     /// Sets when workers retire and are replaced; see [`Recycle`] (default: after about 30
     /// minutes). Applies to workers forked afterwards.
     pub fn recycle(&mut self, recycle: Recycle) -> &mut Self {

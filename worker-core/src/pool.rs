@@ -21,6 +21,7 @@ use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind, PoolError, SpawnError};
 use crate::fork_server::ForkServer;
 use crate::journal::Entry;
+use crate::limits::{self, Death, InForce, LimitMechanism, MemoryLimit, Verdict, WorkerLimits};
 use crate::process::{self, Child};
 use crate::shm::{Found, Region};
 use crate::wake::ParentWake;
@@ -68,6 +69,10 @@ struct Slot {
     /// The sequence number of the last request posted on the slot's channel: the parent's own
     /// copy, so that a post only writes the request line (see `Channel::post`).
     req_seq: u32,
+    /// With [`Recycle::above_memory`]: when the worker's memory may be read next (CLOCK_MONOTONIC
+    /// nanoseconds), and whether it was over the threshold then.
+    next_memory_check: u64,
+    over_memory: bool,
 }
 
 impl Slot {
@@ -99,6 +104,10 @@ pub(crate) struct Pool {
     alias: String,
     /// Whether calls are written to the journal (see [`Pool::journal`]).
     journaled: bool,
+    /// The workers' memory limit, if set: its mechanism and cgroups (see `limits`).
+    memory: Option<MemoryLimit>,
+    /// What the workers apply after `setup`.
+    limits: WorkerLimits,
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -133,10 +142,12 @@ impl Pool {
         };
         let wake = ParentWake::new()?;
         region.header().spin_places.clear();
+        let memory = config.memory_limit.map(|b| MemoryLimit::new(alias, b));
+        let limits = MemoryLimit::for_workers(memory.as_ref(), config.cpu_limit);
         let server = if config.fork_server {
-            // The server runs in a copy of this process: `region` and `wake` stay where they
-            // are in its memory, since the server never returns from here.
-            let (region, eventfd) = (&region, wake.bell());
+            // The server runs in a copy of this process: `region`, `wake` and `limits` stay
+            // where they are in its memory, since the server never returns from here.
+            let (region, eventfd, limits) = (&region, wake.bell(), &limits);
             let server = ForkServer::start(move |slot, start_seq| {
                 let env = WorkerEnv {
                     alias,
@@ -144,6 +155,7 @@ impl Pool {
                     slot,
                     start_seq,
                     eventfd,
+                    limits,
                 };
                 worker_loop::run(&mut *value, env)
             })
@@ -166,6 +178,8 @@ impl Pool {
             warned_threads: false,
             alias: alias.to_owned(),
             journaled: config.persist.is_some(),
+            memory,
+            limits,
         };
         Ok((pool, matching))
     }
@@ -199,6 +213,7 @@ impl Pool {
                     slot: i,
                     start_seq,
                     eventfd: self.wake.bell(),
+                    limits: &self.limits,
                 };
                 process::spawn(|| worker_loop::run(value, env))?
             }
@@ -221,6 +236,8 @@ impl Pool {
             errors: ErrorCounts::default(),
             reported_errors: 0,
             req_seq: start_seq,
+            next_memory_check: 0,
+            over_memory: false,
         };
         Ok(pid)
     }
@@ -338,7 +355,10 @@ impl Pool {
     pub(crate) fn release(&mut self, i: usize) -> Option<Blocks> {
         let slot = &mut self.slots[i];
         slot.busy = None;
-        slot.lent.take()
+        let lent = slot.lent.take();
+        // Before the next call is given to it (no cost without the rule).
+        self.check_memory(i);
+        lent
     }
 
     /// Slot `i`'s worker waits for room for its return value: its answer is read again at
@@ -456,7 +476,14 @@ impl Pool {
     /// The slots whose worker has died (reaped now; the child stays in the slot until
     /// [`Pool::kill`]). Also reaps retired workers that have exited.
     pub(crate) fn dead_slots(&mut self) -> Vec<(usize, ExitCause)> {
-        self.retiring.retain_mut(|c| c.try_reap().is_none());
+        let memory = &self.memory;
+        self.retiring.retain_mut(|c| {
+            let gone = c.try_reap().is_some();
+            if gone && let Some(m) = memory {
+                m.release(c.pid());
+            }
+            !gone
+        });
         self.slots
             .iter_mut()
             .enumerate()
@@ -473,6 +500,9 @@ impl Pool {
         let pid = slot.pid().unwrap_or(0);
         if let Some(mut child) = slot.child.take() {
             child.kill();
+            if let Some(m) = &self.memory {
+                m.release(pid);
+            }
         }
         // It may have died holding a spin place.
         self.region.header().spin_places.give_back(i);
@@ -497,14 +527,69 @@ impl Pool {
     }
 
     /// Whether slot `i`'s worker should retire at `now`: idle and past its limits, or past
-    /// the per-worker error limits. Without `now`, the age limit is not looked at.
+    /// the per-worker error limits. Without `now`, the age limit is not looked at. The memory
+    /// threshold is looked at as of the last [`Pool::check_memory`].
     #[inline]
     pub(crate) fn is_worn(&self, i: usize, now: Option<Instant>) -> bool {
         let s = &self.slots[i];
         s.is_idle()
             && (s.retire_after_calls.is_some_and(|n| s.calls >= n)
                 || s.retire_at.zip(now).is_some_and(|(t, now)| now >= t)
+                || s.over_memory
                 || s.errors.reached(&ErrorCounts::WORKER_LIMITS))
+    }
+
+    /// With [`Recycle::above_memory`]: reads the memory of slot `i`'s worker, if it is idle
+    /// and was not read in the last [`Recycle::MEMORY_CHECK`], for [`Pool::is_worn`].
+    #[inline]
+    pub(crate) fn check_memory(&mut self, i: usize) {
+        if let Some(max) = self.recycle.max_memory {
+            self.check_memory_against(i, max);
+        }
+    }
+
+    #[inline(never)]
+    fn check_memory_against(&mut self, i: usize, max: u64) {
+        let now = self.clock.now_ns();
+        let s = &mut self.slots[i];
+        if !s.is_idle() || now < s.next_memory_check {
+            return;
+        }
+        s.next_memory_check = now.saturating_add(Recycle::MEMORY_CHECK.as_nanos() as u64);
+        if let Some(pid) = s.pid()
+            && let Some(bytes) = crate::stats::anon_rss_bytes(pid)
+        {
+            s.over_memory = bytes > max;
+        }
+    }
+
+    /// How the workers' memory limit is enforced, if one is set.
+    pub(crate) fn memory_mechanism(&self) -> Option<LimitMechanism> {
+        self.memory.as_ref().map(MemoryLimit::mechanism)
+    }
+
+    /// How the death of a worker that was running a call is reported, given how it ended,
+    /// what its cgroup said ([`Pool::memory_verdict`]) and its stderr tail, if known.
+    pub(crate) fn classify_death(
+        &self,
+        cause: ExitCause,
+        verdict: Verdict,
+        tail: Option<&str>,
+    ) -> Death {
+        let in_force = InForce {
+            memory: self.memory.as_ref().map(|m| (m.mechanism(), m.bytes())),
+            cpu: self.limits.cpu,
+        };
+        limits::classify(cause, verdict, tail, in_force)
+    }
+
+    /// What the cgroup of slot `i`'s worker says about its death; read before
+    /// [`Pool::kill`] removes the group.
+    pub(crate) fn memory_verdict(&self, i: usize) -> Verdict {
+        match (&self.memory, self.slots[i].pid()) {
+            (Some(m), Some(pid)) => m.verdict(pid),
+            _ => Verdict::Unknown,
+        }
     }
 
     /// Asks slot `i`'s worker to exit and forks its replacement into the slot.
@@ -630,9 +715,21 @@ impl Pool {
         }
         // Dropping a child kills it if it did not exit in time, and reaps it.
         for slot in &mut self.slots {
-            slot.child = None;
+            if let Some(child) = slot.child.take() {
+                let pid = child.pid();
+                drop(child);
+                if let Some(m) = &self.memory {
+                    m.release(pid);
+                }
+            }
         }
-        self.retiring.clear();
+        for child in self.retiring.drain(..) {
+            let pid = child.pid();
+            drop(child);
+            if let Some(m) = &self.memory {
+                m.release(pid);
+            }
+        }
     }
 }
 

@@ -109,6 +109,10 @@ pub struct Stats {
     pub worker_rss_kib: Vec<(i32, u64)>,
     /// Bytes of shared memory for payloads, and how many are in use.
     pub shared_memory: (usize, usize),
+    /// How the workers' memory limit ([`crate::Mediator::memory_limit`]) is enforced: `None`
+    /// without a limit, or while the pool is not running (the mechanism is chosen when it
+    /// starts).
+    pub memory_limit: Option<crate::LimitMechanism>,
 }
 
 /// Resident memory of a process in KiB, from /proc/PID/status (0 if unknown).
@@ -126,6 +130,20 @@ pub(crate) fn rss_kib(pid: i32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Resident anonymous memory of process `pid` in bytes: resident pages minus file and
+/// shared-memory pages, from /proc/PID/statm (one read).
+pub(crate) fn anon_rss_bytes(pid: i32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let mut fields = statm.split_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf has no memory arguments.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    resident
+        .saturating_sub(shared)
+        .checked_mul(u64::try_from(page).ok()?)
 }
 
 fn secs(d: Duration) -> String {
@@ -192,6 +210,9 @@ impl fmt::Display for Stats {
             self.shared_memory.1,
             self.shared_memory.0
         )?;
+        if let Some(m) = self.memory_limit {
+            writeln!(f, "   Memory limit per worker: {m}")?;
+        }
         write!(f, "{rule}")
     }
 }
@@ -213,6 +234,20 @@ mod tests {
         assert_eq!(s.p90, Duration::from_millis(90));
         assert_eq!(s.p99, Duration::from_millis(99));
         assert_eq!(Recorder::default().summary(), Summary::default());
+    }
+
+    #[test]
+    fn anonymous_memory_counts_touched_heap() {
+        let pid = std::process::id() as i32;
+        let before = anon_rss_bytes(pid).expect("statm of this process");
+        let mut v = vec![0u8; 32 << 20];
+        for i in (0..v.len()).step_by(4096) {
+            v[i] = 1;
+        }
+        let after = anon_rss_bytes(pid).expect("statm of this process");
+        std::hint::black_box(&v);
+        assert!(after >= before + (30 << 20), "{before} -> {after}");
+        assert_eq!(anon_rss_bytes(-1), None);
     }
 
     #[test]

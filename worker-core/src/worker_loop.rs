@@ -11,6 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::arena::Span;
 use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
+use crate::limits::WorkerLimits;
 use crate::panics::panic_message;
 use crate::shm::Region;
 use crate::this_worker;
@@ -34,6 +35,8 @@ pub(crate) struct WorkerEnv<'a> {
     /// The request sequence number at fork time: the worker waits for the next one.
     pub(crate) start_seq: u32,
     pub(crate) eventfd: BorrowedFd<'a>,
+    /// The memory and CPU limits, applied after `setup`.
+    pub(crate) limits: &'a WorkerLimits,
 }
 
 /// Runs the worker until it is asked to exit, then leaves the process.
@@ -53,6 +56,9 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let channel = env.region.channel(env.slot);
     this_worker::enter(env.alias, channel);
     value.setup();
+    // The limits count what the worker does after its setup. The CPU timer, if any, runs
+    // only while a method does.
+    let cpu = env.limits.apply(env.alias);
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
@@ -90,7 +96,16 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                         .and_then(|(args, ret)| Some((args?, ret))),
                 };
                 match lent {
-                    Some((args, ret)) => Some(call(value, req.method, args, ret, &mut spilled)),
+                    Some((args, ret)) => {
+                        if let Some(t) = &cpu {
+                            t.arm();
+                        }
+                        let reply = call(value, req.method, args, ret, &mut spilled);
+                        if let Some(t) = &cpu {
+                            t.disarm();
+                        }
+                        Some(reply)
+                    }
                     None => Some(Reply::block(Response::WireError, 0)),
                 }
             }

@@ -13,6 +13,8 @@ pub const RESERVED: &[&str] = &[
     "malloc",
     "strategy",
     "recycle",
+    "memory_limit",
+    "cpu_limit",
     "fork_server",
     "persist",
     "recover",

@@ -159,6 +159,7 @@ impl<W: Worker> Configured<W> {
             parent_rss_kib: stats::rss_kib(0),
             worker_rss_kib: pids.iter().map(|&p| (p, stats::rss_kib(p))).collect(),
             shared_memory,
+            memory_limit: None,
         }
     }
 }
@@ -385,13 +386,15 @@ impl<W: Worker> Engine<W> {
             self.room.size(),
             self.room.size() - self.room.available() - held,
         );
-        self.base.stats_with(
+        let mut stats = self.base.stats_with(
             &timing,
             self.pids(),
             self.calls.queued(),
             self.busy_count(),
             shared_memory,
-        )
+        );
+        stats.memory_limit = self.pool.memory_mechanism();
+        stats
     }
 
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its

@@ -177,6 +177,8 @@ impl<W: Worker> Engine<W> {
                 continue; // Its answer (a panic, say) already settled the slot.
             }
             let given = pool.calls_given(i);
+            // Before `kill_worker` removes the worker's cgroup.
+            let verdict = pool.memory_verdict(i);
             let (pid, busy) = self.kill_worker(i);
             let Some(b) = busy else {
                 if cause == ExitCause::Exited(this_worker::EXIT_FATAL) {
@@ -198,10 +200,16 @@ impl<W: Worker> Engine<W> {
                     .is_some_and(|b| b.ret_block.is_some());
             self.count_error(ErrorKind::Communication, None);
             if started {
-                log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}", b.call);
                 self.base.health.answered();
+                // LEAD: pass the worker's stderr tail here (the last 4 KiB it wrote), so that
+                // an allocation failure under RLIMIT_DATA is told from a crash.
+                let tail: Option<&str> = None;
+                let death = self.pool.classify_death(cause, verdict, tail);
+                log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}{death}", b.call);
                 self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
-                    CallError::Crashed { method, pid, cause }
+                    death
+                        .limit_error(method, pid, cause)
+                        .unwrap_or(CallError::Crashed { method, pid, cause })
                 });
             } else {
                 self.base.health.died_unanswered();
@@ -294,6 +302,7 @@ impl<W: Worker> Engine<W> {
     /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
     pub(super) fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
         let pool = &mut self.pool;
+        pool.check_memory(i);
         if !pool.is_worn(i, now) {
             return;
         }
