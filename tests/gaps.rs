@@ -1,0 +1,156 @@
+//! Correctness gaps that peers' test suites found: a nested pool's worker knows its own pool, a
+//! custom serde error keeps its message, a panic comes with its location, lowering `workers()`
+//! retires the extra workers, a worker that called `fatal_error` takes no other call, a
+//! failure is logged once, and the statistics count every outcome. Each test runs alone in its
+//! own process (see `support`), which also checks what it left behind.
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use forkworker::prelude::*;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A value whose `Deserialize` refuses 0 with a custom message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NonZero(pub u8);
+
+impl Serialize for NonZero {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NonZero {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u8::deserialize(d)? {
+            0 => Err(D::Error::custom("my message: zero is not allowed")),
+            n => Ok(NonZero(n)),
+        }
+    }
+}
+
+/// A wrapper that puts the refusing value inside a struct, an enum and a sequence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Nested {
+    Plain(u32),
+    Deep {
+        label: String,
+        values: Vec<Option<NonZero>>,
+    },
+}
+
+static HOOK_RUNS: AtomicU32 = AtomicU32::new(0);
+
+pub struct Gaps;
+
+#[forkworker::worker]
+impl Gaps {
+    pub fn echo(&self, n: u64) -> u64 {
+        n
+    }
+
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+
+    pub fn sleep_ms(&self, ms: u64) -> u32 {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::id()
+    }
+
+    /// Queued behind others, to be cancelled.
+    pub fn queued(&self) -> u8 {
+        0
+    }
+
+    pub fn take(&self, value: NonZero) -> u8 {
+        value.0
+    }
+
+    pub fn take_nested(&self, value: Nested) -> u32 {
+        match value {
+            Nested::Plain(n) => n,
+            Nested::Deep { values, .. } => values.len() as u32,
+        }
+    }
+
+    pub fn give(&self, n: u8) -> NonZero {
+        NonZero(n)
+    }
+
+    /// Panics with its own line in the message, so the test knows where it panicked.
+    pub fn boom(&self) -> u8 {
+        panic!("boom {}", line!())
+    }
+
+    /// Panics and catches it itself: how many times the user's panic hook ran in this worker.
+    pub fn caught(&self) -> u32 {
+        let _ = std::panic::catch_unwind(|| panic!("caught inside"));
+        HOOK_RUNS.load(Ordering::Relaxed)
+    }
+
+    /// A real fault: a write through a null pointer (SIGSEGV).
+    pub fn segfault(&self) -> u8 {
+        // SAFETY: not safe at all; crashing the worker is the point.
+        unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
+        0
+    }
+
+    /// Returns normally, then the worker restarts.
+    pub fn fatal(&self) -> u32 {
+        this_worker::fatal_error("cannot go on");
+        std::process::id()
+    }
+
+    /// Starts a pool of its own inside this worker and asks its worker who it is.
+    pub fn nested(&self) -> (Option<String>, u64, Option<String>) {
+        let mut inner = InnerMediator::new("Inner", Inner);
+        let id = inner.whoami().expect("inner call");
+        let alias = inner.wait(id, LONG).expect("inner result");
+        let inner_errors = inner.errors().catchall;
+        drop(inner);
+        (alias, inner_errors, this_worker::alias().map(str::to_owned))
+    }
+}
+
+pub struct Inner;
+
+#[forkworker::worker]
+impl Inner {
+    /// The alias this worker sees, after counting one error.
+    pub fn whoami(&self) -> Option<String> {
+        this_worker::error("counted on the inner pool");
+        this_worker::alias().map(str::to_owned)
+    }
+}
+
+fn a_nested_pools_worker_sees_its_own_pool() {
+    let mut m = GapsMediator::new("Outer", Gaps);
+    let id = m.nested().unwrap();
+    let (inner_alias, inner_errors, outer_alias) = m.wait(id, LONG).unwrap();
+    assert_eq!(
+        inner_alias.as_deref(),
+        Some("Inner"),
+        "the inner worker's alias"
+    );
+    assert_eq!(
+        inner_errors, 1,
+        "the inner worker's error counts on the inner pool"
+    );
+    assert_eq!(
+        outer_alias.as_deref(),
+        Some("Outer"),
+        "the outer worker is still the outer pool's"
+    );
+    m.poll();
+    assert_eq!(m.errors().catchall, 0, "nothing counted on the outer pool");
+}
+
+tests![
+    a_nested_pools_worker_sees_its_own_pool,
+];
