@@ -151,6 +151,53 @@ fn a_nested_pools_worker_sees_its_own_pool() {
     assert_eq!(m.errors().catchall, 0, "nothing counted on the outer pool");
 }
 
+fn a_custom_serde_error_keeps_its_message() {
+    let mut m = GapsMediator::new("Gaps", Gaps);
+    // Decoded in the worker: an argument.
+    let id = m.take(NonZero(0)).unwrap();
+    match m.wait(id, LONG) {
+        Err(e @ CallError::Wire { .. }) => {
+            assert!(
+                e.to_string().contains("my message: zero is not allowed"),
+                "{e}"
+            )
+        }
+        other => panic!("expected a wire error, got {other:?}"),
+    }
+    // Deep inside an enum, a struct variant, a sequence and an option.
+    let value = Nested::Deep {
+        label: "x".into(),
+        values: vec![Some(NonZero(3)), None, Some(NonZero(0))],
+    };
+    let id = m.take_nested(value).unwrap();
+    match m.wait(id, LONG) {
+        Err(e @ CallError::Wire { .. }) => {
+            assert!(
+                e.to_string().contains("my message: zero is not allowed"),
+                "{e}"
+            )
+        }
+        other => panic!("expected a wire error, got {other:?}"),
+    }
+    // Decoded in the parent: a return value.
+    let id = m.give(0).unwrap();
+    match m.wait(id, LONG) {
+        Err(e @ CallError::Wire { .. }) => {
+            assert!(
+                e.to_string().contains("my message: zero is not allowed"),
+                "{e}"
+            )
+        }
+        other => panic!("expected a wire error, got {other:?}"),
+    }
+    // Values that decode still do.
+    let id = m.give(7).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), NonZero(7));
+    let id = m.take_nested(Nested::Plain(5)).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 5);
+}
+
 tests![
     a_nested_pools_worker_sees_its_own_pool,
+    a_custom_serde_error_keeps_its_message,
 ];
