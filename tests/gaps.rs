@@ -197,7 +197,41 @@ fn a_custom_serde_error_keeps_its_message() {
     assert_eq!(m.wait(id, LONG).unwrap(), 5);
 }
 
+fn a_panic_comes_with_its_location() {
+    // The user's own hook, inherited by the workers, keeps running.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        HOOK_RUNS.fetch_add(1, Ordering::Relaxed);
+        default(info)
+    }));
+    let mut m = GapsMediator::new("Gaps", Gaps);
+    let id = m.boom().unwrap();
+    let message = match m.wait(id, LONG) {
+        Err(CallError::Panicked { message, .. }) => message,
+        other => panic!("expected Panicked, got {other:?}"),
+    };
+    // "boom 93 (at tests/gaps.rs:93:9)"
+    let line: u32 = message
+        .strip_prefix("boom ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected message {message:?}"));
+    let at = format!(" (at {}:{line}:", file!());
+    assert!(
+        message.contains(&at) && message.ends_with(')'),
+        "{message:?} should say{at}COLUMN)"
+    );
+    let id = m.caught().unwrap();
+    assert_eq!(
+        m.wait(id, LONG).unwrap(),
+        1,
+        "the user's hook ran in the worker"
+    );
+    let _ = std::panic::take_hook();
+}
+
 tests![
     a_nested_pools_worker_sees_its_own_pool,
     a_custom_serde_error_keeps_its_message,
+    a_panic_comes_with_its_location,
 ];

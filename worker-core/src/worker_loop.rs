@@ -11,7 +11,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use crate::arena::Span;
 use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
-use crate::panics::panic_message;
+use crate::panics::{self, panic_message};
 use crate::shm::Region;
 use crate::this_worker;
 use crate::wake::WorkerWake;
@@ -53,6 +53,8 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let channel = env.region.channel(env.slot);
     this_worker::enter(env.alias, channel);
     value.setup();
+    // After `setup`, so that a hook it installs still runs.
+    panics::record_locations();
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
@@ -170,6 +172,8 @@ fn call<W: Worker>(
     spilled: &mut Option<Vec<u8>>,
 ) -> Reply {
     let mut slot = ReturnSlot::new(&mut *ret);
+    // A panic the method caught itself is not this call's.
+    panics::take_location();
     let outcome = catch_unwind(AssertUnwindSafe(|| value.dispatch(method, args, &mut slot)));
     let (written, inline) = slot.into_written();
     let (kind, message) = match outcome {
@@ -193,7 +197,10 @@ fn call<W: Worker>(
             ),
         },
         Ok(Err(e)) => (Response::WireError, e.to_string()),
-        Err(payload) => (Response::Panicked, panic_message(payload.as_ref())),
+        Err(payload) => (
+            Response::Panicked,
+            panics::with_location(panic_message(payload.as_ref()), panics::take_location()),
+        ),
     };
     Reply::block(kind, write_truncated(ret, &message))
 }
