@@ -12,6 +12,7 @@ use std::time::Duration;
 use forkworker::prelude::*;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use support::{eventually, process_exists};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -230,8 +231,65 @@ fn a_panic_comes_with_its_location() {
     let _ = std::panic::take_hook();
 }
 
+fn lowering_workers_retires_the_extra_ones_after_their_calls() {
+    let mut m = GapsMediator::new("Gaps", Gaps);
+    m.workers(3);
+    let ids: Vec<_> = (0..3).map(|_| m.sleep_ms(300).unwrap()).collect();
+    assert!(eventually(LONG, || {
+        m.poll();
+        m.pids().len() == 3
+    }));
+    let before = m.pids();
+    // Lowered while all three run: no call is lost.
+    m.workers(1);
+    let ran: Vec<u32> = ids
+        .into_iter()
+        .map(|id| m.wait(id, LONG).unwrap())
+        .collect();
+    let mut distinct = ran.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "each call ran on its own worker: {ran:?}"
+    );
+    assert!(
+        eventually(LONG, || {
+            m.poll();
+            m.pids().len() == 1
+        }),
+        "the extra workers retire: {:?}",
+        m.pids()
+    );
+    let kept = m.pids()[0];
+    for pid in before.iter().filter(|&&p| p != kept) {
+        assert!(
+            eventually(LONG, || {
+                m.poll();
+                !process_exists(*pid)
+            }),
+            "retired worker {pid} exited and was reaped"
+        );
+    }
+    let id = m.pid().unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap() as i32, kept, "the one left works");
+    assert_eq!(m.stats().workers, 1);
+    // Raised again: more workers are forked for the calls.
+    m.workers(3);
+    let ids: Vec<_> = (0..3).map(|_| m.sleep_ms(200).unwrap()).collect();
+    assert!(eventually(LONG, || {
+        m.poll();
+        m.pids().len() == 3
+    }));
+    for id in ids {
+        m.wait(id, LONG).unwrap();
+    }
+}
+
 tests![
     a_nested_pools_worker_sees_its_own_pool,
     a_custom_serde_error_keeps_its_message,
     a_panic_comes_with_its_location,
+    lowering_workers_retires_the_extra_ones_after_their_calls,
 ];

@@ -497,6 +497,14 @@ impl Pool {
     /// acknowledges the exit request before its `teardown`, and one that does not within
     /// [`EXIT_LIMIT`] is killed.
     pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, SpawnError> {
+        self.dismiss(i);
+        self.spawn(i, value)
+    }
+
+    /// Asks slot `i`'s worker, idle, to exit, and leaves the slot empty (the pool was made
+    /// smaller, or [`Pool::retire`] forks a replacement into it). A worker that does not
+    /// acknowledge within [`EXIT_LIMIT`] is killed; it is reaped with the retired workers.
+    pub(crate) fn dismiss(&mut self, i: usize) {
         if let Some(mut child) = self.slots[i].child.take() {
             let seq = self.post_exit(i);
             let channel = self.region.channel(i);
@@ -512,7 +520,6 @@ impl Pool {
             }
             self.retiring.push(child);
         }
-        self.spawn(i, value)
     }
 
     /// Whether any busy worker has answered.

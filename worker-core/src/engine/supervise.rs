@@ -274,12 +274,22 @@ impl<W: Worker> Engine<W> {
     }
 
     /// Retires idle workers past their recycling or error limits; each is replaced first.
+    /// Idle workers beyond the configured count (`workers()` was lowered) retire for good:
+    /// they get no new call, so a busy one retires once its call is done.
     pub(super) fn retire_worn(&mut self, now: Instant) {
         let slots = self.pool.size();
         // By index, not through a collected list: this runs at every collection, and
         // retiring one worker does not change whether another is worn.
         for i in 0..slots {
             self.retire_if_worn(i, Some(now));
+        }
+        let workers = self.base.config.workers;
+        for i in workers.min(slots)..slots {
+            if self.pool.is_idle(i) {
+                let pid = self.pool.pid(i).unwrap_or(0);
+                self.pool.dismiss(i);
+                log::debug!(target: &self.base.alias, "worker {pid} retired: the pool has {workers} workers now");
+            }
         }
     }
 
