@@ -6,6 +6,9 @@
 
 mod support;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -287,9 +290,83 @@ fn lowering_workers_retires_the_extra_ones_after_their_calls() {
     }
 }
 
+/// Every log line the parent wrote: (level, target, text).
+static LINES: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        LINES
+            .lock()
+            .unwrap()
+            .push((record.level(), record.args().to_string()));
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    log::set_logger(&Capture).unwrap();
+    log::set_max_level(log::LevelFilter::Debug);
+}
+
+fn take_lines() -> Vec<(log::Level, String)> {
+    std::mem::take(&mut *LINES.lock().unwrap())
+}
+
+fn after_fatal_error_the_exiting_worker_takes_no_other_call() {
+    capture_logs();
+    let mut m = GapsMediator::new("Gaps", Gaps);
+    m.workers(1);
+    // Through `wait`'s short path: the answer is taken and the next call posted at once.
+    let first = m.fatal().unwrap();
+    let others: Vec<_> = (0..5).map(|n| m.echo(n).unwrap()).collect();
+    let exiting = m.wait(first, LONG).unwrap();
+    for (n, id) in others.into_iter().enumerate() {
+        assert_eq!(m.wait(id, LONG).unwrap(), n as u64);
+    }
+    assert!(!m.pids().contains(&(exiting as i32)));
+    // Through the callbacks: each call runs once, with no retry.
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let sink = seen.clone();
+    m.on_return(move |call, _log| {
+        sink.borrow_mut().push((call.id(), call.retries()));
+    });
+    let first = m.fatal().unwrap();
+    let others: Vec<_> = (0..5).map(|n| m.echo(n).unwrap().raw()).collect();
+    m.wait(first, LONG).unwrap();
+    assert!(
+        eventually(LONG, || {
+            m.poll();
+            seen.borrow().len() == 6
+        }),
+        "every call returned: {:?}",
+        seen.borrow()
+    );
+    let seen = seen.borrow();
+    assert_eq!(seen[0], (first.raw(), 0));
+    for (id, retries) in seen.iter().skip(1) {
+        assert!(others.contains(id));
+        assert_eq!(
+            *retries, 0,
+            "call {id} ran once, on a worker that was not exiting"
+        );
+    }
+    let lines = take_lines();
+    assert!(
+        !lines.iter().any(|(_, l)| l.contains("before starting it")),
+        "{lines:?}"
+    );
+    assert_eq!(m.errors().communication, 0, "no worker died holding a call");
+}
+
 tests![
     a_nested_pools_worker_sees_its_own_pool,
     a_custom_serde_error_keeps_its_message,
     a_panic_comes_with_its_location,
     lowering_workers_retires_the_extra_ones_after_their_calls,
+    after_fatal_error_the_exiting_worker_takes_no_other_call,
 ];

@@ -319,11 +319,20 @@ impl Pool {
     }
 
     /// Slot `i`'s worker is done with its call (it answered, and the answer was taken): it
-    /// is idle again, and the blocks lent with the call come back.
+    /// is idle again, and the blocks lent with the call come back. A worker that said it
+    /// exits after that answer (`fatal_error`) leaves the slot instead, which is then empty
+    /// (see [`Pool::has_worker`]): it takes no other call, and a replacement may be forked.
     #[inline]
     pub(crate) fn release(&mut self, i: usize) -> Option<Blocks> {
         let slot = &mut self.slots[i];
-        slot.busy = None;
+        if let Some(busy) = slot.busy.take()
+            && self.region.channel(i).exits_after(busy.seq)
+            && let Some(child) = slot.child.take()
+        {
+            log::info!(target: &self.alias, "worker {} exits after fatal_error(); replacing it", child.pid());
+            // Reaped with the retired workers (see `dead_slots`).
+            self.retiring.push(child);
+        }
         slot.lent.take()
     }
 

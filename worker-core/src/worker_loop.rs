@@ -113,7 +113,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             Some(RequestKind::Exit) => {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
-                channel.respond(req.seq, Response::Exiting, 0, None, 0, None);
+                channel.respond(req.seq, Response::Exiting, 0, None, 0, None, false);
                 wake.leave();
                 value.teardown();
                 return;
@@ -132,11 +132,18 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             let run_ticks = start_ticks
                 .map(|t| clock::ticks().wrapping_sub(t))
                 .filter(|&t| t < short_run);
+            // After `fatal_error`, the call's final answer is the last: it says so, so that
+            // the parent gives this worker no other call. (A return waiting for room is not
+            // final: the worker stays for the `Space` request.)
+            let exits = this_worker::fatal_requested() && reply.kind != Response::NeedSpace;
+            if exits {
+                wake.leave();
+            }
             channel.respond(
-                req.seq, reply.kind, reply.len, inline, started_ns, run_ticks,
+                req.seq, reply.kind, reply.len, inline, started_ns, run_ticks, exits,
             );
             wake.answered();
-            if this_worker::fatal_requested() {
+            if exits {
                 value.teardown();
                 // SAFETY: leaving without destructors, as everywhere in a worker.
                 unsafe { libc::_exit(this_worker::EXIT_FATAL) };

@@ -869,7 +869,18 @@ impl<W: Worker> Engine<W> {
         self.room.returned(method, len);
         self.base.health.answered();
         self.warn_if_large(method, len);
-        self.pool.release(i)
+        self.release_slot(i)
+    }
+
+    /// Slot `i`'s worker is done with its call (see `Pool::release`); one that exits after
+    /// it (`fatal_error`) left the slot, and its replacement is due.
+    #[inline]
+    fn release_slot(&mut self, i: usize) -> Option<Blocks> {
+        let blocks = self.pool.release(i);
+        if !self.pool.has_worker(i) {
+            self.base.health.refill_later();
+        }
+        blocks
     }
 
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
@@ -1078,7 +1089,7 @@ impl<W: Worker> Engine<W> {
     /// Slot `i`'s worker answered call `call` for good: it is idle again, and the blocks
     /// lent with the call come back to its record.
     fn release_worker(&mut self, i: usize, call: u64) {
-        let blocks = self.pool.release(i);
+        let blocks = self.release_slot(i);
         self.take_back(call, blocks);
     }
 
