@@ -363,10 +363,51 @@ fn after_fatal_error_the_exiting_worker_takes_no_other_call() {
     assert_eq!(m.errors().communication, 0, "no worker died holding a call");
 }
 
+/// WARN lines the parent wrote since the last look.
+fn warnings() -> Vec<String> {
+    take_lines()
+        .into_iter()
+        .filter(|(level, _)| *level == log::Level::Warn)
+        .map(|(_, l)| l)
+        .collect()
+}
+
+fn a_timeout_or_a_crash_is_logged_once() {
+    capture_logs();
+    let mut m = GapsMediator::new("Gaps", Gaps);
+    m.workers(1).timeout(Duration::from_millis(200));
+    let id = m.pid().unwrap();
+    m.wait(id, LONG).unwrap();
+    warnings();
+    // Without callbacks: `wait` takes the failures.
+    let id = m.sleep_ms(60_000).unwrap();
+    assert!(matches!(m.wait(id, LONG), Err(CallError::Timeout { .. })));
+    let w = warnings();
+    assert_eq!(w.len(), 1, "one warning for a timeout: {w:?}");
+    let id = m.segfault().unwrap();
+    assert!(matches!(m.wait(id, LONG), Err(CallError::Crashed { .. })));
+    let w = warnings();
+    assert_eq!(w.len(), 1, "one warning for a crash: {w:?}");
+    // With callbacks: still once.
+    let fired = Rc::new(RefCell::new(0));
+    let (a, b) = (fired.clone(), fired.clone());
+    m.on_timeout(move |_, _| *a.borrow_mut() += 1)
+        .on_error(move |_, _| *b.borrow_mut() += 1);
+    m.sleep_ms(60_000).unwrap();
+    m.segfault().unwrap();
+    assert!(eventually(LONG, || {
+        m.poll();
+        *fired.borrow() == 2
+    }));
+    let w = warnings();
+    assert_eq!(w.len(), 2, "one warning each: {w:?}");
+}
+
 tests![
     a_nested_pools_worker_sees_its_own_pool,
     a_custom_serde_error_keeps_its_message,
     a_panic_comes_with_its_location,
     lowering_workers_retires_the_extra_ones_after_their_calls,
     after_fatal_error_the_exiting_worker_takes_no_other_call,
+    a_timeout_or_a_crash_is_logged_once,
 ];

@@ -1152,7 +1152,11 @@ impl<W: Worker> Engine<W> {
                     }
                 }
                 None => {
-                    if let Some(error) = &record.error {
+                    // A timeout, a crash or calls whose workers kept dying were logged when
+                    // they were found: once is enough.
+                    if let Some(error) = &record.error
+                        && !logged_when_found(error)
+                    {
                         log::warn!(target: &self.base.alias, "call {id}: {error}");
                     }
                 }
@@ -1210,6 +1214,20 @@ impl<W: Worker> Engine<W> {
         }
         self.room.free_call(entry, block, ret_block);
     }
+}
+
+/// Whether a call's failure was logged where it was found (`enforce_timeouts`, `reap_dead`,
+/// `requeue_unstarted`), so that its delivery need not log it again.
+fn logged_when_found(error: &CallError) -> bool {
+    matches!(
+        error,
+        CallError::Timeout { .. }
+            | CallError::Crashed { .. }
+            | CallError::Cancelled {
+                reason: CancelReason::WorkersDied { .. },
+                ..
+            }
+    )
 }
 
 /// Adds a returned call's times to its method's statistics: waiting from `uncalled` to
