@@ -403,6 +403,86 @@ fn a_timeout_or_a_crash_is_logged_once() {
     assert_eq!(w.len(), 2, "one warning each: {w:?}");
 }
 
+fn stats_count_each_methods_outcomes() {
+    let mut m = GapsMediator::new("Gaps", Gaps);
+    m.workers(1).timeout(Duration::from_millis(300));
+    for n in 0..3 {
+        let id = m.echo(n).unwrap();
+        m.wait(id, LONG).unwrap();
+    }
+    let id = m.sleep_ms(60_000).unwrap();
+    assert!(matches!(m.wait(id, LONG), Err(CallError::Timeout { .. })));
+    let id = m.segfault().unwrap();
+    assert!(matches!(m.wait(id, LONG), Err(CallError::Crashed { .. })));
+    let id = m.boom().unwrap();
+    assert!(matches!(m.wait(id, LONG), Err(CallError::Panicked { .. })));
+    let id = m.take(NonZero(0)).unwrap();
+    assert!(matches!(m.wait(id, LONG), Err(CallError::Wire { .. })));
+    let id = m.take(NonZero(4)).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 4);
+    // Queued behind a running call, then cancelled by the shutdown.
+    let running = m.sleep_ms(100).unwrap();
+    m.queued().unwrap();
+    m.queued().unwrap();
+    let stats = m.stats();
+    let outcomes = |name: &str| {
+        stats
+            .methods
+            .iter()
+            .find(|s| s.method == name)
+            .unwrap()
+            .outcomes
+    };
+    assert_eq!(outcomes("echo").returned, 3);
+    assert_eq!(outcomes("sleep_ms").timeout, 1);
+    assert_eq!(outcomes("segfault").crashed, 1);
+    assert_eq!(outcomes("boom").panicked, 1);
+    assert_eq!(outcomes("take").failed, 1);
+    assert_eq!(outcomes("take").returned, 1);
+    let table = stats.to_string();
+    assert!(
+        table.contains("Returned") && table.contains("Cancelled"),
+        "{table}"
+    );
+    let _ = running;
+    m.shutdown();
+    let stats = m.stats();
+    let queued = stats.methods.iter().find(|s| s.method == "queued").unwrap();
+    assert_eq!(queued.outcomes.cancelled, 2);
+    assert_eq!(queued.outcomes.returned, 0);
+    let sleep = stats
+        .methods
+        .iter()
+        .find(|s| s.method == "sleep_ms")
+        .unwrap();
+    assert_eq!((sleep.outcomes.returned, sleep.outcomes.timeout), (1, 1));
+    let echo = stats.methods.iter().find(|s| s.method == "echo").unwrap();
+    let o = echo.outcomes;
+    assert_eq!(
+        (
+            o.returned,
+            o.timeout,
+            o.crashed,
+            o.panicked,
+            o.failed,
+            o.cancelled
+        ),
+        (3, 0, 0, 0, 0, 0)
+    );
+    // The table shows them: the outcome row of `queued` says 2 cancelled.
+    let table = stats.to_string();
+    let row: Vec<&str> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|t| {
+            t.first() == Some(&"queued")
+                && t.len() == 7
+                && t[1..].iter().all(|n| n.parse::<u64>().is_ok())
+        })
+        .unwrap_or_else(|| panic!("no outcome row for queued in\n{table}"));
+    assert_eq!(row[1..], ["0", "0", "0", "0", "0", "2"], "{table}");
+}
+
 tests![
     a_nested_pools_worker_sees_its_own_pool,
     a_custom_serde_error_keeps_its_message,
@@ -410,4 +490,5 @@ tests![
     lowering_workers_retires_the_extra_ones_after_their_calls,
     after_fatal_error_the_exiting_worker_takes_no_other_call,
     a_timeout_or_a_crash_is_logged_once,
+    stats_count_each_methods_outcomes,
 ];

@@ -42,7 +42,7 @@ use crate::error::{
 use crate::journal;
 use crate::pool::{Busy, Pool};
 use crate::process;
-use crate::stats::{self, MethodStats, Recorder, Stats};
+use crate::stats::{self, MethodStats, Outcomes, Recorder, Stats};
 use crate::wire;
 use crate::worker::Worker;
 
@@ -84,6 +84,8 @@ pub(crate) struct Configured<W: Worker> {
     health: Supervisor,
     /// Per method: queue waits and run times.
     timing: Vec<(Recorder, Recorder)>,
+    /// Per method: how calls ended.
+    outcomes: Vec<Outcomes>,
     /// When the pool last started.
     started_at: Option<Instant>,
     /// Calls made so far: ids stay unique across restarts.
@@ -103,6 +105,7 @@ impl<W: Worker> Configured<W> {
             config: Config::default(),
             health: Supervisor::default(),
             timing: vec![Default::default(); W::METHODS.len()],
+            outcomes: vec![Outcomes::default(); W::METHODS.len()],
             started_at: None,
             calls: CallTable::default(),
             room: Room::new(W::METHODS.len()),
@@ -127,13 +130,15 @@ impl<W: Worker> Configured<W> {
 
     /// The statistics with no pool running.
     pub(crate) fn stats(&self) -> Stats {
-        self.stats_with(&self.timing, Vec::new(), 0, 0, (0, 0))
+        self.stats_with(&self.timing, &self.outcomes, Vec::new(), 0, 0, (0, 0))
     }
 
     /// The statistics, given what only a running pool knows.
+    #[allow(clippy::too_many_arguments)]
     fn stats_with(
         &self,
         timing: &[(Recorder, Recorder)],
+        outcomes: &[Outcomes],
         pids: Vec<i32>,
         queued: usize,
         running: usize,
@@ -149,10 +154,12 @@ impl<W: Worker> Configured<W> {
             methods: W::METHODS
                 .iter()
                 .zip(timing.iter())
-                .map(|(&method, (called, running))| MethodStats {
+                .zip(outcomes.iter())
+                .map(|((&method, (called, running)), &outcomes)| MethodStats {
                     method,
                     called: called.summary(),
                     running: running.summary(),
+                    outcomes,
                 })
                 .collect(),
             errors: self.health.errors(),
@@ -363,11 +370,15 @@ impl<W: Worker> Engine<W> {
     pub(crate) fn stats(&self) -> Stats {
         // The times of a delivered call whose bookkeeping is still due count already.
         let mut timing = std::borrow::Cow::Borrowed(&self.base.timing);
+        let mut outcomes = std::borrow::Cow::Borrowed(&self.base.outcomes);
         if let Some(d) = &self.delivered
             && let Some(r) = self.calls.get(d.id)
         {
             let times = delivered_times(&r.timings, &d.ran);
             record_times(timing.to_mut(), d.method, times);
+            if let Some(o) = outcomes.to_mut().get_mut(d.method as usize) {
+                o.count(CallStatus::Returned);
+            }
         }
         // A delivered call's block is as good as free (see `settle`).
         let held = self.delivered.as_ref().map_or(0, |d| {
@@ -379,6 +390,7 @@ impl<W: Worker> Engine<W> {
         );
         self.base.stats_with(
             &timing,
+            &outcomes,
             self.pids(),
             self.calls.queued(),
             self.busy_count(),
@@ -847,6 +859,9 @@ impl<W: Worker> Engine<W> {
         else {
             return;
         };
+        if let Some(o) = self.base.outcomes.get_mut(record.method as usize) {
+            o.count(status);
+        }
         if status == CallStatus::Returned {
             let t = &record.timings;
             if let (Some(called), Some(running), Some(returned)) = (
