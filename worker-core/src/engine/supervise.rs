@@ -283,19 +283,19 @@ impl<W: Worker> Engine<W> {
         for i in 0..slots {
             self.retire_if_worn(i, Some(now));
         }
-        let workers = self.base.config.workers;
-        for i in workers.min(slots)..slots {
-            if self.pool.is_idle(i) {
-                let pid = self.pool.pid(i).unwrap_or(0);
-                self.pool.dismiss(i);
-                log::debug!(target: &self.base.alias, "worker {pid} retired: the pool has {workers} workers now");
-            }
-        }
     }
 
-    /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
+    /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]), or for good
+    /// if it is idle beyond the configured count.
     pub(super) fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
         let pool = &mut self.pool;
+        let workers = self.base.config.workers;
+        if i >= workers && pool.is_idle(i) {
+            let pid = pool.pid(i).unwrap_or(0);
+            pool.dismiss(i);
+            log::debug!(target: &self.base.alias, "worker {pid} retired: the pool has {workers} workers now");
+            return;
+        }
         if !pool.is_worn(i, now) {
             return;
         }
