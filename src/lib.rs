@@ -40,9 +40,9 @@ pub use worker_macros::worker;
 pub use worker_core::{
     Application, Call, CallError, CallId, CallStatus, CancelReason, Control, Daemon, DaemonError,
     Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id, LimitMechanism,
-    Log, MAX_REQUEUES, Mediator, MethodStats, OsError, PoolError, Recycle, ReturnSlot, SpawnError,
-    StartError, Stats, SubmitError, Summary, TaskError, TaskId, Tasks, Timings, WireError, Worker,
-    WorkerKey, Workers, sleep_on,
+    Log, MAX_REQUEUES, Mediator, MethodStats, OsError, Outcomes, PoolError, Recycle, ReturnSlot,
+    SpawnError, StartError, Stats, SubmitError, Summary, TaskError, TaskId, Tasks, Timings,
+    WireError, Worker, WorkerKey, Workers, sleep_on,
 };
 pub use worker_core::{closure, daemon, error, id, instance, signals, stats, task, this_worker};
 

@@ -272,6 +272,17 @@ fn sigusr1_writes_the_statistics_table() {
         .find(|l| l.trim_start().starts_with("job") && l.contains("Running"))
         .unwrap_or_else(|| panic!("no row for job in\n{log}"));
     assert!(row.trim_end().ends_with(" 30"), "30 calls counted: {row}");
+    // The outcomes: 30 returned, nothing else.
+    let outcomes: Vec<&str> = log
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|t| t.first() == Some(&"job") && t.len() == 7 && t[1].parse::<u64>().is_ok())
+        .unwrap_or_else(|| panic!("no outcome row for job in\n{log}"));
+    assert_eq!(outcomes[1..], ["30", "0", "0", "0", "0", "0"], "{log}");
+    assert!(
+        log.contains("Returned") && log.contains("Cancelled"),
+        "{log}"
+    );
     for needle in [
         "Communication",
         "Corruption",

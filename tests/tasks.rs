@@ -55,6 +55,7 @@ fn tasks_return_typed_values_small_large_and_empty() {
 
 fn tasks_report_panics_crashes_and_exits_with_their_cause() {
     let mut tasks = Tasks::new("Tasks");
+    let panic_line = line!() + 2;
     let panics = tasks
         .spawn(|| -> u8 { panic!("task {} gave up", 42) })
         .expect("spawn");
@@ -75,7 +76,12 @@ fn tasks_report_panics_crashes_and_exits_with_their_cause() {
     match tasks.wait(panics, LONG) {
         Err(TaskError::Panicked { id, message, pid }) => {
             assert_eq!(id, panics.raw());
-            assert_eq!(message, "task 42 gave up");
+            // With where it panicked.
+            let at = format!("task 42 gave up (at {}:{panic_line}:", file!());
+            assert!(
+                message.starts_with(&at) && message.ends_with(')'),
+                "{message}"
+            );
             assert!(pid > 0 && !process_exists(pid), "reaped");
         }
         other => panic!("expected Panicked, got {other:?}"),

@@ -131,6 +131,9 @@ const RET_INLINE: u32 = 1 << 16;
 /// ticks of the counter (see `clock`) rather than a time of day: the parent converts it, so
 /// that the worker's answer does no floating-point work.
 const RUN_SPAN: u32 = 1 << 17;
+/// Set in `ResponseHalf::kind` when the worker exits after this answer (it called
+/// `this_worker::fatal_error`): the parent gives it no other request.
+const EXITS: u32 = 1 << 18;
 /// A call that ran for less than this is timed with the tick counter alone (see `clock`);
 /// a longer one reads the clock when it ends, a cost that is then negligible beside its run.
 const SHORT_RUN_NS: u64 = 100_000;
@@ -422,7 +425,7 @@ impl Channel {
                 });
             let finished_ns = r.finished_ns.load(Ordering::Relaxed);
             Answer {
-                raw_kind: kind & !(RET_INLINE | RUN_SPAN),
+                raw_kind: kind & !(RET_INLINE | RUN_SPAN | EXITS),
                 ret_len: ret_len as usize,
                 inline,
                 ran: Ran {
@@ -436,6 +439,13 @@ impl Channel {
                 valid: valid && (kind & RET_INLINE == 0 || inline.is_some()),
             }
         })
+    }
+
+    /// Parent: whether the worker said, with its answer to request `seq`, that it exits after
+    /// it (see [`Channel::respond`]). A worker that says so wrongly only gets itself replaced.
+    #[inline]
+    pub(crate) fn exits_after(&self, seq: u32) -> bool {
+        self.answered(seq) && self.resp.kind.load(Ordering::Relaxed) & EXITS != 0
     }
 
     /// Parent: when the worker started request `seq`, if it did.
@@ -503,7 +513,7 @@ impl Channel {
     /// [`short_run_ticks`] (the caller checks), `run_ticks` ago (see `clock`), with
     /// a return value of `ret_len` bytes in the payload area, or with `inline` bytes (at most
     /// `INLINE_RET`) carried in the answer itself; the caller then wakes the parent if it
-    /// sleeps.
+    /// sleeps. With `exits`, the worker says it exits after this answer.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn respond(
         &self,
@@ -513,6 +523,7 @@ impl Channel {
         inline: Option<&[u8]>,
         started_ns: u64,
         run_ticks: Option<u64>,
+        exits: bool,
     ) {
         let r = &self.resp;
         let (mut kind, ret_len) = match inline {
@@ -534,6 +545,9 @@ impl Channel {
             }
             None => now_ns(),
         };
+        if exits {
+            kind |= EXITS;
+        }
         r.started_ns.store(started_ns, Ordering::Relaxed);
         r.kind.store(kind, Ordering::Relaxed);
         r.ret_len.store(ret_len as u64, Ordering::Relaxed);
@@ -598,9 +612,18 @@ mod tests {
         assert!(matches!(r.args, PostedArgs::Inline { len: 3, bytes } if bytes[..3] == [1, 2, 3]));
         assert_eq!((r.ret_off, r.ret_cap), (640, 256));
         assert!(c.answer(seq).is_none(), "not answered yet");
-        c.respond(seq, Response::Returned, 0, Some(&[9, 8]), 0, Some(10));
+        c.respond(
+            seq,
+            Response::Returned,
+            0,
+            Some(&[9, 8]),
+            0,
+            Some(10),
+            false,
+        );
         let a = c.answer(seq).unwrap();
         assert!(a.kind() == Some(Response::Returned) && a.ret_len == 2);
+        assert!(!c.exits_after(seq));
         assert_eq!(&a.inline.unwrap()[..2], &[9, 8]);
         assert!(a.ran.started_ns.is_none());
         assert!(matches!(a.ran.finished, Finished::AfterTicks(10)));
@@ -616,6 +639,12 @@ mod tests {
         let r = c.next_request(seq - 1, &mut WorkerWake::detached());
         assert!(!r.valid && !r.crowded);
         assert!(matches!(r.args, PostedArgs::Block(4096, 100)));
+        // A worker that exits after its answer says so, and the answer still reads.
+        assert!(!c.exits_after(seq), "not answered yet");
+        c.respond(seq, Response::Returned, 7, None, 0, None, true);
+        assert!(c.exits_after(seq));
+        let a = c.answer(seq).unwrap();
+        assert!(a.kind() == Some(Response::Returned) && a.ret_len == 7);
     }
 
     #[test]

@@ -153,7 +153,7 @@ pub enum CallError {
         method: &'static str,
         /// The worker's process id.
         pid: i32,
-        /// The panic message.
+        /// The panic message, with where it panicked: `boom (at src/parse.rs:12:5)`.
         message: String,
     },
     /// The worker process died while it held the call.

@@ -96,7 +96,7 @@ pub use error::{
 pub use id::Id;
 pub use limits::LimitMechanism;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
-pub use stats::{MethodStats, Stats, Summary};
+pub use stats::{MethodStats, Outcomes, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};
 pub use wire::ReturnSlot;
 pub use worker::Worker;

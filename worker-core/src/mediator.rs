@@ -202,8 +202,10 @@ impl<W: Worker> Mediator<W> {
     }
 
     /// Sets the number of worker processes (at least 1; default 1). After the pool started it
-    /// can be lowered, or raised up to the count it started with; a higher count is clamped
-    /// with a warning, since the shared-memory layout is fixed at start.
+    /// can be lowered: the extra workers take no new call, and exit (running `teardown`) once
+    /// their running calls are done, at the next `poll` or `wait`. It can be raised again up
+    /// to the count it started with (workers are forked as the strategy says); a higher count
+    /// is clamped with a warning, since the shared-memory layout is fixed at start.
     pub fn workers(&mut self, count: usize) -> &mut Self {
         let mut count = count.max(1);
         if let Stage::Running(engine) = &self.stage

@@ -350,11 +350,20 @@ impl Pool {
     }
 
     /// Slot `i`'s worker is done with its call (it answered, and the answer was taken): it
-    /// is idle again, and the blocks lent with the call come back.
+    /// is idle again, and the blocks lent with the call come back. A worker that said it
+    /// exits after that answer (`fatal_error`) leaves the slot instead, which is then empty
+    /// (see [`Pool::has_worker`]): it takes no other call, and a replacement may be forked.
     #[inline]
     pub(crate) fn release(&mut self, i: usize) -> Option<Blocks> {
         let slot = &mut self.slots[i];
-        slot.busy = None;
+        if let Some(busy) = slot.busy.take()
+            && self.region.channel(i).exits_after(busy.seq)
+            && let Some(child) = slot.child.take()
+        {
+            log::info!(target: &self.alias, "worker {} exits after fatal_error(); replacing it", child.pid());
+            // Reaped with the retired workers (see `dead_slots`).
+            self.retiring.push(child);
+        }
         let lent = slot.lent.take();
         // Before the next call is given to it (no cost without the rule).
         self.check_memory(i);
@@ -598,6 +607,14 @@ impl Pool {
     /// acknowledges the exit request before its `teardown`, and one that does not within
     /// [`EXIT_LIMIT`] is killed.
     pub(crate) fn retire<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, SpawnError> {
+        self.dismiss(i);
+        self.spawn(i, value)
+    }
+
+    /// Asks slot `i`'s worker, idle, to exit, and leaves the slot empty (the pool was made
+    /// smaller, or [`Pool::retire`] forks a replacement into it). A worker that does not
+    /// acknowledge within [`EXIT_LIMIT`] is killed; it is reaped with the retired workers.
+    pub(crate) fn dismiss(&mut self, i: usize) {
         if let Some(mut child) = self.slots[i].child.take() {
             let seq = self.post_exit(i);
             let channel = self.region.channel(i);
@@ -613,7 +630,6 @@ impl Pool {
             }
             self.retiring.push(child);
         }
-        self.spawn(i, value)
     }
 
     /// Whether any busy worker has answered.

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::call::CallStatus;
 use crate::error::ErrorCounts;
 
 /// How many recent samples a recorder keeps for percentiles.
@@ -70,6 +71,47 @@ pub struct Summary {
     pub p99: Duration,
 }
 
+/// How the calls of one method ended, by final status: a call that was retried counts once
+/// for each time it ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Outcomes {
+    /// Calls that returned ([`CallStatus::Returned`]).
+    pub returned: u64,
+    /// Calls that ran past their timeout ([`CallStatus::Timeout`]).
+    pub timeout: u64,
+    /// Calls whose worker died while it held them ([`CallStatus::Crashed`]).
+    pub crashed: u64,
+    /// Calls whose method panicked ([`CallStatus::Panicked`]).
+    pub panicked: u64,
+    /// Calls that failed otherwise: encoding, decoding, room ([`CallStatus::Failed`]).
+    pub failed: u64,
+    /// Calls that were cancelled ([`CallStatus::Cancelled`]).
+    pub cancelled: u64,
+}
+
+impl Outcomes {
+    /// Counts a call that ended with `status` (a status that is not final is not counted).
+    #[inline]
+    pub(crate) fn count(&mut self, status: CallStatus) {
+        let n = match status {
+            CallStatus::Returned => &mut self.returned,
+            CallStatus::Timeout => &mut self.timeout,
+            CallStatus::Crashed => &mut self.crashed,
+            CallStatus::Panicked => &mut self.panicked,
+            CallStatus::Failed => &mut self.failed,
+            CallStatus::Cancelled => &mut self.cancelled,
+            CallStatus::Uncalled | CallStatus::Called | CallStatus::Running => return,
+        };
+        *n += 1;
+    }
+
+    /// Every call counted.
+    pub fn total(&self) -> u64 {
+        self.returned + self.timeout + self.crashed + self.panicked + self.failed + self.cancelled
+    }
+}
+
 /// The figures of one method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MethodStats {
@@ -79,6 +121,8 @@ pub struct MethodStats {
     pub called: Summary,
     /// Time the worker ran it (the seed's "Running" duration), for calls that returned.
     pub running: Summary,
+    /// How its calls ended: returned, timed out, crashed, panicked, failed, cancelled.
+    pub outcomes: Outcomes,
 }
 
 /// A snapshot of a mediator's statistics: [`crate::Mediator::stats`].
@@ -178,6 +222,21 @@ impl fmt::Display for Stats {
             }
         }
         writeln!(f)?;
+        writeln!(
+            f,
+            "   {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "Method", "Returned", "Timeout", "Crashed", "Panicked", "Failed", "Cancelled"
+        )?;
+        writeln!(f, "   {}", "=".repeat(80))?;
+        for m in &self.methods {
+            let o = &m.outcomes;
+            writeln!(
+                f,
+                "   {:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                m.method, o.returned, o.timeout, o.crashed, o.panicked, o.failed, o.cancelled
+            )?;
+        }
+        writeln!(f)?;
         writeln!(f, "   {:<15} {:>5}", "Error Type", "Count")?;
         writeln!(f, "   {}", "=".repeat(21))?;
         writeln!(
@@ -248,6 +307,27 @@ mod tests {
         std::hint::black_box(&v);
         assert!(after >= before + (30 << 20), "{before} -> {after}");
         assert_eq!(anon_rss_bytes(-1), None);
+    }
+
+    #[test]
+    fn outcomes_count_final_statuses_only() {
+        let mut o = Outcomes::default();
+        for status in CallStatus::ALL {
+            o.count(status);
+        }
+        o.count(CallStatus::Timeout);
+        assert_eq!(
+            (
+                o.returned,
+                o.timeout,
+                o.crashed,
+                o.panicked,
+                o.failed,
+                o.cancelled
+            ),
+            (1, 2, 1, 1, 1, 1)
+        );
+        assert_eq!(o.total(), 7);
     }
 
     #[test]

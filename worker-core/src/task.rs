@@ -26,7 +26,8 @@
 //!
 //! let id = tasks.spawn(|| -> u8 { panic!("no luck") })?;
 //! match tasks.wait(id, Duration::from_secs(10)) {
-//!     Err(TaskError::Panicked { message, .. }) => assert_eq!(message, "no luck"),
+//!     // "no luck (at src/main.rs:7:33)": the message, and where the closure panicked.
+//!     Err(TaskError::Panicked { message, .. }) => assert!(message.starts_with("no luck (at ")),
 //!     other => panic!("{other:?}"),
 //! }
 //! # Ok::<(), TaskError>(())
@@ -103,7 +104,7 @@ pub enum TaskError {
         id: u64,
         /// The task's process id.
         pid: i32,
-        /// The panic message.
+        /// The panic message, with where it panicked: `no luck (at src/main.rs:7:33)`.
         message: String,
     },
     /// The process ended without writing a whole value: it crashed (a signal), called
@@ -337,13 +338,18 @@ fn write_all(fd: RawFd, mut bytes: &[u8]) -> bool {
 /// What the task process runs: the closure, then one message to the parent, then `_exit`.
 fn task_main<R: Serialize>(f: impl FnOnce() -> R, fd: RawFd) -> std::convert::Infallible {
     crate::process::in_child();
+    crate::panics::record_locations();
     let outcome = catch_unwind(AssertUnwindSafe(|| wire::encode_to_vec(&f())));
     let (tag, body, code) = match outcome {
         Ok(Ok(bytes)) => (TAG_VALUE, bytes, 0),
         Ok(Err(e)) => (TAG_WIRE, e.to_string().into_bytes(), EXIT_WIRE),
         Err(payload) => (
             TAG_PANIC,
-            crate::panics::panic_message(payload.as_ref()).into_bytes(),
+            crate::panics::with_location(
+                crate::panics::panic_message(payload.as_ref()),
+                crate::panics::take_location(),
+            )
+            .into_bytes(),
             EXIT_PANIC,
         ),
     };

@@ -29,7 +29,6 @@
 use std::any::TypeId;
 use std::fmt::Display;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use crate::channel::Channel;
@@ -37,7 +36,8 @@ use crate::channel::Channel;
 /// Exit code of a worker that called [`fatal_error`].
 pub(crate) const EXIT_FATAL: i32 = 103;
 
-/// What a worker process knows about itself; set once, right after the fork.
+/// What a worker process knows about itself; set right after the fork. A worker that starts a
+/// pool of its own forks workers that set their own (see [`enter`]).
 struct WorkerInfo {
     alias: String,
     channel: *const Channel,
@@ -49,17 +49,30 @@ unsafe impl Send for WorkerInfo {}
 // SAFETY: as above.
 unsafe impl Sync for WorkerInfo {}
 
-static WORKER: OnceLock<WorkerInfo> = OnceLock::new();
+/// This process's [`WorkerInfo`], leaked, or null in a process that is no worker.
+static WORKER: AtomicPtr<WorkerInfo> = AtomicPtr::new(std::ptr::null_mut());
 static FATAL: AtomicBool = AtomicBool::new(false);
 static DAEMON: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 static DAEMON_TYPE: AtomicU64 = AtomicU64::new(0);
 
-/// Called in a new worker process.
+/// Called in a new worker process. A worker forked by a worker (a method that runs a pool of
+/// its own) inherits its forker's info, which this replaces: it belongs to its own pool.
 pub(crate) fn enter(alias: &str, channel: &Channel) {
-    let _ = WORKER.set(WorkerInfo {
+    let info = Box::new(WorkerInfo {
         alias: alias.to_owned(),
         channel,
     });
+    // The forker's info stays allocated (leaked, like this one): a `&'static str` from
+    // `alias()` taken before may still point into it.
+    WORKER.store(Box::into_raw(info), Ordering::Release);
+    FATAL.store(false, Ordering::Relaxed);
+}
+
+/// This process's worker info, if it is a worker.
+fn worker() -> Option<&'static WorkerInfo> {
+    let info = WORKER.load(Ordering::Acquire);
+    // SAFETY: non-null values come from `Box::into_raw` in `enter` and are never freed.
+    (!info.is_null()).then(|| unsafe { &*info })
 }
 
 /// Whether the current method asked for its worker to be restarted.
@@ -86,12 +99,12 @@ pub(crate) unsafe fn set_daemon_state<T: 'static>(state: &T) {
 
 /// Whether this process is a forkworker worker.
 pub fn is_worker() -> bool {
-    WORKER.get().is_some()
+    worker().is_some()
 }
 
 /// The alias of this worker's mediator, in a worker.
 pub fn alias() -> Option<&'static str> {
-    WORKER.get().map(|w| w.alias.as_str())
+    worker().map(|w| w.alias.as_str())
 }
 
 fn target() -> &'static str {
@@ -107,7 +120,7 @@ pub fn log(message: impl Display) {
 /// statistics; a worker reaching 10 is replaced).
 pub fn error(message: impl Display) {
     log::error!(target: target(), "[worker {}] {message}", std::process::id());
-    if let Some(w) = WORKER.get() {
+    if let Some(w) = worker() {
         // SAFETY: the channel lives in the shared mapping for the life of the process.
         unsafe { &*w.channel }
             .resp

@@ -7,6 +7,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+mod custom;
+
 use crate::channel::INLINE_RET;
 use crate::error::WireError;
 
@@ -46,6 +48,9 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError>
 }
 
 /// Decodes a `T` that must use every byte of `bytes`.
+///
+/// A custom error of `T`'s `Deserialize` (`D::Error::custom("...")`) keeps its message in
+/// [`WireError::Decode`]'s reason.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     let what = std::any::type_name::<T>();
     match postcard::take_from_bytes::<T>(bytes) {
@@ -56,7 +61,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
         }),
         Err(e) => Err(WireError::Decode {
             what,
-            reason: e.to_string(),
+            reason: match e {
+                // Postcard drops the message: decode again to find it.
+                postcard::Error::SerdeDeCustom => custom::custom_message::<T>(bytes),
+                _ => None,
+            }
+            .unwrap_or_else(|| e.to_string()),
         }),
     }
 }

@@ -12,7 +12,7 @@ use crate::arena::Span;
 use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
 use crate::limits::WorkerLimits;
-use crate::panics::panic_message;
+use crate::panics::{self, panic_message};
 use crate::shm::Region;
 use crate::this_worker;
 use crate::wake::WorkerWake;
@@ -59,6 +59,8 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     // The limits count what the worker does after its setup. The CPU timer, if any, runs
     // only while a method does.
     let cpu = env.limits.apply(env.alias);
+    // After `setup`, so that a hook it installs still runs.
+    panics::record_locations();
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
@@ -126,7 +128,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             Some(RequestKind::Exit) => {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
-                channel.respond(req.seq, Response::Exiting, 0, None, 0, None);
+                channel.respond(req.seq, Response::Exiting, 0, None, 0, None, false);
                 wake.leave();
                 value.teardown();
                 return;
@@ -145,11 +147,18 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             let run_ticks = start_ticks
                 .map(|t| clock::ticks().wrapping_sub(t))
                 .filter(|&t| t < short_run);
+            // After `fatal_error`, the call's final answer is the last: it says so, so that
+            // the parent gives this worker no other call. (A return waiting for room is not
+            // final: the worker stays for the `Space` request.)
+            let exits = this_worker::fatal_requested() && reply.kind != Response::NeedSpace;
+            if exits {
+                wake.leave();
+            }
             channel.respond(
-                req.seq, reply.kind, reply.len, inline, started_ns, run_ticks,
+                req.seq, reply.kind, reply.len, inline, started_ns, run_ticks, exits,
             );
             wake.answered();
-            if this_worker::fatal_requested() {
+            if exits {
                 value.teardown();
                 // SAFETY: leaving without destructors, as everywhere in a worker.
                 unsafe { libc::_exit(this_worker::EXIT_FATAL) };
@@ -185,6 +194,8 @@ fn call<W: Worker>(
     spilled: &mut Option<Vec<u8>>,
 ) -> Reply {
     let mut slot = ReturnSlot::new(&mut *ret);
+    // A panic the method caught itself is not this call's.
+    panics::take_location();
     let outcome = catch_unwind(AssertUnwindSafe(|| value.dispatch(method, args, &mut slot)));
     let (written, inline) = slot.into_written();
     let (kind, message) = match outcome {
@@ -208,7 +219,10 @@ fn call<W: Worker>(
             ),
         },
         Ok(Err(e)) => (Response::WireError, e.to_string()),
-        Err(payload) => (Response::Panicked, panic_message(payload.as_ref())),
+        Err(payload) => (
+            Response::Panicked,
+            panics::with_location(panic_message(payload.as_ref()), panics::take_location()),
+        ),
     };
     Reply::block(kind, write_truncated(ret, &message))
 }

@@ -42,7 +42,7 @@ use crate::error::{
 use crate::journal;
 use crate::pool::{Busy, Pool};
 use crate::process;
-use crate::stats::{self, MethodStats, Recorder, Stats};
+use crate::stats::{self, MethodStats, Outcomes, Recorder, Stats};
 use crate::wire;
 use crate::worker::Worker;
 
@@ -84,6 +84,8 @@ pub(crate) struct Configured<W: Worker> {
     health: Supervisor,
     /// Per method: queue waits and run times.
     timing: Vec<(Recorder, Recorder)>,
+    /// Per method: how calls ended.
+    outcomes: Vec<Outcomes>,
     /// When the pool last started.
     started_at: Option<Instant>,
     /// Calls made so far: ids stay unique across restarts.
@@ -103,6 +105,7 @@ impl<W: Worker> Configured<W> {
             config: Config::default(),
             health: Supervisor::default(),
             timing: vec![Default::default(); W::METHODS.len()],
+            outcomes: vec![Outcomes::default(); W::METHODS.len()],
             started_at: None,
             calls: CallTable::default(),
             room: Room::new(W::METHODS.len()),
@@ -127,13 +130,15 @@ impl<W: Worker> Configured<W> {
 
     /// The statistics with no pool running.
     pub(crate) fn stats(&self) -> Stats {
-        self.stats_with(&self.timing, Vec::new(), 0, 0, (0, 0))
+        self.stats_with(&self.timing, &self.outcomes, Vec::new(), 0, 0, (0, 0))
     }
 
     /// The statistics, given what only a running pool knows.
+    #[allow(clippy::too_many_arguments)]
     fn stats_with(
         &self,
         timing: &[(Recorder, Recorder)],
+        outcomes: &[Outcomes],
         pids: Vec<i32>,
         queued: usize,
         running: usize,
@@ -149,10 +154,12 @@ impl<W: Worker> Configured<W> {
             methods: W::METHODS
                 .iter()
                 .zip(timing.iter())
-                .map(|(&method, (called, running))| MethodStats {
+                .zip(outcomes.iter())
+                .map(|((&method, (called, running)), &outcomes)| MethodStats {
                     method,
                     called: called.summary(),
                     running: running.summary(),
+                    outcomes,
                 })
                 .collect(),
             errors: self.health.errors(),
@@ -372,11 +379,15 @@ impl<W: Worker> Engine<W> {
     pub(crate) fn stats(&self) -> Stats {
         // The times of a delivered call whose bookkeeping is still due count already.
         let mut timing = std::borrow::Cow::Borrowed(&self.base.timing);
+        let mut outcomes = std::borrow::Cow::Borrowed(&self.base.outcomes);
         if let Some(d) = &self.delivered
             && let Some(r) = self.calls.get(d.id)
         {
             let times = delivered_times(&r.timings, &d.ran);
             record_times(timing.to_mut(), d.method, times);
+            if let Some(o) = outcomes.to_mut().get_mut(d.method as usize) {
+                o.count(CallStatus::Returned);
+            }
         }
         // A delivered call's block is as good as free (see `settle`).
         let held = self.delivered.as_ref().map_or(0, |d| {
@@ -388,6 +399,7 @@ impl<W: Worker> Engine<W> {
         );
         let mut stats = self.base.stats_with(
             &timing,
+            &outcomes,
             self.pids(),
             self.calls.queued(),
             self.busy_count(),
@@ -859,6 +871,9 @@ impl<W: Worker> Engine<W> {
         else {
             return;
         };
+        if let Some(o) = self.base.outcomes.get_mut(record.method as usize) {
+            o.count(status);
+        }
         if status == CallStatus::Returned {
             let t = &record.timings;
             if let (Some(called), Some(running), Some(returned)) = (
@@ -881,7 +896,18 @@ impl<W: Worker> Engine<W> {
         self.room.returned(method, len);
         self.base.health.answered();
         self.warn_if_large(method, len);
-        self.pool.release(i)
+        self.release_slot(i)
+    }
+
+    /// Slot `i`'s worker is done with its call (see `Pool::release`); one that exits after
+    /// it (`fatal_error`) left the slot, and its replacement is due.
+    #[inline]
+    fn release_slot(&mut self, i: usize) -> Option<Blocks> {
+        let blocks = self.pool.release(i);
+        if !self.pool.has_worker(i) {
+            self.base.health.refill_later();
+        }
+        blocks
     }
 
     /// Reads answers, reaps dead workers, enforces timeouts, retires worn workers, dispatches
@@ -1112,7 +1138,7 @@ impl<W: Worker> Engine<W> {
     /// Slot `i`'s worker answered call `call` for good: it is idle again, and the blocks
     /// lent with the call come back to its record.
     fn release_worker(&mut self, i: usize, call: u64) {
-        let blocks = self.pool.release(i);
+        let blocks = self.release_slot(i);
         self.take_back(call, blocks);
     }
 
@@ -1176,7 +1202,11 @@ impl<W: Worker> Engine<W> {
                     }
                 }
                 None => {
-                    if let Some(error) = &record.error {
+                    // A timeout, a crash or calls whose workers kept dying were logged when
+                    // they were found: once is enough.
+                    if let Some(error) = &record.error
+                        && !logged_when_found(error)
+                    {
                         log::warn!(target: &self.base.alias, "call {id}: {error}");
                     }
                 }
@@ -1234,6 +1264,20 @@ impl<W: Worker> Engine<W> {
         }
         self.room.free_call(entry, block, ret_block);
     }
+}
+
+/// Whether a call's failure was logged where it was found (`enforce_timeouts`, `reap_dead`,
+/// `requeue_unstarted`), so that its delivery need not log it again.
+fn logged_when_found(error: &CallError) -> bool {
+    matches!(
+        error,
+        CallError::Timeout { .. }
+            | CallError::Crashed { .. }
+            | CallError::Cancelled {
+                reason: CancelReason::WorkersDied { .. },
+                ..
+            }
+    )
 }
 
 /// Adds a returned call's times to its method's statistics: waiting from `uncalled` to

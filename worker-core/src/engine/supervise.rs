@@ -290,6 +290,8 @@ impl<W: Worker> Engine<W> {
     }
 
     /// Retires idle workers past their recycling or error limits; each is replaced first.
+    /// Idle workers beyond the configured count (`workers()` was lowered) retire for good:
+    /// they get no new call, so a busy one retires once its call is done.
     pub(super) fn retire_worn(&mut self, now: Instant) {
         let slots = self.pool.size();
         // By index, not through a collected list: this runs at every collection, and
@@ -299,9 +301,17 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]).
+    /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]), or for good
+    /// if it is idle beyond the configured count.
     pub(super) fn retire_if_worn(&mut self, i: usize, now: Option<Instant>) {
         let pool = &mut self.pool;
+        let workers = self.base.config.workers;
+        if i >= workers && pool.is_idle(i) {
+            let pid = pool.pid(i).unwrap_or(0);
+            pool.dismiss(i);
+            log::debug!(target: &self.base.alias, "worker {pid} retired: the pool has {workers} workers now");
+            return;
+        }
         pool.check_memory(i);
         if !pool.is_worn(i, now) {
             return;

@@ -235,6 +235,9 @@ impl<W: Worker> Engine<W> {
             .remove_with(d.id, |r| delivered_times(&r.timings, &ran))
         {
             record_times(&mut self.base.timing, d.method, times);
+            if let Some(o) = self.base.outcomes.get_mut(d.method as usize) {
+                o.count(CallStatus::Returned);
+            }
         }
         if let Some((entry, block)) = d.held {
             self.free_call(entry, block, d.ret_block);
