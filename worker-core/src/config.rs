@@ -125,6 +125,8 @@ pub(crate) struct Config {
     pub(crate) persist: Option<String>,
     /// Whether to recover the calls found in a persistent segment.
     pub(crate) recover: bool,
+    /// How workers are confined after `setup`, if they are.
+    pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// The default size of the payload area: 8 MiB.
@@ -146,6 +148,7 @@ impl Default for Config {
             fork_server: false,
             persist: None,
             recover: false,
+            sandbox: None,
         }
     }
 }

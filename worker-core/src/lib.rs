@@ -27,6 +27,7 @@
 //! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC; `Instant`s | `clock` |
 //! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children | `process` |
 //! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
+//! | confining a worker after `setup`: seccomp, landlock, no_new_privs; naming the call that stopped it | [`sandbox`] |
 //! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |
 //! | ids of calls, tasks and pools: one generic type | [`id`] |
@@ -70,6 +71,7 @@ mod mediator;
 mod panics;
 mod pool;
 mod process;
+pub mod sandbox;
 mod shm;
 pub mod signals;
 pub mod stats;
@@ -91,6 +93,7 @@ pub use error::{
 };
 pub use id::Id;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
+pub use sandbox::Sandbox;
 pub use stats::{MethodStats, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};
 pub use wire::ReturnSlot;

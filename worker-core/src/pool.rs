@@ -96,6 +96,8 @@ pub(crate) struct Pool {
     alias: String,
     /// Whether calls are written to the journal (see [`Pool::journal`]).
     journaled: bool,
+    /// How workers confine themselves after `setup`.
+    sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -133,7 +135,7 @@ impl Pool {
         let server = if config.fork_server {
             // The server runs in a copy of this process: `region` and `wake` stay where they
             // are in its memory, since the server never returns from here.
-            let (region, eventfd) = (&region, wake.bell());
+            let (region, eventfd, sandbox) = (&region, wake.bell(), &config.sandbox);
             let server = ForkServer::start(move |slot, start_seq| {
                 let env = WorkerEnv {
                     alias,
@@ -141,6 +143,7 @@ impl Pool {
                     slot,
                     start_seq,
                     eventfd,
+                    sandbox: sandbox.as_ref(),
                 };
                 worker_loop::run(&mut *value, env)
             })
@@ -163,6 +166,7 @@ impl Pool {
             warned_threads: false,
             alias: alias.to_owned(),
             journaled: config.persist.is_some(),
+            sandbox: config.sandbox.clone(),
         };
         Ok((pool, matching))
     }
@@ -196,6 +200,7 @@ impl Pool {
                     slot: i,
                     start_seq,
                     eventfd: self.wake.bell(),
+                    sandbox: self.sandbox.as_ref(),
                 };
                 process::spawn(|| worker_loop::run(value, env))?
             }
@@ -443,10 +448,16 @@ impl Pool {
     /// [`Pool::kill`]). Also reaps retired workers that have exited.
     pub(crate) fn dead_slots(&mut self) -> Vec<(usize, ExitCause)> {
         self.retiring.retain_mut(|c| c.try_reap().is_none());
+        let (region, sandboxed) = (&self.region, self.sandbox.is_some());
         self.slots
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, s)| Some((i, s.child.as_mut()?.try_reap()?)))
+            .filter_map(|(i, s)| {
+                let cause = s.child.as_mut()?.try_reap()?;
+                // A sandboxed worker's stop is told from other exits by its channel's word.
+                let stopped_at = &region.channel(i).running.stopped_at;
+                Some((i, crate::sandbox::exit_cause(cause, stopped_at, sandboxed)))
+            })
             .collect()
     }
 

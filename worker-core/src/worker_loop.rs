@@ -12,6 +12,7 @@ use crate::arena::Span;
 use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
 use crate::panics::panic_message;
+use crate::sandbox::Sandbox;
 use crate::shm::Region;
 use crate::this_worker;
 use crate::wake::WorkerWake;
@@ -34,6 +35,8 @@ pub(crate) struct WorkerEnv<'a> {
     /// The request sequence number at fork time: the worker waits for the next one.
     pub(crate) start_seq: u32,
     pub(crate) eventfd: BorrowedFd<'a>,
+    /// How the worker confines itself after `setup`, if it does.
+    pub(crate) sandbox: Option<&'a Sandbox>,
 }
 
 /// Runs the worker until it is asked to exit, then leaves the process.
@@ -53,6 +56,9 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let channel = env.region.channel(env.slot);
     this_worker::enter(env.alias, channel);
     value.setup();
+    if let Some(sandbox) = env.sandbox {
+        crate::sandbox::confine(sandbox, &channel.running.stopped_at, env.alias);
+    }
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
