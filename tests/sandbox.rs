@@ -99,6 +99,22 @@ impl Hostile {
         sys(unsafe { libc::ftruncate(self.fd, 0) } as i64)
     }
 
+    /// Tries to take the sandbox's `SIGSYS` handler away, then blocks `SIGSYS` and attacks.
+    pub fn dodge_then_kill_parent(&self) -> Result<i64, i32> {
+        // SAFETY: plain signal-mask and handler calls; the attack is on purpose.
+        unsafe {
+            if libc::signal(libc::SIGSYS, libc::SIG_IGN) != libc::SIG_ERR || errno() != libc::EPERM
+            {
+                return Err(-1);
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGSYS);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            sys(libc::kill(libc::getppid(), libc::SIGKILL) as i64)
+        }
+    }
+
     pub fn thread(&self) -> u64 {
         std::thread::Builder::new()
             .name("helper".into())
@@ -305,6 +321,49 @@ fn execve_kills_the_worker() {
     stopped_at(&mut m, id, libc::SYS_execve, "execve");
 }
 
+fn the_sandbox_holds_for_workers_of_a_fork_server() {
+    require_kernel();
+    let file = TestFile::new();
+    let mut m = HostileMediator::new(
+        "Hostile",
+        Hostile {
+            path: file.0.clone(),
+            fd: -1,
+        },
+    );
+    m.workers(2)
+        .timeout(LONG)
+        .fork_server(true)
+        .sandbox(Sandbox::strict());
+    // The worker's parent is the fork server here; it is attacked all the same.
+    let id = m.kill_parent(libc::SIGKILL).unwrap();
+    stopped_at(&mut m, id, libc::SYS_kill, "kill");
+}
+
+fn a_worker_that_blocks_sigsys_is_still_stopped() {
+    let file = TestFile::new();
+    let mut m = pool(&file, true);
+    let id = m.dodge_then_kill_parent().unwrap();
+    match m.wait(id, LONG) {
+        Err(e @ CallError::Crashed { .. }) => {
+            assert!(
+                matches!(
+                    e,
+                    CallError::Crashed {
+                        cause: ExitCause::Sandbox { syscall: None, .. },
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(e.to_string().contains("stopped by the sandbox"), "{e}");
+        }
+        other => panic!("expected a sandbox stop, got {other:?}"),
+    }
+    let id = m.pid().unwrap();
+    m.wait(id, LONG).expect("the parent carries on");
+}
+
 fn open_socket_and_ftruncate_fail_with_eperm() {
     let file = TestFile::new();
     let mut m = pool(&file, true);
@@ -476,6 +535,8 @@ tests![
     kill_of_the_parent_kills_the_worker,
     ptrace_of_the_parent_kills_the_worker,
     execve_kills_the_worker,
+    the_sandbox_holds_for_workers_of_a_fork_server,
+    a_worker_that_blocks_sigsys_is_still_stopped,
     open_socket_and_ftruncate_fail_with_eperm,
     signals_to_itself_still_work,
     what_std_needs_works_under_strict,
