@@ -115,6 +115,23 @@ impl Hostile {
         }
     }
 
+    pub fn fallocate(&self) -> Result<i64, i32> {
+        // SAFETY: the descriptor opened in setup.
+        sys(unsafe { libc::fallocate(self.fd, 0, 0, 1 << 20) } as i64)
+    }
+
+    /// `io_uring_setup`: its operations would bypass the seccomp filter.
+    pub fn io_uring(&self) -> Result<i64, i32> {
+        let mut params = [0u8; 120];
+        // SAFETY: a zeroed io_uring_params of the right size.
+        let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) };
+        if fd >= 0 {
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd as i32) };
+        }
+        sys(fd)
+    }
+
     pub fn thread(&self) -> u64 {
         std::thread::Builder::new()
             .name("helper".into())
@@ -364,7 +381,7 @@ fn a_worker_that_blocks_sigsys_is_still_stopped() {
     m.wait(id, LONG).expect("the parent carries on");
 }
 
-fn open_socket_and_ftruncate_fail_with_eperm() {
+fn open_socket_ftruncate_and_the_like_fail_with_eperm() {
     let file = TestFile::new();
     let mut m = pool(&file, true);
     let id = m.open("/etc/passwd".into(), libc::O_RDONLY).unwrap();
@@ -379,7 +396,11 @@ fn open_socket_and_ftruncate_fail_with_eperm() {
     assert_eq!(m.wait(id, LONG), Ok(Err(libc::EPERM)), "socket");
     let id = m.ftruncate().unwrap();
     assert_eq!(m.wait(id, LONG), Ok(Err(libc::EPERM)), "ftruncate");
+    let id = m.fallocate().unwrap();
+    assert_eq!(m.wait(id, LONG), Ok(Err(libc::EPERM)), "fallocate");
     assert_eq!(file.len(), 12, "the file keeps its bytes");
+    let id = m.io_uring().unwrap();
+    assert_eq!(m.wait(id, LONG), Ok(Err(libc::EPERM)), "io_uring_setup");
     // Denied calls fail; they do not kill.
     let id = m.pid().unwrap();
     m.wait(id, LONG).unwrap();
@@ -510,6 +531,9 @@ fn without_the_sandbox_the_same_calls_go_through() {
     let id = m.ftruncate().unwrap();
     assert_eq!(m.wait(id, LONG), Ok(Ok(0)), "ftruncate");
     assert_eq!(file.len(), 0, "the file was truncated");
+    let id = m.fallocate().unwrap();
+    assert_eq!(m.wait(id, LONG), Ok(Ok(0)), "fallocate");
+    assert_eq!(file.len(), 1 << 20, "the file was allocated");
     // ptrace: seize a sleeping child of the test (seizing does not stop it), then end it.
     let mut sleeper = std::process::Command::new("sleep")
         .arg("60")
@@ -537,7 +561,7 @@ tests![
     execve_kills_the_worker,
     the_sandbox_holds_for_workers_of_a_fork_server,
     a_worker_that_blocks_sigsys_is_still_stopped,
-    open_socket_and_ftruncate_fail_with_eperm,
+    open_socket_ftruncate_and_the_like_fail_with_eperm,
     signals_to_itself_still_work,
     what_std_needs_works_under_strict,
     landlock_denies_files_even_when_open_is_let_through,
