@@ -499,8 +499,14 @@ fn allow_read_grants_reading_beneath_a_path_only() {
             fd: -1,
         },
     );
-    m.sandbox(Sandbox::strict().allow_read("/etc"))
+    let exe = std::env::current_exe().unwrap();
+    m.sandbox(Sandbox::strict().allow_read("/etc").allow_read(&exe))
         .timeout(LONG);
+    let id = m.open(exe.display().to_string(), libc::O_RDONLY).unwrap();
+    assert!(
+        matches!(m.wait(id, LONG), Ok(Ok(_))),
+        "reading a file allowed by name"
+    );
     let id = m.open("/etc/passwd".into(), libc::O_RDONLY).unwrap();
     assert!(
         matches!(m.wait(id, LONG), Ok(Ok(_))),

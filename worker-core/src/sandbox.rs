@@ -140,10 +140,11 @@ impl Sandbox {
         self
     }
 
-    /// These confinements, and reading the files and directories beneath `path` (opened
-    /// read-only by path at call time): landlock grants reading beneath it, and the seccomp
-    /// filter lets `open`/`openat` and directory listing through. The path must exist when
-    /// the worker confines itself. Where the kernel has no landlock this grants nothing
+    /// These confinements, and reading the files and directories beneath `path` (a
+    /// directory, or a single file), opened read-only by path at call time: landlock grants
+    /// reading beneath it, and the seccomp filter lets `open`/`openat` and directory listing
+    /// through. The path must exist when the worker confines itself (else the worker exits
+    /// before taking a call, saying so on its stderr). Where the kernel has no landlock this grants nothing
     /// (opening stays denied), since seccomp cannot tell one path from another.
     pub fn allow_read(mut self, path: impl Into<PathBuf>) -> Sandbox {
         self.read.push(path.into());
