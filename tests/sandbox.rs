@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use forkworker::Sandbox;
 use forkworker::prelude::*;
+use forkworker::{CancelReason, PoolError, Sandbox};
 use support::eventually;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -524,6 +524,31 @@ fn allow_read_grants_reading_beneath_a_path_only() {
     assert_eq!(m.wait(id, LONG), Ok(Err(libc::EACCES)), "reading elsewhere");
 }
 
+/// A worker that cannot confine itself (here: a path to allow that does not exist) takes no
+/// call: nothing runs unconfined.
+fn a_worker_that_cannot_confine_itself_takes_no_call() {
+    require_kernel();
+    let file = TestFile::new();
+    let mut m = HostileMediator::new(
+        "Hostile",
+        Hostile {
+            path: file.0.clone(),
+            fd: -1,
+        },
+    );
+    m.sandbox(Sandbox::strict().allow_read("/nonexistent/forkworker"))
+        .timeout(LONG);
+    let id = m.kill_parent(0).unwrap();
+    match m.wait(id, LONG) {
+        Err(CallError::Pool(PoolError::WorkersDying { .. }))
+        | Err(CallError::Cancelled {
+            reason: CancelReason::WorkersDied { .. },
+            ..
+        }) => {}
+        other => panic!("expected the call to fail without running, got {other:?}"),
+    }
+}
+
 /// Without the sandbox, the same system calls go through: the tests above can fail.
 fn without_the_sandbox_the_same_calls_go_through() {
     let file = TestFile::new();
@@ -572,5 +597,6 @@ tests![
     what_std_needs_works_under_strict,
     landlock_denies_files_even_when_open_is_let_through,
     allow_read_grants_reading_beneath_a_path_only,
+    a_worker_that_cannot_confine_itself_takes_no_call,
     without_the_sandbox_the_same_calls_go_through,
 ];
