@@ -41,10 +41,12 @@ pub use worker_core::{
     Application, Call, CallError, CallId, CallStatus, CancelReason, Control, Daemon, DaemonError,
     Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id, LimitMechanism,
     Log, MAX_REQUEUES, Mediator, MethodStats, OsError, Outcomes, PoolError, Recycle, ReturnSlot,
-    SpawnError, StartError, Stats, SubmitError, Summary, TaskError, TaskId, Tasks, Timings,
-    WireError, Worker, WorkerKey, Workers, sleep_on,
+    Sandbox, SpawnError, StartError, Stats, SubmitError, Summary, TaskError, TaskId, Tasks,
+    Timings, WireError, Worker, WorkerKey, Workers, sleep_on,
 };
-pub use worker_core::{closure, daemon, error, id, instance, signals, stats, task, this_worker};
+pub use worker_core::{
+    closure, daemon, error, id, instance, sandbox, signals, stats, task, this_worker,
+};
 
 /// The names most programs need: `use forkworker::prelude::*;`.
 pub mod prelude {

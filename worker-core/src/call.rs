@@ -113,11 +113,20 @@ impl CallStatus {
 
 /// How a worker process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExitCause {
     /// It called `exit` with this code.
     Exited(i32),
     /// It was killed by this signal (11 is SIGSEGV, 6 SIGABRT, 9 SIGKILL).
     Signaled(i32),
+    /// The sandbox ([`crate::Sandbox`]) stopped it at a system call it may not make
+    /// (signalling another process, tracing, exec).
+    #[non_exhaustive]
+    Sandbox {
+        /// The system call's number (a `libc::SYS_*`), as the dying worker reported it, so
+        /// only as trustworthy as the worker; `None` if it could not report it.
+        syscall: Option<libc::c_long>,
+    },
 }
 
 impl fmt::Display for ExitCause {
@@ -130,6 +139,16 @@ impl fmt::Display for ExitCause {
                     .unwrap_or("unknown signal");
                 write!(f, "killed by signal {sig} ({name})")
             }
+            ExitCause::Sandbox { syscall: None } => {
+                write!(
+                    f,
+                    "stopped by the sandbox (SIGSYS; the system call is not known)"
+                )
+            }
+            ExitCause::Sandbox { syscall: Some(nr) } => match crate::sandbox::syscall_name(nr) {
+                Some(name) => write!(f, "stopped by the sandbox at syscall {name} ({nr})"),
+                None => write!(f, "stopped by the sandbox at syscall {nr}"),
+            },
         }
     }
 }

@@ -204,6 +204,11 @@ pub(crate) struct ResponseHalf {
 pub(crate) struct RunningMark {
     /// The sequence number of the request the worker started running.
     pub(crate) seq: AtomicU32,
+    /// Written by a sandboxed worker's `SIGSYS` handler as it dies: the number of the system
+    /// call the sandbox stopped it at, plus one (0: none). Worker-written: the parent reads it
+    /// only for a worker that exited with the sandbox's code, as a number for a message (see
+    /// `sandbox::exit_cause`). It fills the padding before `started_ns`.
+    pub(crate) stopped_at: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds when it started, or 0 when it started it as it was posted.
     pub(crate) started_ns: AtomicU64,
 }
@@ -354,6 +359,7 @@ impl Channel {
         let seq = self.req.seq.load(Ordering::Relaxed);
         self.resp.seq.store(seq, Ordering::Relaxed);
         self.running.seq.store(seq, Ordering::Relaxed);
+        self.running.stopped_at.store(0, Ordering::Relaxed);
         self.resp.sleeping.reset();
         self.resp.errors.store(0, Ordering::Relaxed);
     }

@@ -171,6 +171,8 @@ pub(crate) struct Config {
     pub(crate) memory_limit: Option<u64>,
     /// The CPU time one call may use.
     pub(crate) cpu_limit: Option<Duration>,
+    /// How workers are confined after `setup`, if they are.
+    pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// The default size of the payload area: 8 MiB.
@@ -194,6 +196,7 @@ impl Default for Config {
             recover: false,
             memory_limit: None,
             cpu_limit: None,
+            sandbox: None,
         }
     }
 }

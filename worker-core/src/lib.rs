@@ -28,6 +28,7 @@
 //! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC; `Instant`s | `clock` |
 //! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children | `process` |
 //! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
+//! | confining a worker after `setup`: seccomp, landlock, no_new_privs; naming the call that stopped it | [`sandbox`] |
 //! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |
 //! | ids of calls, tasks and pools: one generic type | [`id`] |
@@ -74,6 +75,7 @@ mod panics;
 mod pool;
 mod private_fs;
 mod process;
+pub mod sandbox;
 mod shm;
 pub mod signals;
 pub mod stats;
@@ -96,6 +98,7 @@ pub use error::{
 pub use id::Id;
 pub use limits::LimitMechanism;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
+pub use sandbox::Sandbox;
 pub use stats::{MethodStats, Outcomes, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};
 pub use wire::ReturnSlot;

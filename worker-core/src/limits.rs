@@ -53,7 +53,7 @@ use crate::call::ExitCause;
 use crate::error::CallError;
 
 /// Exit code of a worker whose call used up its CPU time limit.
-pub(crate) const EXIT_CPU_LIMIT: i32 = 104;
+pub(crate) const EXIT_CPU_LIMIT: i32 = 106;
 /// The environment variable that restricts the memory limit to one mechanism.
 pub(crate) const MECHANISM_VAR: &str = "FORKWORKER_MEMORY_LIMIT_MECHANISM";
 /// How long removing a worker's group may wait for its last processes to go.

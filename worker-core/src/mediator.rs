@@ -16,6 +16,7 @@ use crate::config::{ForkStrategy, Recycle};
 use crate::drive::{Drive, Sleep, Token};
 use crate::engine::{Configured, Engine, Sink};
 use crate::error::{CallError, ErrorCounts, StartError, WireError};
+use crate::sandbox::Sandbox;
 use crate::stats::Stats;
 use crate::worker::Worker;
 
@@ -322,6 +323,27 @@ impl<W: Worker> Mediator<W> {
     pub fn recover(&mut self, recover: bool) -> &mut Self {
         self.base_mut().config.recover = recover;
         self
+    }
+
+    /// Confines every worker after its `setup` runs, for work on hostile input: with
+    /// [`Sandbox::strict`] a worker can no longer open files, create sockets, truncate a
+    /// descriptor, exec, or signal or trace any process but itself (see [`crate::sandbox`]).
+    /// Denied calls fail with `EPERM`; an attack on another process kills the worker and
+    /// ends its call with [`CallError::Crashed`], whose cause
+    /// ([`crate::ExitCause::Sandbox`]) names the system call. No sandbox by default. Set
+    /// before the pool starts.
+    ///
+    /// ```
+    /// use forkworker_core::{closure::FnMediator, Sandbox};
+    ///
+    /// let mut parse = FnMediator::new("Parse", |text: String| text.trim().parse::<u64>().ok());
+    /// parse.sandbox(Sandbox::strict());
+    /// let id = parse.call(" 42 ".to_owned())?;
+    /// assert_eq!(parse.wait(id, std::time::Duration::from_secs(10))?, Some(42));
+    /// # Ok::<(), forkworker_core::CallError>(())
+    /// ```
+    pub fn sandbox(&mut self, sandbox: Sandbox) -> &mut Self {
+        self.before_start("sandbox", |c| c.sandbox = Some(sandbox))
     }
 
     /// Sets how long running calls may go on when the mediator shuts down (default 5 s).

@@ -108,6 +108,8 @@ pub(crate) struct Pool {
     memory: Option<MemoryLimit>,
     /// What the workers apply after `setup`.
     limits: WorkerLimits,
+    /// How workers confine themselves after `setup`.
+    sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -145,9 +147,11 @@ impl Pool {
         let memory = config.memory_limit.map(|b| MemoryLimit::new(alias, b));
         let limits = MemoryLimit::for_workers(memory.as_ref(), config.cpu_limit);
         let server = if config.fork_server {
-            // The server runs in a copy of this process: `region`, `wake` and `limits` stay
-            // where they are in its memory, since the server never returns from here.
-            let (region, eventfd, limits) = (&region, wake.bell(), &limits);
+            // The server runs in a copy of this process: `region`, `wake`, `limits` and the
+            // sandbox stay where they are in its memory, since the server never returns from
+            // here.
+            let (region, eventfd, limits, sandbox) =
+                (&region, wake.bell(), &limits, &config.sandbox);
             let server = ForkServer::start(move |slot, start_seq| {
                 let env = WorkerEnv {
                     alias,
@@ -156,6 +160,7 @@ impl Pool {
                     start_seq,
                     eventfd,
                     limits,
+                    sandbox: sandbox.as_ref(),
                 };
                 worker_loop::run(&mut *value, env)
             })
@@ -180,6 +185,7 @@ impl Pool {
             journaled: config.persist.is_some(),
             memory,
             limits,
+            sandbox: config.sandbox.clone(),
         };
         Ok((pool, matching))
     }
@@ -214,6 +220,7 @@ impl Pool {
                     start_seq,
                     eventfd: self.wake.bell(),
                     limits: &self.limits,
+                    sandbox: self.sandbox.as_ref(),
                 };
                 process::spawn(|| worker_loop::run(value, env))?
             }
@@ -493,10 +500,16 @@ impl Pool {
             }
             !gone
         });
+        let (region, sandboxed) = (&self.region, self.sandbox.is_some());
         self.slots
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, s)| Some((i, s.child.as_mut()?.try_reap()?)))
+            .filter_map(|(i, s)| {
+                let cause = s.child.as_mut()?.try_reap()?;
+                // A sandboxed worker's stop is told from other exits by its channel's word.
+                let stopped_at = &region.channel(i).running.stopped_at;
+                Some((i, crate::sandbox::exit_cause(cause, stopped_at, sandboxed)))
+            })
             .collect()
     }
 

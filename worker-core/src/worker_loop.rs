@@ -13,6 +13,7 @@ use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
 use crate::limits::WorkerLimits;
 use crate::panics::{self, panic_message};
+use crate::sandbox::Sandbox;
 use crate::shm::Region;
 use crate::this_worker;
 use crate::wake::WorkerWake;
@@ -37,6 +38,8 @@ pub(crate) struct WorkerEnv<'a> {
     pub(crate) eventfd: BorrowedFd<'a>,
     /// The memory and CPU limits, applied after `setup`.
     pub(crate) limits: &'a WorkerLimits,
+    /// How the worker confines itself after `setup`, if it does.
+    pub(crate) sandbox: Option<&'a Sandbox>,
 }
 
 /// Runs the worker until it is asked to exit, then leaves the process.
@@ -61,6 +64,10 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let cpu = env.limits.apply(env.alias);
     // After `setup`, so that a hook it installs still runs.
     panics::record_locations();
+    // Last: confining forbids what the steps above need (opening files, setrlimit).
+    if let Some(sandbox) = env.sandbox {
+        crate::sandbox::confine(sandbox, &channel.running.stopped_at, env.alias);
+    }
     let mut last = env.start_seq;
     let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;

@@ -21,6 +21,7 @@ pub const RESERVED: &[&str] = &[
     "suspend",
     "suspend_with",
     "grace",
+    "sandbox",
     "on_return",
     "on_timeout",
     "on_error",
