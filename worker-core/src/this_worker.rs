@@ -25,14 +25,28 @@
 //!
 //! Called in the parent (through `inline()`, say), [`log()`] and [`error()`] just log, and
 //! [`fatal_error`] logs without exiting.
+//!
+//! In a worker, [`log()`] and [`error()`] records are forwarded to the parent, which hands them
+//! to its own `log` logger (target: the mediator's alias) when it is next driven (`poll`,
+//! `wait`): a worker holds none of the program's files (its descriptors are /dev/null there),
+//! so a file logger's copy in the worker writes nowhere. Forwarding never blocks the worker: a
+//! record the parent has no room for yet is dropped, and the next one says how many were.
+//! The `log` crate's own macros (`log::info!` ...) in a worker still go through the worker's
+//! copy of the program's logger: `log` lets a logger be set only once per process, so they
+//! cannot be redirected; a logger writing to stderr still works (the worker's stderr reaches
+//! the program's), one writing to a file or a socket does not.
 
 use std::any::TypeId;
-use std::fmt::Display;
+use std::fmt::{Display, Write as _};
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
 use crate::channel::Channel;
+use crate::error::SpawnError;
 
 /// Exit code of a worker that called [`fatal_error`].
 pub(crate) const EXIT_FATAL: i32 = 103;
@@ -53,13 +67,106 @@ static WORKER: OnceLock<WorkerInfo> = OnceLock::new();
 static FATAL: AtomicBool = AtomicBool::new(false);
 static DAEMON: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 static DAEMON_TYPE: AtomicU64 = AtomicU64::new(0);
+/// In a worker, the socket its records are forwarded on; -1 elsewhere.
+static LOG_FD: AtomicI32 = AtomicI32::new(-1);
+/// Records that could not be forwarded since the last one that was.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Called in a new worker process.
-pub(crate) fn enter(alias: &str, channel: &Channel) {
+/// The longest forwarded record in bytes (its level byte included); longer messages are cut.
+const RECORD_MAX: usize = 8 << 10;
+/// How many records the parent relays at one look, so that a worker logging without pause
+/// cannot keep it there.
+const RELAY_MAX: usize = 256;
+
+/// Called in a new worker process, with the socket its records are forwarded on.
+pub(crate) fn enter(alias: &str, channel: &Channel, log_fd: RawFd) {
+    LOG_FD.store(log_fd, Ordering::Relaxed);
     let _ = WORKER.set(WorkerInfo {
         alias: alias.to_owned(),
         channel,
     });
+}
+
+/// The socket pair workers forward their records on: the parent's end (which [`relay`] reads)
+/// and the workers' end. Datagrams, one record each: a level byte (`log::Level as u8`) and
+/// the text.
+pub(crate) fn log_socket() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(|e| SpawnError::Channel(e.into()))
+}
+
+/// In a worker: sends a record to the parent, without blocking. False if this process has no
+/// parent to forward to (it is not a worker).
+fn forward(level: log::Level, message: &dyn Display) -> bool {
+    let fd = LOG_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return false;
+    }
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    let mut text = String::with_capacity(128);
+    text.push(level as u8 as char);
+    let _ = write!(text, "[worker {}] ", std::process::id());
+    if dropped > 0 {
+        let _ = write!(
+            text,
+            "({dropped} earlier records dropped: the parent did not take them in time) "
+        );
+    }
+    let _ = write!(text, "{message}");
+    let mut n = text.len().min(RECORD_MAX);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: sending from a valid buffer on our socket, without blocking.
+    let sent = unsafe {
+        libc::send(
+            fd,
+            text.as_ptr().cast(),
+            n,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if sent < 0 {
+        DROPPED.fetch_add(dropped + 1, Ordering::Relaxed);
+    }
+    true
+}
+
+/// In the parent: hands the records workers forwarded on `fd` to the program's logger (target:
+/// `alias`), at most [`RELAY_MAX`] of them; never blocks.
+pub(crate) fn relay(fd: BorrowedFd<'_>, alias: &str) {
+    let mut buf = [0u8; RECORD_MAX];
+    for _ in 0..RELAY_MAX {
+        // SAFETY: receiving into a valid buffer from our socket, without blocking.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        let Some(record) = usize::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|n| &buf[..n])
+        else {
+            return;
+        };
+        let level = match record[0] {
+            1 => log::Level::Error,
+            2 => log::Level::Warn,
+            4 => log::Level::Debug,
+            5 => log::Level::Trace,
+            _ => log::Level::Info,
+        };
+        log::log!(target: alias, level, "{}", String::from_utf8_lossy(&record[1..]));
+    }
 }
 
 /// Whether the current method asked for its worker to be restarted.
@@ -99,14 +206,22 @@ fn target() -> &'static str {
 }
 
 /// Writes to the program's log (the `log` crate, tagged with the mediator's alias).
+///
+/// In a worker the record is forwarded to the parent's logger (see the module's doc).
 pub fn log(message: impl Display) {
-    log::info!(target: target(), "[worker {}] {message}", std::process::id());
+    if !forward(log::Level::Info, &message) {
+        log::info!(target: target(), "[worker {}] {message}", std::process::id());
+    }
 }
 
 /// Logs an error and counts it (a catch-all error of this worker, in the mediator's
 /// statistics; a worker reaching 10 is replaced).
+///
+/// In a worker the record is forwarded to the parent's logger (see the module's doc).
 pub fn error(message: impl Display) {
-    log::error!(target: target(), "[worker {}] {message}", std::process::id());
+    if !forward(log::Level::Error, &message) {
+        log::error!(target: target(), "[worker {}] {message}", std::process::id());
+    }
     if let Some(w) = WORKER.get() {
         // SAFETY: the channel lives in the shared mapping for the life of the process.
         unsafe { &*w.channel }

@@ -13,7 +13,7 @@ pub const RESERVED: &[&str] = &[
     "malloc",
     "strategy",
     "recycle",
-    "fork_server",
+    "inherit_fd",
     "persist",
     "recover",
     "suspend",

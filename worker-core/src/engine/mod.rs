@@ -219,9 +219,7 @@ impl<W: Worker> Engine<W> {
     pub(crate) fn start(
         mut base: Configured<W>,
     ) -> Result<Engine<W>, Box<(Configured<W>, StartError)>> {
-        if base.config.fork_server
-            && let Some(threads) = process::thread_count().filter(|&n| n > 1)
-        {
+        if let Some(threads) = process::thread_count().filter(|&n| n > 1) {
             log::warn!(target: &base.alias,
                 "starting the fork server in a process with {threads} threads: it can inherit a lock another thread held at the fork; call start() before starting threads");
         }

@@ -161,7 +161,9 @@ impl<W: Worker> Engine<W> {
         if dead.is_empty() {
             return;
         }
-        for (i, cause) in dead {
+        // `stderr`: the last lines (at most 4 KiB) the worker wrote to its stderr, kept by the
+        // fork server; where a death is classified from what the worker said last.
+        for (i, cause, stderr) in dead {
             // A worker can answer and then die: take the answer first.
             self.read_answer(i);
             let pool = &mut self.pool;
@@ -193,7 +195,12 @@ impl<W: Worker> Engine<W> {
                 log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}", b.call);
                 self.base.health.answered();
                 self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
-                    CallError::Crashed { method, pid, cause }
+                    CallError::Crashed {
+                        method,
+                        pid,
+                        cause,
+                        stderr,
+                    }
                 });
             } else {
                 self.base.health.died_unanswered();
