@@ -154,7 +154,9 @@ pub enum CallError {
         /// The panic message.
         message: String,
     },
-    /// The worker process died while it held the call.
+    /// The worker process died while it held the call. Fields may be added: a pattern needs
+    /// `..`.
+    #[non_exhaustive]
     #[error(
         "worker {pid} running {method}() died: {cause}{}",
         stderr_suffix(stderr)

@@ -33,6 +33,10 @@
 //! signal is a catchable SIGTERM, read through its signalfd, not SIGKILL), the server kills its
 //! whole tree, workers included, waits for it to go, and exits.
 //!
+//! A worker does not reap the orphans re-parented to it while it lives (the program's own
+//! `waitpid` calls must find their children): a grandchild that exits before its worker
+//! stays a zombie below it until the worker goes.
+//!
 //! Not covered: a process of the same user that kills the server itself with SIGKILL leaves
 //! the orphans of its workers to the next subreaper above (init) — that is a deliberate
 //! attack, stopped by the sandbox; a descendant that escapes into a new PID namespace's init is
@@ -512,6 +516,9 @@ fn serve(
     // SAFETY: getppid cannot fail; prctl and signal with valid arguments.
     let parent = unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // A program that ignores SIGCHLD would have its children reaped by the kernel, and
+        // the server would never learn how its workers ended.
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         libc::getppid()
     };

@@ -323,13 +323,15 @@ impl<W: Worker> Mediator<W> {
     }
 
     /// The value the workers were forked from, for calls in this process: blocking, with no
-    /// fork, no shared memory and no callbacks.
+    /// fork, no shared memory and no callbacks. Workers are copies of the value as it was when
+    /// the pool started (the fork server was forked then): what is changed through it later
+    /// reaches no worker.
     pub fn inline(&mut self) -> &mut W {
         &mut self.base_mut().value
     }
 
     /// Starts the pool now instead of at the first call: runs `check_environment`, creates the
-    /// shared memory, starts the fork server if enabled and, with
+    /// shared memory, starts the fork server (which every worker is forked from) and, with
     /// [`ForkStrategy::Aggressive`], forks every worker.
     ///
     /// # Errors

@@ -213,7 +213,7 @@ impl<W: Worker> Engine<W> {
     }
 
     /// Starts a pool for `base`, whose [`Configured::check`] passed: creates the shared
-    /// memory, starts the fork server if enabled, recovers or purges an earlier run's journal
+    /// memory, starts the fork server, recovers or purges an earlier run's journal
     /// for a persistent mediator and, with [`ForkStrategy::Aggressive`], forks every worker.
     /// Runs no user code in this process. On failure `base` comes back unchanged.
     pub(crate) fn start(
