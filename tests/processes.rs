@@ -471,7 +471,31 @@ fn a_killed_fork_server_is_replaced() {
     );
 }
 
+/// The fork server's parent-death signal is SIGTERM, which a service manager also sends to a
+/// whole group: while its parent lives, the server takes no notice of it.
+fn a_sigterm_does_not_stop_the_fork_server_while_its_parent_lives() {
+    let mut m = ProcsMediator::new("Term", Procs);
+    let helper = helper_of(&mut m);
+    let me = std::process::id();
+    let children = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap();
+    let server: i32 = children.trim().parse().expect("one child: the fork server");
+    // SAFETY: SIGTERM to our own child, the fork server.
+    unsafe { libc::kill(server, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        process_exists(helper.0),
+        "the helper's worker lives: so does the helper"
+    );
+    let id = m.sleep_ms(1).unwrap();
+    assert_eq!(m.wait(id, LONG), Ok(1));
+    let after = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap();
+    assert_eq!(after.trim(), server.to_string(), "the same fork server");
+    drop(m);
+    assert_gone(&helper, "the mediator was dropped");
+}
+
 tests![
+    a_sigterm_does_not_stop_the_fork_server_while_its_parent_lives,
     a_helper_goes_when_its_worker_times_out,
     a_helper_goes_when_its_worker_is_recycled,
     a_helper_goes_when_its_worker_crashes,
