@@ -50,8 +50,44 @@ fn spawn_helper() -> i32 {
     }
 }
 
+/// Starts a chain of `depth` processes below the worker, each the child of the one before, in
+/// a session of its own, all sleeping forever; returns their pids.
+fn spawn_chain(depth: u32) -> Vec<i32> {
+    let (read, write) = support::pipe();
+    // SAFETY: as in `spawn_helper`.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            for level in 0..depth {
+                libc::setsid();
+                let pid = libc::getpid().to_le_bytes();
+                libc::write(write.as_raw_fd(), pid.as_ptr().cast(), pid.len());
+                if level + 1 == depth || libc::fork() != 0 {
+                    loop {
+                        libc::pause();
+                    }
+                }
+            }
+            libc::_exit(0)
+        },
+        _ => {
+            drop(write);
+            let mut bytes = vec![0u8; 4 * depth as usize];
+            std::fs::File::from(read).read_exact(&mut bytes).unwrap();
+            bytes
+                .chunks(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        }
+    }
+}
+
 #[forkworker::worker]
 impl Procs {
+    /// Starts a chain of `depth` processes; returns their pids.
+    pub fn chain(&self, depth: u32) -> Vec<i32> {
+        spawn_chain(depth)
+    }
+
     /// Starts a detached helper; returns its pid.
     pub fn helper(&self) -> i32 {
         spawn_helper()
@@ -159,6 +195,20 @@ fn a_helper_goes_when_its_worker_times_out() {
     // The pool goes on.
     let id = m.sleep_ms(1).unwrap();
     assert_eq!(m.wait(id, LONG), Ok(1));
+}
+
+fn a_chain_of_five_goes_when_its_worker_times_out() {
+    let mut m = ProcsMediator::new("Chain", Procs);
+    m.workers(1).timeout(Duration::from_millis(500));
+    let id = m.chain(5).unwrap();
+    let chain: Vec<Helper> = m.wait(id, LONG).unwrap().into_iter().map(Helper).collect();
+    assert_eq!(chain.len(), 5);
+    assert!(chain.iter().all(|h| process_exists(h.0)));
+    let id = m.sleep_ms(60_000).unwrap();
+    assert!(matches!(m.wait(id, LONG), Err(CallError::Timeout { .. })));
+    for link in &chain {
+        assert_gone(link, "the timeout");
+    }
 }
 
 fn a_helper_goes_when_its_worker_is_recycled() {
@@ -497,6 +547,7 @@ fn a_sigterm_does_not_stop_the_fork_server_while_its_parent_lives() {
 tests![
     a_sigterm_does_not_stop_the_fork_server_while_its_parent_lives,
     a_helper_goes_when_its_worker_times_out,
+    a_chain_of_five_goes_when_its_worker_times_out,
     a_helper_goes_when_its_worker_is_recycled,
     a_helper_goes_when_its_worker_crashes,
     a_helper_goes_when_its_call_is_cancelled_at_shutdown,

@@ -54,8 +54,11 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// call that had not been delivered: at least once, since a call whose callback ran just
 /// before the parent died is delivered again.
 ///
-/// A mediator is not `Send`: its workers are killed when the thread that forked them exits
-/// (Linux's parent-death signal follows the forking thread).
+/// A mediator is not `Send`; create and drive it on a thread that lives as long as it does
+/// (the main thread). Its workers and their descendants go when the process dies, even of
+/// SIGKILL: the fork server learns of it from its socket's end of file and from its
+/// parent-death signal (which Linux sends when the thread that started the pool exits; the
+/// server then checks that its parent really changed).
 pub struct Mediator<W: Worker> {
     stage: Stage<W>,
     callbacks: Callbacks<Handler<W>>,
