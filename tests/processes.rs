@@ -482,12 +482,13 @@ fn a_workers_log_records_reach_the_parents_logger() {
     let mut m = ProcsMediator::new("Logs", Procs);
     let id = m.log_twice("hello from the worker".into()).unwrap();
     assert_eq!(m.wait(id, LONG), Ok(0));
+    let worker = m.pids()[0];
+    // Shown with the sender's pid, as the kernel gives it.
+    let prefix = format!("[worker {worker}] ");
     let seen = |level: log::Level, text: &str| {
-        RECORDS
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(l, target, msg)| *l == level && target == "Logs" && msg.contains(text))
+        RECORDS.lock().unwrap().iter().any(|(l, target, msg)| {
+            *l == level && target == "Logs" && msg.starts_with(&prefix) && msg.contains(text)
+        })
     };
     assert!(
         eventually(LONG, || {

@@ -89,15 +89,19 @@ pub(crate) fn enter(alias: &str, channel: &Channel, log_fd: RawFd) {
 
 /// The socket pair workers forward their records on: the parent's end (which [`relay`] reads)
 /// and the workers' end. Datagrams, one record each: a level byte (`log::Level as u8`) and
-/// the text.
+/// the text. The parent's end receives each sender's credentials from the kernel
+/// (`SO_PASSCRED`), so the pid a record is shown with is the sender's, whatever its text says.
 pub(crate) fn log_socket() -> Result<(OwnedFd, OwnedFd), SpawnError> {
-    socketpair(
+    let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::Datagram,
         None,
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )
-    .map_err(|e| SpawnError::Channel(e.into()))
+    .map_err(|e| SpawnError::Channel(e.into()))?;
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(|e| SpawnError::Channel(e.into()))?;
+    Ok((ours, theirs))
 }
 
 /// In a worker: sends a record to the parent, without blocking. False if this process has no
@@ -110,7 +114,6 @@ fn forward(level: log::Level, message: &dyn Display) -> bool {
     let dropped = DROPPED.swap(0, Ordering::Relaxed);
     let mut text = String::with_capacity(128);
     text.push(level as u8 as char);
-    let _ = write!(text, "[worker {}] ", std::process::id());
     if dropped > 0 {
         let _ = write!(
             text,
@@ -140,24 +143,30 @@ fn forward(level: log::Level, message: &dyn Display) -> bool {
 /// In the parent: hands the records workers forwarded on `fd` to the program's logger (target:
 /// `alias`), at most [`RELAY_MAX`] of them; never blocks.
 pub(crate) fn relay(fd: BorrowedFd<'_>, alias: &str) {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
     let mut buf = [0u8; RECORD_MAX];
     for _ in 0..RELAY_MAX {
-        // SAFETY: receiving into a valid buffer from our socket, without blocking.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        let Some(record) = usize::try_from(n)
-            .ok()
-            .filter(|&n| n > 0)
-            .map(|n| &buf[..n])
-        else {
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let Ok(r) = recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        ) else {
             return;
         };
+        let pid = r.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                _ => None,
+            })
+        });
+        let n = r.bytes;
+        if n == 0 {
+            continue; // An empty record: nothing to show.
+        }
+        let record = &buf[..n.min(RECORD_MAX)];
         let level = match record[0] {
             1 => log::Level::Error,
             2 => log::Level::Warn,
@@ -165,7 +174,11 @@ pub(crate) fn relay(fd: BorrowedFd<'_>, alias: &str) {
             5 => log::Level::Trace,
             _ => log::Level::Info,
         };
-        log::log!(target: alias, level, "{}", String::from_utf8_lossy(&record[1..]));
+        let text = String::from_utf8_lossy(&record[1..]);
+        match pid {
+            Some(pid) => log::log!(target: alias, level, "[worker {pid}] {text}"),
+            None => log::log!(target: alias, level, "[worker ?] {text}"),
+        }
     }
 }
 
