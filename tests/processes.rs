@@ -327,6 +327,8 @@ fn a_worker_holds_none_of_the_programs_descriptors_but_the_inherited_one() {
     let mut other = ProcsMediator::new("Other", Procs);
     let id = other.sleep_ms(1).unwrap();
     other.wait(id, LONG).unwrap();
+    log::set_logger(&Recorder).unwrap();
+    log::set_max_level(log::LevelFilter::Warn);
     let mut m = ProcsMediator::new("Fds", Procs);
     m.inherit_fd(shared.as_raw_fd());
     let id = m.fds().unwrap();
@@ -369,6 +371,31 @@ fn a_worker_holds_none_of_the_programs_descriptors_but_the_inherited_one() {
         !fds.iter()
             .any(|(_, t)| t == &socket || t.contains("/dev/shm/") || t.contains("pidfd")),
         "{fds:?}"
+    );
+    // One warning, naming the replaced descriptors of the program's, not forkworker's own
+    // (the other mediator's) nor the inherited one.
+    let records = RECORDS.lock().unwrap();
+    let warnings: Vec<&String> = records
+        .iter()
+        .filter(|(l, target, msg)| {
+            *l == log::Level::Warn && target == "Fds" && msg.contains("/dev/null in place of")
+        })
+        .map(|(_, _, msg)| msg)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{records:?}");
+    let secret_fd = format!("{} ({})", secret.as_raw_fd(), secret_path.display());
+    let socket_fd = format!("{} ({socket})", listener.as_raw_fd());
+    assert!(
+        warnings[0].contains(&secret_fd) && warnings[0].contains(&socket_fd),
+        "{}",
+        warnings[0]
+    );
+    assert!(
+        !warnings[0].contains("/dev/shm/")
+            && !warnings[0].contains("pidfd")
+            && !warnings[0].contains(shared_path.to_str().unwrap()),
+        "{}",
+        warnings[0]
     );
 }
 

@@ -395,9 +395,11 @@ fn is_own_fd(fd: RawFd) -> bool {
 }
 
 /// Whether a descriptor pointing at `target` is forkworker's own by its name: a segment
-/// (`/dev/shm/fw.*`, or a memfd named `fw.*`), a pidfd, an eventfd.
+/// (`/dev/shm/fw.*`, or a memfd named `fw.*`), a pidfd, an eventfd; or /dev/null already,
+/// which replacing changes nothing for.
 fn is_own_target(target: &str) -> bool {
-    target.starts_with("/dev/shm/fw.")
+    target == "/dev/null"
+        || target.starts_with("/dev/shm/fw.")
         || target.starts_with("/memfd:fw.")
         || target == "anon_inode:[pidfd]"
         || target == "anon_inode:[eventfd]"
