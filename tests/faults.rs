@@ -420,7 +420,7 @@ fn workers_die_within_two_seconds_of_a_sigkilled_parent() {
         // SAFETY: never reached in the test; leave without destructors.
         unsafe { libc::_exit(0) }
     });
-    // Exactly three lines: the workers hold the pipe's write end too, so no end of file.
+    // Three lines (the workers no longer hold the pipe's write end: it is /dev/null in them).
     let pids: Vec<i32> = lines.take(3).map(|l| l.unwrap().parse().unwrap()).collect();
     assert_eq!(pids.len(), 3);
     support::kill_and_reap(parent);
