@@ -123,7 +123,8 @@ fn an_external_sigkill_is_reported() {
     );
 }
 
-/// Forks a process that SIGKILLs a random child of `target` (never itself) every `every`.
+/// Forks a process that SIGKILLs a random worker of `target` every `every`: a child of one of
+/// its children (the fork server) other than the killer itself.
 fn start_killer(target: i32, every: Duration) -> i32 {
     // SAFETY: the test process is single-threaded; the child only reads /proc, kills and
     // sleeps, then leaves with _exit.
@@ -132,15 +133,20 @@ fn start_killer(target: i32, every: Duration) -> i32 {
             // SAFETY: prctl with valid arguments.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
             let me = std::process::id() as i32;
-            let path = format!("/proc/{target}/task/{target}/children");
-            let mut x: u64 = (me as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            loop {
-                std::thread::sleep(every);
-                let children: Vec<i32> = std::fs::read_to_string(&path)
+            let children_of = |pid: i32| -> Vec<i32> {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                     .unwrap_or_default()
                     .split_whitespace()
                     .filter_map(|p| p.parse().ok())
+                    .collect()
+            };
+            let mut x: u64 = (me as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            loop {
+                std::thread::sleep(every);
+                let children: Vec<i32> = children_of(target)
+                    .into_iter()
                     .filter(|&p| p != me)
+                    .flat_map(children_of)
                     .collect();
                 if children.is_empty() {
                     continue;
@@ -382,7 +388,7 @@ fn workers_die_within_two_seconds_of_a_sigkilled_parent() {
     // The child builds a pool, reports its pids and sleeps until it is killed.
     let (parent, lines) = support::fork_reporting(|mut out| {
         let mut m = FaultyMediator::new("Orphans", Faulty);
-        m.workers(3).fork_server(true);
+        m.workers(3);
         let ids: Vec<_> = (0..3).map(|_| m.sleep_ms(50).unwrap()).collect();
         for id in ids {
             m.wait(id, LONG).unwrap();
@@ -396,7 +402,7 @@ fn workers_die_within_two_seconds_of_a_sigkilled_parent() {
         // SAFETY: never reached in the test; leave without destructors.
         unsafe { libc::_exit(0) }
     });
-    // Exactly three lines: the workers hold the pipe's write end too, so no end of file.
+    // Three lines (the workers no longer hold the pipe's write end: it is /dev/null in them).
     let pids: Vec<i32> = lines.take(3).map(|l| l.unwrap().parse().unwrap()).collect();
     assert_eq!(pids.len(), 3);
     support::kill_and_reap(parent);
@@ -414,8 +420,15 @@ fn workers_die_within_two_seconds_of_a_sigkilled_parent() {
         "workers still alive {:?} after the parent's death",
         killed.elapsed()
     );
-    // The fork server died with the parent too: nothing of ours is left.
-    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    // The fork server dies with the parent too (after killing what is left of its tree):
+    // nothing of ours is left.
+    let all_gone = eventually(Duration::from_secs(2), || {
+        // SAFETY: non-blocking reaping of our adopted children.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        // SAFETY: as above; ECHILD means none is left.
+        unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) == -1 }
+    });
+    assert!(all_gone, "the fork server outlived its parent");
     assert_no_children();
 }
 
@@ -439,7 +452,6 @@ impl Printer {
 fn a_threaded_parent_starts_200_workers_through_the_fork_server() {
     let mut m = PrinterMediator::new("Printer", Printer);
     m.workers(2)
-        .fork_server(true)
         .recycle(Recycle::after_calls(1))
         .timeout(Duration::from_secs(20));
     m.start().unwrap();

@@ -162,7 +162,8 @@ pub(crate) struct Config {
     pub(crate) strategy: ForkStrategy,
     pub(crate) grace: Duration,
     pub(crate) recycle: Recycle,
-    pub(crate) fork_server: bool,
+    /// Descriptors the workers inherit on purpose (`Mediator::inherit_fd`).
+    pub(crate) inherit_fds: Vec<std::os::fd::RawFd>,
     /// The application name of a persistent mediator's segment.
     pub(crate) persist: Option<String>,
     /// Whether to recover the calls found in a persistent segment.
@@ -191,7 +192,7 @@ impl Default for Config {
             strategy: ForkStrategy::default(),
             grace: DEFAULT_GRACE,
             recycle: Recycle::default(),
-            fork_server: false,
+            inherit_fds: Vec::new(),
             persist: None,
             recover: false,
             memory_limit: None,

@@ -156,8 +156,13 @@ pub enum CallError {
         /// The panic message, with where it panicked: `boom (at src/parse.rs:12:5)`.
         message: String,
     },
-    /// The worker process died while it held the call.
-    #[error("worker {pid} running {method}() died: {cause}")]
+    /// The worker process died while it held the call. Fields may be added: a pattern needs
+    /// `..`.
+    #[non_exhaustive]
+    #[error(
+        "worker {pid} running {method}() died: {cause}{}",
+        stderr_suffix(stderr)
+    )]
     Crashed {
         /// The method called.
         method: &'static str,
@@ -165,6 +170,10 @@ pub enum CallError {
         pid: i32,
         /// How it died.
         cause: crate::ExitCause,
+        /// The last lines the worker wrote to its stderr before it died, at most 4 KiB
+        /// (`"thread 'main' has overflowed its stack"`, `"memory allocation of 67108864
+        /// bytes failed"`, a C library's message); empty if it wrote nothing.
+        stderr: String,
     },
     /// The worker passed its memory limit ([`crate::Mediator::memory_limit`]) while it held
     /// the call: the kernel's OOM killer killed it in its cgroup, or, under `RLIMIT_DATA`, an
@@ -232,6 +241,15 @@ pub enum CallError {
     /// The worker's `check_environment` reported problems; no process was forked.
     #[error("check_environment() failed: {}", .0.join("; "))]
     Environment(Vec<String>),
+}
+
+/// How a worker's stderr tail ends a message: after a colon, on lines of its own.
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with:\n{stderr}")
+    }
 }
 
 /// Why a call was cancelled ([`CallError::Cancelled`]).
@@ -469,7 +487,7 @@ pub enum PoolError {
     /// The eventfd the workers wake the parent with could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] OsError),
-    /// The fork server could not be started ([`crate::Mediator::fork_server`]).
+    /// The fork server, from which every worker is forked, could not be started.
     #[error("cannot start the fork server: {0}")]
     ForkServer(#[source] SpawnError),
     /// Workers kept dying before they answered anything (a `setup` that panics, say): no

@@ -26,8 +26,8 @@
 //! | health: error counts, the start-failure breaker, deaths, **where a timed-out worker is killed** (`enforce_timeouts`, through `Pool::kill`), wear | `engine::supervise` |
 //! | the three callbacks, by the way a call ended | `callbacks` |
 //! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC; `Instant`s | `clock` |
-//! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children | `process` |
-//! | forking workers from a single-threaded server, for threaded programs | `fork_server` |
+//! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children; a forked process's descriptors (`sanitize_fds`) | `process` |
+//! | forking every worker from a single-threaded server; their stderr and its tail; killing their process trees | `fork_server` |
 //! | confining a worker after `setup`: seccomp, landlock, no_new_privs; naming the call that stopped it | [`sandbox`] |
 //! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |

@@ -55,8 +55,11 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// call that had not been delivered: at least once, since a call whose callback ran just
 /// before the parent died is delivered again.
 ///
-/// A mediator is not `Send`: its workers are killed when the thread that forked them exits
-/// (Linux's parent-death signal follows the forking thread).
+/// A mediator is not `Send`; create and drive it on a thread that lives as long as it does
+/// (the main thread). Its workers and their descendants go when the process dies, even of
+/// SIGKILL: the fork server learns of it from its socket's end of file and from its
+/// parent-death signal (which Linux sends when the thread that started the pool exits; the
+/// server then checks that its parent really changed).
 pub struct Mediator<W: Worker> {
     stage: Stage<W>,
     callbacks: Callbacks<Handler<W>>,
@@ -291,17 +294,24 @@ impl<W: Worker> Mediator<W> {
         self
     }
 
-    /// Forks workers through a fork server: a small process forked when the pool starts, from
-    /// which every worker is forked.
+    /// Lets the workers inherit descriptor `fd` of this process, under the same number.
     ///
-    /// Forking from a process with several threads can deadlock the child on a lock another
-    /// thread held at that instant (stdout's, a logger's, any `Mutex`). With a fork server,
-    /// only the server is forked from this process: enable it and call [`Mediator::start`]
-    /// before the program starts its threads, and workers can be forked safely at any time
-    /// after. Workers then start from the object as it was at `start`. Set before the pool
-    /// starts.
-    pub fn fork_server(&mut self, enabled: bool) -> &mut Self {
-        self.before_start("fork_server", |c| c.fork_server = enabled)
+    /// Workers hold none of the program's files or sockets: every descriptor they would
+    /// inherit, except stdin, stdout, stderr and those forkworker needs, is /dev/null in them
+    /// (keeping its number, so that a library still holding it writes nowhere rather than into
+    /// whatever reuses the number), and the first time that happens the mediator logs a warning
+    /// naming them. Pass here a descriptor a worker needs (a socket it serves, a file it
+    /// appends to); call it once per descriptor. The descriptor must be open when the pool
+    /// starts ([`Mediator::start`] or the first call): workers are forked from a fork server
+    /// forked then, so descriptors opened later never reach them. Set before the pool starts.
+    ///
+    /// ```ignore
+    /// use std::os::fd::AsRawFd;
+    /// let journal = std::fs::File::options().append(true).open("/var/log/parser.log")?;
+    /// mediator.inherit_fd(journal.as_raw_fd());
+    /// ```
+    pub fn inherit_fd(&mut self, fd: std::os::fd::RawFd) -> &mut Self {
+        self.before_start("inherit_fd", |c| c.inherit_fds.push(fd))
     }
 
     /// Makes the mediator persistent: its shared memory is named after `app` and the alias
@@ -379,13 +389,15 @@ impl<W: Worker> Mediator<W> {
     }
 
     /// The value the workers were forked from, for calls in this process: blocking, with no
-    /// fork, no shared memory and no callbacks.
+    /// fork, no shared memory and no callbacks. Workers are copies of the value as it was when
+    /// the pool started (the fork server was forked then): what is changed through it later
+    /// reaches no worker.
     pub fn inline(&mut self) -> &mut W {
         &mut self.base_mut().value
     }
 
     /// Starts the pool now instead of at the first call: runs `check_environment`, creates the
-    /// shared memory, starts the fork server if enabled and, with
+    /// shared memory, starts the fork server (which every worker is forked from) and, with
     /// [`ForkStrategy::Aggressive`], forks every worker.
     ///
     /// # Errors

@@ -1,6 +1,7 @@
-//! The worker processes of one mediator: the shared memory they use, forking them (directly or
-//! through the fork server), noticing their deaths, killing them, retiring worn ones, and what
-//! the parent waits on between events (the sleep itself is `wake`'s protocol).
+//! The worker processes of one mediator: the shared memory they use, forking them (through the
+//! fork server, which every worker comes from), noticing their deaths, killing them, retiring
+//! worn ones, relaying the log records they forward, and what the parent waits on between
+//! events (the sleep itself is `wake`'s protocol).
 //!
 //! The pool knows processes and channels, and holds the blocks lent to each worker with its
 //! call; which call a worker holds and what becomes of it is the engine's business (see
@@ -8,7 +9,7 @@
 //! its verbs.
 
 use std::hash::BuildHasher;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -19,11 +20,12 @@ use crate::channel::{Answer, Request};
 use crate::clock::{self, Clock, time_left, to_instant};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind, PoolError, SpawnError};
-use crate::fork_server::ForkServer;
+use crate::fork_server::{ForkServer, SpawnRequest};
 use crate::journal::Entry;
 use crate::limits::{self, Death, InForce, LimitMechanism, MemoryLimit, Verdict, WorkerLimits};
 use crate::process::{self, Child};
 use crate::shm::{Found, Region};
+use crate::this_worker;
 use crate::wake::ParentWake;
 use crate::worker::Worker;
 use crate::worker_loop::{self, WorkerEnv};
@@ -94,13 +96,18 @@ pub(crate) struct Pool {
     slots: Vec<Slot>,
     /// Workers asked to exit (recycled), not yet reaped.
     retiring: Vec<Child>,
+    /// The fork server every worker is forked from; `None` only while the pool is dropped.
     server: Option<Arc<Mutex<ForkServer>>>,
+    /// The parent's end of the socket the workers forward their `this_worker` log records on
+    /// (see `this_worker::relay`), and the workers' end, kept for the next fork server.
+    logs: OwnedFd,
+    log_end: OwnedFd,
+    /// The descriptors workers inherit on purpose (`Mediator::inherit_fd`).
+    inherit_fds: Vec<RawFd>,
     recycle: Recycle,
     next_death_check: Instant,
     /// The parent's time on the hot path.
     clock: Clock,
-    /// Whether forking with several threads alive was warned about.
-    warned_threads: bool,
     alias: String,
     /// Whether calls are written to the journal (see [`Pool::journal`]).
     journaled: bool,
@@ -119,7 +126,7 @@ fn random_fraction() -> f64 {
 }
 
 impl Pool {
-    /// Creates the shared memory and, if configured, the fork server (which copies `value`).
+    /// Creates the shared memory and the fork server (which copies `value`).
     /// A persistent mediator's segment is opened if it exists with the same layout; then
     /// `matching` is true and its journal can be recovered.
     pub(crate) fn create<W: Worker>(
@@ -146,85 +153,112 @@ impl Pool {
         region.header().spin_places.clear();
         let memory = config.memory_limit.map(|b| MemoryLimit::new(alias, b));
         let limits = MemoryLimit::for_workers(memory.as_ref(), config.cpu_limit);
-        let server = if config.fork_server {
-            // The server runs in a copy of this process: `region`, `wake`, `limits` and the
-            // sandbox stay where they are in its memory, since the server never returns from
-            // here.
-            let (region, eventfd, limits, sandbox) =
-                (&region, wake.bell(), &limits, &config.sandbox);
-            let server = ForkServer::start(move |slot, start_seq| {
-                let env = WorkerEnv {
-                    alias,
-                    region,
-                    slot,
-                    start_seq,
-                    eventfd,
-                    limits,
-                    sandbox: sandbox.as_ref(),
-                };
-                worker_loop::run(&mut *value, env)
-            })
-            .map_err(PoolError::ForkServer)?;
-            log::debug!(target: alias, "fork server {} started", server.pid());
-            Some(Arc::new(Mutex::new(server)))
-        } else {
-            None
-        };
+        let (logs, log_end) = this_worker::log_socket().map_err(PoolError::ForkServer)?;
+        process::register_own_fd(logs.as_raw_fd());
+        process::register_own_fd(log_end.as_raw_fd());
         log::debug!(target: alias, "shared memory {} with {} payload bytes", region.name(), region.arena_size());
-        let pool = Pool {
+        let mut pool = Pool {
             region,
             wake,
             slots: (0..slots).map(|_| Slot::default()).collect(),
             retiring: Vec::new(),
-            server,
+            server: None,
+            logs,
+            log_end,
+            inherit_fds: config.inherit_fds.clone(),
             recycle: config.recycle,
             next_death_check: Instant::now(),
             clock: Clock::new(),
-            warned_threads: false,
             alias: alias.to_owned(),
             journaled: config.persist.is_some(),
             memory,
             limits,
             sandbox: config.sandbox.clone(),
         };
+        let server = pool.start_server(value).map_err(PoolError::ForkServer)?;
+        pool.server = Some(Arc::new(Mutex::new(server)));
         Ok((pool, matching))
     }
 
-    /// Forks a worker into slot `i` (through the fork server if there is one).
+    /// Forks the fork server, a copy of this process with `value` as it is now, from which
+    /// every worker is forked.
+    fn start_server<W: Worker>(&self, value: &mut W) -> Result<ForkServer, SpawnError> {
+        let alias = &self.alias[..];
+        // What the fork server and the workers keep; everything else they inherited from this
+        // process becomes /dev/null there (see `process::sanitize_fds`).
+        let keep: Vec<RawFd> = [self.wake.bell().as_raw_fd(), self.log_end.as_raw_fd()]
+            .into_iter()
+            .chain(self.inherit_fds.iter().copied())
+            .collect();
+        let replaced = process::foreign_fds(&keep);
+        if !replaced.is_empty() {
+            let list: Vec<String> = replaced
+                .iter()
+                .map(|(fd, to)| format!("{fd} ({to})"))
+                .collect();
+            log::warn!(target: alias,
+                "workers get /dev/null in place of these descriptors of the program: {}; pass one with inherit_fd() to give it to them", list.join(", "));
+        }
+        // The server runs in a copy of this process: the pool stays where it is in its
+        // memory, since the server never returns from here.
+        let (region, eventfd, log) = (&self.region, self.wake.bell(), self.log_end.as_fd());
+        let (inherit, limits, sandbox) = (&self.inherit_fds[..], &self.limits, &self.sandbox);
+        let server = ForkServer::start(&keep, move |req: SpawnRequest| {
+            let env = WorkerEnv {
+                alias,
+                region,
+                slot: req.slot,
+                start_seq: req.start_seq,
+                eventfd,
+                log,
+                inherit,
+                received: req.fds,
+                limits,
+                sandbox: sandbox.as_ref(),
+            };
+            worker_loop::run(&mut *value, env)
+        })?;
+        log::debug!(target: alias, "fork server {} started", server.pid());
+        Ok(server)
+    }
+
+    /// Forks a worker into slot `i`, through the fork server: a copy of the object as it was
+    /// when the server was forked. A fork server found gone is replaced by one forked now,
+    /// from `value`.
     pub(crate) fn spawn<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, SpawnError> {
         let channel = self.region.channel(i);
         channel.reset();
         // The previous worker of the slot may have died holding a spin place.
         self.region.header().spin_places.give_back(i);
         let start_seq = channel.req.seq.load(Ordering::Relaxed);
-        let child = match &self.server {
-            Some(server) => {
-                let (pid, pidfd) = server
+        let server = self
+            .server
+            .clone()
+            .ok_or(SpawnError::ForkServerGone(None))?;
+        let spawned =
+            server
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .spawn(i, start_seq, &[]);
+        let (server, (pid, pidfd)) = match spawned {
+            Ok(spawned) => (server, spawned),
+            Err(SpawnError::ForkServerGone(why)) => {
+                // Killed from outside, most likely: its workers died with it. A new one
+                // starts from the object as it is now.
+                let old = server.lock().unwrap_or_else(PoisonError::into_inner).pid();
+                log::warn!(target: &self.alias,
+                    "the fork server {old} is gone{}; starting another", why.map(|e| format!(" ({e})")).unwrap_or_default());
+                let server = Arc::new(Mutex::new(self.start_server(value)?));
+                self.server = Some(server.clone());
+                let spawned = server
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .spawn(i, start_seq)?;
-                process::adopt(pid, pidfd, server.clone())
+                    .spawn(i, start_seq, &[])?;
+                (server, spawned)
             }
-            None => {
-                if !self.warned_threads
-                    && let Some(threads) = process::thread_count().filter(|&n| n > 1)
-                {
-                    self.warned_threads = true;
-                    log::warn!(target: &self.alias,
-                        "forking a worker from a process with {threads} threads: it can deadlock on a lock another thread held at the fork; call fork_server(true) and start() before starting threads");
-                }
-                let env = WorkerEnv {
-                    alias: &self.alias,
-                    region: &self.region,
-                    slot: i,
-                    start_seq,
-                    eventfd: self.wake.bell(),
-                    limits: &self.limits,
-                    sandbox: self.sandbox.as_ref(),
-                };
-                process::spawn(|| worker_loop::run(value, env))?
-            }
+            Err(e) => return Err(e),
         };
+        let child = process::adopt(pid, pidfd, server);
         let pid = child.pid();
         let jitter = 1.0 - self.recycle.jitter.clamp(0.0, 1.0) * random_fraction();
         self.slots[i] = Slot {
@@ -490,8 +524,11 @@ impl Pool {
     }
 
     /// The slots whose worker has died (reaped now; the child stays in the slot until
-    /// [`Pool::kill`]). Also reaps retired workers that have exited.
-    pub(crate) fn dead_slots(&mut self) -> Vec<(usize, ExitCause)> {
+    /// [`Pool::kill`]), each with how it ended and the last lines it wrote to its stderr (at
+    /// most 4 KiB, empty if none). Also reaps retired workers that have exited, and relays the
+    /// log records workers forwarded since the last look.
+    pub(crate) fn dead_slots(&mut self) -> Vec<(usize, ExitCause, String)> {
+        this_worker::relay(self.logs.as_fd(), &self.alias);
         let memory = &self.memory;
         self.retiring.retain_mut(|c| {
             let gone = c.try_reap().is_some();
@@ -505,10 +542,12 @@ impl Pool {
             .iter_mut()
             .enumerate()
             .filter_map(|(i, s)| {
-                let cause = s.child.as_mut()?.try_reap()?;
+                let child = s.child.as_mut()?;
+                let cause = child.try_reap()?;
                 // A sandboxed worker's stop is told from other exits by its channel's word.
                 let stopped_at = &region.channel(i).running.stopped_at;
-                Some((i, crate::sandbox::exit_cause(cause, stopped_at, sandboxed)))
+                let cause = crate::sandbox::exit_cause(cause, stopped_at, sandboxed);
+                Some((i, cause, child.take_stderr()))
             })
             .collect()
     }
@@ -679,6 +718,7 @@ impl Pool {
             return false;
         }
         fds.extend(self.live_pidfds().map(|fd| fd.as_raw_fd()));
+        fds.push(self.logs.as_raw_fd());
         true
     }
 
@@ -759,13 +799,18 @@ impl Pool {
                 m.release(pid);
             }
         }
+        self.retiring.clear();
+        this_worker::relay(self.logs.as_fd(), &self.alias);
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         self.stop_workers();
-        // The fork server goes last (it reaps the workers it forked); the region after it.
+        // The fork server goes last (it reaps the workers it forked, and kills what is left of
+        // their trees); the region after it.
         self.server = None;
+        process::unregister_own_fd(self.logs.as_raw_fd());
+        process::unregister_own_fd(self.log_end.as_raw_fd());
     }
 }

@@ -11,7 +11,7 @@
 //! child (as tokio's `pidfd_reaper` reaps through its `Wait` and `Kill` traits).
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,12 +22,34 @@ use nix::unistd::{ForkResult, Pid, fork};
 use crate::call::ExitCause;
 use crate::error::SpawnError;
 
+/// How a process ended, as its reaper saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ended {
+    pub(crate) cause: ExitCause,
+    /// The last lines it wrote to its stderr (at most [`STDERR_TAIL`] bytes), if its reaper
+    /// kept them (the fork server does for workers); empty otherwise.
+    pub(crate) stderr: String,
+}
+
+impl Ended {
+    /// Killed, with nothing known of its stderr.
+    pub(crate) fn killed() -> Ended {
+        Ended {
+            cause: ExitCause::Signaled(libc::SIGKILL),
+            stderr: String::new(),
+        }
+    }
+}
+
+/// How much of the end of a worker's stderr is kept and reported with its death: 4 KiB.
+pub(crate) const STDERR_TAIL: usize = 4096;
+
 /// A process that reaps workers it forked on the parent's behalf and reports how they ended
 /// (the fork server).
 pub(crate) trait Reap: std::fmt::Debug + Send {
     /// Waits up to `limit` for the report of how `pid` ended; without one, the worker is
     /// taken as killed.
-    fn wait_exit(&mut self, pid: Pid, limit: Duration) -> ExitCause;
+    fn wait_exit(&mut self, pid: Pid, limit: Duration) -> Ended;
 }
 
 /// Who reaps a worker.
@@ -48,23 +70,30 @@ pub(crate) struct Child {
     pidfd: OwnedFd,
     reaper: Reaper,
     reaped: Option<ExitCause>,
+    /// The end of its stderr, as its reaper reported it with its death.
+    stderr: String,
 }
 
 /// Forks a process that runs `body`, which never returns. Returns the child's pid.
 ///
-/// In the child, the parent-death signal is set to SIGKILL and the parent is checked to still
-/// be this process, so a child never outlives its parent, even one that died during the fork.
-pub(crate) fn fork_child(body: impl FnOnce() -> std::convert::Infallible) -> io::Result<Pid> {
+/// In the child, the parent-death signal is set to `death_signal` (SIGKILL for workers and
+/// tasks; the fork server takes a catchable one, so that it can take its process tree down
+/// first) and the parent is checked to still be this process, so a child never outlives its
+/// parent, even one that died during the fork.
+pub(crate) fn fork_child(
+    death_signal: libc::c_int,
+    body: impl FnOnce() -> std::convert::Infallible,
+) -> io::Result<Pid> {
     let parent = nix::unistd::getpid();
     // SAFETY: the child only runs `body`, which leaves with `_exit` (see worker_loop and
-    // fork_server). What a fork from a threaded process risks is documented on
-    // `Mediator::fork_server`, and warned about when it happens.
+    // fork_server). What a fork from a threaded process risks is documented in
+    // `fork_server`, and warned about when it happens.
     match unsafe { fork() } {
         Err(e) => Err(e.into()),
         Ok(ForkResult::Child) => {
             // SAFETY: prctl with valid arguments; getppid cannot fail.
             unsafe {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, death_signal, 0, 0, 0);
                 if libc::getppid() != parent.as_raw() {
                     libc::_exit(0);
                 }
@@ -87,9 +116,17 @@ pub(crate) fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Forks a worker that is our own child.
+/// Forks a process that is our own child (a task), with SIGKILL as its parent-death signal.
 pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<Child, SpawnError> {
-    let pid = fork_child(body).map_err(|e| SpawnError::Fork(e.into()))?;
+    spawn_with(libc::SIGKILL, body)
+}
+
+/// Forks a process that is our own child, with `death_signal` as its parent-death signal.
+pub(crate) fn spawn_with(
+    death_signal: libc::c_int,
+    body: impl FnOnce() -> std::convert::Infallible,
+) -> Result<Child, SpawnError> {
+    let pid = fork_child(death_signal, body).map_err(|e| SpawnError::Fork(e.into()))?;
     // Our own unreaped child: its pid cannot be reused before we reap it.
     match pidfd_open(pid) {
         Ok(pidfd) => Ok(Child {
@@ -97,6 +134,7 @@ pub(crate) fn spawn(body: impl FnOnce() -> std::convert::Infallible) -> Result<C
             pidfd,
             reaper: Reaper::Own,
             reaped: None,
+            stderr: String::new(),
         }),
         Err(err) => {
             let _ = kill(pid, Signal::SIGKILL);
@@ -114,6 +152,7 @@ pub(crate) fn adopt(pid: Pid, pidfd: OwnedFd, reaper: Arc<Mutex<dyn Reap>>) -> C
         pidfd,
         reaper: Reaper::Other(reaper),
         reaped: None,
+        stderr: String::new(),
     }
 }
 
@@ -163,12 +202,12 @@ impl Child {
                 },
                 Reaper::Other(reaper) => {
                     if has_exited(self.pidfd.as_fd()) {
-                        Some(
-                            reaper
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .wait_exit(self.pid, Duration::from_secs(2)),
-                        )
+                        let ended = reaper
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .wait_exit(self.pid, Duration::from_secs(2));
+                        self.stderr = ended.stderr;
+                        Some(ended.cause)
                     } else {
                         None
                     }
@@ -178,7 +217,15 @@ impl Child {
         self.reaped
     }
 
-    /// Kills the process with SIGKILL and reaps it.
+    /// The last lines the process wrote to its stderr before it ended, as its reaper kept them
+    /// (empty if none, or not known); taken once.
+    pub(crate) fn take_stderr(&mut self) -> String {
+        std::mem::take(&mut self.stderr)
+    }
+
+    /// Kills the process with SIGKILL and reaps it. A worker's descendants go with it: they
+    /// were kept below it (it is a child subreaper), and the fork server, the subreaper above
+    /// it, kills each one as it is re-parented there (see `fork_server`).
     pub(crate) fn kill(&mut self) -> ExitCause {
         if let Some(c) = self.reaped {
             return c;
@@ -205,10 +252,14 @@ impl Child {
                     Err(_) => break ExitCause::Signaled(libc::SIGKILL),
                 }
             },
-            Reaper::Other(reaper) => reaper
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .wait_exit(self.pid, Duration::from_secs(2)),
+            Reaper::Other(reaper) => {
+                let ended = reaper
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .wait_exit(self.pid, Duration::from_secs(2));
+                self.stderr = ended.stderr;
+                ended.cause
+            }
         };
         self.reaped = Some(c);
         c
@@ -275,4 +326,204 @@ pub(crate) fn thread_count() -> Option<usize> {
         .lines()
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The descriptors open in this process, in increasing order, from /proc/self/fd (or, without
+/// /proc, by probing every number below the descriptor limit, at most 65536).
+fn open_fds() -> Vec<RawFd> {
+    let mut fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => {
+            // SAFETY: sysconf has no memory arguments.
+            let max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+            (0..max.clamp(0, 1 << 16) as RawFd).collect()
+        }
+    };
+    // The directory's own descriptor was in the listing and is closed by now: keep only the
+    // numbers still open.
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    fds.retain(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    fds.sort_unstable();
+    fds
+}
+
+/// Where descriptor `fd` of this process points (`readlink /proc/self/fd/<fd>`).
+pub(crate) fn fd_target(fd: RawFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// The descriptors a forked child of this process would see replaced by [`sanitize_fds`]
+/// with `keep`, with where each points; forkworker's own (see [`is_own_fd`]) are left out.
+pub(crate) fn foreign_fds(keep: &[RawFd]) -> Vec<(RawFd, String)> {
+    open_fds()
+        .into_iter()
+        .filter(|fd| *fd > 2 && !keep.contains(fd) && !is_own_fd(*fd))
+        .map(|fd| (fd, fd_target(fd)))
+        .filter(|(_, target)| !is_own_target(target))
+        .collect()
+}
+
+/// Descriptors forkworker holds in this process that no forked process needs (the parent's
+/// ends of fork-server and log sockets): left out of the warning about replaced descriptors.
+static OWN_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+
+/// Marks `fd` as one of forkworker's own descriptors (see [`foreign_fds`]).
+pub(crate) fn register_own_fd(fd: RawFd) {
+    OWN_FDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(fd);
+}
+
+/// `fd` is closed, or no longer forkworker's.
+pub(crate) fn unregister_own_fd(fd: RawFd) {
+    OWN_FDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .retain(|&f| f != fd);
+}
+
+fn is_own_fd(fd: RawFd) -> bool {
+    OWN_FDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&fd)
+}
+
+/// Whether a descriptor pointing at `target` is forkworker's own by its name: a segment
+/// (`/dev/shm/fw.*`, or a memfd named `fw.*`), a pidfd, an eventfd; or /dev/null already,
+/// which replacing changes nothing for.
+fn is_own_target(target: &str) -> bool {
+    target == "/dev/null"
+        || target.starts_with("/dev/shm/fw.")
+        || target.starts_with("/memfd:fw.")
+        || target == "anon_inode:[pidfd]"
+        || target == "anon_inode:[eventfd]"
+}
+
+/// Replaces every descriptor of this process except stdin, stdout, stderr and `keep` with
+/// /dev/null, keeping its number (each becomes a close-on-exec copy of one /dev/null
+/// descriptor).
+///
+/// Called in a freshly forked fork server and worker, so that they hold none of the program's
+/// files and sockets nor other mediators' descriptors. Replacing rather than closing means that
+/// a library still holding a number (a file logger, say) writes into /dev/null, not into
+/// whatever the number would be reused for. `keep` is every descriptor forkworker needs in
+/// that process and the ones the user passed with `inherit_fd`.
+pub(crate) fn sanitize_fds(keep: &[RawFd]) {
+    // SAFETY: a plain open of a constant path.
+    let null = unsafe {
+        libc::open(
+            c"/dev/null".as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY,
+        )
+    };
+    for fd in open_fds() {
+        if fd <= 2 || fd == null || keep.contains(&fd) {
+            continue;
+        }
+        if null >= 0 {
+            // SAFETY: dup3 onto a descriptor number of ours; the old one is closed by it.
+            unsafe { libc::dup3(null, fd, libc::O_CLOEXEC) };
+        } else {
+            // Without /dev/null, closing is the next best thing.
+            // SAFETY: closing a descriptor of ours that nothing in this process needs.
+            unsafe { libc::close(fd) };
+        }
+    }
+    if null >= 0 && !keep.contains(&null) {
+        // SAFETY: our own /dev/null descriptor.
+        unsafe { libc::close(null) };
+    }
+}
+
+/// The children of this process (from /proc/self/task/*/children, or, where the kernel does
+/// not have that file, by scanning /proc for processes whose parent is this one).
+pub(crate) fn children() -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut have_file = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                have_file = true;
+                found.extend(
+                    list.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+        }
+    }
+    if !have_file {
+        let me = std::process::id() as i32;
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                // The name in parentheses may hold anything; the fields after its last ')'
+                // are: state, ppid, ...
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|p| p.parse::<i32>().ok());
+                if ppid == Some(me) {
+                    found.push(pid);
+                }
+            }
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_sees_dev_null_in_place_of_an_open_file_but_keeps_what_it_keeps() {
+        let path = std::env::temp_dir().join(format!("fw-sanitize-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let kept = std::fs::File::open("/proc/self/status").unwrap();
+        let (fd, keep) = (file.as_raw_fd(), kept.as_raw_fd());
+        assert!(
+            foreign_fds(&[keep])
+                .iter()
+                .any(|(f, t)| *f == fd && t.ends_with(path.to_str().unwrap()))
+        );
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let write_fd = write.as_raw_fd();
+        // SAFETY: the child only sanitizes, reads links and writes one byte before `_exit`.
+        let pid = match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                sanitize_fds(&[keep, write_fd]);
+                let ok = fd_target(fd) == "/dev/null" && fd_target(keep).ends_with("/status");
+                let byte = [u8::from(ok)];
+                // SAFETY: writing one byte to our pipe, then leaving without destructors.
+                unsafe {
+                    libc::write(write_fd, byte.as_ptr().cast(), 1);
+                    libc::_exit(0)
+                }
+            }
+            ForkResult::Parent { child } => child,
+        };
+        drop(write);
+        let mut byte = [0u8; 1];
+        let n = nix::unistd::read(&read, &mut byte).unwrap();
+        waitpid(pid, None).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            (n, byte[0]),
+            (1, 1),
+            "the file became /dev/null, the kept one stayed"
+        );
+    }
 }

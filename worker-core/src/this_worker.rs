@@ -25,13 +25,27 @@
 //!
 //! Called in the parent (through `inline()`, say), [`log()`] and [`error()`] just log, and
 //! [`fatal_error`] logs without exiting.
+//!
+//! In a worker, [`log()`] and [`error()`] records are forwarded to the parent, which hands them
+//! to its own `log` logger (target: the mediator's alias) when it is next driven (`poll`,
+//! `wait`): a worker holds none of the program's files (its descriptors are /dev/null there),
+//! so a file logger's copy in the worker writes nowhere. Forwarding never blocks the worker: a
+//! record the parent has no room for yet is dropped, and the next one says how many were.
+//! The `log` crate's own macros (`log::info!` ...) in a worker still go through the worker's
+//! copy of the program's logger: `log` lets a logger be set only once per process, so they
+//! cannot be redirected; a logger writing to stderr still works (the worker's stderr reaches
+//! the program's), one writing to a file or a socket does not.
 
 use std::any::TypeId;
-use std::fmt::Display;
+use std::fmt::{Display, Write as _};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering};
+
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
 use crate::channel::Channel;
+use crate::error::SpawnError;
 
 /// Exit code of a worker that called [`fatal_error`].
 pub(crate) const EXIT_FATAL: i32 = 103;
@@ -54,10 +68,22 @@ static WORKER: AtomicPtr<WorkerInfo> = AtomicPtr::new(std::ptr::null_mut());
 static FATAL: AtomicBool = AtomicBool::new(false);
 static DAEMON: AtomicPtr<()> = AtomicPtr::new(std::ptr::null_mut());
 static DAEMON_TYPE: AtomicU64 = AtomicU64::new(0);
+/// In a worker, the socket its records are forwarded on; -1 elsewhere.
+static LOG_FD: AtomicI32 = AtomicI32::new(-1);
+/// Records that could not be forwarded since the last one that was.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Called in a new worker process. A worker forked by a worker (a method that runs a pool of
-/// its own) inherits its forker's info, which this replaces: it belongs to its own pool.
-pub(crate) fn enter(alias: &str, channel: &Channel) {
+/// The longest forwarded record in bytes (its level byte included); longer messages are cut.
+const RECORD_MAX: usize = 8 << 10;
+/// How many records the parent relays at one look, so that a worker logging without pause
+/// cannot keep it there.
+const RELAY_MAX: usize = 256;
+
+/// Called in a new worker process, with the socket its records are forwarded on. A worker
+/// forked by a worker (a method that runs a pool of its own) inherits its forker's info,
+/// which this replaces: it belongs to its own pool.
+pub(crate) fn enter(alias: &str, channel: &Channel, log_fd: RawFd) {
+    LOG_FD.store(log_fd, Ordering::Relaxed);
     let info = Box::new(WorkerInfo {
         alias: alias.to_owned(),
         channel,
@@ -73,6 +99,97 @@ fn worker() -> Option<&'static WorkerInfo> {
     let info = WORKER.load(Ordering::Acquire);
     // SAFETY: non-null values come from `Box::into_raw` in `enter` and are never freed.
     (!info.is_null()).then(|| unsafe { &*info })
+}
+
+/// The socket pair workers forward their records on: the parent's end (which [`relay`] reads)
+/// and the workers' end. Datagrams, one record each: a level byte (`log::Level as u8`) and
+/// the text. The parent's end receives each sender's credentials from the kernel
+/// (`SO_PASSCRED`), so the pid a record is shown with is the sender's, whatever its text says.
+pub(crate) fn log_socket() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+    )
+    .map_err(|e| SpawnError::Channel(e.into()))?;
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(|e| SpawnError::Channel(e.into()))?;
+    Ok((ours, theirs))
+}
+
+/// In a worker: sends a record to the parent, without blocking. False if this process has no
+/// parent to forward to (it is not a worker).
+fn forward(level: log::Level, message: &dyn Display) -> bool {
+    let fd = LOG_FD.load(Ordering::Relaxed);
+    if fd < 0 {
+        return false;
+    }
+    let dropped = DROPPED.swap(0, Ordering::Relaxed);
+    let mut text = String::with_capacity(128);
+    text.push(level as u8 as char);
+    if dropped > 0 {
+        let _ = write!(
+            text,
+            "({dropped} earlier records dropped: the parent did not take them in time) "
+        );
+    }
+    let _ = write!(text, "{message}");
+    let mut n = text.len().min(RECORD_MAX);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    // `write`, not `send`: a sandboxed worker may write to descriptors it holds but not send
+    // (see `sandbox`). The socket is non-blocking (`log_socket`), and a datagram socket
+    // raises no SIGPIPE.
+    // SAFETY: writing from a valid buffer to our socket.
+    let sent = unsafe { libc::write(fd, text.as_ptr().cast(), n) };
+    if sent < 0 {
+        DROPPED.fetch_add(dropped + 1, Ordering::Relaxed);
+    }
+    true
+}
+
+/// In the parent: hands the records workers forwarded on `fd` to the program's logger (target:
+/// `alias`), at most [`RELAY_MAX`] of them; never blocks.
+pub(crate) fn relay(fd: BorrowedFd<'_>, alias: &str) {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+    let mut buf = [0u8; RECORD_MAX];
+    for _ in 0..RELAY_MAX {
+        let mut cmsg = nix::cmsg_space!(UnixCredentials);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let Ok(r) = recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_DONTWAIT,
+        ) else {
+            return;
+        };
+        let pid = r.cmsgs().ok().and_then(|mut c| {
+            c.find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                _ => None,
+            })
+        });
+        let n = r.bytes;
+        if n == 0 {
+            continue; // An empty record: nothing to show.
+        }
+        let record = &buf[..n.min(RECORD_MAX)];
+        let level = match record[0] {
+            1 => log::Level::Error,
+            2 => log::Level::Warn,
+            4 => log::Level::Debug,
+            5 => log::Level::Trace,
+            _ => log::Level::Info,
+        };
+        let text = String::from_utf8_lossy(&record[1..]);
+        match pid {
+            Some(pid) => log::log!(target: alias, level, "[worker {pid}] {text}"),
+            None => log::log!(target: alias, level, "[worker ?] {text}"),
+        }
+    }
 }
 
 /// Whether the current method asked for its worker to be restarted.
@@ -112,14 +229,22 @@ fn target() -> &'static str {
 }
 
 /// Writes to the program's log (the `log` crate, tagged with the mediator's alias).
+///
+/// In a worker the record is forwarded to the parent's logger (see the module's doc).
 pub fn log(message: impl Display) {
-    log::info!(target: target(), "[worker {}] {message}", std::process::id());
+    if !forward(log::Level::Info, &message) {
+        log::info!(target: target(), "[worker {}] {message}", std::process::id());
+    }
 }
 
 /// Logs an error and counts it (a catch-all error of this worker, in the mediator's
 /// statistics; a worker reaching 10 is replaced).
+///
+/// In a worker the record is forwarded to the parent's logger (see the module's doc).
 pub fn error(message: impl Display) {
-    log::error!(target: target(), "[worker {}] {message}", std::process::id());
+    if !forward(log::Level::Error, &message) {
+        log::error!(target: target(), "[worker {}] {message}", std::process::id());
+    }
     if let Some(w) = worker() {
         // SAFETY: the channel lives in the shared mapping for the life of the process.
         unsafe { &*w.channel }

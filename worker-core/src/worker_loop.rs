@@ -5,7 +5,7 @@
 //! unlink the parent's shared-memory segment).
 
 use std::convert::Infallible;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::arena::Span;
@@ -40,6 +40,23 @@ pub(crate) struct WorkerEnv<'a> {
     pub(crate) limits: &'a WorkerLimits,
     /// How the worker confines itself after `setup`, if it does.
     pub(crate) sandbox: Option<&'a Sandbox>,
+    /// Where `this_worker::log` and `error` forward their records to the parent.
+    pub(crate) log: BorrowedFd<'a>,
+    /// The descriptors the user asked workers to inherit (`Mediator::inherit_fd`).
+    pub(crate) inherit: &'a [RawFd],
+    /// The descriptors the parent sent with the spawn request (see `fork_server::SpawnRequest`).
+    pub(crate) received: Vec<OwnedFd>,
+}
+
+impl WorkerEnv<'_> {
+    /// Every descriptor the worker keeps besides stdin, stdout and stderr.
+    fn keep(&self) -> Vec<RawFd> {
+        [self.eventfd.as_raw_fd(), self.log.as_raw_fd()]
+            .into_iter()
+            .chain(self.inherit.iter().copied())
+            .chain(self.received.iter().map(|fd| fd.as_raw_fd()))
+            .collect()
+    }
 }
 
 /// Runs the worker until it is asked to exit, then leaves the process.
@@ -47,6 +64,9 @@ pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
     // The daemon's handlers would only set flags in this copy: default actions again, and
     // SIGINT ignored (a Ctrl-C reaches the whole process group; the parent decides).
     crate::process::in_child();
+    // None of the program's files and sockets, nor the server's or other workers'
+    // descriptors, beyond what this worker needs.
+    crate::process::sanitize_fds(&env.keep());
     let code = match catch_unwind(AssertUnwindSafe(|| serve(value, &env))) {
         Ok(()) => 0,
         Err(_) => EXIT_PANIC,
@@ -57,7 +77,7 @@ pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
 
 fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
     let channel = env.region.channel(env.slot);
-    this_worker::enter(env.alias, channel);
+    this_worker::enter(env.alias, channel, env.log.as_raw_fd());
     value.setup();
     // The limits count what the worker does after its setup. The CPU timer, if any, runs
     // only while a method does.

@@ -15,7 +15,7 @@ pub const RESERVED: &[&str] = &[
     "recycle",
     "memory_limit",
     "cpu_limit",
-    "fork_server",
+    "inherit_fd",
     "persist",
     "recover",
     "suspend",

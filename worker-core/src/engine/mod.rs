@@ -227,15 +227,13 @@ impl<W: Worker> Engine<W> {
     }
 
     /// Starts a pool for `base`, whose [`Configured::check`] passed: creates the shared
-    /// memory, starts the fork server if enabled, recovers or purges an earlier run's journal
+    /// memory, starts the fork server, recovers or purges an earlier run's journal
     /// for a persistent mediator and, with [`ForkStrategy::Aggressive`], forks every worker.
     /// Runs no user code in this process. On failure `base` comes back unchanged.
     pub(crate) fn start(
         mut base: Configured<W>,
     ) -> Result<Engine<W>, Box<(Configured<W>, StartError)>> {
-        if base.config.fork_server
-            && let Some(threads) = process::thread_count().filter(|&n| n > 1)
-        {
+        if let Some(threads) = process::thread_count().filter(|&n| n > 1) {
             log::warn!(target: &base.alias,
                 "starting the fork server in a process with {threads} threads: it can inherit a lock another thread held at the fork; call start() before starting threads");
         }

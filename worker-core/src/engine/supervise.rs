@@ -169,7 +169,9 @@ impl<W: Worker> Engine<W> {
         if dead.is_empty() {
             return;
         }
-        for (i, cause) in dead {
+        // `stderr`: the last lines (at most 4 KiB) the worker wrote to its stderr, kept by the
+        // fork server; where a death is classified from what the worker said last.
+        for (i, cause, stderr) in dead {
             // A worker can answer and then die: take the answer first.
             self.read_answer(i);
             let pool = &mut self.pool;
@@ -201,15 +203,20 @@ impl<W: Worker> Engine<W> {
             self.count_error(ErrorKind::Communication, None);
             if started {
                 self.base.health.answered();
-                // LEAD: pass the worker's stderr tail here (the last 4 KiB it wrote), so that
-                // an allocation failure under RLIMIT_DATA is told from a crash.
-                let tail: Option<&str> = None;
-                let death = self.pool.classify_death(cause, verdict, tail);
+                // The tail tells an allocation failure under RLIMIT_DATA from a crash.
+                let death = self
+                    .pool
+                    .classify_death(cause, verdict, Some(stderr.as_str()));
                 log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}{death}", b.call);
                 self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
                     death
                         .limit_error(method, pid, cause)
-                        .unwrap_or(CallError::Crashed { method, pid, cause })
+                        .unwrap_or(CallError::Crashed {
+                            method,
+                            pid,
+                            cause,
+                            stderr,
+                        })
                 });
             } else {
                 self.base.health.died_unanswered();

@@ -1,9 +1,0 @@
-// `fork_server` is a public method of the generated mediator; a proxy named so would hide it.
-pub struct Primes;
-
-#[forkworker::worker]
-impl Primes {
-    pub fn fork_server(&self) {}
-}
-
-fn main() {}

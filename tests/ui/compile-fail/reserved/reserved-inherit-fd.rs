@@ -1,0 +1,9 @@
+// `inherit_fd` is a public method of the generated mediator; a proxy named so would hide it.
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn inherit_fd(&self) {}
+}
+
+fn main() {}
