@@ -1,6 +1,7 @@
-//! Attacks from inside a worker: a method that does the hostile thing for real (truncates the
-//! segment, scribbles over it, races the parent's decoding, stops or dies at the worst
-//! moment), and a parent that must survive with the documented error while the pool goes on.
+//! Attacks from inside a worker: a method that does the hostile thing for real (truncates its
+//! area, scribbles over it, races the parent's decoding, stops at the worst moment, looks for
+//! other workers' memory), and a parent that must survive with the documented error while the
+//! pool and the other workers' calls go on.
 //! Each test runs alone in its own process (see `support`), which also checks what it left
 //! behind.
 
@@ -13,58 +14,56 @@ use support::eventually;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// The layout of the segment (see worker-core/src/shm.rs and channel.rs): channels start at
-/// 4096 and are 192 bytes each; in a channel, the response half starts at +64 and its
-/// `errors` word is at +4.
-const CHANNELS: usize = 4096;
-const CHANNEL_SIZE: usize = 192;
+/// The layout of a worker's area (see worker-core/src/area.rs and channel.rs): the channel
+/// starts it; in the channel, the response half starts at +64, its `errors` word is at +4, its
+/// `seq` at +8; the request half's `seq` is at +0 and its `ret_off` at +16. The payload starts
+/// at 4096.
 const RESP_ERRORS: usize = 64 + 4;
-/// The response half's `kind` word, and its value for "I need more room".
-const RESP_KIND: usize = 64 + 12;
-const NEED_SPACE: u32 = 2;
-/// The response half's `seq` word; the request half's `kind` word, its value for "here is
-/// room", and its `ret_off` word.
 const RESP_SEQ: usize = 64 + 8;
-const REQ_KIND: usize = 4;
-const SPACE: u32 = 2;
 const REQ_RET_OFF: usize = 16;
-/// The payload area of the race's mediator.
-const RACE_ARENA: usize = 32 << 20;
+const PAYLOAD: usize = 4096;
+/// The payload of each worker's area in the race's mediator.
+const RACE_AREA: usize = 32 << 20;
 
 pub struct Hostile;
 
-/// This worker's mapping of its mediator's segment: (start, length).
-fn own_segment(alias: &str) -> (*mut u8, usize) {
-    let (start, len) = support::memfd_mappings(alias)
-        .into_iter()
-        .max_by_key(|&(_, len)| len)
-        .expect("the worker maps its mediator's segment");
+/// This worker's mapping of its own area, the one area it maps: (start, length).
+fn own_area(alias: &str) -> (*mut u8, usize) {
+    let (start, len) = (0..64)
+        .find_map(|slot| support::area_of(alias, slot))
+        .expect("the worker maps its area");
     (start as *mut u8, len)
 }
 
-/// Starts a thread that waits for the parent to grant channel `slot`'s worker room for a
-/// return of `n` bytes, then for the worker's answer, and from then on keeps flipping bytes
-/// of that room to 0xFF and back for `time`, while the parent decodes them. `arena` is the
-/// payload area's size: the area is the last bytes of the segment.
-fn flip_returned(alias: &str, slot: usize, arena: usize, n: usize, time: Duration) {
-    let (base, len) = own_segment(alias);
-    let channel = base as usize + CHANNELS + slot * CHANNEL_SIZE;
-    let payload = base as usize + len - arena;
+/// Every mapping of this process whose path names forkworker's shared memory (a memfd of
+/// ours or a /dev/shm segment), as its /proc/self/maps path.
+fn shared_mappings() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("/memfd:fw.") || l.contains("/dev/shm/fw."))
+        .filter_map(|l| l.split_whitespace().nth(5).map(str::to_owned))
+        .collect()
+}
+
+/// Starts a thread that waits for the worker's answer to the request it holds (in its own
+/// area), and from then on keeps flipping bytes of the `n`-byte answer to 0xFF and back for
+/// `time`, while the parent decodes them.
+fn flip_returned(alias: &str, n: usize, time: Duration) {
+    let (base, _) = own_area(alias);
+    let base = base as usize;
     std::thread::spawn(move || {
         let read = |at: usize| {
-            // SAFETY: reading the worker's own channel in its mapping.
-            unsafe { std::ptr::read_volatile((channel + at) as *const u32) }
+            // SAFETY: reading the worker's own channel in its area.
+            unsafe { std::ptr::read_volatile((base + at) as *const u32) }
         };
-        while read(REQ_KIND) != SPACE {
-            std::hint::spin_loop();
-        }
         let seq = read(0);
         // SAFETY: as above.
-        let ret_off = unsafe { std::ptr::read_volatile((channel + REQ_RET_OFF) as *const u64) };
+        let ret_off = unsafe { std::ptr::read_volatile((base + REQ_RET_OFF) as *const u64) };
         while read(RESP_SEQ) != seq {
             std::hint::spin_loop();
         }
-        let start = payload + ret_off as usize;
+        let start = base + PAYLOAD + ret_off as usize;
         let end = Instant::now() + time;
         let mut x = 1usize;
         while Instant::now() < end {
@@ -72,8 +71,8 @@ fn flip_returned(alias: &str, slot: usize, arena: usize, n: usize, time: Duratio
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             let p = (start + 8 + (x >> 33) % (n - 8)) as *mut u8;
-            // SAFETY: within the room the worker was lent, in its own mapping; racing the
-            // parent is the attack.
+            // SAFETY: within the room the worker was lent, in its own area; racing the parent
+            // is the attack.
             unsafe {
                 std::ptr::write_volatile(p, 0xFF);
                 for _ in 0..50 {
@@ -82,20 +81,6 @@ fn flip_returned(alias: &str, slot: usize, arena: usize, n: usize, time: Duratio
                 std::ptr::write_volatile(p, b'a');
             }
         }
-    });
-}
-
-/// Starts a thread that watches channel `slot`'s answer and runs `then` as soon as the
-/// worker has asked for more room for its return value.
-fn on_need_space(alias: &str, slot: usize, then: fn()) {
-    let (base, _) = own_segment(alias);
-    let kind = base as usize + CHANNELS + slot * CHANNEL_SIZE + RESP_KIND;
-    std::thread::spawn(move || {
-        // SAFETY: reading the worker's own channel in its mapping.
-        while unsafe { std::ptr::read_volatile(kind as *const u32) } & 0xFFFF != NEED_SPACE {
-            std::hint::spin_loop();
-        }
-        then();
     });
 }
 
@@ -113,7 +98,7 @@ impl Hostile {
     /// descriptors it inherited and /proc/self/map_files. Returns what each attempt gave:
     /// (how many were tried, how many succeeded).
     pub fn truncate(&self, alias: String) -> (u32, u32) {
-        let (base, len) = own_segment(&alias);
+        let (base, len) = own_area(&alias);
         let mut tried = 0;
         let mut done = 0;
         let mut attempt = |fd: i32| {
@@ -149,12 +134,14 @@ impl Hostile {
         (tried, done)
     }
 
-    /// Starts a thread that writes random words over the whole segment, as fast as it can,
-    /// for `ms` milliseconds (half of them into its first 8 KiB: the header and channels).
+    /// Starts a thread that, 50 ms later, writes random words over its whole area as fast as
+    /// it can, for `ms` milliseconds (half of them into its first page: its channel).
     pub fn scribble(&self, alias: String, ms: u64) -> u32 {
-        let (base, len) = own_segment(&alias);
+        let (base, len) = own_area(&alias);
         let base = base as usize;
         std::thread::spawn(move || {
+            // After this call's answer, so that the caller learns which worker scribbles.
+            std::thread::sleep(Duration::from_millis(50));
             let end = Instant::now() + Duration::from_millis(ms);
             let mut x = std::process::id() as u64 | 1;
             while Instant::now() < end {
@@ -162,8 +149,8 @@ impl Hostile {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    // Half of the words hit the header and the channels.
-                    let span = if x & 1 == 0 { len } else { 8192 };
+                    // Half of the words hit the first page: the channel and the flag.
+                    let span = if x & 1 == 0 { len } else { 4096 };
                     let at = base + (x as usize % (span / 8)) * 8;
                     // SAFETY: within the worker's own mapping; scribbling is the attack.
                     unsafe { std::ptr::write_volatile(at as *mut u64, x) };
@@ -173,25 +160,24 @@ impl Hostile {
         std::process::id()
     }
 
-    /// Writes `seq` into the sequence word of channel `slot`'s answer line (the worker's
-    /// own), then hangs.
-    pub fn scribble_answer_seq(&self, alias: String, slot: usize, seq: u32) -> u32 {
-        let (base, _) = own_segment(&alias);
+    /// Writes `seq` into the sequence word of its channel's answer line, then hangs.
+    pub fn scribble_answer_seq(&self, alias: String, seq: u32) -> u32 {
+        let (base, _) = own_area(&alias);
         // SAFETY: the worker's own mapping; scribbling is the attack.
         unsafe {
-            let word = base.add(CHANNELS + slot * CHANNEL_SIZE + RESP_SEQ) as *mut u32;
+            let word = base.add(RESP_SEQ) as *mut u32;
             std::ptr::write_volatile(word, seq);
         }
         std::thread::sleep(Duration::from_secs(60));
         seq
     }
 
-    /// Writes `value` into the `errors` word of channel `slot` (the worker's own).
-    pub fn set_errors_word(&self, alias: String, slot: usize, value: u32) -> u32 {
-        let (base, _) = own_segment(&alias);
+    /// Writes `value` into its channel's `errors` word.
+    pub fn set_errors_word(&self, alias: String, value: u32) -> u32 {
+        let (base, _) = own_area(&alias);
         // SAFETY: the worker's own mapping; scribbling is the attack.
         unsafe {
-            let word = base.add(CHANNELS + slot * CHANNEL_SIZE + RESP_ERRORS) as *mut u32;
+            let word = base.add(RESP_ERRORS) as *mut u32;
             std::ptr::write_volatile(word, value);
         }
         value
@@ -200,26 +186,39 @@ impl Hostile {
     /// Returns `n` bytes of `a` while a thread keeps flipping them to invalid UTF-8 and back
     /// in the segment, so that the parent decodes them while they change.
     pub fn racy_text(&self, alias: String, n: usize) -> String {
-        flip_returned(&alias, 0, RACE_ARENA, n, Duration::from_millis(20));
+        flip_returned(&alias, n, Duration::from_millis(20));
         "a".repeat(n)
     }
 
-    /// Returns a value too large for its reservation (the parent must grant room), and stops
-    /// this process (SIGSTOP) as soon as it asked for room, so the request for room is never
-    /// answered.
-    pub fn big_then_stop(&self, alias: String, n: usize) -> Vec<u8> {
+    /// Stops this process (SIGSTOP) in the middle of its call: it never answers.
+    pub fn stop_self(&self) -> u8 {
         // SAFETY: stopping ourselves is the point.
-        on_need_space(&alias, 0, || unsafe {
-            libc::raise(libc::SIGSTOP);
-        });
-        vec![7; n]
+        unsafe { libc::raise(libc::SIGSTOP) };
+        0
     }
 
-    /// As [`Hostile::big_then_stop`], but the process exits instead.
-    pub fn big_then_exit(&self, alias: String, n: usize) -> Vec<u8> {
-        // SAFETY: leaving at once is the point.
-        on_need_space(&alias, 0, || unsafe { libc::_exit(3) });
-        vec![7; n]
+    /// Returns `n` bytes, which may be more than its area holds.
+    pub fn bytes(&self, n: usize) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(vec![7; n])
+    }
+
+    /// What this worker maps of forkworker's shared memory, and which descriptors of it it
+    /// holds: every other worker's area, the parent's store and other mediators' areas
+    /// must be out of its reach.
+    pub fn reach(&self) -> (Vec<String>, Vec<String>) {
+        let fds = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .map(|t| t.to_string_lossy().into_owned())
+            .filter(|t| t.contains("memfd:fw.") || t.contains("/dev/shm/fw."))
+            .collect();
+        (shared_mappings(), fds)
+    }
+
+    /// Runs `echo` and says which worker ran it.
+    pub fn echo_pid(&self, n: u64) -> (u64, u32) {
+        (n, std::process::id())
     }
 }
 
@@ -232,7 +231,7 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-fn a_worker_cannot_truncate_the_segment() {
+fn a_worker_cannot_truncate_its_area() {
     let mut m = HostileMediator::new("Truncate", Hostile);
     m.workers(1);
     let id = m.truncate("Truncate".into()).unwrap();
@@ -253,7 +252,7 @@ fn a_huge_errors_word_neither_hangs_nor_floods_the_parent() {
     let mut m = HostileMediator::new("ErrorsWord", Hostile);
     m.workers(1);
     let t = Instant::now();
-    let id = m.set_errors_word("ErrorsWord".into(), 0, u32::MAX).unwrap();
+    let id = m.set_errors_word("ErrorsWord".into(), u32::MAX).unwrap();
     // Whatever the call gives, the parent is back at once.
     let _ = m.wait(id, LONG);
     assert!(
@@ -270,7 +269,7 @@ fn a_huge_errors_word_neither_hangs_nor_floods_the_parent() {
 
 fn a_return_changed_while_the_parent_decodes_it_is_never_invalid() {
     let mut m = HostileMediator::new("Utf8Race", Hostile);
-    m.workers(1).malloc(RACE_ARENA);
+    m.workers(1).malloc(RACE_AREA);
     let (mut returned, mut wire) = (0, 0);
     for _ in 0..20 {
         let id = m.racy_text("Utf8Race".into(), 4 << 20).unwrap();
@@ -289,7 +288,7 @@ fn a_return_changed_while_the_parent_decodes_it_is_never_invalid() {
     assert!(returned > 0, "some calls returned");
 }
 
-fn a_worker_scribbling_over_the_whole_segment_neither_hangs_nor_kills_the_parent() {
+fn a_worker_scribbling_over_its_whole_area_neither_hangs_nor_kills_the_parent() {
     let mut m = HostileMediator::new("Scribble", Hostile);
     m.workers(2).timeout(Duration::from_secs(2));
     let id = m.scribble("Scribble".into(), 1_000).unwrap();
@@ -300,9 +299,8 @@ fn a_worker_scribbling_over_the_whole_segment_neither_hangs_nor_kills_the_parent
         let t = Instant::now();
         match m.echo(7).map(|id| m.wait(id, Duration::from_secs(10))) {
             Ok(Ok(7)) => right += 1,
-            // A wrong value of the right type, or a typed error: the contained outcomes while
-            // the segment is shared (each worker's own area will make them the scribbler's
-            // calls alone).
+            // A wrong value of the right type, or a typed error, for the scribbler's own calls
+            // (see the next test for the other worker's).
             Ok(_) | Err(_) => failed += 1,
         }
         assert!(
@@ -385,7 +383,7 @@ fn a_scribbled_answer_line_is_counted_as_corruption_not_a_timeout() {
     let mut m = HostileMediator::new("AnswerSeq", Hostile);
     m.workers(1).timeout(Duration::from_secs(1));
     let id = m
-        .scribble_answer_seq("AnswerSeq".into(), 0, 0xdead_beef)
+        .scribble_answer_seq("AnswerSeq".into(), 0xdead_beef)
         .unwrap();
     match m.wait(id, LONG) {
         Err(CallError::Wire {
@@ -399,61 +397,154 @@ fn a_scribbled_answer_line_is_counted_as_corruption_not_a_timeout() {
     assert_eq!(m.wait(id, LONG).unwrap(), 4);
 }
 
-/// The return of the room games: large, so that copying it into the granted room takes the
-/// worker long enough for its watching thread to act first.
-const BIG: usize = 32 << 20;
+/// Removes a file when dropped, also when a test fails.
+struct Remove(std::path::PathBuf);
 
-fn a_worker_stopped_after_asking_for_room_ends_by_its_timeout_without_spinning() {
-    let mut m = HostileMediator::new("StopRoom", Hostile);
-    m.workers(1).timeout(Duration::from_secs(2)).malloc(4 * BIG);
-    // The worker's watching thread may lose the race with its own answer; then try again.
-    for _ in 0..5 {
-        let id = m.big_then_stop("StopRoom".into(), BIG).unwrap();
-        let (t, cpu) = (Instant::now(), cpu_time());
-        match m.wait(id, Duration::from_secs(20)) {
-            Err(CallError::Timeout { .. }) => {}
-            Ok(_) => continue,
-            Err(e) => panic!("expected a timeout, got {e:?}"),
-        }
-        let (waited, spun) = (t.elapsed(), cpu_time() - cpu);
-        assert!(waited < Duration::from_secs(4), "waited {waited:?}");
-        assert!(spun < Duration::from_millis(500), "spun {spun:?} of CPU");
-        let id = m.echo(5).unwrap();
-        assert_eq!(m.wait(id, LONG).unwrap(), 5);
-        return;
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
-    panic!("the worker never stopped before answering");
 }
 
-fn a_worker_dead_after_asking_for_room_is_reported_at_once() {
-    let mut m = HostileMediator::new("DieRoom", Hostile);
-    m.workers(1)
-        .timeout(Duration::from_secs(20))
-        .malloc(4 * BIG);
-    for _ in 0..5 {
-        let id = m.big_then_exit("DieRoom".into(), BIG).unwrap();
-        let t = Instant::now();
-        match m.wait(id, Duration::from_secs(30)) {
-            Err(CallError::Crashed { .. }) => {}
-            Ok(_) => continue,
-            Err(e) => panic!("expected a crash, got {e:?}"),
+fn another_users_persistent_segment_is_refused_untouched() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Another user (uid 65534) made the segment a persistent mediator would use, open to all,
+    // with calls of its own in it.
+    let app = support::app_name(std::process::id());
+    let path = std::path::PathBuf::from(format!("/dev/shm/fw.app.{app}.Planted"));
+    let _guard = Remove(path.clone());
+    std::fs::write(&path, vec![0x5a; 1 << 16]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown (CI runs as root)");
+    let mut m = HostileMediator::new("Planted", Hostile);
+    m.persist(app).recover(true);
+    match m.start() {
+        Err(StartError::Pool(forkworker::PoolError::UnsafeSegment(e))) => {
+            assert_eq!((e.owner, e.mode), (Some(65534), Some(0o666)), "{e}");
+            assert!(e.to_string().contains("another user"), "{e}");
         }
-        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-        let id = m.echo(5).unwrap();
-        assert_eq!(m.wait(id, LONG).unwrap(), 5);
-        assert!(eventually(LONG, || m.pids().len() == 1));
-        return;
+        other => panic!("expected the segment to be refused, got {other:?}"),
     }
-    panic!("the worker never died before answering");
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!((meta.uid(), meta.len()), (65534, 1 << 16), "left as it was");
+    assert!(std::fs::read(&path).unwrap().iter().all(|&b| b == 0x5a));
+    // Ours, but open to others: refused too.
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+    let mut m = HostileMediator::new("Planted", Hostile);
+    m.persist(support::app_name(std::process::id()));
+    assert!(matches!(
+        m.start(),
+        Err(StartError::Pool(forkworker::PoolError::UnsafeSegment(_)))
+    ));
+}
+
+fn a_worker_stopped_mid_call_ends_by_its_timeout_without_spinning() {
+    let mut m = HostileMediator::new("Stopped", Hostile);
+    m.workers(1).timeout(Duration::from_secs(2));
+    let id = m.stop_self().unwrap();
+    let (t, cpu) = (Instant::now(), cpu_time());
+    match m.wait(id, Duration::from_secs(20)) {
+        Err(CallError::Timeout { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let (waited, spun) = (t.elapsed(), cpu_time() - cpu);
+    assert!(waited < Duration::from_secs(4), "waited {waited:?}");
+    assert!(spun < Duration::from_millis(500), "spun {spun:?} of CPU");
+    let id = m.echo(5).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 5);
+}
+
+fn a_return_larger_than_the_area_fails_at_once_and_the_worker_stays() {
+    let mut m = HostileMediator::new("TooBig", Hostile);
+    m.workers(1).malloc(1 << 20);
+    let pid = m.pid().map(|id| m.wait(id, LONG)).unwrap().unwrap();
+    let id = m.bytes(2 << 20).unwrap();
+    match m.wait(id, LONG) {
+        Err(CallError::ReturnTooLarge {
+            needed, allocation, ..
+        }) => assert!(
+            needed > 2 << 20 && allocation == 1 << 20,
+            "{needed} {allocation}"
+        ),
+        other => panic!("expected ReturnTooLarge, got {:?}", other.map(|b| b.len())),
+    }
+    let id = m.bytes(1000).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap().len(), 1000);
+    assert_eq!(m.pid().map(|id| m.wait(id, LONG)).unwrap().unwrap(), pid);
+}
+
+fn a_worker_maps_only_its_own_area() {
+    // Two mediators: neither's worker may reach the other's memory, nor its siblings', nor
+    // the parent's store.
+    let mut other = HostileMediator::new("Neighbour", Hostile);
+    other.workers(2);
+    let id = other.echo(1).unwrap();
+    other.wait(id, LONG).unwrap();
+    let mut m = HostileMediator::new("Reach", Hostile);
+    m.workers(3);
+    let ids: Vec<_> = (0..3).map(|_| m.reach().unwrap()).collect();
+    for id in ids {
+        let (maps, fds) = m.wait(id, LONG).unwrap();
+        assert_eq!(maps.len(), 2, "its area and the spin page only: {maps:?}");
+        assert!(
+            maps.iter().all(|p| p.contains(".Reach.")),
+            "nothing of another mediator: {maps:?}"
+        );
+        assert_eq!(
+            maps.iter().filter(|p| p.contains(".area")).count(),
+            1,
+            "one area: {maps:?}"
+        );
+        assert!(maps.iter().any(|p| p.contains(".spin")), "{maps:?}");
+        assert!(
+            fds.len() <= 2,
+            "descriptors of its area and page at most: {fds:?}"
+        );
+    }
+}
+
+fn a_worker_scribbling_its_area_cannot_touch_another_workers_calls() {
+    let mut m = HostileMediator::new("Forge", Hostile);
+    m.workers(2).timeout(Duration::from_secs(5));
+    // Both workers up; then one scribbles over all it maps for 1.5 s.
+    let ids: Vec<_> = (0..2).map(|_| m.pid().unwrap()).collect();
+    let pids: Vec<u32> = ids
+        .into_iter()
+        .map(|id| m.wait(id, LONG).unwrap())
+        .collect();
+    let id = m.scribble("Forge".into(), 1_500).unwrap();
+    let scribbler = m.wait(id, LONG).unwrap();
+    let other = *pids.iter().find(|&&p| p != scribbler).expect("two workers");
+    let (end, mut checked) = (Instant::now() + Duration::from_millis(1_500), 0);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        // Four at a time, so that both workers get some.
+        let ids: Vec<_> = (0..4)
+            .map(|k| (n + k, m.echo_pid(n + k).unwrap()))
+            .collect();
+        n += 4;
+        for (sent, id) in ids {
+            if let Ok((got, pid)) = m.wait(id, LONG)
+                && pid == other
+            {
+                assert_eq!(got, sent, "a call the other worker ran came back wrong");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "some calls ran on the other worker");
 }
 
 tests![
-    a_worker_cannot_truncate_the_segment,
+    a_worker_cannot_truncate_its_area,
     a_huge_errors_word_neither_hangs_nor_floods_the_parent,
     a_return_changed_while_the_parent_decodes_it_is_never_invalid,
-    a_worker_scribbling_over_the_whole_segment_neither_hangs_nor_kills_the_parent,
+    a_worker_scribbling_over_its_whole_area_neither_hangs_nor_kills_the_parent,
     a_full_dev_shm_fails_start_with_an_error_not_sigbus,
     a_scribbled_answer_line_is_counted_as_corruption_not_a_timeout,
-    a_worker_stopped_after_asking_for_room_ends_by_its_timeout_without_spinning,
-    a_worker_dead_after_asking_for_room_is_reported_at_once,
+    another_users_persistent_segment_is_refused_untouched,
+    a_worker_stopped_mid_call_ends_by_its_timeout_without_spinning,
+    a_return_larger_than_the_area_fails_at_once_and_the_worker_stays,
+    a_worker_maps_only_its_own_area,
+    a_worker_scribbling_its_area_cannot_touch_another_workers_calls,
 ];

@@ -343,10 +343,10 @@ fn a_call_is_cancelled_after_three_requeues_and_nothing_hangs() {
     assert!(t.elapsed() < Duration::from_secs(10));
 }
 
-/// The layout of a channel in the segment (see worker-core/src/channel.rs and shm.rs): the
-/// first channel starts at 4096; its response half at +64, whose `seq` is at +8, `kind` at
+/// The layout of a channel in a worker's area (see worker-core/src/channel.rs and area.rs):
+/// the channel starts the area; its response half at +64, whose `seq` is at +8, `kind` at
 /// +12, `ret_len` at +16 and `check` at +40. The request half's `seq` is at +0.
-const CHANNEL0: usize = 4096;
+const CHANNEL0: usize = 0;
 
 fn a_forged_answer_in_shared_memory_fails_its_call_only() {
     let mut m = FaultyMediator::new("Forged", Faulty);
@@ -354,7 +354,7 @@ fn a_forged_answer_in_shared_memory_fails_its_call_only() {
     let id = m.sleep_ms(2_000).unwrap();
     assert!(eventually(LONG, || m.status(id) == Some(CallStatus::Running)));
     let worker = m.pids()[0];
-    let (base, _) = support::memfd_mappings("Forged")[0];
+    let (base, _) = support::area_of("Forged", 0).expect("the worker's area");
     let base = base as *mut u8;
     // SAFETY: scribbling on the test's own mapping of the segment, as a stray write would.
     unsafe {

@@ -363,9 +363,14 @@ fn a_worker_holds_none_of_the_programs_descriptors_but_the_inherited_one() {
         .iter()
         .filter(|(_, t)| t.starts_with("socket:"))
         .count();
+    // And its own area and the pool's spin page, the memory it maps.
+    let memfds = others
+        .iter()
+        .filter(|(_, t)| t.starts_with("/memfd:fw.") && t.contains(".Fds."))
+        .count();
     assert!(
-        eventfds == 1 && sockets == 1 && others.len() == 2,
-        "the worker holds more than its own eventfd and log socket: {others:?}"
+        eventfds == 1 && sockets == 1 && memfds == 2 && others.len() == 4,
+        "the worker holds more than its own eventfd, log socket, area and spin page: {others:?}"
     );
     assert!(
         !fds.iter()

@@ -249,6 +249,23 @@ pub fn memfd_mappings(part: &str) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// This process's mapping of the area of worker slot `slot` of the mediator `alias` (see
+/// worker-core/src/area.rs: `/memfd:fw.<pid>.<alias>.<n>.area<slot>`): start and length.
+/// The parent maps every area of its pools; a worker maps its own alone.
+pub fn area_of(alias: &str, slot: usize) -> Option<(usize, usize)> {
+    let tail = format!(".area{slot} (deleted)");
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("/memfd:fw.") && l.contains(alias) && l.ends_with(&tail))
+        .find_map(|l| {
+            let (start, end) = l.split_whitespace().next()?.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            Some((start, end - start))
+        })
+}
+
 /// Panics if this process has a child, alive or zombie.
 pub fn assert_no_children() {
     // SAFETY: WNOHANG never blocks; status is a valid out-pointer.

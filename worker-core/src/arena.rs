@@ -78,14 +78,6 @@ impl Blocks {
             .find(|b| b.holds(span))
     }
 
-    /// The block that holds `span`, writable, if one does.
-    #[inline]
-    pub(crate) fn holding_mut(&mut self, span: Span) -> Option<&mut Block> {
-        std::iter::once(&mut self.block)
-            .chain(&mut self.ret_block)
-            .find(|b| b.holds(span))
-    }
-
     /// Bytes held.
     pub(crate) fn len(&self) -> usize {
         self.block.len + self.ret_block.as_ref().map_or(0, |b| b.len)

@@ -20,17 +20,15 @@ use crate::wake::{self, SleepFlag, WorkerWake};
 #[repr(u32)]
 pub(crate) enum RequestKind {
     /// Run method `method` on the arguments that `args_at` and `args` locate (in the line, or
-    /// a block of the payload area), reply into `ret_off`.
+    /// the worker's area), reply into `ret_off`.
     Call = 1,
-    /// The room asked for by `Response::NeedSpace` is at `ret_off`: copy the return there.
-    Space = 2,
-    /// Run `teardown` and exit.
+    /// Run `teardown` and exit. (2 was a request for room, which an area makes needless.)
     Exit = 3,
 }
 
 impl RequestKind {
     fn from_u32(v: u32) -> Option<RequestKind> {
-        [RequestKind::Call, RequestKind::Space, RequestKind::Exit]
+        [RequestKind::Call, RequestKind::Exit]
             .into_iter()
             .find(|r| *r as u32 == v)
     }
@@ -65,16 +63,6 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The return value of `method` that did not fit its reservation goes to `ret`.
-    pub(crate) fn space(method: u32, ret: Span) -> Request<'static> {
-        Request {
-            kind: RequestKind::Space,
-            method,
-            args: ArgsAt::Block(0, 0),
-            ret,
-        }
-    }
-
     /// Run `teardown` and exit.
     pub(crate) fn exit() -> Request<'static> {
         Request {
@@ -92,7 +80,7 @@ impl<'a> Request<'a> {
 pub(crate) enum Response {
     /// The return value is at `ret_off`, `ret_len` bytes.
     Returned = 1,
-    /// The return value needs `ret_len` bytes, more than `ret_cap`.
+    /// The return value needs `ret_len` bytes, more than `ret_cap`: it does not fit the area.
     NeedSpace = 2,
     /// The method panicked; the message (UTF-8, maybe truncated) is at `ret_off`.
     Panicked = 3,
@@ -183,7 +171,7 @@ pub(crate) struct ResponseHalf {
     pub(crate) ret_len: AtomicU64,
     /// CLOCK_MONOTONIC nanoseconds when the worker started the request answered; 0 when it
     /// started it as it was posted (see `Channel::mark_running`) or did not start one with it
-    /// (an answer to `Space`, `Exit` or a corrupted request).
+    /// (an answer to `Exit` or a corrupted request).
     pub(crate) started_ns: AtomicU64,
     /// CLOCK_MONOTONIC nanoseconds when the answer was written; with `RUN_SPAN` set in
     /// `kind`, counter ticks since the call started instead.

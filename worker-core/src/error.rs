@@ -437,6 +437,7 @@ impl TryFrom<CallError> for SubmitError {
             CallError::Pool(
                 e @ (PoolError::CreateSegment { .. }
                 | PoolError::OpenSegment { .. }
+                | PoolError::UnsafeSegment(_)
                 | PoolError::EventFd(_)
                 | PoolError::ForkServer(_)),
             ) => SubmitError::Start(StartError::Pool(e)),
@@ -475,6 +476,10 @@ pub enum PoolError {
         #[source]
         source: OsError,
     },
+    /// A persistent mediator's segment exists under its name but is not this user's private
+    /// segment (another user made it first, or it is open to others): it is never opened.
+    #[error("shared memory segment: {0}")]
+    UnsafeSegment(#[source] UnsafePath),
     /// A persistent mediator's segment, left by an earlier run, exists but cannot be opened.
     #[error("cannot open shared memory segment {name}: {source}")]
     OpenSegment {

@@ -14,7 +14,8 @@
 //! | the call table: records, queue, finished calls, moves between statuses | `engine::table` |
 //! | the payload room: blocks, journal entries, return-size hints | `engine::room` |
 //! | the worker processes: spawn, post, answers, deaths, kills, retiring, the parent's sleep | `pool` |
-//! | the shared-memory region and its layout; payload bytes | `shm` |
+//! | the parent's store (journal, queued arguments, undelivered returns) and its payload bytes | `shm` |
+//! | a worker's area: its channel and the payload of the call it holds, the only memory it shares; the spin page | `area` |
 //! | payload blocks inside the region | `arena` |
 //! | one request/response channel per worker: its two cache lines, typed requests and answers | `channel` |
 //! | the checksum of control words in shared memory (channel lines, journal entries) | `checksum` |
@@ -53,6 +54,7 @@
 //! the facade as `forkworker::__private`), which is not public API.
 #![deny(missing_docs)]
 
+mod area;
 mod arena;
 mod call;
 mod callbacks;

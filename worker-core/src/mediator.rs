@@ -234,10 +234,12 @@ impl<W: Worker> Mediator<W> {
         self
     }
 
-    /// Sets the size in bytes of the shared memory for arguments and return values (default
-    /// 8 MiB). It must hold, at once, the encoded arguments and return values of every call
-    /// queued or running. Takes effect when the pool starts; later calls are ignored with a
-    /// warning.
+    /// Sets the size in bytes of the memory for arguments and return values (default 8 MiB).
+    /// It sizes two things: the parent's store, which holds at once the encoded arguments of
+    /// every call queued or running and the returns not yet delivered; and each worker's own
+    /// area, which holds the call the worker runs, its arguments and its return (so no call's
+    /// arguments plus return may exceed it). A pool of `n` workers uses `n + 1` times this
+    /// much memory. Takes effect when the pool starts; later calls are ignored with a warning.
     pub fn malloc(&mut self, bytes: usize) -> &mut Self {
         self.before_start("malloc", |c| c.malloc = bytes)
     }
@@ -325,7 +327,8 @@ impl<W: Worker> Mediator<W> {
 
     /// With [`Mediator::persist`]: whether to complete, at start, the calls an earlier run
     /// left in the shared memory (the seed's `--recoverworkers`). Calls that were queued run
-    /// as they were; calls that were running run again with `retries()` one higher; calls that
+    /// as they were; calls that had been handed to a worker (running, or about to start) run
+    /// again with `retries()` one higher; calls that
     /// returned but were not delivered go to `on_return`. Recovered calls are delivered to the
     /// callbacks (no `CallId` of them exists in the new program). Without recovery, what an
     /// earlier run left is removed at start, with a log line. A segment made with other

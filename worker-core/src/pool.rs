@@ -14,9 +14,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::area::{Area, SpinPage};
 use crate::arena::{Block, Blocks, Span};
 use crate::call::ExitCause;
-use crate::channel::{Answer, Request};
+use crate::channel::{Answer, ArgsAt, Channel, Request};
 use crate::clock::{self, Clock, time_left, to_instant};
 use crate::config::{Config, Recycle};
 use crate::error::{ErrorCounts, ErrorKind, PoolError, SpawnError};
@@ -43,12 +44,12 @@ const MAX_REPORTED_ERRORS: u32 = 1 << 16;
 pub(crate) struct Busy {
     pub(crate) call: u64,
     pub(crate) seq: u32,
-    /// Where the worker writes the return value: its return reservation.
+    /// Where the worker writes the return value: the room after the arguments in its area.
     pub(crate) ret: Span,
     pub(crate) deadline: Option<Instant>,
-    /// The worker answered that its return value needs more room than is free: the answer is
-    /// read again at each collection until room is found. The parent does not count it as an
-    /// event to wake for.
+    /// The worker returned a value for which the parent's store has no room yet: the value
+    /// stays in the worker's area, and the answer is read again at each collection until room
+    /// is found. The parent does not count it as an event to wake for.
     pub(crate) awaiting_room: bool,
 }
 
@@ -90,7 +91,12 @@ impl Slot {
 
 /// The resources of a started pool.
 pub(crate) struct Pool {
+    /// The parent's store: the journal, queued arguments, returns not yet delivered.
     region: Region,
+    /// Each slot's area: its channel and the payload of the call it holds (see `area`).
+    areas: Vec<Area>,
+    /// The spin places the workers share.
+    spin: SpinPage,
     /// The parent's side of the sleep/wake protocol: its eventfd, whether it spins.
     wake: ParentWake,
     slots: Vec<Slot>,
@@ -150,15 +156,40 @@ impl Pool {
             },
         };
         let wake = ParentWake::new()?;
-        region.header().spin_places.clear();
+        // Each worker's area, and the page they share; named after the store (a persistent
+        // one's name has a leading `/`).
+        let prefix = crate::shm::segment_prefix();
+        let store = region.name().trim_start_matches('/');
+        let base = match store.strip_prefix(&prefix) {
+            Some(_) => store.to_owned(),
+            None => format!("{prefix}{}", store.trim_start_matches("fw.")),
+        };
+        let area_error = |name: &str, size: usize| {
+            let name = name.to_owned();
+            move |source: std::io::Error| PoolError::CreateSegment {
+                name,
+                size,
+                source: source.into(),
+            }
+        };
+        let areas = (0..slots)
+            .map(|i| {
+                let name = format!("{base}.area{i}");
+                Area::create(&name, config.malloc).map_err(area_error(&name, config.malloc))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let spin_name = format!("{base}.spin");
+        let spin = SpinPage::create(&spin_name).map_err(area_error(&spin_name, 4096))?;
         let memory = config.memory_limit.map(|b| MemoryLimit::new(alias, b));
         let limits = MemoryLimit::for_workers(memory.as_ref(), config.cpu_limit);
         let (logs, log_end) = this_worker::log_socket().map_err(PoolError::ForkServer)?;
         process::register_own_fd(logs.as_raw_fd());
         process::register_own_fd(log_end.as_raw_fd());
-        log::debug!(target: alias, "shared memory {} with {} payload bytes", region.name(), region.arena_size());
+        log::debug!(target: alias, "store {} with {} payload bytes; {slots} worker areas of {} bytes", region.name(), region.arena_size(), config.malloc);
         let mut pool = Pool {
             region,
+            areas,
+            spin,
             wake,
             slots: (0..slots).map(|_| Slot::default()).collect(),
             retiring: Vec::new(),
@@ -201,12 +232,13 @@ impl Pool {
         }
         // The server runs in a copy of this process: the pool stays where it is in its
         // memory, since the server never returns from here.
-        let (region, eventfd, log) = (&self.region, self.wake.bell(), self.log_end.as_fd());
+        // The store and the areas are not in that copy (`MADV_DONTFORK`): each worker maps its
+        // own area from the descriptor sent with its spawn request.
+        let (eventfd, log) = (self.wake.bell(), self.log_end.as_fd());
         let (inherit, limits, sandbox) = (&self.inherit_fds[..], &self.limits, &self.sandbox);
         let server = ForkServer::start(&keep, move |req: SpawnRequest| {
             let env = WorkerEnv {
                 alias,
-                region,
                 slot: req.slot,
                 start_seq: req.start_seq,
                 eventfd,
@@ -226,20 +258,21 @@ impl Pool {
     /// when the server was forked. A fork server found gone is replaced by one forked now,
     /// from `value`.
     pub(crate) fn spawn<W: Worker>(&mut self, i: usize, value: &mut W) -> Result<i32, SpawnError> {
-        let channel = self.region.channel(i);
+        let channel = self.areas[i].channel();
         channel.reset();
         // The previous worker of the slot may have died holding a spin place.
-        self.region.header().spin_places.give_back(i);
+        self.spin.places().give_back(i);
         let start_seq = channel.req.seq.load(Ordering::Relaxed);
+        // The worker's area and the spin page, which it maps (see `worker_loop::run`).
+        let fds = [self.areas[i].fd(), self.spin.fd()];
         let server = self
             .server
             .clone()
             .ok_or(SpawnError::ForkServerGone(None))?;
-        let spawned =
-            server
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .spawn(i, start_seq, &[]);
+        let spawned = server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spawn(i, start_seq, &fds);
         let (server, (pid, pidfd)) = match spawned {
             Ok(spawned) => (server, spawned),
             Err(SpawnError::ForkServerGone(why)) => {
@@ -253,7 +286,7 @@ impl Pool {
                 let spawned = server
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .spawn(i, start_seq, &[])?;
+                    .spawn(i, start_seq, &fds)?;
                 (server, spawned)
             }
             Err(e) => return Err(e),
@@ -291,10 +324,16 @@ impl Pool {
         self.journaled.then(|| self.region.entry(i))
     }
 
-    /// The shared-memory region: channels, journal, payloads.
+    /// The parent's store: journal, queued arguments, returns not yet delivered.
     #[inline]
     pub(crate) fn region(&self) -> &Region {
         &self.region
+    }
+
+    /// Slot `i`'s channel, in its area.
+    #[inline]
+    fn channel(&self, i: usize) -> &Channel {
+        self.areas[i].channel()
     }
 
     /// Keeps the segment when the pool is dropped (for recovery), or not.
@@ -348,7 +387,7 @@ impl Pool {
     #[inline]
     pub(crate) fn answer(&self, i: usize) -> Option<(Busy, Answer)> {
         let busy = self.slots[i].busy?;
-        Some((busy, self.region.channel(i).answer(busy.seq)?))
+        Some((busy, self.channel(i).answer(busy.seq)?))
     }
 
     /// The sequence number in slot `i`'s answer line, if it is neither the request the
@@ -356,23 +395,25 @@ impl Pool {
     /// it holds a call: the line was overwritten.
     pub(crate) fn scribbled_answer(&self, i: usize) -> Option<u32> {
         let busy = self.slots[i].busy?;
-        let seq = self.region.channel(i).resp.seq.load(Ordering::Acquire);
+        let seq = self.channel(i).resp.seq.load(Ordering::Acquire);
         (seq != busy.seq && seq != busy.seq.wrapping_sub(1)).then_some(seq)
     }
 
-    /// Whether slot `i`'s worker answered request `seq`, the one it holds now. (An answer to
-    /// an earlier request of the same call, such as a request for room that was granted,
-    /// is no news.)
+    /// Whether slot `i`'s worker answered request `seq`, the one it holds now, with news:
+    /// an answer already read whose value waits for room in the store is none.
     #[inline]
     pub(crate) fn answered(&self, i: usize, seq: u32) -> bool {
-        self.slots[i].busy.is_some_and(|b| b.seq == seq) && self.region.channel(i).answered(seq)
+        self.slots[i]
+            .busy
+            .is_some_and(|b| b.seq == seq && !b.awaiting_room)
+            && self.channel(i).answered(seq)
     }
 
     /// When slot `i`'s worker started request `seq`, if it did (`None` too for a slot this
     /// pool does not have, as a journal from another layout may name).
     pub(crate) fn started(&self, i: usize, seq: u32) -> Option<u64> {
         (i < self.slots.len())
-            .then(|| self.region.channel(i).started(seq))
+            .then(|| self.channel(i).started(seq))
             .flatten()
     }
 
@@ -398,7 +439,7 @@ impl Pool {
     pub(crate) fn release(&mut self, i: usize) -> Option<Blocks> {
         let slot = &mut self.slots[i];
         if let Some(busy) = slot.busy.take()
-            && self.region.channel(i).exits_after(busy.seq)
+            && self.areas[i].channel().exits_after(busy.seq)
             && let Some(child) = slot.child.take()
         {
             log::info!(target: &self.alias, "worker {} exits after fatal_error(); replacing it", child.pid());
@@ -411,31 +452,62 @@ impl Pool {
         lent
     }
 
-    /// Slot `i`'s worker waits for room for its return value: its answer is read again at
-    /// each collection, and it is no event to wake for meanwhile.
+    /// Slot `i`'s worker returned a value the store has no room for yet: it stays in the
+    /// worker's area, the answer is read again at each collection, and it is no event to wake
+    /// for meanwhile.
     pub(crate) fn wait_for_room(&mut self, i: usize) {
         if let Some(b) = self.slots[i].busy.as_mut() {
             b.awaiting_room = true;
         }
     }
 
-    /// Lends slot `i`'s worker, which waits for room for its return value, `block` for it.
-    /// Gives the block back if the worker holds no call.
-    pub(crate) fn grant_room(&mut self, i: usize, method: u32, block: Block) -> Result<(), Block> {
-        let (Some(busy), Some(lent)) = (self.slots[i].busy, self.slots[i].lent.as_mut()) else {
-            return Err(block);
+    /// Moves the value slot `i`'s worker returned (`value`, in its area, or `inline` bytes
+    /// that came inside the answer) into the store, into the blocks lent with the call: after
+    /// its `args_len` bytes of arguments if the call's block has room, else into a block of its
+    /// own from `alloc`. Returns where it now lies, or `None` (nothing moved) if `alloc` found
+    /// no room, or the worker holds no call.
+    pub(crate) fn store_return(
+        &mut self,
+        i: usize,
+        value: Span,
+        inline: Option<&[u8]>,
+        args_len: usize,
+        alloc: impl FnOnce(usize) -> Option<Block>,
+    ) -> Option<Span> {
+        let len = value.len;
+        let lent = self.slots[i].lent.as_mut()?;
+        let after_args = Span::new(lent.block.offset + args_len, len);
+        if !lent.block.holds(after_args) && lent.ret_block.is_none() {
+            lent.ret_block = Some(alloc(len)?);
+        }
+        let (block, at) = match lent.ret_block.as_mut() {
+            Some(rb) => {
+                let at = Span::new(rb.offset, len);
+                (rb, at)
+            }
+            None => (&mut lent.block, after_args),
         };
-        let ret = block.span();
-        debug_assert!(lent.ret_block.is_none(), "one larger block per call");
-        lent.ret_block = Some(block);
-        let seq = self.post_request(i, Request::space(method, ret), false);
-        self.slots[i].busy = Some(Busy {
-            seq,
-            ret,
-            awaiting_room: false,
-            ..busy
-        });
-        Ok(())
+        let dst = self.region.bytes_mut(block, at)?;
+        match inline {
+            Some(bytes) => dst.copy_from_slice(&bytes[..len]),
+            None => {
+                if !self.areas[i].read(value, dst) {
+                    return None;
+                }
+            }
+        }
+        Some(at)
+    }
+
+    /// Copies bytes `span` of slot `i`'s area into `out` (see `Area::copy_out`): a value or a
+    /// message its worker wrote.
+    pub(crate) fn copy_from_area(&self, i: usize, span: Span, out: &mut Vec<u8>) -> bool {
+        self.areas[i].copy_out(span, out)
+    }
+
+    /// How many payload bytes each worker's area has.
+    pub(crate) fn area_size(&self) -> usize {
+        self.areas.first().map_or(0, Area::payload_size)
     }
 
     /// The slots whose call ran past its deadline at `now`.
@@ -455,19 +527,42 @@ impl Pool {
         self.slots.iter().filter(|s| s.busy.is_some()).count()
     }
 
-    /// Hands slot `i` a call: posts it on the channel, lends the worker the call's `blocks`
-    /// (which hold `ret`, the return reservation) until it answers, and marks the slot busy.
+    /// Hands slot `i` a call of `method`: copies its arguments from the store into the
+    /// worker's area unless they ride in the request (`args`: inline bytes, or a span of
+    /// `blocks`), posts it on the channel with the rest of the area as the room for the
+    /// answer, keeps the call's `blocks` with the slot until the worker answers, and marks the
+    /// slot busy. Returns the request's sequence number.
     pub(crate) fn post_call(
         &mut self,
         i: usize,
         call: u64,
-        request: Request<'_>,
+        method: u32,
+        args: ArgsAt<'_>,
         blocks: Blocks,
         timeout: Option<Duration>,
     ) -> u32 {
+        let area = &self.areas[i];
+        let (args, ret) = match args {
+            ArgsAt::Inline(bytes) => (ArgsAt::Inline(bytes), Span::new(0, area.payload_size())),
+            ArgsAt::Block(offset, len) => {
+                // The area is as large as the store (`malloc`), and the arguments are within
+                // their block: the copy cannot fail. Were it to, the worker would get no
+                // arguments, and the call would fail to decode them, visibly.
+                let copied = area.args_room(len).is_some_and(|dst| {
+                    self.region.read(&blocks.block, Span::new(offset, len), dst)
+                });
+                debug_assert!(copied, "arguments of {len} bytes copied into the area");
+                let len = if copied { len } else { 0 };
+                // The answer's room starts on a cache line of its own.
+                let at = len.next_multiple_of(64).min(area.payload_size());
+                (
+                    ArgsAt::Block(0, len),
+                    Span::new(at, area.payload_size() - at),
+                )
+            }
+        };
         let crowded = self.wake.crowded(self.slots.len(), self.busy_count());
-        let ret = request.ret;
-        let seq = self.post_request(i, request, crowded);
+        let seq = self.post_request(i, Request::call(method, args, ret), crowded);
         let slot = &mut self.slots[i];
         slot.calls += 1;
         slot.lent = Some(blocks);
@@ -485,7 +580,7 @@ impl Pool {
     fn post_request(&mut self, i: usize, request: Request<'_>, crowded: bool) -> u32 {
         let seq = self.slots[i].req_seq.wrapping_add(1);
         self.slots[i].req_seq = seq;
-        self.region.channel(i).post(seq, request, crowded);
+        self.channel(i).post(seq, request, crowded);
         seq
     }
 
@@ -537,7 +632,7 @@ impl Pool {
             }
             !gone
         });
-        let (region, sandboxed) = (&self.region, self.sandbox.is_some());
+        let (areas, sandboxed) = (&self.areas, self.sandbox.is_some());
         self.slots
             .iter_mut()
             .enumerate()
@@ -545,7 +640,7 @@ impl Pool {
                 let child = s.child.as_mut()?;
                 let cause = child.try_reap()?;
                 // A sandboxed worker's stop is told from other exits by its channel's word.
-                let stopped_at = &region.channel(i).running.stopped_at;
+                let stopped_at = &areas[i].channel().running.stopped_at;
                 let cause = crate::sandbox::exit_cause(cause, stopped_at, sandboxed);
                 Some((i, cause, child.take_stderr()))
             })
@@ -566,7 +661,7 @@ impl Pool {
             }
         }
         // It may have died holding a spin place.
-        self.region.header().spin_places.give_back(i);
+        self.spin.places().give_back(i);
         (pid, slot.busy.take().zip(slot.lent.take()))
     }
 
@@ -575,7 +670,7 @@ impl Pool {
     /// to add, never a loop bound or a size.
     #[inline]
     pub(crate) fn take_worker_errors(&mut self, i: usize) -> u64 {
-        let total = self.region.channel(i).resp.errors.load(Ordering::Relaxed);
+        let total = self.channel(i).resp.errors.load(Ordering::Relaxed);
         let slot = &mut self.slots[i];
         let new = total.wrapping_sub(slot.reported_errors);
         slot.reported_errors = total;
@@ -669,7 +764,7 @@ impl Pool {
     pub(crate) fn dismiss(&mut self, i: usize) {
         if let Some(mut child) = self.slots[i].child.take() {
             let seq = self.post_exit(i);
-            let channel = self.region.channel(i);
+            let channel = self.channel(i);
             let deadline = Instant::now() + EXIT_LIMIT;
             if !self.wake.spin_until(|| channel.answered(seq)) {
                 while !channel.answered(seq) && child.try_reap().is_none() {
@@ -696,7 +791,7 @@ impl Pool {
         self.slots.iter().enumerate().any(|(i, s)| {
             Some(i) != but
                 && s.busy
-                    .is_some_and(|b| !b.awaiting_room && self.region.channel(i).answered(b.seq))
+                    .is_some_and(|b| !b.awaiting_room && self.channel(i).answered(b.seq))
         })
     }
 
@@ -713,8 +808,8 @@ impl Pool {
     /// `fds`: the eventfd and the workers' pidfds. Returns false, having announced nothing, if
     /// an answer is already there.
     pub(crate) fn begin_sleep(&mut self, fds: &mut Vec<RawFd>) -> bool {
-        let flag = &self.region.header().parent_sleeping;
-        if !self.wake.begin_sleep(flag, || self.any_answer(), fds) {
+        let flags = self.areas.iter().map(Area::parent_sleeping);
+        if !self.wake.begin_sleep(flags, || self.any_answer(), fds) {
             return false;
         }
         fds.extend(self.live_pidfds().map(|fd| fd.as_raw_fd()));
@@ -725,7 +820,8 @@ impl Pool {
     /// After sleeping: withdraws the announcement, empties the eventfd, and makes the next
     /// collection look for dead workers (a pidfd may have woken us).
     pub(crate) fn end_sleep(&mut self) {
-        self.wake.end_sleep(&self.region.header().parent_sleeping);
+        self.wake
+            .end_sleep(self.areas.iter().map(Area::parent_sleeping));
         self.next_death_check = Instant::now();
     }
 

@@ -1,6 +1,9 @@
-//! The shared-memory region: one segment per mediator, laid out as a header, one channel per
-//! worker slot, the call journal, and the payload area that [`crate::arena`] divides into
-//! blocks.
+//! The parent's store: one segment per mediator, laid out as a header, the call journal, and
+//! the payload area that [`crate::arena`] divides into blocks, where queued arguments wait and
+//! returns wait to be delivered. Only the parent maps it: it is `MADV_DONTFORK`, so no process
+//! forked from the parent (the fork server, a task) inherits it, and no worker ever sees it.
+//! Each worker has an area of its own instead (see `area`), into which a call's arguments are
+//! copied when it is posted and out of which its return is copied.
 //!
 //! A mediator's segment is a sealed memfd: anonymous (no name under /dev/shm for anyone to
 //! open), allocated in full with `fallocate` before it is mapped (a machine short of memory
@@ -19,16 +22,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use shared_memory::{Shmem, ShmemConf, ShmemError};
 
 use crate::arena::{Block, Blocks, RegionId, Span};
-use crate::channel::Channel;
 use crate::error::{OsError, PoolError};
 use crate::journal::Entry;
-use crate::wake::{SleepFlag, SpinPlaces};
 
 /// Written at the start of every segment; a segment without it is not ours.
 const MAGIC: u64 = u64::from_le_bytes(*b"fkworker");
 /// The layout version; bumped whenever `Header`, `Channel`, `Entry` or
 /// `channel::checksum` change.
-const VERSION: u32 = 7;
+const VERSION: u32 = 8;
 /// The header occupies the first bytes of the segment, padded to this size.
 const HEADER_SIZE: usize = 4096;
 const PAGE: usize = 4096;
@@ -41,11 +42,6 @@ pub(crate) struct Header {
     slots: AtomicU32,
     arena_size: AtomicU64,
     entries: AtomicU64,
-    /// Set by the parent while it sleeps in `poll`; a worker that sees it rings the eventfd
-    /// (see `wake`).
-    pub(crate) parent_sleeping: SleepFlag,
-    /// Which workers spin past the free spin (see `wake::SpinPlaces`).
-    pub(crate) spin_places: SpinPlaces,
 }
 
 /// What a region's bytes are mapped from.
@@ -62,7 +58,6 @@ pub(crate) struct Region {
     base: *mut u8,
     /// Unique among the regions of this process: the blocks of this region's arena carry it.
     id: RegionId,
-    slots: usize,
     entries: usize,
     arena_size: usize,
 }
@@ -130,9 +125,9 @@ pub(crate) fn entries_for(arena_size: usize) -> usize {
     (arena_size / 512).max(1024)
 }
 
-fn layout(slots: usize, entries: usize) -> (usize, usize) {
-    let channels_end = HEADER_SIZE + slots * std::mem::size_of::<Channel>();
-    let journal = channels_end.div_ceil(PAGE) * PAGE;
+/// Where the journal and the payload area start.
+fn layout(entries: usize) -> (usize, usize) {
+    let journal = HEADER_SIZE;
     let arena = (journal + entries * std::mem::size_of::<Entry>()).div_ceil(PAGE) * PAGE;
     (journal, arena)
 }
@@ -182,13 +177,14 @@ impl Region {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}{}.{n}", segment_prefix(), sanitize(alias));
         let entries = entries_for(arena_size);
-        let total = layout(slots, entries).1 + arena_size;
+        let total = layout(entries).1 + arena_size;
         let error = |source: std::io::Error| PoolError::CreateSegment {
             name: name.clone(),
             size: total,
             source: source.into(),
         };
-        let base = sealed_memfd(&name, total).map_err(error)?;
+        // The descriptor goes: only the parent maps the store.
+        let (_fd, base) = sealed_memfd(&name, total).map_err(error)?;
         Ok(Region::init(
             Backing::Memfd { name, len: total },
             base,
@@ -210,10 +206,10 @@ impl Region {
             backing,
             base,
             id: next_region_id(),
-            slots,
             entries,
             arena_size,
         };
+        region.keep_from_children();
         let h = region.header();
         h.version.store(VERSION, Ordering::Relaxed);
         h.slots.store(slots as u32, Ordering::Relaxed);
@@ -225,7 +221,7 @@ impl Region {
 
     fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, PoolError> {
         let entries = entries_for(arena_size);
-        let total = layout(slots, entries).1 + arena_size;
+        let total = layout(entries).1 + arena_size;
         let shmem = ShmemConf::new()
             .size(total)
             .os_id(name)
@@ -267,6 +263,7 @@ impl Region {
         arena_size: usize,
     ) -> Result<Found, PoolError> {
         let name = persistent_name(app, alias);
+        check_private(&name)?;
         let shmem = match ShmemConf::new().os_id(&name).open() {
             Ok(shmem) => shmem,
             Err(ShmemError::MapOpenFailed(code)) if code == libc::ENOENT as u32 => {
@@ -280,7 +277,7 @@ impl Region {
             }
         };
         let entries = entries_for(arena_size);
-        let expected = layout(slots, entries).1 + arena_size;
+        let expected = layout(entries).1 + arena_size;
         let why = if shmem.len() < HEADER_SIZE {
             Some(Mismatch::TooSmall(shmem.len()))
         } else {
@@ -321,14 +318,15 @@ impl Region {
                 let mut shmem = shmem;
                 shmem.set_owner(true);
                 let base = shmem.as_ptr();
-                Ok(Found::Matching(Region {
+                let region = Region {
                     backing: Backing::Named(shmem),
                     base,
                     id: next_region_id(),
-                    slots,
                     entries,
                     arena_size,
-                }))
+                };
+                region.keep_from_children();
+                Ok(Found::Matching(region))
             }
             Some(why) => {
                 drop(shmem);
@@ -356,18 +354,24 @@ impl Region {
         }
     }
 
+    /// Keeps the mapping out of every process forked from this one (`MADV_DONTFORK`).
+    fn keep_from_children(&self) {
+        // SAFETY: advice on our own mapping, page-aligned (mmap's address) and of its length.
+        unsafe { libc::madvise(self.base.cast(), self.mapped_len(), libc::MADV_DONTFORK) };
+    }
+
+    /// How many bytes are mapped.
+    fn mapped_len(&self) -> usize {
+        match &self.backing {
+            Backing::Memfd { len, .. } => *len,
+            Backing::Named(shmem) => shmem.len(),
+        }
+    }
+
     pub(crate) fn header(&self) -> &Header {
         // SAFETY: the header lies at the start of the mapping, which outlives `self`, and is
         // made only of atomics.
         unsafe { &*(self.base as *const Header) }
-    }
-
-    /// The channel of worker slot `slot`.
-    #[inline]
-    pub(crate) fn channel(&self, slot: usize) -> &Channel {
-        assert!(slot < self.slots, "slot {slot} out of {}", self.slots);
-        // SAFETY: in bounds (checked), aligned (HEADER_SIZE is a multiple of 64), atomics only.
-        unsafe { &*(self.base.add(HEADER_SIZE) as *const Channel).add(slot) }
     }
 
     /// Journal entry `i`.
@@ -378,7 +382,7 @@ impl Region {
             "journal entry {i} out of {}",
             self.entries
         );
-        let offset = layout(self.slots, self.entries).0;
+        let offset = layout(self.entries).0;
         // SAFETY: in bounds (checked), page-aligned start, atomics only.
         unsafe { &*(self.base.add(offset) as *const Entry).add(i) }
     }
@@ -393,7 +397,7 @@ impl Region {
     }
 
     fn arena_offset(&self) -> usize {
-        layout(self.slots, self.entries).1
+        layout(self.entries).1
     }
 
     /// The region's id, carried by the blocks of its payload area.
@@ -477,34 +481,6 @@ impl Region {
         unsafe { self.payload_mut(span.offset, span.len) }
     }
 
-    /// Worker: the payload bytes a request lent it: its arguments, when they are in a block
-    /// (`args`), and the room for its answer (`ret`). `None` if either lies outside the payload
-    /// area, or if they overlap (a request no parent of ours posts).
-    ///
-    /// Safe for the same reason as [`Region::copy_out`], from the other side: the parent lent
-    /// these bytes with the request and touches them again only after the answer.
-    // The bytes are the shared mapping's, not `self`'s: lending, not borrowing, makes them
-    // writable here.
-    #[allow(clippy::type_complexity, clippy::mut_from_ref)]
-    pub(crate) fn lent(&self, args: Option<Span>, ret: Span) -> Option<(Option<&[u8]>, &mut [u8])> {
-        let ret_end = ret.offset.checked_add(ret.len)?;
-        if let Some(a) = args {
-            let a_end = a.offset.checked_add(a.len)?;
-            if a.len > 0 && ret.len > 0 && a.offset < ret_end && ret.offset < a_end {
-                return None;
-            }
-        }
-        // SAFETY: lent with the request (see above); the two ranges do not overlap, so the
-        // shared and the writable slice never alias.
-        let ret = unsafe { self.payload_mut(ret.offset, ret.len) }?;
-        let args = match args {
-            // SAFETY: as above.
-            Some(a) => Some(unsafe { self.payload(a.offset, a.len) }?),
-            None => None,
-        };
-        Some((args, ret))
-    }
-
     /// The address of payload bytes `offset..offset + len`, or `None` if out of the payload
     /// area.
     #[inline]
@@ -515,24 +491,11 @@ impl Region {
             .then(|| unsafe { self.base.add(self.arena_offset() + offset) } as *const u8)
     }
 
-    /// The payload bytes `offset..offset + len`, or `None` if out of the payload area.
-    ///
-    /// # Safety
-    /// No other process may write these bytes while the slice lives. The protocol guarantees
-    /// it: a block belongs to one side at a time, handed over by the channel's sequence words.
-    #[inline]
-    unsafe fn payload(&self, offset: usize, len: usize) -> Option<&[u8]> {
-        let end = offset.checked_add(len)?;
-        (end <= self.arena_size).then(|| {
-            // SAFETY: in bounds (checked); exclusivity is the caller's promise.
-            unsafe { std::slice::from_raw_parts(self.base.add(self.arena_offset() + offset), len) }
-        })
-    }
-
     /// The payload bytes `offset..offset + len`, writable, or `None` if out of bounds.
     ///
     /// # Safety
-    /// As for [`Region::payload`], and no other slice of these bytes may be alive.
+    /// No other slice of these bytes may be alive. Only the parent maps the store, and a
+    /// `&mut Block` (see `bytes_mut`) is the proof.
     #[allow(clippy::mut_from_ref)]
     #[inline]
     unsafe fn payload_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
@@ -556,9 +519,12 @@ impl Drop for Region {
     }
 }
 
-/// Creates a memfd of `len` bytes named `name`, allocates all of it, seals its size, maps it
-/// shared and pre-faulted, and closes the descriptor. Returns the mapping's address.
-fn sealed_memfd(name: &str, len: usize) -> std::io::Result<*mut u8> {
+/// Creates a memfd of `len` bytes named `name`, allocates all of it, seals its size, and maps
+/// it shared and pre-faulted. Returns the descriptor and the mapping's address.
+pub(crate) fn sealed_memfd(
+    name: &str,
+    len: usize,
+) -> std::io::Result<(std::os::fd::OwnedFd, *mut u8)> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let last = std::io::Error::last_os_error;
     let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
@@ -598,7 +564,42 @@ fn sealed_memfd(name: &str, len: usize) -> std::io::Result<*mut u8> {
         if base == libc::MAP_FAILED {
             return Err(last());
         }
-        Ok(base.cast())
+        Ok((fd, base.cast()))
+    }
+}
+
+/// Refuses the named segment `name` (with its leading `/`) if it exists and is not this
+/// user's private segment: a symbolic link, not a regular file, another user's, or open to
+/// group or others. (/dev/shm is sticky: once checked, a segment of ours cannot be swapped by
+/// another user; one that does not exist yet is created with `O_EXCL`.)
+fn check_private(name: &str) -> Result<(), PoolError> {
+    use crate::error::{UnsafePath, Unsafety};
+    use std::os::unix::fs::MetadataExt;
+    let path = std::path::PathBuf::from(format!("/dev/shm{name}"));
+    let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        return Ok(());
+    };
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let why = if meta.file_type().is_symlink() {
+        Some(Unsafety::SymbolicLink)
+    } else if !meta.file_type().is_file() {
+        Some(Unsafety::NotRegular)
+    } else if meta.uid() != me {
+        Some(Unsafety::OtherOwner { me })
+    } else if meta.mode() & 0o077 != 0 {
+        Some(Unsafety::TooOpen { allowed: 0o600 })
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(PoolError::UnsafeSegment(UnsafePath {
+            path,
+            owner: Some(meta.uid()),
+            mode: Some(meta.mode() & 0o7777),
+            why,
+        })),
     }
 }
 
@@ -624,7 +625,7 @@ mod tests {
     use crate::arena::Arena;
 
     #[test]
-    fn payload_bytes_go_only_through_their_block_or_a_lent_request() {
+    fn payload_bytes_go_only_through_their_block() {
         let region = Region::create("shm-test", 1, 64 * 16).expect("a segment");
         let mut arena = Arena::new(region.arena_size(), region.id());
         let mut block = arena.alloc(100).unwrap();
@@ -639,22 +640,5 @@ mod tests {
         let mut other = Arena::new(region.arena_size(), region.id().saturating_add(1));
         let foreign = other.alloc(64).unwrap();
         assert!(!region.copy_out(&foreign, foreign.span(), &mut out));
-        // A request's arguments and answer room may not overlap, nor leave the area.
-        assert!(
-            region
-                .lent(Some(Span::new(0, 128)), Span::new(64, 64))
-                .is_none()
-        );
-        assert!(
-            region
-                .lent(Some(Span::new(0, 64)), Span::new(1 << 20, 64))
-                .is_none()
-        );
-        assert!(region.lent(None, Span::new(usize::MAX, 2)).is_none());
-        let (args, ret) = region
-            .lent(Some(Span::new(0, 64)), Span::new(64, 64))
-            .unwrap();
-        assert_eq!(&args.unwrap()[..3], b"abc");
-        assert_eq!(ret.len(), 64);
     }
 }

@@ -10,8 +10,8 @@
 //! | a request's sequence number (`RequestHalf::seq`) | the parent | the worker | a new request is in the line; the worker's futex word |
 //! | the worker's [`SleepFlag`] (`ResponseHalf::sleeping`) | the worker | the parent | the worker sleeps (or is about to) on that futex |
 //! | an answer's sequence number (`ResponseHalf::seq`) | the worker | the parent | the answer is in the line |
-//! | the parent's [`SleepFlag`] (`Header::parent_sleeping`) | the parent | every worker | the parent sleeps (or is about to) in `poll(2)` on the [`ParentWake`]'s eventfd |
-//! | the [`SpinPlaces`] (`Header::spin_places`) | the workers (take, give back); the parent (a dead worker's, a new pool's) | the workers | which workers may spin (see below); no wake-up depends on it |
+//! | the parent's [`SleepFlag`]s (`Area::parent_sleeping`, one in each worker's area) | the parent | that area's worker | the parent sleeps (or is about to) in `poll(2)` on the [`ParentWake`]'s eventfd |
+//! | the [`SpinPlaces`] (on the pool's `SpinPage`, the one page its workers share) | the workers (take, give back); the parent (a dead worker's, a new pool's) | the workers | which workers may spin (see below); no wake-up depends on it |
 //!
 //! The channel writes the rest of a line with relaxed stores before its sequence number; this
 //! module publishes the sequence number and decides about the wake-up.
@@ -57,7 +57,7 @@
 //!   halves it, and a shorter one sets it to twice its length (a longer spin would have seen
 //!   the word). A side whose peer answers at once keeps its longest spin; one that is kept
 //!   waiting soon sleeps almost at once and leaves its CPU to others.
-//! - **Spin places for workers** ([`SpinPlaces`], in the segment's header): one fewer than
+//! - **Spin places for workers** ([`SpinPlaces`], on the spin page): one fewer than
 //!   CPUs, held by the workers that are awake, so that awake workers and the parent never want
 //!   more CPUs than there are. A worker without a place sleeps at once.
 //! - **A shorter budget after a crowded request** (more busy workers, with the parent, than
@@ -147,8 +147,9 @@ impl SpinPlaces {
         self.0.fetch_and(!Self::bit(slot), Ordering::Relaxed);
     }
 
-    /// Parent: no worker holds a place (a new pool, or a segment an earlier run left).
-    pub(crate) fn clear(&self) {
+    /// No worker holds a place.
+    #[cfg(test)]
+    fn clear(&self) {
         self.0.store(0, Ordering::Relaxed);
     }
 }
@@ -362,12 +363,12 @@ impl ParentWake {
     }
 
     /// Before the parent sleeps in `poll`: spins for an answer, then announces the sleep in
-    /// `flag` (the segment's `Header::parent_sleeping`) and looks again. Returns false, with
-    /// nothing announced, if `answered()`; otherwise adds the eventfd to `fds` and returns true:
-    /// the caller polls, then calls [`ParentWake::end_sleep`].
-    pub(crate) fn begin_sleep(
+    /// `flags` (one in each worker's area: `Area::parent_sleeping`) and looks again. Returns
+    /// false, with nothing announced, if `answered()`; otherwise adds the eventfd to `fds` and
+    /// returns true: the caller polls, then calls [`ParentWake::end_sleep`].
+    pub(crate) fn begin_sleep<'f>(
         &self,
-        flag: &SleepFlag,
+        flags: impl Iterator<Item = &'f SleepFlag> + Clone,
         answered: impl Fn() -> bool,
         fds: &mut Vec<RawFd>,
     ) -> bool {
@@ -378,9 +379,15 @@ impl ParentWake {
             return false;
         }
         self.waiting.set(start);
-        flag.announce();
+        // Every flag is stored before the look (all `SeqCst`): each worker's publication then
+        // pairs with its own flag as in the protocol above.
+        for flag in flags.clone() {
+            flag.announce();
+        }
         if answered() {
-            flag.withdraw();
+            for flag in flags {
+                flag.withdraw();
+            }
             self.end_wait();
             return false;
         }
@@ -389,8 +396,10 @@ impl ParentWake {
     }
 
     /// After the parent's `poll`: withdraws the announcement and empties the eventfd.
-    pub(crate) fn end_sleep(&self, flag: &SleepFlag) {
-        flag.withdraw();
+    pub(crate) fn end_sleep<'f>(&self, flags: impl Iterator<Item = &'f SleepFlag>) {
+        for flag in flags {
+            flag.withdraw();
+        }
         eventfd_drain(self.bell.as_fd());
         self.end_wait();
     }

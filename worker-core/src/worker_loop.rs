@@ -8,13 +8,13 @@ use std::convert::Infallible;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::area::{Area, SpinPage};
 use crate::arena::Span;
 use crate::channel::{self, INLINE_RET, PostedArgs, RequestKind, Response};
 use crate::clock;
 use crate::limits::WorkerLimits;
 use crate::panics::{self, panic_message};
 use crate::sandbox::Sandbox;
-use crate::shm::Region;
 use crate::this_worker;
 use crate::wake::WorkerWake;
 use crate::wire::{ReturnSlot, Written};
@@ -24,6 +24,8 @@ use crate::worker::Worker;
 pub(crate) const EXIT_PANIC: i32 = 101;
 /// Exit code of a worker that saw too many corrupted requests.
 pub(crate) const EXIT_CORRUPTION: i32 = 102;
+/// Exit code of a worker that could not map the area its parent sent.
+pub(crate) const EXIT_NO_AREA: i32 = 107;
 /// How many corrupted requests a worker answers before it exits to be replaced (the seed's
 /// worker-side threshold).
 const CORRUPTION_LIMIT: u32 = 10;
@@ -31,7 +33,6 @@ const CORRUPTION_LIMIT: u32 = 10;
 /// Everything a worker needs, captured before the fork.
 pub(crate) struct WorkerEnv<'a> {
     pub(crate) alias: &'a str,
-    pub(crate) region: &'a Region,
     pub(crate) slot: usize,
     /// The request sequence number at fork time: the worker waits for the next one.
     pub(crate) start_seq: u32,
@@ -44,7 +45,8 @@ pub(crate) struct WorkerEnv<'a> {
     pub(crate) log: BorrowedFd<'a>,
     /// The descriptors the user asked workers to inherit (`Mediator::inherit_fd`).
     pub(crate) inherit: &'a [RawFd],
-    /// The descriptors the parent sent with the spawn request (see `fork_server::SpawnRequest`).
+    /// The descriptors the parent sent with the spawn request (see `fork_server::SpawnRequest`):
+    /// the worker's area, then the pool's spin page.
     pub(crate) received: Vec<OwnedFd>,
 }
 
@@ -60,14 +62,28 @@ impl WorkerEnv<'_> {
 }
 
 /// Runs the worker until it is asked to exit, then leaves the process.
-pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
+pub(crate) fn run<W: Worker>(value: &mut W, mut env: WorkerEnv<'_>) -> Infallible {
     // The daemon's handlers would only set flags in this copy: default actions again, and
     // SIGINT ignored (a Ctrl-C reaches the whole process group; the parent decides).
     crate::process::in_child();
     // None of the program's files and sockets, nor the server's or other workers'
     // descriptors, beyond what this worker needs.
     crate::process::sanitize_fds(&env.keep());
-    let code = match catch_unwind(AssertUnwindSafe(|| serve(value, &env))) {
+    // The only shared memory this worker maps: its own area and the spin page.
+    let mut received = std::mem::take(&mut env.received).into_iter();
+    let mapped = match (received.next(), received.next()) {
+        (Some(area), Some(spin)) => Area::map(area).and_then(|a| Ok((a, SpinPage::map(spin)?))),
+        _ => Err(std::io::Error::from_raw_os_error(libc::EBADF)),
+    };
+    let (area, spin) = match mapped {
+        Ok(mapped) => mapped,
+        Err(e) => {
+            eprintln!("forkworker worker: cannot map its area: {e}");
+            // SAFETY: leaving without destructors, as everywhere in a worker.
+            unsafe { libc::_exit(EXIT_NO_AREA) }
+        }
+    };
+    let code = match catch_unwind(AssertUnwindSafe(|| serve(value, &env, &area, &spin))) {
         Ok(()) => 0,
         Err(_) => EXIT_PANIC,
     };
@@ -75,8 +91,8 @@ pub(crate) fn run<W: Worker>(value: &mut W, env: WorkerEnv<'_>) -> Infallible {
     unsafe { libc::_exit(code) }
 }
 
-fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
-    let channel = env.region.channel(env.slot);
+fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>, area: &Area, spin: &SpinPage) {
+    let channel = area.channel();
     this_worker::enter(env.alias, channel, env.log.as_raw_fd());
     value.setup();
     // The limits count what the worker does after its setup. The CPU timer, if any, runs
@@ -89,15 +105,8 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         crate::sandbox::confine(sandbox, &channel.running.stopped_at, env.alias);
     }
     let mut last = env.start_seq;
-    let mut spilled: Option<Vec<u8>> = None;
     let mut corrupted = 0;
-    let header = env.region.header();
-    let mut wake = WorkerWake::new(
-        &header.parent_sleeping,
-        env.eventfd,
-        &header.spin_places,
-        env.slot,
-    );
+    let mut wake = WorkerWake::new(area.parent_sleeping(), env.eventfd, spin.places(), env.slot);
     // Worked out once, not per request.
     let short_run = channel::short_run_ticks();
     loop {
@@ -109,18 +118,15 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
         let mut start_ticks = None;
         let answer = match kind {
             Some(RequestKind::Call) => {
-                spilled = None;
                 started_ns = channel.mark_running(req.seq, req.prompt);
                 start_ticks = Some(clock::ticks());
-                // The parent lent us the blocks with the request, until we answer.
+                // The parent lent us our area's payload with the request, until we answer.
                 let room = Span::new(req.ret_off, req.ret_cap);
                 let lent = match &req.args {
-                    PostedArgs::Inline { len, bytes } => env
-                        .region
-                        .lent(None, room)
-                        .map(|(_, ret)| (&bytes[..*len], ret)),
-                    PostedArgs::Block(off, len) => env
-                        .region
+                    PostedArgs::Inline { len, bytes } => {
+                        area.lent(None, room).map(|(_, ret)| (&bytes[..*len], ret))
+                    }
+                    PostedArgs::Block(off, len) => area
                         .lent(Some(Span::new(*off, *len)), room)
                         .and_then(|(args, ret)| Some((args?, ret))),
                 };
@@ -129,7 +135,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                         if let Some(t) = &cpu {
                             t.arm();
                         }
-                        let reply = call(value, req.method, args, ret, &mut spilled);
+                        let reply = call(value, req.method, args, ret);
                         if let Some(t) = &cpu {
                             t.disarm();
                         }
@@ -138,20 +144,6 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
                     None => Some(Reply::block(Response::WireError, 0)),
                 }
             }
-            Some(RequestKind::Space) => match (
-                spilled.take(),
-                // As above: the new block is ours until we answer.
-                env.region
-                    .lent(None, Span::new(req.ret_off, req.ret_cap))
-                    .map(|(_, ret)| ret),
-            ) {
-                (Some(bytes), Some(ret)) if bytes.len() <= ret.len() => {
-                    ret[..bytes.len()].copy_from_slice(&bytes);
-                    Some(Reply::block(Response::Returned, bytes.len()))
-                }
-                (Some(_), _) => Some(Reply::block(Response::WireError, 0)),
-                (None, _) => None,
-            },
             Some(RequestKind::Exit) => {
                 // Acknowledge first: from here on this worker never touches the channel, so
                 // the parent may hand the slot to a replacement while we tear down.
@@ -174,10 +166,9 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>) {
             let run_ticks = start_ticks
                 .map(|t| clock::ticks().wrapping_sub(t))
                 .filter(|&t| t < short_run);
-            // After `fatal_error`, the call's final answer is the last: it says so, so that
-            // the parent gives this worker no other call. (A return waiting for room is not
-            // final: the worker stays for the `Space` request.)
-            let exits = this_worker::fatal_requested() && reply.kind != Response::NeedSpace;
+            // After `fatal_error`, the call's answer is the last: it says so, so that the
+            // parent gives this worker no other call.
+            let exits = this_worker::fatal_requested();
             if exits {
                 wake.leave();
             }
@@ -213,13 +204,7 @@ impl Reply {
 }
 
 /// Runs one method and says where its return value (or error message) was written.
-fn call<W: Worker>(
-    value: &mut W,
-    method: u32,
-    args: &[u8],
-    ret: &mut [u8],
-    spilled: &mut Option<Vec<u8>>,
-) -> Reply {
+fn call<W: Worker>(value: &mut W, method: u32, args: &[u8], ret: &mut [u8]) -> Reply {
     let mut slot = ReturnSlot::new(&mut *ret);
     // A panic the method caught itself is not this call's.
     panics::take_location();
@@ -235,11 +220,8 @@ fn call<W: Worker>(
                 };
             }
             Written::InSlot(n) => return Reply::block(Response::Returned, n),
-            Written::Spilled(bytes) => {
-                let n = bytes.len();
-                *spilled = Some(bytes);
-                return Reply::block(Response::NeedSpace, n);
-            }
+            // More than the area has room for: the parent fails the call with its size.
+            Written::Spilled(bytes) => return Reply::block(Response::NeedSpace, bytes.len()),
             Written::Nothing => (
                 Response::WireError,
                 "the method wrote no return value".to_owned(),

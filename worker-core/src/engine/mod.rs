@@ -32,7 +32,7 @@ use self::table::CallTable;
 use self::wait::{Delivered, delivered_times};
 use crate::arena::{Block, Blocks, Span};
 use crate::call::{Call, CallId, CallRecord, CallStatus, Decoders, Log, Timings};
-use crate::channel::{self, ArgsAt, PostedAt, Request, Response};
+use crate::channel::{self, ArgsAt, PostedAt, Response};
 use crate::clock;
 use crate::clock::to_instant;
 use crate::config::{Config, ForkStrategy};
@@ -817,8 +817,9 @@ impl<W: Worker> Engine<W> {
     }
 
     /// Posts call `id`, whose arguments are the first `args_len` bytes of its first block
-    /// (and, when given, `inline`, the same bytes), to slot `i`'s worker, which is lent the
-    /// blocks until it answers. Returns the request's sequence number.
+    /// (and, when given, `inline`, the same bytes), to slot `i`'s worker: they ride in the
+    /// request, or are copied into its area (see `Pool::post_call`). The blocks stay with the
+    /// slot until the worker answers. Returns the request's sequence number.
     fn post_blocks(
         &mut self,
         i: usize,
@@ -846,9 +847,8 @@ impl<W: Worker> Engine<W> {
             }
             None => ArgsAt::Block(offset, len),
         };
-        let ret = Span::new(offset + len, block.len - len);
         let timeout = self.base.config.timeout;
-        pool.post_call(i, id, Request::call(method, args, ret), blocks, timeout)
+        pool.post_call(i, id, method, args, blocks, timeout)
     }
 
     fn busy_count(&self) -> usize {
@@ -978,16 +978,35 @@ impl<W: Worker> Engine<W> {
         match answer::outcome(&answer, busy.ret) {
             Outcome::Returned { value, inline } => {
                 let len = value.len;
-                let mut blocks = self.slot_returned(i, method, len);
-                if let (Some(bytes), Some(blocks)) = (inline, blocks.as_mut())
-                    && let Some(dst) = blocks
-                        .holding_mut(value)
-                        .and_then(|b| self.pool.region().bytes_mut(b, value))
-                {
-                    // The value came inside the answer: put it where a returned value lies,
-                    // for the journal and for `wait`.
-                    dst.copy_from_slice(&bytes[..len]);
-                }
+                // The value moves out of the worker's area (or the answer, inline) into the
+                // store, where it waits for `wait` or the callbacks, and the journal sees it.
+                let room = &mut self.room;
+                let inline = inline.as_ref().map(|b| &b[..]);
+                let stored = self
+                    .pool
+                    .store_return(i, value, inline, args_len, |n| room.alloc(n));
+                let Some(stored) = stored else {
+                    if len <= self.room.size() && (!self.room_pass || self.pool.others_running(i)) {
+                        // Room may be freed when this collection delivers finished calls, or
+                        // when other calls are done: try again then (the value waits in the
+                        // worker's area; the call's timeout still runs).
+                        self.pool.wait_for_room(i);
+                    } else {
+                        let (available, allocation) = (self.room.available(), self.room.size());
+                        self.release_worker(i, busy.call);
+                        self.base.health.answered();
+                        self.finish(busy.call, CallStatus::Failed, finished, |method| {
+                            CallError::ReturnTooLarge {
+                                method,
+                                needed: len,
+                                available,
+                                allocation,
+                            }
+                        });
+                    }
+                    return;
+                };
+                let blocks = self.slot_returned(i, method, len);
                 // Give back what the reservation did not use.
                 let blocks = blocks.map(|Blocks { block, ret_block }| match ret_block {
                     Some(rb) => Blocks {
@@ -1001,7 +1020,7 @@ impl<W: Worker> Engine<W> {
                 });
                 if let Some(record) = self.calls.get_mut(busy.call) {
                     record.blocks = blocks;
-                    record.ret = Some(value);
+                    record.ret = Some(stored);
                     if let Some(journal) = self.pool.journal(record.entry) {
                         journal.write_progress(journal::RETURNED, record.posted, record.ret);
                     }
@@ -1011,34 +1030,23 @@ impl<W: Worker> Engine<W> {
                 });
             }
             Outcome::NeedSpace { len } => {
-                if let Some(block) = self.room.alloc(len) {
-                    if let Err(block) = self.pool.grant_room(i, method, block) {
-                        self.room.free(block);
+                // More than the worker's area has room for after the arguments.
+                let (available, allocation) = (busy.ret.len, self.pool.area_size());
+                self.release_worker(i, busy.call);
+                self.base.health.answered();
+                self.finish(busy.call, CallStatus::Failed, finished, |method| {
+                    CallError::ReturnTooLarge {
+                        method,
+                        needed: len,
+                        available,
+                        allocation,
                     }
-                } else if len <= self.room.size()
-                    && (!self.room_pass || self.pool.others_running(i))
-                {
-                    // Room may be freed when this collection delivers finished calls, or when
-                    // other calls are done: ask again then (the call's timeout still runs).
-                    self.pool.wait_for_room(i);
-                } else {
-                    let (available, allocation) = (self.room.available(), self.room.size());
-                    self.release_worker(i, busy.call);
-                    self.base.health.answered();
-                    self.finish(busy.call, CallStatus::Failed, finished, |method| {
-                        CallError::ReturnTooLarge {
-                            method,
-                            needed: len,
-                            available,
-                            allocation,
-                        }
-                    });
-                }
+                });
             }
             Outcome::Panicked { message } => {
+                let message = self.text(i, message);
                 // The object may be half-updated: replace the process.
                 self.kill_worker(i);
-                let message = self.text(busy.call, message);
                 self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, None);
                 self.finish(busy.call, CallStatus::Panicked, finished, |method| {
@@ -1051,8 +1059,8 @@ impl<W: Worker> Engine<W> {
                 self.base.health.refill_later();
             }
             Outcome::WireError { message } => {
+                let message = self.text(i, message);
                 self.release_worker(i, busy.call);
-                let message = self.text(busy.call, message);
                 self.base.health.answered();
                 self.count_error(ErrorKind::Catchall, Some(i));
                 self.finish(busy.call, CallStatus::Failed, finished, |method| {
@@ -1109,13 +1117,11 @@ impl<W: Worker> Engine<W> {
         self.base.health.refill_later();
     }
 
-    /// The text the worker wrote in `span` of call `id`'s blocks (a panic's message, a
-    /// decoding error's), lossily decoded; empty if `span` is not in them.
-    fn text(&self, id: u64, span: Span) -> String {
+    /// The text slot `i`'s worker wrote in `span` of its area (a panic's message, a decoding
+    /// error's), lossily decoded; empty if `span` is not in it.
+    fn text(&self, i: usize, span: Span) -> String {
         let mut bytes = Vec::new();
-        if let Some(blocks) = self.calls.get(id).and_then(|r| r.blocks.as_ref()) {
-            self.pool.region().copy_out_in(blocks, span, &mut bytes);
-        }
+        self.pool.copy_from_area(i, span, &mut bytes);
         match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),

@@ -110,9 +110,9 @@ pub(crate) fn recover(
             }
         };
         room.claim_entry(r.index);
-        let started = r.progress.is_none()
-            || posted
-                .is_some_and(|p| p.slot >= pool.size() || pool.started(p.slot, p.seq).is_some());
+        // A call handed to a worker may have started: the worker's running mark was in its
+        // area, which went with the earlier run. So it runs again with retries + 1.
+        let started = r.progress.is_none() || posted.is_some();
         let mut record = CallRecord {
             id: r.id,
             method: r.method,

@@ -35,6 +35,16 @@ pub(super) struct Delivered {
     pub(super) ret_block: Option<Block>,
 }
 
+/// Where a return value's bytes lie.
+enum From<'a> {
+    /// They came inside the answer.
+    Inline(&'a [u8]),
+    /// In slot `.0`'s area, which its worker no longer writes (it answered).
+    Area(usize, Span),
+    /// In the store, in a finished call's blocks.
+    Store(Option<&'a Blocks>, Span),
+}
+
 /// What `wait` reads before looking at its call again.
 enum Round {
     /// Everything: `collect`.
@@ -191,12 +201,13 @@ impl<W: Worker> Engine<W> {
         let reported = pool.take_worker_errors(i);
         self.count_errors(ErrorKind::Catchall, reported, Some(i));
         let blocks = self.slot_returned(i, method, len)?;
-        let result = self.decode_return::<R>(
-            method,
-            value,
-            inline.as_ref().map(|b| &b[..len]),
-            Some(&blocks),
-        );
+        // From the worker's area, which it writes no more until its next request (posted only
+        // after this).
+        let from = match &inline {
+            Some(b) => From::Inline(&b[..len]),
+            None => From::Area(i, value),
+        };
+        let result = self.decode_return::<R>(method, from);
         let Blocks { block, ret_block } = blocks;
         // The rest waits for the next post (see `settle`); the block stays allocated until
         // then (the worker is done with it), and the decoded value no longer needs it. A
@@ -268,33 +279,28 @@ impl<W: Worker> Engine<W> {
         self.dispatch_queued();
     }
 
-    /// Decodes a returned value of `method` as an `R`: its bytes came inside the answer (`inline`) or
-    /// are `value` in the payload area. The one place a return value is taken out of shared
-    /// memory.
+    /// Decodes a returned value of `method` as an `R`, from where it lies. The one place a
+    /// return value is taken out of shared memory.
     ///
     /// The bytes are copied out first (see `Region::copy_out`): a worker may still write
     /// where they lie, and decoding validates what it reads.
     #[inline]
-    fn decode_return<R: 'static>(
-        &mut self,
-        method: u32,
-        value: Span,
-        inline: Option<&[u8]>,
-        blocks: Option<&Blocks>,
-    ) -> Result<R, CallError> {
+    fn decode_return<R: 'static>(&mut self, method: u32, from: From<'_>) -> Result<R, CallError> {
         let decoders = &self.base.decoders;
-        let decoded = match inline {
-            Some(bytes) => decoders.decode::<R>(method, bytes),
-            None => {
-                let scratch = &mut self.scratch;
-                if let Some(b) = blocks {
-                    self.pool.region().copy_out_in(b, value, scratch);
-                } else {
-                    scratch.clear();
-                }
-                decoders.decode::<R>(method, scratch)
+        let scratch = &mut self.scratch;
+        let bytes = match from {
+            From::Inline(bytes) => bytes,
+            From::Area(i, span) => {
+                self.pool.copy_from_area(i, span, scratch);
+                &scratch[..]
             }
+            From::Store(Some(blocks), span) => {
+                self.pool.region().copy_out_in(blocks, span, scratch);
+                &scratch[..]
+            }
+            From::Store(None, _) => &[],
         };
+        let decoded = decoders.decode::<R>(method, bytes);
         decoded.map_err(|source| CallError::Wire {
             method: Self::method_name(method),
             source,
@@ -307,7 +313,7 @@ impl<W: Worker> Engine<W> {
         let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
         let result = match (record.status, record.ret) {
             (CallStatus::Returned, Some(value)) => {
-                self.decode_return::<R>(record.method, value, None, record.blocks.as_ref())
+                self.decode_return::<R>(record.method, From::Store(record.blocks.as_ref(), value))
             }
             _ => Err(record
                 .error
