@@ -1508,7 +1508,7 @@ fn payload_rows(payloads: &[PayloadRow]) -> Vec<Row> {
             format!("{:.2}x", fw / mc),
         );
         if p.size == 64 * MIB {
-            r = r.target("<= 3x", fw <= 3.0 * mc);
+            r = r.target("<= 3.5x", fw <= 3.5 * mc);
         }
         rows.push(r);
         rows.push(row(
