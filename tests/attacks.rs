@@ -438,6 +438,39 @@ fn another_users_persistent_segment_is_refused_untouched() {
     ));
 }
 
+fn few_descriptors_left_fail_calls_with_a_clear_error_not_a_long_wait() {
+    let mut m = HostileMediator::new("NoFds", Hostile);
+    m.workers(1).timeout(Duration::from_secs(5));
+    let worker = m.pid().map(|id| m.wait(id, LONG)).unwrap().unwrap();
+    // The worker dies, and the pool takes note (its pidfd is closed); then the program runs
+    // out of descriptors, so that the replacement's pidfd has nowhere to go.
+    support::kill_and_reap_foreign(worker as i32);
+    assert!(eventually(LONG, || {
+        m.poll();
+        m.pids().is_empty()
+    }));
+    let mut held = Vec::new();
+    while let Ok(f) = std::fs::File::open("/dev/null") {
+        held.push(f);
+    }
+    let t = Instant::now();
+    let outcome = m.echo(1).map(|id| m.wait(id, Duration::from_secs(30)));
+    let took = t.elapsed();
+    let text = format!("{outcome:?}");
+    assert!(
+        matches!(outcome, Err(_) | Ok(Err(_))),
+        "no descriptor, yet the call returned: {text}"
+    );
+    assert!(
+        text.contains("descriptor") || text.contains("EMFILE") || text.contains("open files"),
+        "the error says descriptors ran out: {text}"
+    );
+    assert!(took < Duration::from_secs(15), "the call waited {took:?}");
+    drop(held);
+    // With descriptors back, the pool goes on.
+    assert!(eventually(LONG, || m.echo(2).map(|id| m.wait(id, LONG)) == Ok(Ok(2))));
+}
+
 fn a_worker_stopped_mid_call_ends_by_its_timeout_without_spinning() {
     let mut m = HostileMediator::new("Stopped", Hostile);
     m.workers(1).timeout(Duration::from_secs(2));
@@ -543,6 +576,7 @@ tests![
     a_full_dev_shm_fails_start_with_an_error_not_sigbus,
     a_scribbled_answer_line_is_counted_as_corruption_not_a_timeout,
     another_users_persistent_segment_is_refused_untouched,
+    few_descriptors_left_fail_calls_with_a_clear_error_not_a_long_wait,
     a_worker_stopped_mid_call_ends_by_its_timeout_without_spinning,
     a_return_larger_than_the_area_fails_at_once_and_the_worker_stays,
     a_worker_maps_only_its_own_area,

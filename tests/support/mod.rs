@@ -284,6 +284,17 @@ pub fn assert_no_segments(pid: u32) {
     assert!(left.is_empty(), "shared-memory segments left: {left:?}");
 }
 
+/// Kills process `pid`, which is not this process's child (a worker: the fork server's), and
+/// waits up to 5 s for it to be gone.
+pub fn kill_and_reap_foreign(pid: i32) {
+    // SAFETY: signalling a process by pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    });
+}
+
 /// Whether process `pid` exists (alive or zombie).
 pub fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.

@@ -495,6 +495,10 @@ pub enum PoolError {
     /// The fork server, from which every worker is forked, could not be started.
     #[error("cannot start the fork server: {0}")]
     ForkServer(#[source] SpawnError),
+    /// No worker is alive and a new one cannot be forked (the program is out of descriptors,
+    /// say): the queued calls fail with this instead of waiting; the next call tries again.
+    #[error("no worker is alive and none can be forked: {0}")]
+    CannotFork(#[source] SpawnError),
     /// Workers kept dying before they answered anything (a `setup` that panics, say): no
     /// more are forked, and the queued calls fail with this, until the mediator is restarted.
     #[error(

@@ -244,6 +244,21 @@ impl ForkServer {
                     },
                     Some(fd),
                 ) => return Ok((Pid::from_raw(a), fd)),
+                (
+                    Msg {
+                        tag: SPAWNED, a, ..
+                    },
+                    None,
+                ) => {
+                    // The worker's pidfd did not reach us: this process has no descriptor
+                    // left (the kernel drops what does not fit). Without it the worker cannot
+                    // be watched: it goes (the server's child, not yet reaped: its pid is
+                    // still its own).
+                    let _ = nix::sys::signal::kill(Pid::from_raw(a), Signal::SIGKILL);
+                    return Err(SpawnError::TooManyFiles(
+                        std::io::Error::from_raw_os_error(libc::EMFILE).into(),
+                    ));
+                }
                 (Msg { tag: FAILED, a, b }, _) => {
                     let err = std::io::Error::from_raw_os_error(a);
                     return Err(match b {

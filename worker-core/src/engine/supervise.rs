@@ -133,6 +133,16 @@ impl<W: Worker> Engine<W> {
             Err(e) => {
                 log::error!(target: &self.base.alias, "cannot fork a worker: {e}");
                 self.count_error(ErrorKind::Communication, None);
+                // No worker left to run the queued calls: they fail now, saying why, rather
+                // than wait for a worker that cannot come (the next call tries again).
+                if !(0..self.pool.size()).any(|j| self.pool.has_worker(j)) {
+                    let now = clock::now_ns();
+                    for id in self.calls.take_queue() {
+                        self.finish(id, CallStatus::Failed, now, |_| {
+                            CallError::Pool(PoolError::CannotFork(e.clone()))
+                        });
+                    }
+                }
                 false
             }
         }
