@@ -318,38 +318,56 @@ fn a_worker_scribbling_over_its_whole_area_neither_hangs_nor_kills_the_parent() 
     assert!(settled, "the pool recovered from the scribbling");
 }
 
-fn a_full_dev_shm_fails_start_with_an_error_not_sigbus() {
-    // In a child with a private mount namespace whose /dev/shm is a 1 MiB tmpfs: a persistent
-    // mediator's named segment does not fit; a plain mediator's memfd needs no /dev/shm.
+fn a_full_disk_fails_start_with_an_error_not_sigbus() {
+    // In a child with a private mount namespace whose /dev/shm and temp directory are 1 MiB
+    // tmpfs: a persistent mediator's store (in the runtime directory, under the temp
+    // directory here) does not fit; a plain mediator's memfds need neither.
+    let tmp = std::env::temp_dir().join(format!("fw-full-{}", std::process::id()));
+    std::fs::create_dir(&tmp).unwrap();
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _guard = RemoveDir(tmp.clone());
     let (child, lines) = support::fork_reporting(|mut out| {
         use std::io::Write;
-        let private = std::ffi::CString::new("/").unwrap();
-        let shm = std::ffi::CString::new("/dev/shm").unwrap();
-        let tmpfs = std::ffi::CString::new("tmpfs").unwrap();
-        let size = std::ffi::CString::new("size=1m").unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        let c = |s: &[u8]| std::ffi::CString::new(s).unwrap();
+        let (root, tmpfs, size) = (c(b"/"), c(b"tmpfs"), c(b"size=1m"));
+        let (shm, dir) = (c(b"/dev/shm"), c(tmp.as_os_str().as_bytes()));
         // SAFETY: plain system calls with valid strings, in this child only.
-        let mounted = unsafe {
+        let mount = |at: &std::ffi::CString| unsafe {
+            libc::mount(
+                tmpfs.as_ptr(),
+                at.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                size.as_ptr().cast(),
+            ) == 0
+        };
+        // SAFETY: as above.
+        let private = unsafe {
             libc::unshare(libc::CLONE_NEWNS) == 0
                 && libc::mount(
                     std::ptr::null(),
-                    private.as_ptr(),
+                    root.as_ptr(),
                     std::ptr::null(),
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ) == 0
-                && libc::mount(
-                    tmpfs.as_ptr(),
-                    shm.as_ptr(),
-                    tmpfs.as_ptr(),
-                    0,
-                    size.as_ptr().cast(),
-                ) == 0
         };
-        if !mounted {
+        if !(private && mount(&shm) && mount(&dir)) {
             writeln!(out, "cannot mount: {}", std::io::Error::last_os_error()).unwrap();
             return;
         }
-        let mut m = HostileMediator::new("FullShm", Hostile);
+        // SAFETY: the child is single-threaded.
+        unsafe {
+            std::env::set_var("TMPDIR", &tmp);
+            std::env::remove_var("XDG_RUNTIME_DIR");
+        }
+        let mut m = HostileMediator::new("FullDisk", Hostile);
         m.persist(support::app_name(std::process::id()))
             .malloc(8 << 20);
         match m.start() {
@@ -357,7 +375,7 @@ fn a_full_dev_shm_fails_start_with_an_error_not_sigbus() {
             Ok(()) => writeln!(out, "persistent: started").unwrap(),
         }
         drop(m);
-        let mut m = HostileMediator::new("FullShmMemfd", Hostile);
+        let mut m = HostileMediator::new("FullDiskMemfd", Hostile);
         m.malloc(8 << 20);
         let echoed = m.echo(3).map(|id| m.wait(id, LONG));
         writeln!(out, "memfd: {echoed:?}").unwrap();
@@ -406,12 +424,17 @@ impl Drop for Remove {
     }
 }
 
-fn another_users_persistent_segment_is_refused_untouched() {
+fn another_users_persistent_store_is_refused_untouched() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    // Another user (uid 65534) made the segment a persistent mediator would use, open to all,
+    // Another user (uid 65534) made the store a persistent mediator would use, open to all,
     // with calls of its own in it.
     let app = support::app_name(std::process::id());
-    let path = std::path::PathBuf::from(format!("/dev/shm/fw.app.{app}.Planted"));
+    let dir = support::runtime_dir();
+    if !dir.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let path = dir.join(format!("{app}.Planted.store"));
     let _guard = Remove(path.clone());
     std::fs::write(&path, vec![0x5a; 1 << 16]).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -573,9 +596,9 @@ tests![
     a_huge_errors_word_neither_hangs_nor_floods_the_parent,
     a_return_changed_while_the_parent_decodes_it_is_never_invalid,
     a_worker_scribbling_over_its_whole_area_neither_hangs_nor_kills_the_parent,
-    a_full_dev_shm_fails_start_with_an_error_not_sigbus,
+    a_full_disk_fails_start_with_an_error_not_sigbus,
     a_scribbled_answer_line_is_counted_as_corruption_not_a_timeout,
-    another_users_persistent_segment_is_refused_untouched,
+    another_users_persistent_store_is_refused_untouched,
     few_descriptors_left_fail_calls_with_a_clear_error_not_a_long_wait,
     a_worker_stopped_mid_call_ends_by_its_timeout_without_spinning,
     a_return_larger_than_the_area_fails_at_once_and_the_worker_stays,

@@ -210,25 +210,48 @@ fn kill_group(pgid: u32) {
     }
 }
 
-/// The application name persistent mediators of test process `pid` use: their segments are
-/// `fw.app.<app>.<alias>`, found by [`segments_of`] too.
+/// The application name persistent mediators of test process `pid` use: their stores are
+/// `<app>.<alias>.store` in the runtime directory, found by [`segments_of`] too.
 pub fn app_name(pid: u32) -> String {
     format!("t{pid}")
 }
 
-/// Segments created by process `pid`: `fw.<pid>.<alias>.<n>`, and persistent ones named after
-/// [`app_name`].
+/// forkworker's private runtime directory for this user (see worker-core/src/private_fs.rs):
+/// `$XDG_RUNTIME_DIR/forkworker` when that variable is set, else `forkworker-<uid>` in the temp
+/// directory.
+pub fn runtime_dir() -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(xdg) if std::path::Path::new(&xdg).is_dir() => {
+            std::path::Path::new(&xdg).join("forkworker")
+        }
+        // SAFETY: geteuid cannot fail.
+        _ => std::env::temp_dir().join(format!("forkworker-{}", unsafe { libc::geteuid() })),
+    }
+}
+
+/// What process `pid` left of forkworker's: segments under /dev/shm named after it
+/// (`fw.<pid>.*`: none since stores are memfds, but a regression would show), and the
+/// persistent stores of [`app_name`] in the runtime directory (`t<pid>.<alias>.store`).
 pub fn segments_of(pid: u32) -> Vec<String> {
     let prefix = format!("fw.{pid}.");
-    let persistent = format!("fw.app.{}.", app_name(pid));
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix) || n.starts_with(&persistent))
-                .collect()
-        })
-        .unwrap_or_default()
+    let persistent = format!("{}.", app_name(pid));
+    let list = |dir: &std::path::Path, keep: &dyn Fn(&str) -> bool| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| keep(n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found = list(std::path::Path::new("/dev/shm"), &|n| {
+        n.starts_with(&prefix)
+    });
+    found.extend(list(&runtime_dir(), &|n| {
+        n.starts_with(&persistent) && n.ends_with(".store")
+    }));
+    found
 }
 
 /// This process's mappings of forkworker's (memfd) segments whose name contains `part`:
@@ -278,7 +301,7 @@ pub fn assert_no_children() {
     );
 }
 
-/// Panics if this process has a shared-memory segment under /dev/shm.
+/// Panics if this process left a segment under /dev/shm or a persistent store.
 pub fn assert_no_segments(pid: u32) {
     let left = segments_of(pid);
     assert!(left.is_empty(), "shared-memory segments left: {left:?}");

@@ -464,11 +464,12 @@ pub enum StartError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
-    /// The shared-memory segment could not be created (`shm_open`, `ftruncate`, `mmap`):
-    /// /dev/shm full or too small, say. Lower `malloc()` or make room.
+    /// The memory of a pool (its store, a worker's area) could not be created (`memfd_create`,
+    /// `fallocate`, `mmap`; a persistent store's file in the runtime directory): memory or
+    /// disk short, say. Lower `malloc()` or make room.
     #[error("cannot create shared memory segment {name} of {size} bytes: {source}")]
     CreateSegment {
-        /// The segment's name, as under /dev/shm.
+        /// The memfd's name, or the persistent store's path.
         name: String,
         /// Its size in bytes.
         size: usize,
@@ -476,14 +477,16 @@ pub enum PoolError {
         #[source]
         source: OsError,
     },
-    /// A persistent mediator's segment exists under its name but is not this user's private
-    /// segment (another user made it first, or it is open to others): it is never opened.
+    /// A persistent mediator's store exists under its name but is not this user's private
+    /// file (another user made it first, or it is open to others, or a link): it is never
+    /// used, nor changed.
     #[error("shared memory segment: {0}")]
     UnsafeSegment(#[source] UnsafePath),
-    /// A persistent mediator's segment, left by an earlier run, exists but cannot be opened.
+    /// A persistent mediator's store, left by an earlier run, exists but cannot be opened (or
+    /// the runtime directory cannot be had).
     #[error("cannot open shared memory segment {name}: {source}")]
     OpenSegment {
-        /// The segment's name, as under /dev/shm.
+        /// The store's path.
         name: String,
         /// The system's error.
         #[source]

@@ -316,10 +316,12 @@ impl<W: Worker> Mediator<W> {
         self.before_start("inherit_fd", |c| c.inherit_fds.push(fd))
     }
 
-    /// Makes the mediator persistent: its shared memory is named after `app` and the alias
-    /// (`/dev/shm/fw.app.<app>.<alias>`) instead of after this process, and it is kept when
-    /// the mediator is dropped with calls still queued or running, so that a restarted
-    /// program finds them. See [`Mediator::recover`]. Set before the pool starts.
+    /// Makes the mediator persistent: its store (the journal, queued arguments, returns not yet
+    /// delivered) is a file named after `app` and the alias, `<app>.<alias>.store` in the
+    /// user's private runtime directory (`$XDG_RUNTIME_DIR/forkworker`, else
+    /// `/tmp/forkworker-<uid>`: see `instance::default_dir`), mapped by the parent alone, and it
+    /// is kept when the mediator is dropped with calls still queued or running, so that a
+    /// restarted program finds them. See [`Mediator::recover`]. Set before the pool starts.
     pub fn persist(&mut self, app: impl Into<String>) -> &mut Self {
         let app = app.into();
         self.before_start("persist", |c| c.persist = Some(app))

@@ -156,13 +156,16 @@ impl Pool {
             },
         };
         let wake = ParentWake::new()?;
-        // Each worker's area, and the page they share; named after the store (a persistent
-        // one's name has a leading `/`).
+        // Each worker's area, and the page they share; named after the store.
         let prefix = crate::shm::segment_prefix();
-        let store = region.name().trim_start_matches('/');
+        let store = region.name();
         let base = match store.strip_prefix(&prefix) {
             Some(_) => store.to_owned(),
-            None => format!("{prefix}{}", store.trim_start_matches("fw.")),
+            // A persistent store's path: named after its file, `<app>.<alias>.store`.
+            None => {
+                let file = store.rsplit('/').next().unwrap_or(store);
+                format!("{prefix}{}", file.trim_end_matches(".store"))
+            }
         };
         let area_error = |name: &str, size: usize| {
             let name = name.to_owned();

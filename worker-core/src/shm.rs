@@ -12,17 +12,19 @@
 //! included, can truncate it under the parent. Its descriptor is closed once it is mapped:
 //! workers inherit the mapping through `fork`, not a descriptor.
 //!
-//! A persistent mediator's segment (`fw.app.<app>.<alias>`) has a name under /dev/shm, so
-//! that a restarted program finds it again and recovers its calls (see `journal`). It is
-//! created by the parent (`shared_memory`, `shm_open` + `mmap`) and pre-faulted; workers never
-//! drop the handle (they leave with `_exit`), so only the parent unlinks it.
+//! A persistent mediator's store is a regular file, `<app>.<alias>.store` in the user's
+//! private runtime directory (see `private_fs`: opened without following links, refused if
+//! another user could have made or changed it), so that a restarted program finds it again
+//! and recovers its calls (see `journal`). It is allocated in full (`fallocate`) and mapped
+//! shared, by the parent alone.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use shared_memory::{Shmem, ShmemConf, ShmemError};
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
 
 use crate::arena::{Block, Blocks, RegionId, Span};
-use crate::error::{OsError, PoolError};
+use crate::error::PoolError;
 use crate::journal::Entry;
 
 /// Written at the start of every segment; a segment without it is not ours.
@@ -48,8 +50,15 @@ pub(crate) struct Header {
 enum Backing {
     /// A sealed memfd, mapped at `Region::base` for `len` bytes; unmapped on drop.
     Memfd { name: String, len: usize },
-    /// A named segment (a persistent mediator's).
-    Named(Shmem),
+    /// A persistent mediator's file, `name` in `dir`, mapped at `Region::base` for `len`
+    /// bytes; unmapped on drop, and removed unless kept (see [`Region::keep`]).
+    File {
+        dir: crate::private_fs::PrivateDir,
+        name: String,
+        path: String,
+        len: usize,
+        keep: bool,
+    },
 }
 
 /// The parent's mapping of the segment.
@@ -113,9 +122,9 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-/// The name of a persistent mediator's segment.
+/// The file name of a persistent mediator's store, in the runtime directory.
 pub(crate) fn persistent_name(app: &str, alias: &str) -> String {
-    format!("/fw.app.{}.{}", sanitize(app), sanitize(alias))
+    format!("{}.{}.store", sanitize(app), sanitize(alias))
 }
 
 /// How many journal entries a payload area of `arena_size` bytes gets: one per 512 bytes
@@ -130,32 +139,6 @@ fn layout(entries: usize) -> (usize, usize) {
     let journal = HEADER_SIZE;
     let arena = (journal + entries * std::mem::size_of::<Entry>()).div_ceil(PAGE) * PAGE;
     (journal, arena)
-}
-
-/// The system's error behind a `shared_memory` error: its errno where it has one.
-fn os_error(e: ShmemError) -> OsError {
-    match e {
-        ShmemError::MapCreateFailed(code)
-        | ShmemError::MapOpenFailed(code)
-        | ShmemError::UnknownOsError(code) => std::io::Error::from_raw_os_error(code as i32),
-        ShmemError::LinkCreateFailed(e)
-        | ShmemError::LinkWriteFailed(e)
-        | ShmemError::LinkOpenFailed(e)
-        | ShmemError::LinkReadFailed(e) => e,
-        ShmemError::MappingIdExists | ShmemError::LinkExists => {
-            std::io::Error::new(std::io::ErrorKind::AlreadyExists, e)
-        }
-        e => std::io::Error::other(e),
-    }
-    .into()
-}
-
-/// Removes a segment by name, if it exists.
-pub(crate) fn unlink(name: &str) {
-    if let Ok(c) = std::ffi::CString::new(name) {
-        // SAFETY: a valid C string.
-        unsafe { libc::shm_unlink(c.as_ptr()) };
-    }
 }
 
 /// A new region id.
@@ -219,138 +202,126 @@ impl Region {
         region
     }
 
-    fn create_named(name: &str, slots: usize, arena_size: usize) -> Result<Region, PoolError> {
-        let entries = entries_for(arena_size);
-        let total = layout(entries).1 + arena_size;
-        let shmem = ShmemConf::new()
-            .size(total)
-            .os_id(name)
-            .create()
-            .map_err(|e| PoolError::CreateSegment {
-                name: name.to_owned(),
-                size: total,
-                source: os_error(e),
-            })?;
-        let base = shmem.as_ptr();
-        // Allocated before the first write, so that a full /dev/shm is an error here and not
-        // a SIGBUS at the write.
-        if let Err(source) = allocate_named(name, total) {
-            drop(shmem);
-            return Err(PoolError::CreateSegment {
-                name: name.to_owned(),
-                size: total,
-                source: source.into(),
-            });
-        }
-        // SAFETY: the mapping is `total` bytes long, allocated, and nobody else uses it yet.
-        // Writing every byte pre-faults the pages so later copies do not stall on page faults.
-        unsafe { std::ptr::write_bytes(base, 0, total) };
-        Ok(Region::init(
-            Backing::Named(shmem),
-            base,
-            slots,
-            entries,
-            arena_size,
-        ))
-    }
-
-    /// Opens the persistent segment of `app` and `alias` if it exists and has this layout;
-    /// otherwise removes whatever is there and creates a new one.
+    /// Opens the persistent store of `app` and `alias` if it exists and has this layout;
+    /// otherwise makes a new one (over whatever was there, once it passed the checks).
     pub(crate) fn open_persistent(
         app: &str,
         alias: &str,
         slots: usize,
         arena_size: usize,
     ) -> Result<Found, PoolError> {
+        use crate::private_fs::{Created, FsError, How, PrivateDir};
         let name = persistent_name(app, alias);
-        check_private(&name)?;
-        let shmem = match ShmemConf::new().os_id(&name).open() {
-            Ok(shmem) => shmem,
-            Err(ShmemError::MapOpenFailed(code)) if code == libc::ENOENT as u32 => {
-                return Self::create_named(&name, slots, arena_size).map(Found::Created);
-            }
-            Err(e) => {
-                return Err(PoolError::OpenSegment {
-                    name,
-                    source: os_error(e),
-                });
-            }
+        let fs_error = |e: FsError| match e {
+            FsError::Unsafe(u) => PoolError::UnsafeSegment(u),
+            FsError::Io { path, source } => PoolError::OpenSegment {
+                name: path.display().to_string(),
+                source: source.into(),
+            },
         };
+        let dir = PrivateDir::runtime().map_err(fs_error)?;
+        let path = dir.path().join(&name).display().to_string();
+        let (file, created) = dir
+            .open_file(OsStr::new(&name), How::private())
+            .map_err(fs_error)?;
         let entries = entries_for(arena_size);
         let expected = layout(entries).1 + arena_size;
-        let why = if shmem.len() < HEADER_SIZE {
-            Some(Mismatch::TooSmall(shmem.len()))
-        } else {
-            // SAFETY: at least HEADER_SIZE bytes are mapped; the header is atomics only.
-            let h = unsafe { &*(shmem.as_ptr() as *const Header) };
-            let (magic, version) = (
-                h.magic.load(Ordering::Acquire),
-                h.version.load(Ordering::Relaxed),
-            );
-            let (old_slots, old_arena) = (
-                h.slots.load(Ordering::Relaxed) as usize,
-                h.arena_size.load(Ordering::Relaxed) as usize,
-            );
-            if magic != MAGIC {
-                Some(Mismatch::NotOurs)
-            } else if version != VERSION {
-                Some(Mismatch::Version(version))
-            } else if old_slots != slots || old_arena != arena_size {
-                Some(Mismatch::Settings {
-                    old_slots,
-                    old_arena,
-                    slots,
-                    arena: arena_size,
-                })
-            } else if shmem.len() != expected
-                || h.entries.load(Ordering::Relaxed) as usize != entries
-            {
-                Some(Mismatch::Size {
-                    size: shmem.len(),
-                    expected,
-                })
-            } else {
-                None
+        let open_error = |source: std::io::Error| PoolError::OpenSegment {
+            name: path.clone(),
+            source: source.into(),
+        };
+        let found = file.metadata().map_err(open_error)?.len() as usize;
+        let why = match created {
+            Created::New => None,
+            Created::Existing if found < HEADER_SIZE => Some(Mismatch::TooSmall(found)),
+            Created::Existing => {
+                let base = map_file(&file, found).map_err(open_error)?;
+                // SAFETY: `found` >= HEADER_SIZE bytes are mapped; the header is atomics only.
+                let h = unsafe { &*(base as *const Header) };
+                let why = check_header(h, slots, arena_size, entries, found, expected);
+                if why.is_none() {
+                    let region = Region::adopt(
+                        Backing::File {
+                            dir,
+                            name,
+                            path,
+                            len: found,
+                            keep: false,
+                        },
+                        base,
+                        entries,
+                        arena_size,
+                    );
+                    return Ok(Found::Matching(region));
+                }
+                // SAFETY: our own mapping of `found` bytes, not used after this.
+                unsafe { libc::munmap(base.cast(), found) };
+                why
             }
         };
-        match why {
-            None => {
-                let mut shmem = shmem;
-                shmem.set_owner(true);
-                let base = shmem.as_ptr();
-                let region = Region {
-                    backing: Backing::Named(shmem),
-                    base,
-                    id: next_region_id(),
-                    entries,
-                    arena_size,
-                };
-                region.keep_from_children();
-                Ok(Found::Matching(region))
-            }
-            Some(why) => {
-                drop(shmem);
-                unlink(&name);
-                let region = Self::create_named(&name, slots, arena_size)?;
-                Ok(Found::Replaced(region, why))
-            }
+        // A new store: every byte allocated (a full disk is an error here, never a SIGBUS
+        // later) and zeroed (a file found with another layout is emptied first).
+        let create_error = |source: std::io::Error| PoolError::CreateSegment {
+            name: path.clone(),
+            size: expected,
+            source: source.into(),
+        };
+        file.set_len(0).map_err(create_error)?;
+        file.set_len(expected as u64).map_err(create_error)?;
+        let size = libc::off_t::try_from(expected)
+            .map_err(|_| create_error(std::io::Error::from_raw_os_error(libc::EFBIG)))?;
+        // SAFETY: a plain system call on a descriptor we own.
+        match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
+            0 => {}
+            e => return Err(create_error(std::io::Error::from_raw_os_error(e))),
         }
+        let base = map_file(&file, expected).map_err(create_error)?;
+        let region = Region::init(
+            Backing::File {
+                dir,
+                name,
+                path,
+                len: expected,
+                keep: false,
+            },
+            base,
+            slots,
+            entries,
+            arena_size,
+        );
+        Ok(match why {
+            None => Found::Created(region),
+            Some(why) => Found::Replaced(region, why),
+        })
     }
 
-    /// The segment's name: under /dev/shm for a named one, in `/proc/<pid>/maps` (as
-    /// `/memfd:<name>`) for a memfd.
+    /// A region over a mapping that already holds a store of this layout.
+    fn adopt(backing: Backing, base: *mut u8, entries: usize, arena_size: usize) -> Region {
+        let region = Region {
+            backing,
+            base,
+            id: next_region_id(),
+            entries,
+            arena_size,
+        };
+        region.keep_from_children();
+        region
+    }
+
+    /// The store's name: a persistent one's path, a memfd's name as in `/proc/<pid>/maps`
+    /// (`/memfd:<name>`).
     pub(crate) fn name(&self) -> &str {
         match &self.backing {
             Backing::Memfd { name, .. } => name,
-            Backing::Named(shmem) => shmem.get_os_id(),
+            Backing::File { path, .. } => path,
         }
     }
 
-    /// Keeps a named segment when this mapping is dropped (for recovery), or not. A memfd
-    /// segment goes with its last mapping whatever this says.
+    /// Keeps a persistent store's file when this mapping is dropped (for recovery), or not.
+    /// A memfd store goes with its mapping whatever this says.
     pub(crate) fn keep(&mut self, keep: bool) {
-        if let Backing::Named(shmem) = &mut self.backing {
-            shmem.set_owner(!keep);
+        if let Backing::File { keep: k, .. } = &mut self.backing {
+            *k = keep;
         }
     }
 
@@ -363,8 +334,7 @@ impl Region {
     /// How many bytes are mapped.
     fn mapped_len(&self) -> usize {
         match &self.backing {
-            Backing::Memfd { len, .. } => *len,
-            Backing::Named(shmem) => shmem.len(),
+            Backing::Memfd { len, .. } | Backing::File { len, .. } => *len,
         }
     }
 
@@ -511,11 +481,74 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        if let Backing::Memfd { len, .. } = self.backing {
-            // SAFETY: `base..base + len` is the mapping `sealed_memfd` made, which this region
-            // owns; nothing borrowed from it outlives the region.
-            unsafe { libc::munmap(self.base.cast(), len) };
+        // SAFETY: `base..base + len` is the mapping this region made and owns; nothing
+        // borrowed from it outlives the region.
+        unsafe { libc::munmap(self.base.cast(), self.mapped_len()) };
+        if let Backing::File {
+            dir, name, keep, ..
+        } = &self.backing
+            && !keep
+        {
+            let _ = dir.remove(OsStr::new(name));
         }
+    }
+}
+
+/// Maps `len` bytes of `file` shared, pre-faulted.
+fn map_file(file: &std::fs::File, len: usize) -> std::io::Result<*mut u8> {
+    // SAFETY: a fresh mapping of our own descriptor; the result is checked.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(base.cast())
+}
+
+/// What, if anything, makes a store found with header `h` and `found` bytes unreadable for
+/// this layout.
+fn check_header(
+    h: &Header,
+    slots: usize,
+    arena_size: usize,
+    entries: usize,
+    found: usize,
+    expected: usize,
+) -> Option<Mismatch> {
+    let (magic, version) = (
+        h.magic.load(Ordering::Acquire),
+        h.version.load(Ordering::Relaxed),
+    );
+    let (old_slots, old_arena) = (
+        h.slots.load(Ordering::Relaxed) as usize,
+        h.arena_size.load(Ordering::Relaxed) as usize,
+    );
+    if magic != MAGIC {
+        Some(Mismatch::NotOurs)
+    } else if version != VERSION {
+        Some(Mismatch::Version(version))
+    } else if old_slots != slots || old_arena != arena_size {
+        Some(Mismatch::Settings {
+            old_slots,
+            old_arena,
+            slots,
+            arena: arena_size,
+        })
+    } else if found != expected || h.entries.load(Ordering::Relaxed) as usize != entries {
+        Some(Mismatch::Size {
+            size: found,
+            expected,
+        })
+    } else {
+        None
     }
 }
 
@@ -565,57 +598,6 @@ pub(crate) fn sealed_memfd(
             return Err(last());
         }
         Ok((fd, base.cast()))
-    }
-}
-
-/// Refuses the named segment `name` (with its leading `/`) if it exists and is not this
-/// user's private segment: a symbolic link, not a regular file, another user's, or open to
-/// group or others. (/dev/shm is sticky: once checked, a segment of ours cannot be swapped by
-/// another user; one that does not exist yet is created with `O_EXCL`.)
-fn check_private(name: &str) -> Result<(), PoolError> {
-    use crate::error::{UnsafePath, Unsafety};
-    use std::os::unix::fs::MetadataExt;
-    let path = std::path::PathBuf::from(format!("/dev/shm{name}"));
-    let Ok(meta) = std::fs::symlink_metadata(&path) else {
-        return Ok(());
-    };
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let why = if meta.file_type().is_symlink() {
-        Some(Unsafety::SymbolicLink)
-    } else if !meta.file_type().is_file() {
-        Some(Unsafety::NotRegular)
-    } else if meta.uid() != me {
-        Some(Unsafety::OtherOwner { me })
-    } else if meta.mode() & 0o077 != 0 {
-        Some(Unsafety::TooOpen { allowed: 0o600 })
-    } else {
-        None
-    };
-    match why {
-        None => Ok(()),
-        Some(why) => Err(PoolError::UnsafeSegment(UnsafePath {
-            path,
-            owner: Some(meta.uid()),
-            mode: Some(meta.mode() & 0o7777),
-            why,
-        })),
-    }
-}
-
-/// Allocates every byte of the named segment `name` (a /dev/shm name with its leading `/`).
-fn allocate_named(name: &str, len: usize) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/dev/shm{name}"))?;
-    let size =
-        libc::off_t::try_from(len).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
-    // SAFETY: a plain system call on a descriptor we own.
-    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, size) } {
-        0 => Ok(()),
-        e => Err(std::io::Error::from_raw_os_error(e)),
     }
 }
 
