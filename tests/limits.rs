@@ -269,6 +269,7 @@ fn memory_limit_with_cgroup_v1() {
                 limit,
                 mechanism,
                 cause,
+                ..
             } => {
                 assert_eq!(
                     (*method, *dead, *limit, *mechanism),
@@ -383,10 +384,17 @@ fn memory_limit_with_rlimit_data() {
         );
         over_the_limit_is_reported(&mut m, |err| match err {
             CallError::MemoryLimit {
-                mechanism, cause, ..
+                mechanism,
+                cause,
+                stderr,
+                ..
             } => {
                 assert_eq!(*mechanism, LimitMechanism::RlimitData);
                 assert_eq!(*cause, ExitCause::Signaled(libc::SIGABRT));
+                assert!(
+                    stderr.contains("memory allocation of"),
+                    "the tail says why: {stderr:?}"
+                );
             }
             other => panic!("expected MemoryLimit, got {other:?}"),
         });

@@ -180,8 +180,10 @@ pub enum CallError {
     /// allocation failed and it aborted. The call's status is [`crate::CallStatus::Crashed`];
     /// the worker was replaced.
     #[error(
-        "worker {pid} running {method}() passed its memory limit of {limit} bytes ({mechanism}) and {cause}"
+        "worker {pid} running {method}() passed its memory limit of {limit} bytes ({mechanism}) and {cause}{}",
+        stderr_suffix(stderr)
     )]
+    #[non_exhaustive]
     MemoryLimit {
         /// The method called.
         method: &'static str,
@@ -193,6 +195,9 @@ pub enum CallError {
         mechanism: crate::LimitMechanism,
         /// How the worker ended.
         cause: crate::ExitCause,
+        /// The last lines the worker wrote to its stderr, as in [`CallError::Crashed`] (under
+        /// `RLIMIT_DATA`: "memory allocation of N bytes failed").
+        stderr: String,
     },
     /// The call used more CPU time than [`crate::Mediator::cpu_limit`] allows; its worker
     /// ended and was replaced. The call's status is [`crate::CallStatus::Crashed`].

@@ -144,6 +144,7 @@ impl Death {
         method: &'static str,
         pid: i32,
         cause: ExitCause,
+        stderr: &str,
     ) -> Option<CallError> {
         match self {
             Death::Crashed => None,
@@ -153,6 +154,7 @@ impl Death {
                 limit,
                 mechanism,
                 cause,
+                stderr: stderr.to_owned(),
             }),
             Death::CpuLimit { limit } => Some(CallError::CpuLimit { method, pid, limit }),
         }
@@ -830,8 +832,9 @@ mod tests {
             limit: LIMIT,
             mechanism: LimitMechanism::CgroupV1,
             cause: KILL,
+            stderr: "oom".into(),
         };
-        assert_eq!(d.limit_error("f", 7, KILL), Some(expected));
+        assert_eq!(d.limit_error("f", 7, KILL, "oom"), Some(expected));
         assert_eq!(
             d.to_string(),
             ": past its memory limit of 67108864 bytes (cgroup v1 memory.limit_in_bytes)"
@@ -843,8 +846,8 @@ mod tests {
             limit,
         };
         let d = Death::CpuLimit { limit };
-        assert_eq!(d.limit_error("f", 7, KILL), Some(expected));
-        assert_eq!(Death::Crashed.limit_error("f", 7, KILL), None);
+        assert_eq!(d.limit_error("f", 7, KILL, ""), Some(expected));
+        assert_eq!(Death::Crashed.limit_error("f", 7, KILL, ""), None);
         assert_eq!(Death::Crashed.to_string(), "");
     }
 

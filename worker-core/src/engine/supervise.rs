@@ -220,7 +220,7 @@ impl<W: Worker> Engine<W> {
                 log::warn!(target: &self.base.alias, "worker {pid} {cause} while running call {}{death}", b.call);
                 self.finish(b.call, CallStatus::Crashed, clock::now_ns(), |method| {
                     death
-                        .limit_error(method, pid, cause)
+                        .limit_error(method, pid, cause, &stderr)
                         .unwrap_or(CallError::Crashed {
                             method,
                             pid,
