@@ -104,6 +104,26 @@ fn probe() -> Probe {
     }
 }
 
+fn recycle_set_after_start_applies_to_workers_forked_afterwards() {
+    let mut m = ProbeMediator::new("LateRecycle", probe());
+    m.workers(1).recycle(Recycle::NEVER);
+    let pid = |m: &mut ProbeMediator| m.pid().map(|id| m.wait(id, LONG)).unwrap().unwrap();
+    let first = pid(&mut m);
+    m.recycle(Recycle::after_calls(3).with_jitter(0.0));
+    // The worker forked before keeps its own rule.
+    for _ in 0..10 {
+        assert_eq!(pid(&mut m), first);
+    }
+    // Its replacement gets the new one: it retires after three calls.
+    support::kill_and_reap_foreign(first as i32);
+    let mut seen = HashSet::new();
+    for _ in 0..12 {
+        seen.insert(pid(&mut m));
+    }
+    seen.remove(&first);
+    assert!(seen.len() >= 3, "workers after the change: {seen:?}");
+}
+
 fn ten_thousand_calls_over_four_workers_return_once() {
     let mut m = ProbeMediator::new("Probe", probe());
     m.workers(4);
@@ -622,6 +642,7 @@ fn an_id_of_another_mediator_does_not_decode_a_call_of_another_type() {
 }
 
 tests![
+    recycle_set_after_start_applies_to_workers_forked_afterwards,
     ten_thousand_calls_over_four_workers_return_once,
     ten_thousand_calls_through_on_return_fire_once_each,
     payloads_of_every_size_around_the_channel_line_arrive_intact,

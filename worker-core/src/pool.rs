@@ -319,6 +319,11 @@ impl Pool {
         Ok(pid)
     }
 
+    /// The recycling rules for the workers forked from now on (and the memory rule for all).
+    pub(crate) fn set_recycle(&mut self, recycle: Recycle) {
+        self.recycle = recycle;
+    }
+
     /// Journal entry `i`, if this pool keeps a journal: only a persistent pool's journal is
     /// ever read (by the next run's recovery), so the others write none (a saving per call:
     /// benches/README.md).

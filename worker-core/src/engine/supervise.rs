@@ -125,6 +125,8 @@ impl<W: Worker> Engine<W> {
             return false;
         }
         let pool = &mut self.pool;
+        // `recycle()` may have changed since the pool started: it applies to this fork.
+        pool.set_recycle(self.base.config.recycle);
         match pool.spawn(i, &mut self.base.value) {
             Ok(pid) => {
                 log::debug!(target: &self.base.alias, "forked worker {pid} into slot {i}");
@@ -334,6 +336,7 @@ impl<W: Worker> Engine<W> {
             return;
         }
         let old = pool.pid(i).unwrap_or(0);
+        pool.set_recycle(self.base.config.recycle);
         match pool.retire(i, &mut self.base.value) {
             Ok(new) => {
                 log::debug!(target: &self.base.alias, "worker {old} retired; {new} took its place")
