@@ -10,13 +10,13 @@
 //! | the seed's face: settings, the proxies' submit, `wait`, `poll`, `status`, callbacks | `mediator` |
 //! | the settings: strategy, recycling | `config` |
 //! | the engine behind a face: submit, dispatch, collect, hand finished calls back | `engine` |
-//! | encoding straight into shared memory | `wire` |
+//! | encoding straight into the parent's store | `wire` |
 //! | the call table: records, queue, finished calls, moves between statuses | `engine::table` |
 //! | the payload room: blocks, journal entries, return-size hints | `engine::room` |
-//! | the worker processes: spawn, post, answers, deaths, kills, retiring, the parent's sleep | `pool` |
+//! | the worker processes: spawn, post (arguments into the worker's area), answers, returns into the store, deaths, kills, retiring, the parent's sleep | `pool` |
 //! | the parent's store (journal, queued arguments, undelivered returns) and its payload bytes | `shm` |
 //! | a worker's area: its channel and the payload of the call it holds, the only memory it shares; the spin page | `area` |
-//! | payload blocks inside the region | `arena` |
+//! | payload blocks inside the store | `arena` |
 //! | one request/response channel per worker: its two cache lines, typed requests and answers | `channel` |
 //! | the checksum of control words in shared memory (channel lines, journal entries) | `checksum` |
 //! | the sleep/wake protocol: spinning, the sleep flags, futex and eventfd wake-ups | `wake` |
