@@ -66,6 +66,8 @@ impl Area {
         if len <= PAYLOAD_AT {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
+        // Not pre-faulted: a worker starts sooner, and touches only the pages its calls use
+        // (they are allocated already; a first touch costs a page-table fault, once).
         let base = map_shared(&fd, len)?;
         Ok(Area { fd, base, len })
     }
@@ -249,7 +251,7 @@ fn map_len(fd: &OwnedFd) -> std::io::Result<usize> {
     usize::try_from(st.st_size).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// Maps `len` bytes of `fd` shared, pre-faulted.
+/// Maps `len` bytes of `fd` shared (a worker's mapping: not pre-faulted).
 fn map_shared(fd: &OwnedFd, len: usize) -> std::io::Result<*mut u8> {
     // SAFETY: a fresh mapping of our own descriptor; the result is checked.
     let base = unsafe {
@@ -257,7 +259,7 @@ fn map_shared(fd: &OwnedFd, len: usize) -> std::io::Result<*mut u8> {
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
+            libc::MAP_SHARED,
             fd.as_raw_fd(),
             0,
         )

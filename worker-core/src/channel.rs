@@ -199,6 +199,11 @@ pub(crate) struct RunningMark {
     pub(crate) stopped_at: AtomicU32,
     /// CLOCK_MONOTONIC nanoseconds when it started, or 0 when it started it as it was posted.
     pub(crate) started_ns: AtomicU64,
+    /// Set by the worker once its `setup` (and its limits and sandbox) are done, as it starts
+    /// waiting for requests: a worker that dies after this did not fail to start (it was
+    /// killed, say), and does not count toward the start-failure breaker. Worker-written: it
+    /// only decides that count.
+    pub(crate) ready: AtomicU32,
 }
 
 // Each half is one cache line, and the forged-answer test in tests/faults.rs writes at these
@@ -342,12 +347,23 @@ impl Ran {
 }
 
 impl Channel {
+    /// Worker: its setup is done; it waits for requests (see `RunningMark::ready`).
+    pub(crate) fn mark_ready(&self) {
+        self.running.ready.store(1, Ordering::Release);
+    }
+
+    /// Parent: whether the worker got through its setup.
+    pub(crate) fn was_ready(&self) -> bool {
+        self.running.ready.load(Ordering::Acquire) != 0
+    }
+
     /// Parent: clears the channel for a newly forked worker.
     pub(crate) fn reset(&self) {
         let seq = self.req.seq.load(Ordering::Relaxed);
         self.resp.seq.store(seq, Ordering::Relaxed);
         self.running.seq.store(seq, Ordering::Relaxed);
         self.running.stopped_at.store(0, Ordering::Relaxed);
+        self.running.ready.store(0, Ordering::Relaxed);
         self.resp.sleeping.reset();
         self.resp.errors.store(0, Ordering::Relaxed);
     }

@@ -685,6 +685,11 @@ impl Pool {
         u64::from(new.min(MAX_REPORTED_ERRORS))
     }
 
+    /// Whether slot `i`'s worker got through its setup (see `RunningMark::ready`).
+    pub(crate) fn was_ready(&self, i: usize) -> bool {
+        self.channel(i).was_ready()
+    }
+
     /// How many calls slot `i`'s worker was given.
     pub(crate) fn calls_given(&self, i: usize) -> u64 {
         self.slots[i].calls

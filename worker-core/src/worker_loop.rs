@@ -104,6 +104,7 @@ fn serve<W: Worker>(value: &mut W, env: &WorkerEnv<'_>, area: &Area, spin: &Spin
     if let Some(sandbox) = env.sandbox {
         crate::sandbox::confine(sandbox, &channel.running.stopped_at, env.alias);
     }
+    channel.mark_ready();
     let mut last = env.start_seq;
     let mut corrupted = 0;
     let mut wake = WorkerWake::new(area.parent_sleeping(), env.eventfd, spin.places(), env.slot);

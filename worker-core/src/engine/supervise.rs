@@ -191,6 +191,9 @@ impl<W: Worker> Engine<W> {
                 continue; // Its answer (a panic, say) already settled the slot.
             }
             let given = pool.calls_given(i);
+            // A worker that got through its setup and died later (killed from outside, say)
+            // did not fail to start: it does not count toward the breaker.
+            let ready = pool.was_ready(i);
             // Before `kill_worker` removes the worker's cgroup.
             let verdict = pool.memory_verdict(i);
             let (pid, busy) = self.kill_worker(i);
@@ -200,7 +203,7 @@ impl<W: Worker> Engine<W> {
                 } else {
                     log::warn!(target: &self.base.alias, "idle worker {pid} {cause}");
                 }
-                if given == 0 {
+                if given == 0 && !ready {
                     self.base.health.died_unanswered();
                 }
                 continue;
@@ -231,7 +234,9 @@ impl<W: Worker> Engine<W> {
                         })
                 });
             } else {
-                self.base.health.died_unanswered();
+                if !ready {
+                    self.base.health.died_unanswered();
+                }
                 self.requeue_unstarted(b.call, pid, cause);
             }
         }
