@@ -68,7 +68,7 @@ impl Area {
         }
         // Not pre-faulted: a worker starts sooner, and touches only the pages its calls use
         // (they are allocated already; a first touch costs a page-table fault, once).
-        let base = map_shared(&fd, len)?;
+        let base = crate::shm::map_shared(fd.as_fd(), len, false)?;
         Ok(Area { fd, base, len })
     }
 
@@ -116,14 +116,8 @@ impl Area {
         let Some(src) = self.payload_ptr(span) else {
             return false;
         };
-        out.reserve(span.len);
-        // SAFETY: `src` is valid for `span.len` bytes of the mapping (checked), `out` has room
-        // for them and is this process's own memory. Raw pointers: no reference is made to
-        // bytes another process may be writing.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), span.len);
-            out.set_len(span.len);
-        }
+        // SAFETY: valid for `span.len` bytes of the mapping (checked); `out` is our heap.
+        unsafe { crate::shm::copy_to_vec(src, span.len, out) };
         true
     }
 
@@ -218,7 +212,7 @@ impl SpinPage {
         if map_len(&fd)? != PAGE {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let base = map_shared(&fd, PAGE)?;
+        let base = crate::shm::map_shared(fd.as_fd(), PAGE, false)?;
         Ok(SpinPage { fd, base })
     }
 
@@ -249,25 +243,6 @@ fn map_len(fd: &OwnedFd) -> std::io::Result<usize> {
         return Err(std::io::Error::last_os_error());
     }
     usize::try_from(st.st_size).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
-}
-
-/// Maps `len` bytes of `fd` shared (a worker's mapping: not pre-faulted).
-fn map_shared(fd: &OwnedFd, len: usize) -> std::io::Result<*mut u8> {
-    // SAFETY: a fresh mapping of our own descriptor; the result is checked.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(base.cast())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use std::ffi::OsStr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use crate::arena::{Block, Blocks, RegionId, Span};
 use crate::error::PoolError;
@@ -185,14 +185,7 @@ impl Region {
         entries: usize,
         arena_size: usize,
     ) -> Region {
-        let region = Region {
-            backing,
-            base,
-            id: next_region_id(),
-            entries,
-            arena_size,
-        };
-        region.keep_from_children();
+        let region = Region::adopt(backing, base, entries, arena_size);
         let h = region.header();
         h.version.store(VERSION, Ordering::Relaxed);
         h.slots.store(slots as u32, Ordering::Relaxed);
@@ -396,13 +389,8 @@ impl Region {
         let Some(src) = self.payload_ptr(span.offset, span.len) else {
             return false;
         };
-        out.reserve(span.len);
-        // SAFETY: as in `read`, into `out`'s spare capacity (reserved), which the copy
-        // initialises before the length covers it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), span.len);
-            out.set_len(span.len);
-        }
+        // SAFETY: valid for `span.len` bytes of the mapping (checked); `out` is our heap.
+        unsafe { copy_to_vec(src, span.len, out) };
         true
     }
 
@@ -496,14 +484,25 @@ impl Drop for Region {
 
 /// Maps `len` bytes of `file` shared, pre-faulted.
 fn map_file(file: &std::fs::File, len: usize) -> std::io::Result<*mut u8> {
-    // SAFETY: a fresh mapping of our own descriptor; the result is checked.
+    map_shared(file.as_fd(), len, true)
+}
+
+/// Maps `len` bytes of `fd` shared, read-write, and pre-faulted if `populate` (the parent's
+/// mappings; a worker's touches its pages as it uses them).
+pub(crate) fn map_shared(
+    fd: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+    populate: bool,
+) -> std::io::Result<*mut u8> {
+    let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+    // SAFETY: a fresh mapping of a descriptor the caller holds; the result is checked.
     let base = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            file.as_raw_fd(),
+            flags,
+            fd.as_raw_fd(),
             0,
         )
     };
@@ -511,6 +510,23 @@ fn map_file(file: &std::fs::File, len: usize) -> std::io::Result<*mut u8> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(base.cast())
+}
+
+/// Copies `len` bytes at `src` into `out`, replacing what it held.
+///
+/// # Safety
+/// `src` must be valid for reads of `len` bytes, and not overlap `out`'s buffer (this
+/// process's heap). It may be memory another process writes: the bytes are copied through raw
+/// pointers, no reference to them is made, and whatever they were is then validated in `out`.
+pub(crate) unsafe fn copy_to_vec(src: *const u8, len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(len);
+    // SAFETY: `src` as the caller promises; `out` has room for `len` bytes (reserved), which
+    // the copy initialises before the length covers them.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, out.as_mut_ptr(), len);
+        out.set_len(len);
+    }
 }
 
 /// What, if anything, makes a store found with header `h` and `found` bytes unreadable for
@@ -558,7 +574,7 @@ pub(crate) fn sealed_memfd(
     name: &str,
     len: usize,
 ) -> std::io::Result<(std::os::fd::OwnedFd, *mut u8)> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{FromRawFd, OwnedFd};
     let last = std::io::Error::last_os_error;
     let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
     // SAFETY: a valid C string and flags.
@@ -586,19 +602,9 @@ pub(crate) fn sealed_memfd(
         if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
             return Err(last());
         }
-        let base = libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_POPULATE,
-            fd.as_raw_fd(),
-            0,
-        );
-        if base == libc::MAP_FAILED {
-            return Err(last());
-        }
-        Ok((fd, base.cast()))
     }
+    let base = map_shared(fd.as_fd(), len, true)?;
+    Ok((fd, base))
 }
 
 #[cfg(test)]

@@ -992,17 +992,8 @@ impl<W: Worker> Engine<W> {
                         // worker's area; the call's timeout still runs).
                         self.pool.wait_for_room(i);
                     } else {
-                        let (available, allocation) = (self.room.available(), self.room.size());
-                        self.release_worker(i, busy.call);
-                        self.base.health.answered();
-                        self.finish(busy.call, CallStatus::Failed, finished, |method| {
-                            CallError::ReturnTooLarge {
-                                method,
-                                needed: len,
-                                available,
-                                allocation,
-                            }
-                        });
+                        let room = (self.room.available(), self.room.size());
+                        self.return_too_large(i, busy.call, finished, len, room);
                     }
                     return;
                 };
@@ -1031,17 +1022,8 @@ impl<W: Worker> Engine<W> {
             }
             Outcome::NeedSpace { len } => {
                 // More than the worker's area has room for after the arguments.
-                let (available, allocation) = (busy.ret.len, self.pool.area_size());
-                self.release_worker(i, busy.call);
-                self.base.health.answered();
-                self.finish(busy.call, CallStatus::Failed, finished, |method| {
-                    CallError::ReturnTooLarge {
-                        method,
-                        needed: len,
-                        available,
-                        allocation,
-                    }
-                });
+                let room = (busy.ret.len, self.pool.area_size());
+                self.return_too_large(i, busy.call, finished, len, room);
             }
             Outcome::Panicked { message } => {
                 let message = self.text(i, message);
@@ -1097,6 +1079,28 @@ impl<W: Worker> Engine<W> {
                 self.base.health.refill_later();
             }
         }
+    }
+
+    /// Call `id`, which slot `i`'s worker holds, returned `len` bytes, more than `room` had
+    /// (available, of an allocation of): the call fails; the worker stays.
+    fn return_too_large(
+        &mut self,
+        i: usize,
+        id: u64,
+        finished: u64,
+        len: usize,
+        (available, allocation): (usize, usize),
+    ) {
+        self.release_worker(i, id);
+        self.base.health.answered();
+        self.finish(id, CallStatus::Failed, finished, |method| {
+            CallError::ReturnTooLarge {
+                method,
+                needed: len,
+                available,
+                allocation,
+            }
+        });
     }
 
     /// Slot `i`'s answer line holds sequence number `seq`, which no worker of ours writes
