@@ -53,9 +53,8 @@ impl Area {
         let len = PAYLOAD_AT
             .checked_add(payload)
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+        // Kept out of every child: a worker maps it from the descriptor it is sent.
         let (fd, base) = crate::shm::sealed_memfd(name, len)?;
-        // SAFETY: advice on our own mapping, page-aligned (mmap's address), of its length.
-        unsafe { libc::madvise(base.cast(), len, libc::MADV_DONTFORK) };
         Ok(Area { fd, base, len })
     }
 
@@ -68,7 +67,7 @@ impl Area {
         }
         // Not pre-faulted: a worker starts sooner, and touches only the pages its calls use
         // (they are allocated already; a first touch costs a page-table fault, once).
-        let base = crate::shm::map_shared(fd.as_fd(), len, false)?;
+        let base = crate::shm::map_shared(fd.as_fd(), len, crate::shm::MapFor::Worker)?;
         Ok(Area { fd, base, len })
     }
 
@@ -202,8 +201,6 @@ impl SpinPage {
     /// Parent: a new page, named `name`.
     pub(crate) fn create(name: &str) -> std::io::Result<SpinPage> {
         let (fd, base) = crate::shm::sealed_memfd(name, PAGE)?;
-        // SAFETY: advice on our own mapping, of its length.
-        unsafe { libc::madvise(base.cast(), PAGE, libc::MADV_DONTFORK) };
         Ok(SpinPage { fd, base })
     }
 
@@ -212,7 +209,7 @@ impl SpinPage {
         if map_len(&fd)? != PAGE {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
-        let base = crate::shm::map_shared(fd.as_fd(), PAGE, false)?;
+        let base = crate::shm::map_shared(fd.as_fd(), PAGE, crate::shm::MapFor::Worker)?;
         Ok(SpinPage { fd, base })
     }
 

@@ -288,17 +288,15 @@ impl Region {
         })
     }
 
-    /// A region over a mapping that already holds a store of this layout.
+    /// A region over a mapping of a store, whose header the caller checked or writes next.
     fn adopt(backing: Backing, base: *mut u8, entries: usize, arena_size: usize) -> Region {
-        let region = Region {
+        Region {
             backing,
             base,
             id: next_region_id(),
             entries,
             arena_size,
-        };
-        region.keep_from_children();
-        region
+        }
     }
 
     /// The store's name: a persistent one's path, a memfd's name as in `/proc/<pid>/maps`
@@ -316,12 +314,6 @@ impl Region {
         if let Backing::File { keep: k, .. } = &mut self.backing {
             *k = keep;
         }
-    }
-
-    /// Keeps the mapping out of every process forked from this one (`MADV_DONTFORK`).
-    fn keep_from_children(&self) {
-        // SAFETY: advice on our own mapping, page-aligned (mmap's address) and of its length.
-        unsafe { libc::madvise(self.base.cast(), self.mapped_len(), libc::MADV_DONTFORK) };
     }
 
     /// How many bytes are mapped.
@@ -482,19 +474,33 @@ impl Drop for Region {
     }
 }
 
-/// Maps `len` bytes of `file` shared, pre-faulted.
+/// Maps `len` bytes of `file` for the parent (see [`MapFor::Parent`]).
 fn map_file(file: &std::fs::File, len: usize) -> std::io::Result<*mut u8> {
-    map_shared(file.as_fd(), len, true)
+    map_shared(file.as_fd(), len, MapFor::Parent)
 }
 
-/// Maps `len` bytes of `fd` shared, read-write, and pre-faulted if `populate` (the parent's
-/// mappings; a worker's touches its pages as it uses them).
+/// Whose mapping [`map_shared`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MapFor {
+    /// The parent's (its store, every area, the spin page): pre-faulted, and kept out of every
+    /// process forked from it (`MADV_DONTFORK`), so that no child ever inherits it.
+    Parent,
+    /// A worker's, of the area it was sent: its pages are touched as its calls use them.
+    Worker,
+}
+
+/// Maps `len` bytes of `fd` shared, read-write, as `whose` says.
 pub(crate) fn map_shared(
     fd: std::os::fd::BorrowedFd<'_>,
     len: usize,
-    populate: bool,
+    whose: MapFor,
 ) -> std::io::Result<*mut u8> {
-    let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+    let populate = if whose == MapFor::Parent {
+        libc::MAP_POPULATE
+    } else {
+        0
+    };
+    let flags = libc::MAP_SHARED | populate;
     // SAFETY: a fresh mapping of a descriptor the caller holds; the result is checked.
     let base = unsafe {
         libc::mmap(
@@ -508,6 +514,10 @@ pub(crate) fn map_shared(
     };
     if base == libc::MAP_FAILED {
         return Err(std::io::Error::last_os_error());
+    }
+    if whose == MapFor::Parent {
+        // SAFETY: advice on the mapping just made, page-aligned (mmap's address), of its length.
+        unsafe { libc::madvise(base, len, libc::MADV_DONTFORK) };
     }
     Ok(base.cast())
 }
@@ -569,7 +579,7 @@ fn check_header(
 }
 
 /// Creates a memfd of `len` bytes named `name`, allocates all of it, seals its size, and maps
-/// it shared and pre-faulted. Returns the descriptor and the mapping's address.
+/// it for the parent ([`MapFor::Parent`]). Returns the descriptor and the mapping's address.
 pub(crate) fn sealed_memfd(
     name: &str,
     len: usize,
@@ -603,7 +613,7 @@ pub(crate) fn sealed_memfd(
             return Err(last());
         }
     }
-    let base = map_shared(fd.as_fd(), len, true)?;
+    let base = map_shared(fd.as_fd(), len, MapFor::Parent)?;
     Ok((fd, base))
 }
 
