@@ -600,22 +600,7 @@ impl<B: FnMut(SpawnRequest) -> Infallible> Server<'_, B> {
                     Some(pid)
                 })
                 .collect();
-            let timeout = self.sweep_again.then(|| libc::timespec {
-                tv_sec: 0,
-                tv_nsec: SWEEP_AGAIN.as_nanos() as libc::c_long,
-            });
-            let ts = timeout
-                .as_ref()
-                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-            // SAFETY: a valid pollfd array of its length; a valid or null timespec.
-            unsafe {
-                libc::ppoll(
-                    pfds.as_mut_ptr(),
-                    pfds.len() as libc::nfds_t,
-                    ts,
-                    std::ptr::null(),
-                )
-            };
+            process::ppoll(&mut pfds, self.sweep_again.then_some(SWEEP_AGAIN));
             while let Ok(Some(_)) = self.sigfd.read_signal() {}
             // SAFETY: getppid cannot fail.
             let parent_gone = unsafe { libc::getppid() } != self.parent;

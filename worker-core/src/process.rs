@@ -300,6 +300,12 @@ pub(crate) fn poll_raw(fds: &[std::os::fd::RawFd], timeout: Option<Duration>) {
             revents: 0,
         })
         .collect();
+    ppoll(&mut pfds, timeout);
+}
+
+/// `ppoll(2)` on `pfds` (their `revents` filled in), for at most `timeout` (`None`: no limit),
+/// to the nanosecond.
+pub(crate) fn ppoll(pfds: &mut [libc::pollfd], timeout: Option<Duration>) {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,

@@ -37,7 +37,7 @@ use crate::clock;
 use crate::clock::to_instant;
 use crate::config::{Config, ForkStrategy};
 use crate::error::{
-    CallError, CancelReason, ErrorCounts, ErrorKind, StartError, SubmitError, WireError,
+    CallError, CancelReason, ErrorCounts, ErrorKind, PoolError, StartError, SubmitError, WireError,
 };
 use crate::journal;
 use crate::pool::{Busy, Pool};
@@ -781,7 +781,7 @@ impl<W: Worker> Engine<W> {
             self.post_call(i, id, now.take());
         }
         if let Some(failures) = self.base.health.tripped() {
-            self.fail_queue_after_start_failures(failures);
+            self.fail_queue(PoolError::WorkersDying { failures });
         }
     }
 

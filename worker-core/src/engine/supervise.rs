@@ -138,12 +138,7 @@ impl<W: Worker> Engine<W> {
                 // No worker left to run the queued calls: they fail now, saying why, rather
                 // than wait for a worker that cannot come (the next call tries again).
                 if !(0..self.pool.size()).any(|j| self.pool.has_worker(j)) {
-                    let now = clock::now_ns();
-                    for id in self.calls.take_queue() {
-                        self.finish(id, CallStatus::Failed, now, |_| {
-                            CallError::Pool(PoolError::CannotFork(e.clone()))
-                        });
-                    }
+                    self.fail_queue(PoolError::CannotFork(e));
                 }
                 false
             }
@@ -162,13 +157,14 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Workers keep dying before they answer anything (a `setup` that panics, say): forking
-    /// more would loop forever, so the queued calls fail instead.
-    pub(super) fn fail_queue_after_start_failures(&mut self, failures: u32) {
+    /// Fails every queued call with `error`: no worker can come to run them (workers keep
+    /// dying before they answer anything, a `setup` that panics, say, so forking more would
+    /// loop forever; or none can be forked).
+    pub(super) fn fail_queue(&mut self, error: PoolError) {
         let now = clock::now_ns();
         for id in self.calls.take_queue() {
             self.finish(id, CallStatus::Failed, now, |_| {
-                CallError::Pool(PoolError::WorkersDying { failures })
+                CallError::Pool(error.clone())
             });
         }
     }
