@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use forkworker::prelude::*;
@@ -26,6 +27,9 @@ const PAYLOAD: usize = 4096;
 const RACE_AREA: usize = 32 << 20;
 
 pub struct Hostile;
+
+/// What `keep_secret` keeps and `read_sibling` looks for.
+static SECRET: AtomicU64 = AtomicU64::new(0);
 
 /// This worker's mapping of its own area, the one area it maps: (start, length).
 fn own_area(alias: &str) -> (*mut u8, usize) {
@@ -214,6 +218,59 @@ impl Hostile {
             .filter(|t| t.contains("memfd:fw.") || t.contains("/dev/shm/fw."))
             .collect();
         (shared_mappings(), fds)
+    }
+
+    /// Keeps `secret` in this worker's memory (at the same address in every worker: they are
+    /// forks of one process), holds the call for `ms` so that a sibling takes the next one,
+    /// and says which worker this is.
+    pub fn keep_secret(&self, secret: u64, ms: u64) -> u32 {
+        SECRET.store(secret, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        std::process::id()
+    }
+
+    /// Reads the secret of the one of `pids` that is not this worker, the two ways a process
+    /// of the same user has: `process_vm_readv`, and reading `/proc/<pid>/mem`. Each gives
+    /// the value read or the errno.
+    pub fn read_sibling(&self, pids: (u32, u32)) -> (Result<u64, i32>, Result<u64, i32>) {
+        let me = std::process::id();
+        let other = if pids.0 == me { pids.1 } else { pids.0 };
+        let at = SECRET.as_ptr() as usize;
+        let mut value = 0u64;
+        let local = libc::iovec {
+            iov_base: (&mut value as *mut u64).cast(),
+            iov_len: 8,
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: 8,
+        };
+        // SAFETY: one 8-byte local buffer we own; the remote side is checked by the kernel.
+        let n = unsafe { libc::process_vm_readv(other as i32, &local, 1, &remote, 1, 0) };
+        let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        let vm = if n == 8 { Ok(value) } else { Err(errno()) };
+        let mem = std::fs::File::open(format!("/proc/{other}/mem"))
+            .and_then(|f| {
+                use std::os::unix::fs::FileExt;
+                let mut buf = [0u8; 8];
+                f.read_exact_at(&mut buf, at as u64)?;
+                Ok(u64::from_ne_bytes(buf))
+            })
+            .map_err(|e| e.raw_os_error().unwrap_or(0));
+        (vm, mem)
+    }
+
+    /// `prctl(PR_GET_DUMPABLE)` in this worker.
+    pub fn dumpable(&self) -> i32 {
+        // SAFETY: prctl with valid arguments.
+        unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }
+    }
+
+    /// Dies of SIGSEGV.
+    pub fn crash(&self) -> u8 {
+        // SAFETY: not safe at all; crashing the worker is the point.
+        unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
+        0
     }
 
     /// Runs `echo` and says which worker ran it.
@@ -596,7 +653,70 @@ fn a_worker_scribbling_its_area_cannot_touch_another_workers_calls() {
     assert!(checked > 0, "some calls ran on the other worker");
 }
 
+fn a_worker_cannot_read_another_workers_memory() {
+    // As root (CAP_SYS_PTRACE) anything may read anything: the attack is a same-user one.
+    if support::rerun_as(65534) {
+        return;
+    }
+    let mut m = HostileMediator::new("Sibling", Hostile);
+    m.workers(2).timeout(LONG);
+    // Two calls held at once: each worker keeps its own secret.
+    let a = m.keep_secret(0x5EC_1111, 300).unwrap();
+    let b = m.keep_secret(0x5EC_2222, 300).unwrap();
+    let pids = (m.wait(a, LONG).unwrap(), m.wait(b, LONG).unwrap());
+    assert_ne!(pids.0, pids.1, "two workers held the two calls");
+    let id = m.read_sibling(pids).unwrap();
+    let (vm, mem) = m.wait(id, LONG).unwrap();
+    assert_eq!(vm, Err(libc::EPERM), "process_vm_readv of a sibling");
+    assert_eq!(mem, Err(libc::EACCES), "/proc/<sibling>/mem");
+}
+
+/// A directory of the test's own, removed with what is in it when dropped (also on failure).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn a_crashing_worker_writes_no_core_file() {
+    // Core files are written in the crashing process's directory when `core_pattern` is a
+    // plain name (as here: "core"); a pipe or a path elsewhere is out of this test's sight,
+    // but the flag that stops every kind is checked in the worker either way.
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let local = !pattern.starts_with('|') && !pattern.contains('/');
+    let dir = Scratch(std::env::temp_dir().join(format!("fw-core-{}", std::process::id())));
+    std::fs::create_dir(&dir.0).unwrap();
+    std::env::set_current_dir(&dir.0).unwrap();
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit; the fork server and the workers inherit it.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_CORE, &unlimited) }, 0);
+    let mut m = HostileMediator::new("Core", Hostile);
+    m.workers(1).timeout(LONG);
+    let id = m.dumpable().unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 0, "workers are not dumpable");
+    let id = m.crash().unwrap();
+    let r = m.wait(id, LONG);
+    assert!(matches!(r, Err(CallError::Crashed { .. })), "{r:?}");
+    drop(m);
+    if local {
+        let left: Vec<_> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "the crash left {left:?}");
+    }
+    std::env::set_current_dir("/").unwrap();
+}
+
 tests![
+    a_worker_cannot_read_another_workers_memory,
+    a_crashing_worker_writes_no_core_file,
     a_worker_cannot_truncate_its_area,
     a_huge_errors_word_neither_hangs_nor_floods_the_parent,
     a_return_changed_while_the_parent_decodes_it_is_never_invalid,

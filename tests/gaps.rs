@@ -385,7 +385,8 @@ fn a_timeout_or_a_crash_is_logged_once() {
     let w = warnings();
     assert_eq!(w.len(), 1, "one warning for a timeout: {w:?}");
     let id = m.segfault().unwrap();
-    assert!(matches!(m.wait(id, LONG), Err(CallError::Crashed { .. })));
+    let r = m.wait(id, LONG);
+    assert!(matches!(r, Err(CallError::Crashed { .. })), "{r:?}");
     let w = warnings();
     assert_eq!(w.len(), 1, "one warning for a crash: {w:?}");
     // With callbacks: still once.

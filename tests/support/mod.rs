@@ -120,6 +120,29 @@ pub fn main(tests: &[Test]) {
     }
 }
 
+/// Run as root, re-runs the current test case as `uid`/`gid` with no supplementary groups
+/// (through `setpriv`), fails if that run fails, and returns true: the caller then returns.
+/// Run as any other user, returns false: the caller is that run, and does the test.
+pub fn rerun_as(uid: u32) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    let case = std::env::var(CASE_VAR).expect("inside a test case");
+    let status = Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
+            "--clear-groups",
+        ])
+        .arg(std::env::current_exe().expect("own path"))
+        .env(CASE_VAR, &case)
+        .status()
+        .expect("run setpriv (util-linux)");
+    assert!(status.success(), "{case} as uid {uid}: {status}");
+    true
+}
+
 /// Runs one test in a child process; returns its output, as the error if it failed.
 fn run_isolated(name: &str) -> Result<String, String> {
     let exe = std::env::current_exe().expect("own path");

@@ -281,11 +281,18 @@ pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) {
 }
 
 /// What every forked child (worker, fork server, task) does first: give the signals the
-/// daemon handles their default actions again (SIGINT ignored) and close its copy of the
-/// daemon's instance lock.
+/// daemon handles their default actions again (SIGINT ignored), close its copy of the
+/// daemon's instance lock, and make itself not dumpable.
+///
+/// Not dumpable: a crash writes no core file (which would hold the call's data, and whose
+/// writing delays the report of the crash by as long as it takes), and processes of the
+/// same user without `CAP_SYS_PTRACE` (another worker, say) can neither trace it nor read
+/// its memory (`ptrace`, `process_vm_readv`, `/proc/<pid>/mem`).
 pub(crate) fn in_child() {
     crate::signals::reset_in_child();
     crate::instance::close_in_child();
+    // SAFETY: prctl with valid arguments; it cannot fail for these.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
 }
 
 /// Waits until one of the raw descriptors `fds` is readable or `timeout` passes (`None`: no
