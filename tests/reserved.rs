@@ -9,16 +9,16 @@ use syn::visit::Visit;
 
 include!("../worker-macros/src/reserved.rs");
 
-/// Collects the `pub fn`s of every `impl ... Mediator<...>` block.
-#[derive(Default)]
+/// Collects the `pub fn`s of every `impl ... <face><...>` block.
 struct MediatorMethods {
+    face: &'static str,
     names: BTreeSet<String>,
 }
 
 impl<'ast> Visit<'ast> for MediatorMethods {
     fn visit_item_impl(&mut self, item: &'ast syn::ItemImpl) {
         let is_mediator = matches!(&*item.self_ty, syn::Type::Path(path)
-            if path.path.segments.last().is_some_and(|s| s.ident == "Mediator"));
+            if path.path.segments.last().is_some_and(|s| s.ident == self.face));
         if is_mediator {
             for impl_item in &item.items {
                 if let syn::ImplItem::Fn(function) = impl_item
@@ -32,15 +32,26 @@ impl<'ast> Visit<'ast> for MediatorMethods {
     }
 }
 
-#[test]
-fn reserved_names_are_the_mediators_public_methods() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/worker-core/src/mediator.rs");
-    let source = std::fs::read_to_string(path).expect("reading worker-core/src/mediator.rs");
-    let file = syn::parse_file(&source).expect("parsing worker-core/src/mediator.rs");
-    let mut methods = MediatorMethods::default();
+/// The public methods of `face` in the runtime's file `path`.
+fn public_methods(path: &str, face: &'static str) -> BTreeSet<String> {
+    let path = format!("{}/worker-core/src/{path}", env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let file = syn::parse_file(&source).unwrap_or_else(|e| panic!("parsing {path}: {e}"));
+    let mut methods = MediatorMethods {
+        face,
+        names: BTreeSet::new(),
+    };
     methods.visit_file(&file);
-    let mut expected = methods.names;
+    methods.names
+}
+
+#[test]
+fn reserved_names_are_the_faces_public_methods() {
+    let mut expected = public_methods("mediator.rs", "Mediator");
     expected.extend(["new", "deref", "deref_mut"].map(String::from));
+    // The shared face: `XPool::builder`, `SharedPool`'s methods, and `Clone::clone`.
+    expected.extend(public_methods("shared/mod.rs", "SharedPool"));
+    expected.extend(["builder", "clone"].map(String::from));
 
     let reserved: BTreeSet<String> = RESERVED.iter().map(|name| name.to_string()).collect();
     assert_eq!(
@@ -52,8 +63,8 @@ fn reserved_names_are_the_mediators_public_methods() {
     let extra: Vec<_> = reserved.difference(&expected).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "worker-macros/src/reserved.rs is out of date with worker-core/src/mediator.rs\n  \
-         missing from RESERVED (public on the mediator): {missing:?}\n  \
-         extra in RESERVED (not public on the mediator): {extra:?}"
+        "worker-macros/src/reserved.rs is out of date with the faces (mediator.rs, shared/mod.rs)\n  \
+         missing from RESERVED (public on a face): {missing:?}\n  \
+         extra in RESERVED (not public on a face): {extra:?}"
     );
 }

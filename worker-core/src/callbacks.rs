@@ -16,6 +16,15 @@ pub(crate) enum On {
 }
 
 impl On {
+    /// The callback's name, for log lines.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            On::Return => "on_return",
+            On::Timeout => "on_timeout",
+            On::Error => "on_error",
+        }
+    }
+
     /// The callback for a call that ended with `status`.
     pub(crate) fn of(status: CallStatus) -> On {
         match status {
@@ -56,6 +65,15 @@ impl<H> Callbacks<H> {
             On::Return => self.on_return.is_some(),
             On::Timeout => self.on_timeout.is_some(),
             On::Error => self.on_error.is_some(),
+        }
+    }
+
+    /// The handler for `on`, if one is set.
+    pub(crate) fn get(&self, on: On) -> Option<&H> {
+        match on {
+            On::Return => self.on_return.as_ref(),
+            On::Timeout => self.on_timeout.as_ref(),
+            On::Error => self.on_error.as_ref(),
         }
     }
 

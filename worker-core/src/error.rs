@@ -243,6 +243,23 @@ pub enum CallError {
     /// The pool could not start, or stopped forking workers (see [`PoolError`]).
     #[error("the worker pool could not start: {0}")]
     Pool(#[source] PoolError),
+    /// The shared pool was closed or shut down (or its last clone dropped) before this call
+    /// was made: it takes no new call.
+    #[error("call to {method}() refused: the pool was closed or shut down")]
+    Closed {
+        /// The method called.
+        method: &'static str,
+    },
+    /// A callback of a shared pool called that same pool. Callbacks run on the pool's own
+    /// thread while it holds the pool's state, so the pool cannot serve them: hand the work
+    /// to another thread (a channel) instead.
+    #[error(
+        "call to {method}() from one of the pool's own callbacks: a callback may not call its pool; send the work to another thread"
+    )]
+    FromCallback {
+        /// The method called.
+        method: &'static str,
+    },
     /// The worker's `check_environment` reported problems; no process was forked.
     #[error("check_environment() failed: {}", .0.join("; "))]
     Environment(Vec<String>),
@@ -271,6 +288,10 @@ pub enum CancelReason {
         /// The grace period ([`crate::Mediator::grace`]).
         grace: Duration,
     },
+    /// Its caller cancelled it: dropped its handle or future before it finished, or called
+    /// `cancel()`. A queued call never ran; a running one's worker was killed.
+    #[error("cancelled by its caller")]
+    ByCaller,
     /// Its workers kept dying before starting it: it was requeued, and cancelled when its
     /// retries ran out.
     #[error("its worker died before starting it {attempts} times (last: worker {pid} {cause})")]
@@ -500,6 +521,10 @@ pub enum PoolError {
     /// The eventfd the workers wake the parent with could not be created.
     #[error("cannot create an eventfd: {0}")]
     EventFd(#[source] OsError),
+    /// The thread a shared pool drives itself from could not be started (or panicked while
+    /// starting the pool).
+    #[error("cannot start the pool's thread: {0}")]
+    Thread(#[source] OsError),
     /// The fork server, from which every worker is forked, could not be started.
     #[error("cannot start the fork server: {0}")]
     ForkServer(#[source] SpawnError),

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | the user's type, as the macro describes it | `worker` |
 //! | the seed's face: settings, the proxies' submit, `wait`, `poll`, `status`, callbacks | `mediator` |
+//! | the shared face: `Send + Sync + Clone`, self-driven by a thread of its own, calls as [`Pending`] futures and handles | `shared` (`driver`: the thread's loop; `pending`: the handle) |
 //! | the settings: strategy, recycling | `config` |
 //! | the engine behind a face: submit, dispatch, collect, hand finished calls back | `engine` |
 //! | encoding straight into the parent's store | `wire` |
@@ -78,6 +79,7 @@ mod pool;
 mod private_fs;
 mod process;
 pub mod sandbox;
+mod shared;
 mod shm;
 pub mod signals;
 pub mod stats;
@@ -101,6 +103,7 @@ pub use id::Id;
 pub use limits::LimitMechanism;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
 pub use sandbox::Sandbox;
+pub use shared::{Builder, Inline, Pending, SharedPool};
 pub use stats::{MethodStats, Outcomes, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};
 pub use wire::ReturnSlot;
@@ -110,7 +113,14 @@ pub use worker::Worker;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::mediator::submit;
+    pub use crate::shared::builder as shared_builder;
+    pub use crate::shared::submit as submit_shared;
     pub use crate::wire::{ByteBuf, decode, encode_to_vec};
+
+    /// `Self` is `T`: bounds a generated pool's methods to the worker's own type, generically
+    /// (so that a worker that is not `Send` still compiles, without a pool).
+    pub trait Is<T> {}
+    impl<T> Is<T> for T {}
 
     /// Fails to compile, at the span of the type, unless `T` can be an argument.
     pub fn assert_arg<T: serde::Serialize + serde::de::DeserializeOwned>() {}

@@ -123,6 +123,9 @@ pub(crate) struct Pool {
     limits: WorkerLimits,
     /// How workers confine themselves after `setup`.
     sandbox: Option<crate::sandbox::Sandbox>,
+    /// Workers forked so far: a sleeper that made its list of descriptors before a fork
+    /// must look again (see `shared`).
+    forks: u64,
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -208,6 +211,7 @@ impl Pool {
             memory,
             limits,
             sandbox: config.sandbox.clone(),
+            forks: 0,
         };
         let server = pool.start_server(value).map_err(PoolError::ForkServer)?;
         pool.server = Some(Arc::new(Mutex::new(server)));
@@ -295,6 +299,7 @@ impl Pool {
             Err(e) => return Err(e),
         };
         let child = process::adopt(pid, pidfd, server);
+        self.forks += 1;
         let pid = child.pid();
         let jitter = 1.0 - self.recycle.jitter.clamp(0.0, 1.0) * random_fraction();
         self.slots[i] = Slot {
@@ -317,6 +322,11 @@ impl Pool {
             over_memory: false,
         };
         Ok(pid)
+    }
+
+    /// How many workers were forked so far.
+    pub(crate) fn forks(&self) -> u64 {
+        self.forks
     }
 
     /// The recycling rules for the workers forked from now on (and the memory rule for all).

@@ -292,7 +292,7 @@ fn eventfd_signal(fd: BorrowedFd<'_>) {
 }
 
 /// Empties an eventfd (non-blocking).
-fn eventfd_drain(fd: BorrowedFd<'_>) {
+pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
     let mut v: u64 = 0;
     // SAFETY: reading 8 bytes into a valid u64 from a non-blocking eventfd.
     unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };

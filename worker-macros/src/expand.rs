@@ -70,6 +70,7 @@ struct Generator<'a> {
     /// `Primes`, for documentation.
     type_name: String,
     mediator: Ident,
+    pool: Ident,
     args: Ident,
     ret: Ident,
 }
@@ -83,6 +84,7 @@ impl<'a> Generator<'a> {
             self_ty: &input.original.self_ty,
             type_name: name.to_string(),
             mediator: format_ident!("{}Mediator", name, span = ident.span()),
+            pool: format_ident!("{}Pool", name, span = ident.span()),
             args: format_ident!("{}Args", name, span = ident.span()),
             ret: format_ident!("{}Return", name, span = ident.span()),
         }
@@ -92,12 +94,14 @@ impl<'a> Generator<'a> {
         let args_enum = self.args_enum();
         let return_enum = self.return_enum();
         let mediator = self.mediator();
+        let pool = self.pool_face();
         let worker_impl = self.worker_impl();
         let checks = self.checks();
         quote! {
             #args_enum
             #return_enum
             #mediator
+            #pool
             #worker_impl
             #checks
         }
@@ -282,6 +286,157 @@ impl<'a> Generator<'a> {
             ) -> #p::core::result::Result<#p::CallId<#ret>, #p::CallError> {
                 #submit(
                     &mut self.inner,
+                    #index,
+                    #encoded,
+                    |__bytes| #decode,
+                )
+            }
+        }
+    }
+
+    /// `pub struct PrimesPool`: the shared face, its builder, its proxies returning `Pending`
+    /// handles, and `Deref` to `SharedPool`.
+    fn pool_face(&self) -> TokenStream {
+        let Generator {
+            p,
+            self_ty,
+            pool,
+            type_name,
+            ..
+        } = self;
+        let doc = [
+            format!(
+                " A shared pool of `{type_name}` workers, written by `#[worker]`: `Send + Sync + \
+                 Clone`, driven by a thread of its own, usable from any thread and any async \
+                 executor."
+            ),
+            String::new(),
+            format!(
+                " Each proxied method of `{type_name}` has a proxy here, with the same name and \
+                 arguments: it encodes the arguments at once and returns the call's `Pending` \
+                 handle, a future that can also `wait()`. Dropping the handle cancels the call. \
+                 Everything else (`close`, `shutdown`, `inline`, `stats`, ...) is \
+                 `SharedPool<{type_name}>`, which this dereferences to. Make one with \
+                 `{pool}::builder`."
+            ),
+            String::new(),
+            format!(
+                " `__W` is always `{type_name}`; leave it out. It exists so that the `Deref` \
+                 impl does not name `{type_name}`, which may be private."
+            ),
+        ];
+        let builder_doc = " A builder for a shared pool named `alias` (in logs), whose workers \
+                           each start from a copy of `value`: its settings and callbacks, then \
+                           `start()`, which forks.";
+        let proxies = self
+            .input
+            .methods
+            .iter()
+            .enumerate()
+            .map(|(index, method)| self.pool_proxy(index, method));
+        quote! {
+            #(#[doc = #doc])*
+            #[allow(dead_code, private_interfaces)]
+            pub struct #pool<__W: #p::Worker = #self_ty> {
+                inner: #p::SharedPool<__W>,
+            }
+
+            #[automatically_derived]
+            impl<__W: #p::Worker> #p::core::clone::Clone for #pool<__W> {
+                fn clone(&self) -> Self {
+                    #pool {
+                        inner: #p::core::clone::Clone::clone(&self.inner),
+                    }
+                }
+            }
+
+            // Generic over `__W`, which can only be the worker's own type (`Is`): a worker
+            // that is not `Send` still has its mediator, and its pool fails to compile where
+            // it is used, saying that `Send` is missing.
+            #[allow(dead_code, private_interfaces)]
+            impl<__W> #pool<__W>
+            where
+                __W: #p::Worker + #p::core::marker::Send + 'static + #p::Is<#self_ty>,
+            {
+                #[doc = #builder_doc]
+                pub fn builder(
+                    alias: impl #p::core::convert::Into<#p::std::string::String>,
+                    value: __W,
+                ) -> #p::Builder<__W, Self> {
+                    #p::shared_builder(alias, value, |inner| #pool { inner })
+                }
+
+                #(#proxies)*
+            }
+
+            #[automatically_derived]
+            impl<__W: #p::Worker> #p::core::ops::Deref for #pool<__W> {
+                type Target = #p::SharedPool<__W>;
+
+                fn deref(&self) -> &Self::Target {
+                    &self.inner
+                }
+            }
+
+            #[automatically_derived]
+            impl<__W: #p::Worker> #p::core::fmt::Debug for #pool<__W> {
+                fn fmt(&self, f: &mut #p::core::fmt::Formatter<'_>) -> #p::core::fmt::Result {
+                    #p::core::fmt::Debug::fmt(&self.inner, f)
+                }
+            }
+        }
+    }
+
+    /// `pub fn sieve(&self, start: u64, end: u64) -> Pending<Vec<u64>>`
+    fn pool_proxy(&self, index: usize, method: &Method) -> TokenStream {
+        let p = &self.p;
+        let ident = method.ident;
+        let docs = &method.docs;
+        let separator = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
+        let note = format!(
+            " Proxy of `{}::{}`: encodes the arguments, queues the call for a worker and returns \
+             its handle at once (await it, or `wait()`; dropping it cancels the call).",
+            self.type_name, method.name
+        );
+        let params = method.args.iter().map(|arg| {
+            let ident = arg_ident(arg);
+            let ty = &arg.ty;
+            quote!(#ident: #ty)
+        });
+        let encoded = method.args.iter().map(|arg| {
+            let ident = arg_ident(arg);
+            match arg.shape {
+                Shape::Bytes { by_ref: false } => quote!(#p::Bytes::new(&#ident)),
+                Shape::Bytes { by_ref: true } => quote!(#p::Bytes::new(#ident)),
+                _ => quote!(&#ident),
+            }
+        });
+        let ret = match &method.ret.ty {
+            Some(ty) => quote!(#ty),
+            None => quote!(()),
+        };
+        let decode = match (&method.ret.ty, method.ret.bytes) {
+            (_, true) => quote! {
+                #p::core::result::Result::map(
+                    #p::decode::<#p::ByteBuf>(__bytes),
+                    #p::ByteBuf::into_vec,
+                )
+            },
+            _ => quote!(#p::decode::<#ret>(__bytes)),
+        };
+        let index = method_index(index);
+        let submit = respan(quote!(#p::submit_shared), ident.span());
+        let encoded = respan(quote!(&(#(#encoded,)*)), ident.span());
+        quote! {
+            #(#docs)*
+            #separator
+            #[doc = #note]
+            pub fn #ident(
+                &self,
+                #(#params),*
+            ) -> #p::Pending<#ret> {
+                #submit(
+                    &self.inner,
                     #index,
                     #encoded,
                     |__bytes| #decode,

@@ -1,9 +1,12 @@
-// The public methods of a generated `{Type}Mediator`: its constructor, every public method of
-// `Mediator` (reached through `Deref`), and the `Deref`/`DerefMut` methods themselves. A proxy
-// method with one of these names would hide the mediator's own method, so the macro rejects it.
+// The public methods of the two generated faces: of `{Type}Mediator`, its constructor, every
+// public method of `Mediator` (reached through `Deref`) and the `Deref`/`DerefMut` methods
+// themselves; of `{Type}Pool`, its `builder`, every public method of `SharedPool` (reached
+// through `Deref`) and `clone`. A proxy method with one of these names would hide a face's
+// own method, so the macro rejects it.
 //
 // `tests/reserved.rs` (root package) `include!`s this file and checks the list against
-// `worker-core/src/mediator.rs`: keep this file a single constant.
+// `worker-core/src/mediator.rs` and `worker-core/src/shared/mod.rs`: keep this file a single
+// constant.
 
 /// Names a proxied method may not have.
 pub const RESERVED: &[&str] = &[
@@ -43,4 +46,8 @@ pub const RESERVED: &[&str] = &[
     "shutdown",
     "deref",
     "deref_mut",
+    "builder",
+    "clone",
+    "close",
+    "is_open",
 ];

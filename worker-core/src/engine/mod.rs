@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 mod answer;
+mod handles;
 mod recovery;
 mod room;
 mod supervise;
@@ -26,6 +27,7 @@ mod table;
 mod wait;
 
 use self::answer::Outcome;
+pub(crate) use self::handles::Progress;
 use self::room::{NoRoom, Room};
 use self::supervise::Supervisor;
 use self::table::CallTable;
@@ -193,6 +195,10 @@ pub(crate) struct Engine<W: Worker> {
     /// Where the arguments and the return of a finished call are copied for the callbacks'
     /// view, kept for the next one.
     views: (Vec<u8>, Vec<u8>),
+    /// Set by a face whose callers must not block inside the engine (the shared pool): a
+    /// call that finds no room fails at once instead of waiting for running calls to free
+    /// some (the face then waits outside the engine).
+    pub(crate) never_wait_for_room: bool,
 }
 
 impl<W: Worker> Engine<W> {
@@ -261,6 +267,7 @@ impl<W: Worker> Engine<W> {
             delivered: None,
             scratch: Vec::new(),
             views: (Vec::new(), Vec::new()),
+            never_wait_for_room: false,
         };
         if matching {
             if engine.base.config.recover {
@@ -522,11 +529,29 @@ impl<W: Worker> Engine<W> {
     }
 
     /// Encodes the arguments into shared memory and queues the call.
+    #[inline]
     pub(crate) fn submit_encoded<A: Serialize + ?Sized>(
         &mut self,
         method: u32,
         args: &A,
         sink: &mut dyn Sink<W>,
+    ) -> Result<u64, SubmitError> {
+        self.submit_encoded_as(method, args, sink, None)
+    }
+
+    /// A new call id, for a call submitted later with [`Engine::submit_encoded_as`].
+    pub(crate) fn reserve_id(&mut self) -> u64 {
+        self.calls.new_id()
+    }
+
+    /// [`Engine::submit_encoded`], under the id `reserved` if given (from
+    /// [`Engine::reserve_id`]).
+    pub(crate) fn submit_encoded_as<A: Serialize + ?Sized>(
+        &mut self,
+        method: u32,
+        args: &A,
+        sink: &mut dyn Sink<W>,
+        reserved: Option<u64>,
     ) -> Result<u64, SubmitError> {
         let name = Self::method_name(method);
         let wire_err = |source| SubmitError::Encode {
@@ -558,7 +583,7 @@ impl<W: Worker> Engine<W> {
             }
         }
         let inline = inline_len.map(|n| &small[..n]);
-        let id = self.calls.new_id();
+        let id = reserved.unwrap_or_else(|| self.calls.new_id());
         // With nothing queued before it and a worker idle, the call goes out at once, before
         // the bookkeeping below: the worker runs it meanwhile. (A persistent mediator's call is
         // in the journal before this function returns, which is when the caller can count on
@@ -743,7 +768,10 @@ impl<W: Worker> Engine<W> {
                 continue;
             }
             let start = *start.get_or_insert_with(Instant::now);
-            if !self.calls.any_in_flight() || start.elapsed() > SPACE_WAIT {
+            if self.never_wait_for_room
+                || !self.calls.any_in_flight()
+                || start.elapsed() > SPACE_WAIT
+            {
                 return Err(SubmitError::OutOfMemory {
                     method: name,
                     needed,
@@ -1172,7 +1200,7 @@ impl<W: Worker> Engine<W> {
 
     /// Hands finished calls to `sink` in the order they finished, then releases the calls no
     /// one waits for. Returns how many calls it handled.
-    fn fire_callbacks(&mut self, sink: &mut dyn Sink<W>) -> usize {
+    pub(crate) fn fire_callbacks(&mut self, sink: &mut dyn Sink<W>) -> usize {
         let finished = self.calls.take_finished();
         for &id in &finished {
             let Some(record) = self.calls.get(id) else {
@@ -1276,7 +1304,7 @@ impl<W: Worker> Engine<W> {
 
 /// Whether a call's failure was logged where it was found (`enforce_timeouts`, `reap_dead`,
 /// `requeue_unstarted`), so that its delivery need not log it again.
-fn logged_when_found(error: &CallError) -> bool {
+pub(crate) fn logged_when_found(error: &CallError) -> bool {
     matches!(
         error,
         CallError::Timeout { .. }

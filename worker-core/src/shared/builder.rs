@@ -1,0 +1,245 @@
+//! [`Builder`]: the settings and callbacks of a shared pool, then [`Builder::start`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{Handler, Inner, Life, SharedPool, State, driver, nudge_fd};
+use crate::call::{Call, Log};
+use crate::callbacks::{Callbacks, On};
+use crate::config::{ForkStrategy, Recycle};
+use crate::engine::{Configured, Engine};
+use crate::error::{OsError, PoolError, StartError};
+use crate::sandbox::Sandbox;
+use crate::worker::Worker;
+
+/// The settings of a shared pool before it starts (see [`SharedPool::builder`]). The
+/// settings mean what they mean on the mediator (see `Mediator`'s setters of the same
+/// names).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use forkworker_core::closure::FnPool;
+///
+/// let pool = FnPool::builder("Double", |n: u64| n * 2)
+///     .workers(2)
+///     .timeout(Duration::from_secs(2))
+///     .on_return(|call, log| log.info(format_args!("call {} returned", call.id())))
+///     .start()?;
+/// assert_eq!(pool.call(21).wait()?, 42);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// `P` is the face [`Builder::start`] returns: the generated `XPool` for `XPool::builder`,
+/// [`SharedPool`] itself for [`SharedPool::builder`].
+#[must_use = "a builder does nothing until start()"]
+pub struct Builder<W: Worker + Send + 'static, P = SharedPool<W>> {
+    base: Configured<W>,
+    callbacks: Callbacks<Handler<W>>,
+    fail_fast: bool,
+    wrap: fn(SharedPool<W>) -> P,
+}
+
+/// A builder whose `start` returns `wrap(pool)`: how a generated `XPool::builder` makes one.
+#[doc(hidden)]
+pub fn builder<W: Worker + Send + 'static, P>(
+    alias: impl Into<String>,
+    value: W,
+    wrap: fn(SharedPool<W>) -> P,
+) -> Builder<W, P> {
+    Builder {
+        base: Configured::new(alias.into(), value),
+        callbacks: Callbacks::default(),
+        fail_fast: false,
+        wrap,
+    }
+}
+
+impl<W: Worker + Send + 'static, P> Builder<W, P> {
+    /// The number of worker processes (at least 1; default 1).
+    pub fn workers(mut self, count: usize) -> Self {
+        self.base.config.workers = count.max(1);
+        self
+    }
+
+    /// The time a call may run before its worker is killed and the call ends
+    /// [`crate::CallStatus::Timeout`]. The pool's own thread enforces it, whatever the
+    /// program does meanwhile. No timeout by default; always set a plausible one.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.base.config.timeout = Some(timeout);
+        self
+    }
+
+    /// The size in bytes of the store and of each worker's area (default 8 MiB); see
+    /// `Mediator::malloc`.
+    pub fn malloc(mut self, bytes: usize) -> Self {
+        self.base.config.malloc = bytes;
+        self
+    }
+
+    /// When workers are forked; see [`ForkStrategy`].
+    pub fn strategy(mut self, strategy: ForkStrategy) -> Self {
+        self.base.config.strategy = strategy;
+        self
+    }
+
+    /// When workers retire and are replaced; see [`Recycle`].
+    pub fn recycle(mut self, recycle: Recycle) -> Self {
+        self.base.config.recycle = recycle;
+        self
+    }
+
+    /// The memory each worker may use; see `Mediator::memory_limit`.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.base.config.memory_limit = Some(bytes);
+        self
+    }
+
+    /// The CPU time one call may use; see `Mediator::cpu_limit`.
+    pub fn cpu_limit(mut self, limit: Duration) -> Self {
+        self.base.config.cpu_limit = Some(limit);
+        self
+    }
+
+    /// Confines every worker after its `setup`; see `Mediator::sandbox`.
+    pub fn sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.base.config.sandbox = Some(sandbox);
+        self
+    }
+
+    /// Lets workers inherit descriptor `fd`; see `Mediator::inherit_fd`.
+    pub fn inherit_fd(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.base.config.inherit_fds.push(fd);
+        self
+    }
+
+    /// How long running calls may go on when the pool stops because its last clone was
+    /// dropped (default 5 s); [`SharedPool::shutdown`] takes its own.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.base.config.grace = grace;
+        self
+    }
+
+    /// When shared memory or the call table is full: by default (`false`) a call waits for
+    /// room (an awaited one without blocking its executor; the proxy never blocks); with
+    /// `true` it fails at once with [`crate::CallError::OutOfMemory`] or
+    /// [`crate::CallError::TooManyCalls`]. A call larger than the whole allocation fails at
+    /// once either way ([`crate::CallError::TooLarge`]).
+    pub fn fail_when_full(mut self, fail: bool) -> Self {
+        self.fail_fast = fail;
+        self
+    }
+
+    /// The callback for calls that returned. It runs on the pool's thread (see
+    /// "Callbacks" on [`SharedPool`]); the call's handle still gets the result afterwards.
+    pub fn on_return(
+        mut self,
+        handler: impl Fn(&Call<'_, W>, Log<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.set(On::Return, Box::new(handler));
+        self
+    }
+
+    /// The callback for calls that timed out (their worker was killed).
+    pub fn on_timeout(
+        mut self,
+        handler: impl Fn(&Call<'_, W>, Log<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.set(On::Timeout, Box::new(handler));
+        self
+    }
+
+    /// The callback for calls that failed otherwise (crashed, panicked, failed, cancelled).
+    pub fn on_error(
+        mut self,
+        handler: impl Fn(&Call<'_, W>, Log<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.set(On::Error, Box::new(handler));
+        self
+    }
+
+    /// Starts the pool: runs `check_environment`, then, on a thread the pool owns (which
+    /// drives it from then on), creates the shared memory and the fork server and, with
+    /// [`ForkStrategy::Aggressive`], forks every worker.
+    ///
+    /// # Errors
+    /// [`StartError::Environment`] with every problem `check_environment` reported, or
+    /// [`StartError::Pool`] if the shared memory, an eventfd, the fork server or the pool's
+    /// thread cannot be had. Nothing is left behind.
+    pub fn start(self) -> Result<P, StartError> {
+        let Builder {
+            base,
+            callbacks,
+            fail_fast,
+            wrap,
+        } = self;
+        base.check()?;
+        let nudge =
+            nudge_fd().map_err(|e| StartError::Pool(PoolError::EventFd(OsError::from(e))))?;
+        let alias = base.alias.clone();
+        let inner = Arc::new(Inner {
+            alias: alias.clone(),
+            state: Mutex::new(State {
+                engine: None,
+                stopped: None,
+                callbacks,
+                wakers: Default::default(),
+                orphans: Default::default(),
+                life: Life::Open,
+                asleep_until: None,
+                nudged: false,
+                fail_fast,
+                backlog: Default::default(),
+            }),
+            nudge,
+            driver: Mutex::new(None),
+            driver_id: Mutex::new(None),
+        });
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let driven = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name(thread_name(&alias))
+            .spawn(move || {
+                *driven.driver_id.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::thread::current().id());
+                match Engine::start(base) {
+                    Ok(mut engine) => {
+                        engine.never_wait_for_room = true;
+                        driven.lock().engine = Some(engine);
+                        let _ = started_tx.send(Ok(()));
+                        driver::run(driven);
+                    }
+                    Err(failed) => {
+                        let (_, error) = *failed;
+                        let _ = started_tx.send(Err(error));
+                    }
+                }
+            });
+        let handle = spawned.map_err(|e| StartError::Pool(PoolError::Thread(OsError::from(e))))?;
+        match started_rx.recv() {
+            Ok(Ok(())) => {
+                *inner.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+                Ok(wrap(SharedPool::from_inner(inner)))
+            }
+            Ok(Err(error)) => {
+                let _ = handle.join();
+                Err(error)
+            }
+            Err(_) => {
+                // The thread ended without a word: it panicked (in `Engine::start`).
+                let _ = handle.join();
+                Err(StartError::Pool(PoolError::Thread(OsError::from(
+                    std::io::Error::other("the pool's thread panicked while starting it"),
+                ))))
+            }
+        }
+    }
+}
+
+/// The pool thread's name: `fw-` and the alias, cut to Linux's 15 bytes.
+fn thread_name(alias: &str) -> String {
+    let mut name = format!("fw-{alias}");
+    while name.len() > 15 {
+        name.pop();
+    }
+    name
+}

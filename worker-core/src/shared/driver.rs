@@ -1,0 +1,273 @@
+//! The thread a shared pool owns: it started the engine (so the fork server's parent-death
+//! signal follows a thread that lives as long as the pool), and it drives it: sleeps until
+//! an answer, a worker's death, the nearest deadline or a nudge, then collects, runs the
+//! callbacks, hands waiting calls to the engine, and wakes the handles of calls that ended.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::task::Waker;
+
+use super::{Backlogged, Handler, Inner, Life, State};
+use crate::call::{Call, CallStatus, Log};
+use crate::callbacks::{Callbacks, On};
+use crate::clock::time_left;
+use crate::engine::{Engine, Sink};
+use crate::error::{CallError, CancelReason, SubmitError};
+use crate::panics::panic_message;
+use crate::process;
+use crate::worker::Worker;
+
+thread_local! {
+    /// Handles dropped inside a callback, on the driver's thread: let go once it returns.
+    static LET_GO: RefCell<Vec<(u64, bool)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A handle was dropped on the driver's thread (inside a callback): see [`LET_GO`].
+pub(super) fn let_go_later(id: u64, cancel: bool) {
+    LET_GO.with(|l| l.borrow_mut().push((id, cancel)));
+}
+
+/// The sink of a submit, which never waits for room (see `Engine::never_wait_for_room`)
+/// and so never delivers anything.
+pub(super) struct NoSink;
+
+impl<W: Worker> Sink<W> for NoSink {
+    fn takes_returns(&self) -> bool {
+        true
+    }
+
+    fn deliver(&mut self, _: &Call<'_, W>, _: Log<'_>) -> bool {
+        false
+    }
+}
+
+/// Where the driver's collections hand finished calls: the pool's callbacks, then the
+/// waker of the call's handle.
+struct PoolSink<'a, W: Worker> {
+    alias: &'a str,
+    callbacks: &'a Callbacks<Handler<W>>,
+    wakers: &'a mut HashMap<u64, Waker>,
+    woken: &'a mut Vec<Waker>,
+}
+
+impl<W: Worker> Sink<W> for PoolSink<'_, W> {
+    fn takes_returns(&self) -> bool {
+        true
+    }
+
+    fn deliver(&mut self, call: &Call<'_, W>, log: Log<'_>) -> bool {
+        let id = call.id();
+        let on = On::of(call.status());
+        let ran = match self.callbacks.get(on) {
+            Some(handler) => {
+                run_guarded(self.alias, on, id, || handler(call, log));
+                true
+            }
+            None => false,
+        };
+        if let Some(waker) = self.wakers.remove(&id) {
+            self.woken.push(waker);
+        }
+        let held = call.record.awaited;
+        if !ran && !held && call.status() != CallStatus::Returned {
+            // Detached, failed, and no callback to tell: the log is the only trace.
+            if let Some(error) = call.error()
+                && !crate::engine::logged_when_found(error)
+            {
+                log::warn!(target: self.alias, "call {id}: {error}");
+            }
+        }
+        // A held call stays for its handle either way (the engine keeps an awaited call);
+        // one nobody holds is released.
+        ran || !held
+    }
+}
+
+/// Runs a callback; a panic in it is logged, and the pool carries on.
+fn run_guarded(alias: &str, on: On, id: u64, f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        log::error!(target: alias,
+            "the {} callback panicked on call {id}: {}; the pool carries on",
+            on.name(), panic_message(payload.as_ref()));
+    }
+}
+
+/// The driver's loop, until the pool stops.
+pub(super) fn run<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
+    let mut fds = Vec::new();
+    let mut woken: Vec<Waker> = Vec::new();
+    let mut slept = false;
+    loop {
+        let mut guard = inner.lock();
+        let state = &mut *guard;
+        state.asleep_until = None;
+        state.nudged = false;
+        crate::wake::eventfd_drain(inner.nudge.as_fd());
+        let Some(engine) = state.engine.as_mut() else {
+            break;
+        };
+        if slept {
+            engine.end_sleep();
+            slept = false;
+        }
+        let mut sink = PoolSink {
+            alias: &inner.alias,
+            callbacks: &state.callbacks,
+            wakers: &mut state.wakers,
+            woken: &mut woken,
+        };
+        engine.collect(&mut sink);
+        // Handles dropped inside the callbacks just run.
+        let dropped = LET_GO.with(|l| std::mem::take(&mut *l.borrow_mut()));
+        if !dropped.is_empty() {
+            for &(id, cancel) in &dropped {
+                sink.wakers.remove(&id);
+                if cancel {
+                    engine.cancel(id);
+                }
+                engine.let_go(id);
+            }
+            engine.fire_callbacks(&mut sink);
+        }
+        admit_backlog(
+            engine,
+            &mut state.backlog,
+            &mut state.orphans,
+            sink.wakers,
+            sink.woken,
+        );
+        let stop = match state.life {
+            Life::Open => false,
+            Life::Closing => engine.pending() == 0 && state.backlog.is_empty(),
+            Life::Orphaned => engine.in_use() == 0 && state.backlog.is_empty(),
+            Life::Stopping(_) | Life::Stopped => true,
+        };
+        if stop {
+            stop_engine(&inner.alias, state, &mut woken);
+            drop(guard);
+            woken.drain(..).for_each(Waker::wake);
+            break;
+        }
+        fds.clear();
+        fds.push(inner.nudge.as_raw_fd());
+        let deadline = engine.next_deadline();
+        if !engine.begin_sleep(&mut fds) {
+            // An answer came meanwhile: collect again.
+            drop(guard);
+            woken.drain(..).for_each(Waker::wake);
+            continue;
+        }
+        slept = true;
+        state.asleep_until = Some(deadline);
+        drop(guard);
+        woken.drain(..).for_each(Waker::wake);
+        process::poll_raw(&fds, time_left(deadline));
+    }
+}
+
+/// Hands the calls that waited for room to the engine, oldest first, while they fit.
+fn admit_backlog<W: Worker>(
+    engine: &mut Engine<W>,
+    backlog: &mut std::collections::VecDeque<Backlogged>,
+    orphans: &mut HashMap<u64, Result<Vec<u8>, CallError>>,
+    wakers: &mut HashMap<u64, Waker>,
+    woken: &mut Vec<Waker>,
+) {
+    while let Some(next) = backlog.front() {
+        let raw = Raw(&next.bytes);
+        match engine.submit_encoded_as(next.method, &raw, &mut NoSink, Some(next.id)) {
+            Ok(id) => {
+                engine.hold(id, true);
+                backlog.pop_front();
+            }
+            Err(SubmitError::OutOfMemory { .. } | SubmitError::TooManyCalls { .. })
+                if engine.in_use() > 0 =>
+            {
+                return;
+            }
+            Err(e) => {
+                let id = next.id;
+                backlog.pop_front();
+                orphans.insert(id, Err(e.into()));
+                if let Some(waker) = wakers.remove(&id) {
+                    woken.push(waker);
+                }
+            }
+        }
+    }
+}
+
+/// Stops the engine (see `SharedPool::shutdown`): calls that waited for room are
+/// cancelled, the engine shuts down (a close or a last drop leaves it nothing to cancel),
+/// the results of held calls move out of it for their handles, and every handle is woken.
+fn stop_engine<W: Worker + Send + 'static>(
+    alias: &str,
+    state: &mut State<W>,
+    woken: &mut Vec<Waker>,
+) {
+    let Some(mut engine) = state.engine.take() else {
+        return;
+    };
+    for b in state.backlog.drain(..) {
+        let method = W::METHODS
+            .get(b.method as usize)
+            .copied()
+            .unwrap_or("<unknown>");
+        state.orphans.insert(
+            b.id,
+            Err(CallError::Cancelled {
+                method,
+                reason: CancelReason::Shutdown,
+            }),
+        );
+    }
+    if let Life::Stopping(grace) = state.life {
+        engine.base_mut().config.grace = grace;
+    }
+    let mut sink = PoolSink {
+        alias,
+        callbacks: &state.callbacks,
+        wakers: &mut state.wakers,
+        woken,
+    };
+    engine.shutdown(&mut sink);
+    for id in engine.held_done() {
+        state.orphans.insert(id, engine.take_done_bytes(id));
+    }
+    woken.extend(state.wakers.drain().map(|(_, w)| w));
+    state.stopped = Some(engine.stop());
+    state.life = Life::Stopped;
+}
+
+/// Encoded arguments, serialized as they are: postcard writes a tuple of bytes without a
+/// length, byte by byte.
+struct Raw<'a>(&'a [u8]);
+
+impl serde::Serialize for Raw<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for b in self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_bytes_encode_as_themselves() {
+        let encoded = crate::wire::encode_to_vec(&(7u64, "text", vec![1u32, 300])).unwrap();
+        assert_eq!(crate::wire::encode_to_vec(&Raw(&encoded)).unwrap(), encoded);
+        assert_eq!(
+            crate::wire::encode_to_vec(&Raw(&[])).unwrap(),
+            Vec::<u8>::new()
+        );
+    }
+}
