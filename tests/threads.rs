@@ -38,6 +38,17 @@ impl Echo {
         // SAFETY: getppid cannot fail.
         (std::process::id(), unsafe { libc::getppid() })
     }
+
+    /// The signals this worker has blocked (`SigBlk` of /proc/self/status).
+    pub fn blocked(&self) -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let hex = s.lines().find_map(|l| l.strip_prefix("SigBlk:"))?;
+                u64::from_str_radix(hex.trim(), 16).ok()
+            })
+            .unwrap_or(u64::MAX)
+    }
 }
 
 /// A logger that takes a lock of its own, then stderr's, for every record: the pattern of
@@ -339,7 +350,26 @@ fn a_fork_server_outlives_the_thread_that_forked_it_and_dies_with_its_process() 
     );
 }
 
+fn workers_of_a_thread_that_blocks_signals_start_with_none_blocked() {
+    let blocked = std::thread::spawn(|| {
+        // A thread of the program's that blocks signals its main thread takes.
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(nix::sys::signal::Signal::SIGUSR1);
+        set.add(nix::sys::signal::Signal::SIGALRM);
+        set.add(nix::sys::signal::Signal::SIGTERM);
+        set.thread_block().expect("block");
+        let mut m = EchoMediator::new("Echo", Echo);
+        m.timeout(CALL_LIMIT);
+        let id = m.blocked().expect("submit");
+        m.wait(id, CALL_LIMIT * 2)
+    })
+    .join()
+    .expect("the thread");
+    assert_eq!(blocked, Ok(0), "the worker's blocked signals");
+}
+
 tests![
     starts_and_replacements_inside_a_tokio_runtime_never_deadlock,
     a_fork_server_outlives_the_thread_that_forked_it_and_dies_with_its_process,
+    workers_of_a_thread_that_blocks_signals_start_with_none_blocked,
 ];

@@ -575,8 +575,11 @@ fn serve(
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.add(DEATH_SIGNAL);
+    // Exactly these blocked, whatever the forking thread had blocked (a thread of a runtime
+    // may block signals the main thread takes): the workers unblock them and so start with
+    // none blocked.
     let code = match (
-        mask.thread_block(),
+        mask.thread_set_mask(),
         SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC),
     ) {
         (Ok(()), Ok(sigfd)) => {
