@@ -368,7 +368,75 @@ fn workers_of_a_thread_that_blocks_signals_start_with_none_blocked() {
     assert_eq!(blocked, Ok(0), "the worker's blocked signals");
 }
 
+/// A logger that keeps each record with the pid of the process that logged it.
+struct Recorder {
+    records: Mutex<Vec<(u32, String)>>,
+}
+
+impl log::Log for Recorder {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        self.records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((std::process::id(), record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+static RECORDER: Recorder = Recorder {
+    records: Mutex::new(Vec::new()),
+};
+
+fn a_workers_own_warning_reaches_the_parents_logger_not_the_workers_copy() {
+    // A worker that cannot set its RLIMIT_DATA warns: it cannot raise its hard limit, which is
+    // below what the memory limit asks for, as another user than root.
+    if support::rerun_as(65534) {
+        return;
+    }
+    let hard = libc::rlimit {
+        rlim_cur: 1 << 30,
+        rlim_max: 1 << 30,
+    };
+    // SAFETY: setrlimit with a valid struct; lowering needs no privilege.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_DATA, &hard) }, 0);
+    log::set_logger(&RECORDER).expect("the first logger");
+    log::set_max_level(log::LevelFilter::Warn);
+    // SAFETY: the test process is single-threaded.
+    unsafe { std::env::set_var("FORKWORKER_MEMORY_LIMIT_MECHANISM", "rlimit_data") };
+    let mut m = EchoMediator::new("Echo", Echo);
+    m.memory_limit(2 << 30).timeout(CALL_LIMIT);
+    let id = m.blocked().expect("submit");
+    m.wait(id, CALL_LIMIT * 2).expect("the call");
+    let pid = m.pids()[0];
+    let wanted = format!("[worker {pid}] cannot set RLIMIT_DATA");
+    let me = std::process::id();
+    let found = support::eventually(Duration::from_secs(5), || {
+        m.poll();
+        RECORDER
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .any(|(from, text)| *from == me && text.starts_with(&wanted))
+    });
+    let records = RECORDER
+        .records
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert!(
+        found,
+        "{wanted:?} logged by the parent {me}; the parent's logger got {records:?}"
+    );
+}
+
 tests![
+    a_workers_own_warning_reaches_the_parents_logger_not_the_workers_copy,
     starts_and_replacements_inside_a_tokio_runtime_never_deadlock,
     a_fork_server_outlives_the_thread_that_forked_it_and_dies_with_its_process,
     workers_of_a_thread_that_blocks_signals_start_with_none_blocked,

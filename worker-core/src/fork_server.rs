@@ -18,6 +18,9 @@
 //! allocates (glibc's malloc is fork-safe: its own atfork handlers reset its locks; a global
 //! allocator of the program's must be fork-safe too), and takes no lock of Rust's or of the
 //! program's: it neither logs nor prints, and forwards the workers' stderr with `write(2)`.
+//! forkworker's code in a worker does the same until the user's `setup`, and sends its
+//! warnings to the parent through the log socket (`this_worker`), not through the program's
+//! logger.
 //!
 //! Out of reach, and so the rule: a mutex of the program's own (its logger's included) that
 //! another thread holds at the instant of the server's fork stays held in every worker, and a
