@@ -1,7 +1,9 @@
 //! Pools started inside a threaded program: fork servers forked from the threads of a
 //! multi-threaded tokio runtime while other threads print to stdout and stderr and log without
-//! pause, and a fork server whose forking thread exits before it. Each test runs alone in its
-//! own process (see `support`), which also checks what it left behind.
+//! pause; a fork server whose forking thread exits before it; a forking thread that blocks
+//! signals; forkworker's own warnings in a worker, which must not go through the program's
+//! logger. Each test runs alone in its own process (see `support`), which also checks what it
+//! left behind.
 
 mod support;
 
