@@ -10,6 +10,38 @@
 //! none of the program's descriptors (see `process::sanitize_fds`), so neither do its workers;
 //! descriptors the program opens later never reach them.
 //!
+//! **Forked from a threaded program** (a pool started inside a tokio runtime). The thread that
+//! forks the server holds the program's stdout and stderr locks and forkworker's own across
+//! the fork (the atfork pattern, `process::fork_child`), so the server, and every worker
+//! forked from it, finds them free whatever the other threads were printing at that instant.
+//! Between the fork and its loop, and in it, the server makes system calls, reads /proc and
+//! allocates (glibc's malloc is fork-safe: its own atfork handlers reset its locks; a global
+//! allocator of the program's must be fork-safe too), and takes no lock of Rust's or of the
+//! program's: it neither logs nor prints, and forwards the workers' stderr with `write(2)`.
+//! forkworker's code in a worker does the same until the user's `setup`, and sends its
+//! warnings to the parent through the log socket (`this_worker`), not through the program's
+//! logger.
+//!
+//! Out of reach, and so the rule: a mutex of the program's own (its logger's included) that
+//! another thread holds at the instant of the server's fork stays held in every worker, and a
+//! worker that takes it deadlocks (its call times out). So do std's locks that cannot be held
+//! from outside: stdin's (a thread waiting for input holds it), the environment's (`set_var`)
+//! and the panic hook's (`set_hook` while another thread panics). A worker's only thread is a
+//! copy of the thread that forked the server, with its stack (its size) and its thread-locals:
+//! a runtime's context on that thread (tokio's) is a copy of a runtime whose threads are not
+//! there. Workers should use neither.
+//!
+//! **The forking thread.** The parent-death signal comes when the *thread* that forked exits,
+//! not only the process. When that thread exits and the process lives on (a runtime's
+//! blocking thread that idled out, a mediator leaked on a thread that ended), the kernel
+//! re-parents the server to another thread of the same process and sends the signal: the
+//! server acts on it only once `getppid()` changed, which it has not, and lives on; the
+//! signal stays set and comes again at each re-parenting, the last one (the process died)
+//! with a new parent. Whatever happens to the signal, the parent's end of the socket closes
+//! when the process dies, and the end of file ends the server too. Fork it from a thread that
+//! lives as long as the pool all the same: the pool face forks from a thread it owns; a
+//! mediator, which cannot leave its thread, forks from the thread it is used on.
+//!
 //! **Talking to the parent.** A `SOCK_SEQPACKET` socket pair, one message per packet: a
 //! 12-byte header (a tag and two numbers) and, for some tags, a payload and descriptors
 //! (`SCM_RIGHTS`). `SPAWN` (parent to server) may carry descriptors for the new worker, which
@@ -171,6 +203,9 @@ impl ForkServer {
     /// Forks the server. It keeps the descriptors in `keep` (besides stdin, stdout and stderr)
     /// and replaces every other one it inherited with /dev/null; `body` is what each worker
     /// runs.
+    ///
+    /// May be called from any thread of a threaded program (see the module's doc), best one
+    /// that outlives the server: the server's parent-death signal follows it.
     pub(crate) fn start(
         keep: &[RawFd],
         body: impl FnMut(SpawnRequest) -> Infallible,
@@ -543,8 +578,11 @@ fn serve(
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.add(DEATH_SIGNAL);
+    // Exactly these blocked, whatever the forking thread had blocked (a thread of a runtime
+    // may block signals the main thread takes): the workers unblock them and so start with
+    // none blocked.
     let code = match (
-        mask.thread_block(),
+        mask.thread_set_mask(),
         SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC),
     ) {
         (Ok(()), Ok(sigfd)) => {

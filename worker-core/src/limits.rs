@@ -264,9 +264,13 @@ impl WorkerLimits {
                 Ok(true) => {}
                 Ok(false) => set_rlimit_data(alias, *bytes),
                 Err(e) => {
-                    log::warn!(target: alias,
-                        "worker {}: cannot join its cgroup under {} ({e}); limiting its memory with RLIMIT_DATA instead",
-                        std::process::id(), group.as_deref().unwrap_or(Path::new("?")).display());
+                    crate::this_worker::warn(
+                        alias,
+                        format_args!(
+                            "cannot join its cgroup under {} ({e}); limiting its memory with RLIMIT_DATA instead",
+                            group.as_deref().unwrap_or(Path::new("?")).display()
+                        ),
+                    );
                     set_rlimit_data(alias, *bytes);
                 }
             }
@@ -275,9 +279,12 @@ impl WorkerLimits {
         match CpuTimer::new(limit) {
             Ok(t) => Some(t),
             Err(e) => {
-                log::warn!(target: alias,
-                    "worker {}: cannot make the CPU timer for cpu_limit({limit:?}): {e}; calls run without it",
-                    std::process::id());
+                crate::this_worker::warn(
+                    alias,
+                    format_args!(
+                        "cannot make the CPU timer for cpu_limit({limit:?}): {e}; calls run without it"
+                    ),
+                );
                 None
             }
         }
@@ -319,8 +326,10 @@ fn set_rlimit_data(alias: &str, bytes: u64) {
     };
     // SAFETY: setrlimit with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_DATA, &rlim) } != 0 {
-        log::warn!(target: alias, "worker {}: cannot set RLIMIT_DATA: {}",
-            std::process::id(), io::Error::last_os_error());
+        crate::this_worker::warn(
+            alias,
+            format_args!("cannot set RLIMIT_DATA: {}", io::Error::last_os_error()),
+        );
     }
 }
 

@@ -5,6 +5,10 @@
 //! timeout. A worker is reaped exactly once, by [`Child::try_reap`] or [`Child::kill`];
 //! dropping a [`Child`] kills and reaps it.
 //!
+//! Every fork here is made with the locks a child may take held by the forking thread
+//! ([`ForkLocks`]), so that forking from a threaded program (the fork server's fork from a
+//! pool started in a tokio runtime) leaves them free in the child.
+//!
 //! A worker is either the parent's own child, reaped with `waitpid`, or the child of another
 //! process that reaps it and relays how it ended (the fork server). That other reaper is seen
 //! here only through the [`Reap`] trait, so this module does not depend on who forked the
@@ -74,21 +78,84 @@ pub(crate) struct Child {
     stderr: String,
 }
 
+/// The locks a forked child may take, held by the forking thread across the fork (the
+/// atfork pattern): the program's stdout and stderr (flushed first) and forkworker's own.
+///
+/// A fork copies only the forking thread: a lock another thread holds at that instant stays
+/// held in the child forever, and the child deadlocks on its first `println!`. Taken here, in
+/// a fixed order (stdout, stderr, forkworker's own [`OWN_FDS`]), each waits for the thread
+/// holding it to finish its print, and the child gets them free: the forking thread's copy
+/// holds them and releases them ([`ForkLocks::release`]), as the parent does.
+///
+/// The one-time initializations a child may run (the tick calibration, the clock's anchor,
+/// the CPU count: `OnceLock`s, which a child would wait on forever if another thread was
+/// running them at the fork) are completed before the locks are taken.
+///
+/// Not held, because they cannot be: std's own internal locks (the environment's, taken by
+/// `set_var`; the panic hook's, taken by `set_hook` while another thread panics; stdin's,
+/// held by a thread waiting for input, which would hold up the fork for as long), and the
+/// program's own mutexes, a logger's included. See `fork_server` for what that means for
+/// workers.
+struct ForkLocks {
+    stdout: std::io::StdoutLock<'static>,
+    stderr: std::io::StderrLock<'static>,
+    own_fds: std::sync::MutexGuard<'static, Vec<RawFd>>,
+}
+
+impl ForkLocks {
+    /// Completes the one-time initializations, then takes the locks, in their fixed order.
+    fn take() -> ForkLocks {
+        crate::clock::calibrate();
+        crate::clock::to_instant(crate::clock::now_ns());
+        crate::wake::cpus();
+        let mut stdout = std::io::stdout().lock();
+        // What a `print!` left in the buffer would otherwise be written again by every child
+        // that prints.
+        let _ = io::Write::flush(&mut stdout);
+        ForkLocks {
+            stdout,
+            stderr: std::io::stderr().lock(),
+            own_fds: OWN_FDS.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// Releases the locks: in the parent and in the child after the fork, so that both have
+    /// them free. Touches only the locks' own words (atomic operations, a futex wake).
+    fn release(self) {
+        let ForkLocks {
+            stdout,
+            stderr,
+            own_fds,
+        } = self;
+        drop(own_fds);
+        drop(stderr);
+        drop(stdout);
+    }
+}
+
 /// Forks a process that runs `body`, which never returns. Returns the child's pid.
+///
+/// The forking thread holds stdout's, stderr's and forkworker's own locks across the fork
+/// (see [`ForkLocks`]), so that a child forked while other threads print finds them free.
 ///
 /// In the child, the parent-death signal is set to `death_signal` (SIGKILL for workers and
 /// tasks; the fork server takes a catchable one, so that it can take its process tree down
 /// first) and the parent is checked to still be this process, so a child never outlives its
-/// parent, even one that died during the fork.
+/// parent, even one that died during the fork. That signal comes when the *thread* that
+/// forked exits, not only when the process does (see `fork_server` for how the server tells
+/// one from the other).
 pub(crate) fn fork_child(
     death_signal: libc::c_int,
     body: impl FnOnce() -> std::convert::Infallible,
 ) -> io::Result<Pid> {
     let parent = nix::unistd::getpid();
+    let locks = ForkLocks::take();
     // SAFETY: the child only runs `body`, which leaves with `_exit` (see worker_loop and
-    // fork_server). What a fork from a threaded process risks is documented in
-    // `fork_server`, and warned about when it happens.
-    match unsafe { fork() } {
+    // fork_server). The locks it could need are held across the fork (`ForkLocks`); what a
+    // fork from a threaded process still risks is documented in `fork_server`.
+    let forked = unsafe { fork() };
+    locks.release();
+    match forked {
         Err(e) => Err(e.into()),
         Ok(ForkResult::Child) => {
             // SAFETY: prctl with valid arguments; getppid cannot fail.

@@ -218,10 +218,17 @@ fn landlock(sandbox: &Sandbox, alias: &str) -> Result<bool, ConfineError> {
     match status.ruleset {
         RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(true),
         _ => {
-            log::warn!(target: alias,
-                "worker {}: the kernel has no landlock: confined by seccomp alone{}",
-                std::process::id(),
-                if sandbox.read.is_empty() { "" } else { "; allow_read() grants nothing" });
+            crate::this_worker::warn(
+                alias,
+                format_args!(
+                    "the kernel has no landlock: confined by seccomp alone{}",
+                    if sandbox.read.is_empty() {
+                        ""
+                    } else {
+                        "; allow_read() grants nothing"
+                    }
+                ),
+            );
             Ok(false)
         }
     }

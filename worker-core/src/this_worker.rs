@@ -192,6 +192,17 @@ pub(crate) fn relay(fd: BorrowedFd<'_>, alias: &str) {
     }
 }
 
+/// A warning of forkworker's own from code that runs in a worker before and around the
+/// user's `setup` (the limits, the sandbox): forwarded to the parent like [`log()`], so that
+/// the worker never goes through the program's logger, whose lock another thread of the
+/// program may have held when the fork server was forked (see `fork_server`). The parent
+/// shows it as `[worker <pid>] <message>`, as it does outside a worker.
+pub(crate) fn warn(alias: &str, message: impl Display) {
+    if !forward(log::Level::Warn, &message) {
+        log::warn!(target: alias, "[worker {}] {message}", std::process::id());
+    }
+}
+
 /// Whether the current method asked for its worker to be restarted.
 pub(crate) fn fatal_requested() -> bool {
     FATAL.load(Ordering::Relaxed)
