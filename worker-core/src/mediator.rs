@@ -45,6 +45,18 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// which then takes it too. A call with no callback for its outcome is kept, in shared memory,
 /// until `wait` takes it.
 ///
+/// # A callback that panics
+/// A panic in a callback (the mediator's own, or a daemon's) does not unwind into the
+/// caller of `poll` or `wait`: it is caught, logged at error level with the call's id and the
+/// callback's name (`call 7: its on_return callback panicked: ...`), and counted as a
+/// catch-all error ([`Mediator::errors`]); the call counts as delivered, as if the callback
+/// had returned (a [`Call::retry`] asked for before the panic is dropped), and the mediator
+/// goes on with the next call. Its result goes where it goes after a callback that returned:
+/// a `wait` waiting for that very call still takes it. The panic hook runs first, as for any
+/// panic (by default it prints the message to stderr); built with `panic = "abort"`, the
+/// program aborts there. What the callback shares with other code (a `RefCell`, a counter)
+/// is as the panic left it.
+///
 /// # Delivery guarantee
 /// Every call a proxy accepted ends exactly once in a final status and is delivered exactly
 /// once (to its callback or to `wait`) within one run of the program. Its method runs at most

@@ -1200,9 +1200,9 @@ impl<W: Worker> Engine<W> {
                 retry: Cell::new(false),
                 _w: PhantomData,
             };
-            let delivered = sink
-                .deliver(&call, Log::new(&self.base.alias))
-                .then(|| call.retry.get());
+            let delivered =
+                supervise::deliver_guarded(sink, &call, &self.base.alias, &mut self.base.health)
+                    .then(|| call.retry.get());
             match delivered {
                 Some(true) => self.requeue(id),
                 Some(false) => {

@@ -9,11 +9,15 @@
 //! ([`Engine::enforce_timeouts`], through `Pool::kill`), retiring the worn
 //! ([`Engine::retire_worn`]) and letting workers idle past `idle_timeout` exit
 //! ([`Engine::retire_idle`]).
+//!
+//! And where a finished call is handed to the face's callbacks, a panic of theirs caught
+//! ([`deliver_guarded`]).
 
 use std::time::Instant;
 
-use super::{Engine, MAX_REQUEUES};
-use crate::call::{CallStatus, ExitCause};
+use super::{Engine, MAX_REQUEUES, Sink};
+use crate::call::{Call, CallStatus, ExitCause, Log};
+use crate::callbacks::{self, On};
 use crate::clock;
 use crate::config::ForkStrategy;
 use crate::error::{CallError, CancelReason, ErrorCounts, ErrorKind, PoolError};
@@ -22,6 +26,29 @@ use crate::worker::Worker;
 
 /// How many workers in a row may die before answering a call before the pool stops forking.
 pub(crate) const START_FAILURE_LIMIT: u32 = 5;
+
+/// Hands finished call `call` to `sink`, the face's callbacks, through
+/// [`callbacks::guarded`]: a callback that panics is logged (under `alias`, with the call's
+/// id and the callback's name), counted as a catch-all error in `health`, and the call counts
+/// as delivered, as if the callback had returned, except that a retry it asked for before
+/// panicking is dropped (a callback that fails every time would retry forever). Returns
+/// whether a callback took the call, as [`Sink::deliver`].
+pub(super) fn deliver_guarded<W: Worker>(
+    sink: &mut dyn Sink<W>,
+    call: &Call<'_, W>,
+    alias: &str,
+    health: &mut Supervisor,
+) -> bool {
+    let on = On::of(call.status());
+    match callbacks::guarded(alias, call.id(), on, || sink.deliver(call, Log::new(alias))) {
+        Some(delivered) => delivered,
+        None => {
+            call.retry.set(false);
+            health.count_logged(ErrorKind::Catchall, 1, alias);
+            true
+        }
+    }
+}
 
 /// A mediator's health counts.
 #[derive(Debug, Default)]
