@@ -486,8 +486,15 @@ fn stats_count_each_methods_outcomes() {
 
 fn a_callback_that_panics_is_logged_and_the_mediator_goes_on() {
     capture_logs();
-    // The default hook would print each of the 50 panics to stderr.
-    std::panic::set_hook(Box::new(|_| {}));
+    // The default hook would print each of the callbacks' panics to stderr; the test's own
+    // still show.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.payload_as_str().unwrap_or_default();
+        if !text.contains("callback bug") {
+            default(info);
+        }
+    }));
     let mut m = GapsMediator::new("Gaps", Gaps);
     m.workers(2);
     let seen = Rc::new(RefCell::new(Vec::new()));
@@ -527,10 +534,12 @@ fn a_callback_that_panics_is_logged_and_the_mediator_goes_on() {
         })
         .collect();
     assert_eq!(panicked.len(), 50, "each panic logged: {lines:?}");
+    // Delivered in the order the calls finished, which two workers may change.
     assert!(
-        panicked[0].1.contains("callback bug on 1"),
-        "{:?}",
-        panicked[0]
+        panicked
+            .iter()
+            .any(|(_, l)| l.starts_with("call ") && l.contains("panicked: callback bug on 1;")),
+        "{panicked:?}"
     );
     // A call waited for whose callback panics: the wait still gets its result.
     let id = m.echo(7).unwrap();
