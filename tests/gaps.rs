@@ -484,7 +484,107 @@ fn stats_count_each_methods_outcomes() {
     assert_eq!(row[1..], ["0", "0", "0", "0", "0", "2"], "{table}");
 }
 
+fn a_callback_that_panics_is_logged_and_the_mediator_goes_on() {
+    capture_logs();
+    // The default hook would print each of the callbacks' panics to stderr; the test's own
+    // still show.
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info.payload_as_str().unwrap_or_default();
+        if !text.contains("callback bug") {
+            default(info);
+        }
+    }));
+    let mut m = GapsMediator::new("Gaps", Gaps);
+    m.workers(2);
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let sink = seen.clone();
+    m.on_return(move |call, _log| {
+        let Some(Ok(GapsReturn::Echo(n))) = call.return_value() else {
+            panic!("not an echo: {call:?}");
+        };
+        sink.borrow_mut().push(n);
+        if n == 1000 {
+            call.retry();
+        }
+        if n % 2 == 1 || n == 1000 {
+            panic!("callback bug on {n}");
+        }
+    });
+    for n in 0..100 {
+        let _ = m.echo(n).unwrap();
+    }
+    assert!(
+        eventually(LONG, || {
+            m.poll();
+            seen.borrow().len() == 100
+        }),
+        "every call delivered: {} of 100",
+        seen.borrow().len()
+    );
+    let mut delivered = seen.borrow().clone();
+    delivered.sort_unstable();
+    assert_eq!(delivered, (0..100).collect::<Vec<_>>(), "each once");
+    assert_eq!(m.errors().catchall, 50, "each panic counted");
+    let lines = take_lines();
+    let panicked: Vec<_> = lines
+        .iter()
+        .filter(|(level, l)| {
+            *level == log::Level::Error && l.contains("its on_return callback panicked")
+        })
+        .collect();
+    assert_eq!(panicked.len(), 50, "each panic logged: {lines:?}");
+    // Delivered in the order the calls finished, which two workers may change.
+    assert!(
+        panicked
+            .iter()
+            .any(|(_, l)| l.starts_with("call ") && l.contains("panicked: callback bug on 1;")),
+        "{panicked:?}"
+    );
+    // A call waited for whose callback panics: the wait still gets its result.
+    let id = m.echo(7).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 7);
+    // A retry asked for before the panic is dropped: the call is delivered once.
+    let id = m.echo(1000).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 1000);
+    for _ in 0..20 {
+        m.poll();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(seen.borrow().len(), 102, "{:?}", &seen.borrow()[100..]);
+    assert_eq!(m.errors().catchall, 52);
+    // The mediator goes on: the same workers, no call lost.
+    let pids = m.pids();
+    let id = m.echo(2).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 2);
+    assert_eq!(m.pids(), pids, "no worker was replaced");
+    assert_eq!(m.pending(), 0);
+    drop(m);
+    // A handler lent for one poll, as the daemon lends its callbacks (`poll_with`).
+    let mut m = GapsMediator::new("Lent", Gaps);
+    for n in 0..10 {
+        let _ = m.echo(n).unwrap();
+    }
+    let mut lent = 0;
+    let start = std::time::Instant::now();
+    while lent < 10 && start.elapsed() < LONG {
+        m.poll_with(&mut |call, _log| {
+            lent += 1;
+            if call.id() % 2 == 0 {
+                panic!("daemon callback bug");
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(lent, 10, "every call delivered to the lent handler");
+    assert_eq!(m.errors().catchall, 5);
+    let id = m.echo(3).unwrap();
+    assert_eq!(m.wait(id, LONG).unwrap(), 3);
+    let _ = std::panic::take_hook();
+}
+
 tests![
+    a_callback_that_panics_is_logged_and_the_mediator_goes_on,
     a_nested_pools_worker_sees_its_own_pool,
     a_custom_serde_error_keeps_its_message,
     a_panic_comes_with_its_location,

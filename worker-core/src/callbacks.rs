@@ -1,8 +1,15 @@
 //! The callbacks of a pool: one per way a call can end (`on_return`, `on_timeout`,
 //! `on_error`), whatever their signature. The mediator keeps plain closures; the daemon host
 //! keeps closures that also get the application and the other pools.
+//!
+//! A callback that panics does not take the pool down: [`guarded`] catches the panic and logs
+//! it, and the call counts as delivered (see `Engine::fire_callbacks`, which hands every
+//! finished call to its face through it).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::call::CallStatus;
+use crate::panics::panic_message;
 
 /// Which of the three callbacks a finished call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +38,27 @@ impl On {
             CallStatus::Returned => On::Return,
             CallStatus::Timeout => On::Timeout,
             _ => On::Error,
+        }
+    }
+}
+
+/// Runs `callback`, the `on` callback of call `id`, and returns what it returned; if it
+/// panics, catches the panic, logs its message at error level under `alias` (with the call's
+/// id and the callback's name) and returns `None`: the caller carries on as if the callback
+/// had returned.
+///
+/// The one place where a callback's panic is caught, whatever face runs the callbacks. The
+/// panic hook has run before (by default it prints the panic to stderr); a program built with
+/// `panic = "abort"` aborts there, as it would anywhere. Whatever state the callback shares
+/// with others (captured by reference, behind a `RefCell`) is as the panic left it.
+pub(crate) fn guarded<T>(alias: &str, id: u64, on: On, callback: impl FnOnce() -> T) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(callback)) {
+        Ok(value) => Some(value),
+        Err(payload) => {
+            log::error!(target: alias,
+                "call {id}: its {} callback panicked: {}; the call counts as delivered and the pool goes on",
+                on.name(), panic_message(payload.as_ref()));
+            None
         }
     }
 }
@@ -114,5 +142,17 @@ mod tests {
         }
         c.set(On::Timeout, "timeout");
         assert_eq!(c.for_status(CallStatus::Timeout), Some(&mut "timeout"));
+    }
+
+    #[test]
+    fn a_panicking_callback_is_caught_and_the_caller_goes_on() {
+        assert_eq!(guarded("test", 1, On::Return, || 7), Some(7));
+        let mut ran = 0;
+        let caught: Option<()> = guarded("test", 2, On::Error, || {
+            ran += 1;
+            panic!("callback bug")
+        });
+        assert_eq!((caught, ran), (None, 1));
+        assert_eq!(On::Timeout.name(), "on_timeout");
     }
 }

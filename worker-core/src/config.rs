@@ -174,6 +174,11 @@ pub(crate) struct Config {
     pub(crate) cpu_limit: Option<Duration>,
     /// How workers are confined after `setup`, if they are.
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
+    /// How long a worker may stay idle before it exits, above `min_workers`
+    /// (`Mediator::idle_timeout`); `None`: workers never exit for idleness.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// How many live workers an idle timeout leaves (`Mediator::min_workers`).
+    pub(crate) min_workers: usize,
 }
 
 /// The default size of the payload area: 8 MiB.
@@ -198,6 +203,8 @@ impl Default for Config {
             memory_limit: None,
             cpu_limit: None,
             sandbox: None,
+            idle_timeout: None,
+            min_workers: 0,
         }
     }
 }

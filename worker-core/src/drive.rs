@@ -27,7 +27,8 @@ pub trait Drive: Sleep {
     fn stats(&self) -> Stats;
     /// Calls queued or running.
     fn pending(&self) -> usize;
-    /// The nearest deadline (a running call's timeout) it must be polled at.
+    /// The nearest deadline it must be polled at: a running call's timeout, an idle worker's
+    /// exit.
     fn next_deadline(&self) -> Option<Instant>;
     /// Stops the pool (see [`crate::Mediator::shutdown`]).
     fn shutdown(&mut self);

@@ -26,7 +26,7 @@
 //! | reading a worker's answer: a pure step to an outcome | `engine::answer` |
 //! | `wait` and its short path; **where a return is taken out of shared memory** (`decode_return`) | `engine::wait` |
 //! | health: error counts, the start-failure breaker, deaths, **where a timed-out worker is killed** (`enforce_timeouts`, through `Pool::kill`), wear | `engine::supervise` |
-//! | the three callbacks, by the way a call ended | `callbacks` |
+//! | the three callbacks, by the way a call ended; **where a callback's panic is caught** (`guarded`) | `callbacks` |
 //! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC; `Instant`s | `clock` |
 //! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children; a forked process's descriptors (`sanitize_fds`) | `process` |
 //! | forking every worker from a single-threaded server; their stderr and its tail; killing their process trees | `fork_server` |

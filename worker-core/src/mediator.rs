@@ -45,6 +45,18 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// which then takes it too. A call with no callback for its outcome is kept, in shared memory,
 /// until `wait` takes it.
 ///
+/// # A callback that panics
+/// A panic in a callback (the mediator's own, or a daemon's) does not unwind into the
+/// caller of `poll` or `wait`: it is caught, logged at error level with the call's id and the
+/// callback's name (`call 7: its on_return callback panicked: ...`), and counted as a
+/// catch-all error ([`Mediator::errors`]); the call counts as delivered, as if the callback
+/// had returned (a [`Call::retry`] asked for before the panic is dropped), and the mediator
+/// goes on with the next call. Its result goes where it goes after a callback that returned:
+/// a `wait` waiting for that very call still takes it. The panic hook runs first, as for any
+/// panic (by default it prints the message to stderr); built with `panic = "abort"`, the
+/// program aborts there. What the callback shares with other code (a `RefCell`, a counter)
+/// is as the panic left it.
+///
 /// # Delivery guarantee
 /// Every call a proxy accepted ends exactly once in a final status and is delivered exactly
 /// once (to its callback or to `wait`) within one run of the program. Its method runs at most
@@ -231,6 +243,54 @@ impl<W: Worker> Mediator<W> {
     /// millisecond.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.base_mut().config.timeout = Some(timeout);
+        self
+    }
+
+    /// Lets a worker that has been idle for `idle` exit (running `teardown`), as long as more
+    /// than [`Mediator::min_workers`] workers are left (loky's `idle_timeout`): a pool that
+    /// had a burst of work gives its processes back. Workers are forked again when calls come,
+    /// as the strategy says: with [`ForkStrategy::Lazy`] one per call that finds every worker
+    /// busy; with `Mixed` and `Aggressive`, every missing worker at the next call. A worker
+    /// that dies meanwhile is replaced only up to the minimum. `None` (the default) turns it
+    /// off: workers never exit for idleness.
+    ///
+    /// A worker's idle time counts from when the mediator first saw it idle, so it is checked
+    /// whenever the mediator is driven (`poll`, `wait`, the daemon's loop, which wakes for it:
+    /// see [`Drive::next_deadline`]). It can be changed while the pool runs.
+    /// [`Mediator::pids`] and [`Stats::workers`] show the workers that are left.
+    ///
+    /// ```
+    /// use forkworker_core::closure::FnMediator;
+    /// use std::time::Duration;
+    ///
+    /// let mut double = FnMediator::new("Double", |n: u64| n * 2);
+    /// double.workers(4).idle_timeout(Duration::from_millis(50)).min_workers(1);
+    /// let id = double.call(21)?;
+    /// assert_eq!(double.wait(id, Duration::from_secs(10))?, 42);
+    /// // Idle workers exit while the mediator is driven; one stays.
+    /// for _ in 0..500 {
+    ///     if double.pids().len() == 1 {
+    ///         break;
+    ///     }
+    ///     std::thread::sleep(Duration::from_millis(10));
+    ///     double.poll();
+    /// }
+    /// assert_eq!(double.pids().len(), 1);
+    /// let id = double.call(1)?; // forked again
+    /// assert_eq!(double.wait(id, Duration::from_secs(10))?, 2);
+    /// # Ok::<(), forkworker_core::CallError>(())
+    /// ```
+    pub fn idle_timeout(&mut self, idle: impl Into<Option<Duration>>) -> &mut Self {
+        self.base_mut().config.idle_timeout = idle.into();
+        self
+    }
+
+    /// Sets how many workers [`Mediator::idle_timeout`] leaves alive (default 0: every idle
+    /// worker may exit). The minimum counts live workers; it forks none by itself (the
+    /// strategy does), and above [`Mediator::workers`] it keeps them all. It can be changed
+    /// while the pool runs.
+    pub fn min_workers(&mut self, count: usize) -> &mut Self {
+        self.base_mut().config.min_workers = count;
         self
     }
 

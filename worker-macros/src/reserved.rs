@@ -13,6 +13,8 @@ pub const RESERVED: &[&str] = &[
     "new",
     "workers",
     "timeout",
+    "idle_timeout",
+    "min_workers",
     "malloc",
     "strategy",
     "recycle",

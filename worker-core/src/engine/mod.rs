@@ -217,9 +217,11 @@ impl<W: Worker> Engine<W> {
         self.pool.size()
     }
 
-    /// The nearest deadline of a running call.
+    /// The nearest deadline the pool must be collected at: a running call's timeout, or an
+    /// idle worker's exit (see `supervise`'s `Engine::retire_idle`).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.pool.next_deadline()
+        let idle = self.idle_deadline();
+        self.pool.next_deadline().into_iter().chain(idle).min()
     }
 
     /// See [`crate::Drive::begin_sleep`].
@@ -1226,9 +1228,9 @@ impl<W: Worker> Engine<W> {
                 retry: Cell::new(false),
                 _w: PhantomData,
             };
-            let delivered = sink
-                .deliver(&call, Log::new(&self.base.alias))
-                .then(|| call.retry.get());
+            let delivered =
+                supervise::deliver_guarded(sink, &call, &self.base.alias, &mut self.base.health)
+                    .then(|| call.retry.get());
             match delivered {
                 Some(true) => self.requeue(id),
                 Some(false) => {

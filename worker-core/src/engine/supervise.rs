@@ -6,13 +6,18 @@
 //! And the engine's passes over its pool that act on them: forking (within the breaker),
 //! reaping the dead ([`Engine::reap_dead`]: a call its worker had not started is requeued, one
 //! it was running has crashed), killing the workers whose call ran past its timeout
-//! ([`Engine::enforce_timeouts`], through `Pool::kill`), and retiring the worn
-//! ([`Engine::retire_worn`]).
+//! ([`Engine::enforce_timeouts`], through `Pool::kill`), retiring the worn
+//! ([`Engine::retire_worn`]) and letting workers idle past `idle_timeout` exit
+//! ([`Engine::retire_idle`]).
+//!
+//! And where a finished call is handed to the face's callbacks, a panic of theirs caught
+//! ([`deliver_guarded`]).
 
 use std::time::Instant;
 
-use super::{Engine, MAX_REQUEUES};
-use crate::call::{CallStatus, ExitCause};
+use super::{Engine, MAX_REQUEUES, Sink};
+use crate::call::{Call, CallStatus, ExitCause, Log};
+use crate::callbacks::{self, On};
 use crate::clock;
 use crate::config::ForkStrategy;
 use crate::error::{CallError, CancelReason, ErrorCounts, ErrorKind, PoolError};
@@ -21,6 +26,29 @@ use crate::worker::Worker;
 
 /// How many workers in a row may die before answering a call before the pool stops forking.
 pub(crate) const START_FAILURE_LIMIT: u32 = 5;
+
+/// Hands finished call `call` to `sink`, the face's callbacks, through
+/// [`callbacks::guarded`]: a callback that panics is logged (under `alias`, with the call's
+/// id and the callback's name), counted as a catch-all error in `health`, and the call counts
+/// as delivered, as if the callback had returned, except that a retry it asked for before
+/// panicking is dropped (a callback that fails every time would retry forever). Returns
+/// whether a callback took the call, as [`Sink::deliver`].
+pub(super) fn deliver_guarded<W: Worker>(
+    sink: &mut dyn Sink<W>,
+    call: &Call<'_, W>,
+    alias: &str,
+    health: &mut Supervisor,
+) -> bool {
+    let on = On::of(call.status());
+    match callbacks::guarded(alias, call.id(), on, || sink.deliver(call, Log::new(alias))) {
+        Some(delivered) => delivered,
+        None => {
+            call.retry.set(false);
+            health.count_logged(ErrorKind::Catchall, 1, alias);
+            true
+        }
+    }
+}
 
 /// A mediator's health counts.
 #[derive(Debug, Default)]
@@ -34,6 +62,67 @@ pub(crate) struct Supervisor {
     /// A worker died or was killed: fork its replacement at the next collection, after the
     /// call's outcome was reported (a report should not wait for a fork).
     refill_due: bool,
+    /// Since when each worker has been idle, for `idle_timeout`.
+    idle: IdleWatch,
+}
+
+/// A worker as a collection sees it, to tell whether it is the same idle worker as at the
+/// last look: its pid and how many calls it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    pid: i32,
+    calls: u64,
+}
+
+/// Since when each slot's worker has been idle, as the collections saw it (for
+/// `Mediator::idle_timeout`).
+///
+/// The parent notes no time when a worker finishes a call (that is the hot path, and a call
+/// may finish through `wait`'s short path): a collection that finds a worker idle, with the
+/// same pid and number of calls as at its last look, keeps the time it first found it so; any
+/// change (a call given since, another worker in the slot, a busy worker) starts the clock
+/// again. A worker has been idle at least as long as its mark says, never less.
+#[derive(Debug, Default)]
+struct IdleWatch {
+    marks: Vec<Option<(Seen, Instant)>>,
+}
+
+impl IdleWatch {
+    /// Slot `i` at `now`: `seen` if its worker is idle (and through its setup), `None`
+    /// otherwise. Returns since when it has been idle.
+    fn observe(&mut self, i: usize, seen: Option<Seen>, now: Instant) -> Option<Instant> {
+        if self.marks.len() <= i {
+            self.marks.resize(i + 1, None);
+        }
+        let mark = &mut self.marks[i];
+        match (seen, *mark) {
+            (None, _) => {
+                *mark = None;
+                None
+            }
+            (Some(seen), Some((was, since))) if was == seen => Some(since),
+            (Some(seen), _) => {
+                *mark = Some((seen, now));
+                Some(now)
+            }
+        }
+    }
+
+    /// Since when slot `i`'s worker, `seen` now, has been idle, if the last collection found
+    /// it idle already.
+    fn since(&self, i: usize, seen: Seen) -> Option<Instant> {
+        match self.marks.get(i).copied().flatten() {
+            Some((was, since)) if was == seen => Some(since),
+            _ => None,
+        }
+    }
+
+    /// Slot `i`'s worker is gone.
+    fn forget(&mut self, i: usize) {
+        if let Some(mark) = self.marks.get_mut(i) {
+            *mark = None;
+        }
+    }
 }
 
 impl Supervisor {
@@ -64,9 +153,20 @@ impl Supervisor {
         self.start_failures = self.start_failures.saturating_add(1);
     }
 
-    /// A new pool starts with a closed breaker.
+    /// A new pool starts with a closed breaker, and none of its workers idle yet.
     pub(crate) fn restart(&mut self) {
         self.start_failures = 0;
+        self.idle = IdleWatch::default();
+    }
+
+    /// Counts `n` errors of `kind` (see [`Supervisor::count`]) and logs under `alias` when
+    /// that reaches the limits.
+    fn count_logged(&mut self, kind: ErrorKind, n: u64, alias: &str) {
+        if self.count(kind, n) {
+            log::error!(target: alias,
+                "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
+                self.errors(), ErrorCounts::PARENT_LIMITS);
+        }
     }
 
     /// Whether a worker may be forked: fewer than [`START_FAILURE_LIMIT`] died in a row
@@ -112,11 +212,7 @@ impl<W: Worker> Engine<W> {
         if let Some(i) = slot {
             self.pool.count_errors(i, kind, n);
         }
-        if self.base.health.count(kind, n) {
-            log::error!(target: &self.base.alias,
-                "error counts reached their limits: {:?} (limits {:?}); see the warnings above",
-                self.base.health.errors(), ErrorCounts::PARENT_LIMITS);
-        }
+        self.base.health.count_logged(kind, n, &self.base.alias);
     }
 
     /// Forks a worker into slot `i`, unless workers keep dying before answering anything.
@@ -270,10 +366,25 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Keeps the pool at size after a death, unless the strategy is lazy.
+    /// Keeps the pool at size after a death, unless the strategy is lazy. With an idle
+    /// timeout, only up to the minimum: the workers above it are forked when calls come (and
+    /// would exit again, idle, otherwise).
     pub(super) fn replace_dead(&mut self) {
-        if self.base.config.strategy != ForkStrategy::Lazy {
-            self.fill_pool();
+        if self.base.config.strategy == ForkStrategy::Lazy {
+            return;
+        }
+        if self.base.config.idle_timeout.is_none() {
+            return self.fill_pool();
+        }
+        let slots = self.base.config.workers.min(self.pool.size());
+        let mut live = (0..slots).filter(|&i| self.pool.has_worker(i)).count();
+        for i in 0..slots {
+            if live >= self.base.config.min_workers {
+                break;
+            }
+            if !self.pool.has_worker(i) && self.spawn(i) {
+                live += 1;
+            }
         }
     }
 
@@ -319,6 +430,69 @@ impl<W: Worker> Engine<W> {
         for i in 0..slots {
             self.retire_if_worn(i, Some(now));
         }
+        self.retire_idle(now);
+    }
+
+    /// How slot `i`'s worker looks for `idle_timeout`: `Some` if it is idle and through its
+    /// setup (a worker still in `setup` cannot acknowledge an exit request).
+    fn seen_idle(&self, i: usize) -> Option<Seen> {
+        let pool = &self.pool;
+        (pool.is_idle(i) && pool.was_ready(i)).then(|| Seen {
+            pid: pool.pid(i).unwrap_or(0),
+            calls: pool.calls_given(i),
+        })
+    }
+
+    /// With an idle timeout (`Mediator::idle_timeout`): asks the workers idle for that long
+    /// to exit (running `teardown`), the highest slots first (the dispatch prefers the low
+    /// ones), as long as more than the minimum (`Mediator::min_workers`) are left. Their slots
+    /// stay empty until calls need them (see [`Engine::replace_dead`]). Checked at each
+    /// collection; [`Engine::idle_deadline`] says when the next one is due.
+    pub(super) fn retire_idle(&mut self, now: Instant) {
+        let Some(limit) = self.base.config.idle_timeout else {
+            return;
+        };
+        let slots = self.base.config.workers.min(self.pool.size());
+        let keep = self.base.config.min_workers;
+        let mut live = (0..slots).filter(|&i| self.pool.has_worker(i)).count();
+        for i in (0..slots).rev() {
+            let seen = self.seen_idle(i);
+            let Some(since) = self.base.health.idle.observe(i, seen, now) else {
+                continue;
+            };
+            let idle = now.saturating_duration_since(since);
+            if live <= keep || idle < limit {
+                continue;
+            }
+            let pid = self.pool.pid(i).unwrap_or(0);
+            self.pool.dismiss(i);
+            self.base.health.idle.forget(i);
+            live -= 1;
+            log::debug!(target: &self.base.alias,
+                "worker {pid} exits: idle for {idle:?} (idle_timeout {limit:?}); {live} left");
+        }
+    }
+
+    /// When the next idle worker is due to exit (see [`Engine::retire_idle`]), if one would:
+    /// `now` for an idle worker the last collection did not see idle yet, whose clock starts
+    /// at the next one.
+    pub(super) fn idle_deadline(&self) -> Option<Instant> {
+        let limit = self.base.config.idle_timeout?;
+        let slots = self.base.config.workers.min(self.pool.size());
+        let live = (0..slots).filter(|&i| self.pool.has_worker(i)).count();
+        if live <= self.base.config.min_workers {
+            return None;
+        }
+        (0..slots)
+            .filter_map(|i| {
+                let seen = self.seen_idle(i)?;
+                match self.base.health.idle.since(i, seen) {
+                    // An idle timeout too large to add to an `Instant` never expires.
+                    Some(since) => since.checked_add(limit),
+                    None => Some(Instant::now()),
+                }
+            })
+            .min()
     }
 
     /// Retires slot `i`'s worker if it is worn at `now` (see [`Pool::is_worn`]), or for good
@@ -353,6 +527,33 @@ impl<W: Worker> Engine<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_idle_mark_keeps_its_time_while_the_same_worker_stays_idle() {
+        let mut w = IdleWatch::default();
+        let t0 = Instant::now();
+        let t1 = t0 + std::time::Duration::from_millis(10);
+        let a = Seen { pid: 10, calls: 1 };
+        assert_eq!(w.since(3, a), None, "never seen");
+        assert_eq!(w.observe(3, Some(a), t0), Some(t0));
+        assert_eq!(w.observe(3, Some(a), t1), Some(t0), "still idle since t0");
+        assert_eq!(w.since(3, a), Some(t0));
+        // A call was given between two looks: idle again from this look on.
+        let b = Seen { pid: 10, calls: 2 };
+        assert_eq!(w.since(3, b), None);
+        assert_eq!(w.observe(3, Some(b), t1), Some(t1));
+        // Busy: no mark.
+        assert_eq!(w.observe(3, None, t1), None);
+        assert_eq!(w.since(3, b), None);
+        // Another worker in the slot, with as many calls.
+        w.observe(3, Some(b), t0);
+        let c = Seen { pid: 11, calls: 2 };
+        assert_eq!(w.observe(3, Some(c), t1), Some(t1));
+        w.forget(3);
+        w.forget(99);
+        assert_eq!(w.since(3, c), None);
+        assert_eq!(w.since(0, c), None, "other slots unmarked");
+    }
 
     #[test]
     fn the_breaker_trips_after_workers_die_unanswered_in_a_row() {

@@ -69,6 +69,20 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
         self
     }
 
+    /// How long a worker may stay idle before it exits, while more than
+    /// [`Builder::min_workers`] are left; it is forked again when calls come (see
+    /// `Mediator::idle_timeout`). Off by default. The pool's thread wakes for it.
+    pub fn idle_timeout(mut self, idle: impl Into<Option<Duration>>) -> Self {
+        self.base.config.idle_timeout = idle.into();
+        self
+    }
+
+    /// How many workers an idle timeout leaves running (default 0).
+    pub fn min_workers(mut self, count: usize) -> Self {
+        self.base.config.min_workers = count;
+        self
+    }
+
     /// The size in bytes of the store and of each worker's area (default 8 MiB); see
     /// `Mediator::malloc`.
     pub fn malloc(mut self, bytes: usize) -> Self {

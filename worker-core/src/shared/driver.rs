@@ -6,7 +6,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -16,7 +15,6 @@ use crate::callbacks::{Callbacks, On};
 use crate::clock::time_left;
 use crate::engine::{Engine, Sink};
 use crate::error::{CallError, CancelReason, SubmitError};
-use crate::panics::panic_message;
 use crate::process;
 use crate::worker::Worker;
 
@@ -63,7 +61,9 @@ impl<W: Worker> Sink<W> for PoolSink<'_, W> {
         let on = On::of(call.status());
         let ran = match self.callbacks.get(on) {
             Some(handler) => {
-                run_guarded(self.alias, on, id, || handler(call, log));
+                // Caught here, not only around the whole delivery: the handle is woken
+                // either way.
+                crate::callbacks::guarded(self.alias, id, on, || handler(call, log));
                 true
             }
             None => false,
@@ -83,15 +83,6 @@ impl<W: Worker> Sink<W> for PoolSink<'_, W> {
         // A held call stays for its handle either way (the engine keeps an awaited call);
         // one nobody holds is released.
         ran || !held
-    }
-}
-
-/// Runs a callback; a panic in it is logged, and the pool carries on.
-fn run_guarded(alias: &str, on: On, id: u64, f: impl FnOnce()) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-        log::error!(target: alias,
-            "the {} callback panicked on call {id}: {}; the pool carries on",
-            on.name(), panic_message(payload.as_ref()));
     }
 }
 
