@@ -39,10 +39,10 @@ pub use worker_macros::worker;
 // is private; the generated code reaches what it needs through `__private`.
 pub use worker_core::{
     Application, Call, CallError, CallId, CallStatus, CancelReason, Control, Daemon, DaemonError,
-    Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id, LimitMechanism,
-    Log, MAX_REQUEUES, Mediator, MethodStats, OsError, Outcomes, PoolError, Recycle, ReturnSlot,
-    Sandbox, SpawnError, StartError, Stats, SubmitError, Summary, TaskError, TaskId, Tasks,
-    Timings, WireError, Worker, WorkerKey, Workers, sleep_on,
+    Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Handle, Id,
+    LimitMechanism, Log, MAX_REQUEUES, Mediator, MethodStats, OsError, Outcomes, PoolError,
+    Recycle, ReturnSlot, Sandbox, SpawnError, StartError, Stats, SubmitError, Summary, TaskError,
+    TaskId, Tasks, Timings, WireError, Worker, WorkerKey, Workers, sleep_on,
 };
 pub use worker_core::{
     closure, daemon, error, id, instance, sandbox, signals, stats, task, this_worker,
@@ -52,8 +52,8 @@ pub use worker_core::{
 pub mod prelude {
     pub use worker_core::{
         Application, Call, CallError, CallId, CallStatus, Control, Daemon, DaemonError,
-        ErrorCounts, ExitCause, FnMediator, ForkStrategy, Log, Mediator, Recycle, StartError,
-        TaskError, TaskId, Tasks, WireError, Worker, WorkerKey, Workers, this_worker,
+        ErrorCounts, ExitCause, FnMediator, ForkStrategy, Handle, Log, Mediator, Recycle,
+        StartError, TaskError, TaskId, Tasks, WireError, Worker, WorkerKey, Workers, this_worker,
     };
 }
 
@@ -65,5 +65,5 @@ pub mod __private {
     pub use ::serde_bytes::Bytes;
     pub use ::std;
     pub use worker_core::__private::*;
-    pub use worker_core::{CallError, CallId, Mediator, ReturnSlot, WireError, Worker};
+    pub use worker_core::{CallError, CallId, Handle, Mediator, ReturnSlot, WireError, Worker};
 }

@@ -37,8 +37,8 @@ use std::ops::{Deref, DerefMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::CallId;
 use crate::error::{CallError, WireError};
+use crate::handle::Handle;
 use crate::mediator::{Mediator, submit};
 use crate::wire::{self, ReturnSlot};
 use crate::worker::Worker;
@@ -119,7 +119,7 @@ where
 
 /// A pool of worker processes running one closure: the mediator of a closure worker.
 ///
-/// [`FnMediator::call`] queues a call and returns its [`CallId`] at once;
+/// [`FnMediator::call`] queues a call and returns its [`Handle`] at once;
 /// [`FnMediator::inline`] runs the closure in this process. Everything else (`workers`,
 /// `timeout`, `on_return`, `wait`, `status`, `errors`, ...) is [`Mediator`]'s, which this
 /// dereferences to.
@@ -144,7 +144,7 @@ where
 ///     log.info(format_args!("{a} + {b} = {sum}"));
 ///     assert_eq!(call.status(), CallStatus::Returned);
 /// });
-/// let id = add.call((2, 3))?;
+/// drop(add.call((2, 3))?); // the call runs on, for the callback
 /// while add.pending() > 0 {
 ///     add.poll();
 ///     std::thread::sleep(Duration::from_millis(1));
@@ -174,16 +174,17 @@ where
         }
     }
 
-    /// Queues a call of the closure with `arg` for a worker process and returns its id at
-    /// once. Pass the id to [`Mediator::wait`] for the typed result, or install
-    /// [`Mediator::on_return`].
+    /// Queues a call of the closure with `arg` for a worker process and returns its handle at
+    /// once. Pass the handle to [`Mediator::wait`] for the typed result; with
+    /// [`Mediator::on_return`] installed, the callback sees it too (drop the handle if the
+    /// callback is all you need: the call still runs).
     ///
     /// # Errors
     /// As the proxy methods of object workers: [`CallError::TooLarge`] when the encoded
     /// argument cannot fit in the shared memory ([`Mediator::malloc`]), [`CallError::Wire`]
     /// when it cannot be encoded, [`CallError::Pool`] or [`CallError::Environment`] when the
     /// pool cannot start.
-    pub fn call(&mut self, arg: A) -> Result<CallId<R>, CallError> {
+    pub fn call(&mut self, arg: A) -> Result<Handle<R>, CallError> {
         submit(&mut self.inner, 0, &arg, wire::decode::<R>)
     }
 

@@ -34,6 +34,8 @@
 //! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |
 //! | ids of calls, tasks and pools: one generic type | [`id`] |
 //! | a call's status, timings, how its return is decoded; the view handed to callbacks | `call` |
+//! | the mediator's handle on a call: keeps its result, says when it was dropped | `handle` |
+//! | the status and timings of the most recent released calls | `engine::history` |
 //! | per-method timings, error counts, memory | [`stats`] |
 //! | what a method running in a worker can ask: log, error, fatal_error, daemon | [`this_worker`] |
 //! | what can go wrong, by operation | [`error`] |
@@ -68,6 +70,7 @@ mod drive;
 mod engine;
 pub mod error;
 mod fork_server;
+mod handle;
 pub mod id;
 pub mod instance;
 mod journal;
@@ -97,6 +100,7 @@ pub use error::{
     CallError, CancelReason, ErrorCounts, OsError, PoolError, SpawnError, StartError, SubmitError,
     WireError,
 };
+pub use handle::Handle;
 pub use id::Id;
 pub use limits::LimitMechanism;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};

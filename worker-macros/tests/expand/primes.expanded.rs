@@ -93,7 +93,7 @@ pub enum PrimesReturn {
 }
 /// The parent's handle on a pool of `Primes` workers, written by `#[worker]`.
 ///
-/// Each proxied method of `Primes` has a proxy here, with the same name and arguments: it queues a call for a worker process and returns the call's `CallId` at once. Everything else (`workers`, `timeout`, `wait`, `inline`, ...) is `Mediator<Primes>`, which this dereferences to.
+/// Each proxied method of `Primes` has a proxy here, with the same name and arguments: it queues a call for a worker process and returns the call's `Handle` at once. Everything else (`workers`, `timeout`, `wait`, `inline`, ...) is `Mediator<Primes>`, which this dereferences to.
 ///
 /// `__W` is always `Primes`; leave it out. It exists so that the `Deref` impl does not name `Primes`, which may be private.
 #[allow(dead_code, private_interfaces)]
@@ -115,13 +115,13 @@ impl PrimesMediator {
     }
     /// Every prime in `start..end`.
     ///
-    /// Proxy of `Primes::sieve`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::sieve`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn sieve(
         &mut self,
         start: u64,
         end: u64,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<Vec<u64>>,
+        ::forkworker::__private::Handle<Vec<u64>>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -131,12 +131,12 @@ impl PrimesMediator {
             |__bytes| ::forkworker::__private::decode::<Vec<u64>>(__bytes),
         )
     }
-    /// Proxy of `Primes::is_prime`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::is_prime`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn is_prime(
         &mut self,
         n: u64,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<bool>,
+        ::forkworker::__private::Handle<bool>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -146,12 +146,12 @@ impl PrimesMediator {
             |__bytes| ::forkworker::__private::decode::<bool>(__bytes),
         )
     }
-    /// Proxy of `Primes::primes_among`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::primes_among`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn primes_among(
         &mut self,
         numbers: &[u64],
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<Vec<u64>>,
+        ::forkworker::__private::Handle<Vec<u64>>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -161,12 +161,12 @@ impl PrimesMediator {
             |__bytes| ::forkworker::__private::decode::<Vec<u64>>(__bytes),
         )
     }
-    /// Proxy of `Primes::describe`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::describe`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn describe(
         &mut self,
         label: &str,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<String>,
+        ::forkworker::__private::Handle<String>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -178,12 +178,12 @@ impl PrimesMediator {
     }
     /// Moves as bytes, both ways.
     ///
-    /// Proxy of `Primes::checksum`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::checksum`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn checksum(
         &mut self,
         data: Vec<u8>,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<Vec<u8>>,
+        ::forkworker::__private::Handle<Vec<u8>>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -198,11 +198,11 @@ impl PrimesMediator {
             ),
         )
     }
-    /// Proxy of `Primes::ping`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::ping`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn ping(
         &mut self,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<()>,
+        ::forkworker::__private::Handle<()>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
