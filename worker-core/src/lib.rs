@@ -9,7 +9,7 @@
 //! | the user's type, as the macro describes it | `worker` |
 //! | the seed's face: settings, the proxies' submit, `wait`, `poll`, `status`, callbacks | `mediator` |
 //! | the settings: strategy, recycling | `config` |
-//! | the engine behind a face: submit, dispatch, collect, hand finished calls back | `engine` |
+//! | the engine behind a face: submit, dispatch, collect, hand finished calls back; **where a finished call's return moves to the parent's heap** (`read_answer`) and what a handle keeps (`hold`, `drop_handle`, `keep`) | `engine` |
 //! | encoding straight into the parent's store | `wire` |
 //! | the call table: records, queue, finished calls, moves between statuses | `engine::table` |
 //! | the payload room: blocks, journal entries, return-size hints | `engine::room` |

@@ -266,7 +266,8 @@ impl<W: Worker> Mediator<W> {
 
     /// Sets the size in bytes of the memory for arguments and return values (default 8 MiB).
     /// It sizes two things: the parent's store, which holds at once the encoded arguments of
-    /// every call queued or running and the returns not yet delivered; and each worker's own
+    /// every call queued or running (and a persistent mediator's returns not yet delivered:
+    /// any other's finished results are in this process's memory); and each worker's own
     /// area, which holds the call the worker runs, its arguments and its return (so no call's
     /// arguments plus return may exceed it). A pool of `n` workers uses `n + 1` times this
     /// much memory. Takes effect when the pool starts; later calls are ignored with a warning.
@@ -698,8 +699,10 @@ impl<W: Worker> Mediator<W> {
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
     /// previous status, result and timings cleared; it goes to the back of the queue.
     ///
-    /// The call must still be held by the mediator: a finished call no callback released and
-    /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
+    /// The call must still be held: a finished call whose [`Handle`] lives and was not
+    /// waited for. Inside a callback, use [`Call::retry`] instead. A held call's arguments
+    /// moved out of shared memory once it finished; they go back in, which fails like a call
+    /// ([`CallError::OutOfMemory`], [`CallError::TooManyCalls`]) when there is no room.
     pub fn retry(&mut self, id: u64) -> Result<(), CallError> {
         match &mut self.stage {
             Stage::Running(engine) => engine.retry(id),

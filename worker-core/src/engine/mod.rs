@@ -467,8 +467,9 @@ impl<W: Worker> Engine<W> {
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
     /// previous status, result and timings cleared; it goes to the back of the queue.
     ///
-    /// The call must still be held by the mediator: a finished call no callback released and
-    /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
+    /// The call must still be held: finished, its callbacks ran, and its handle lives (see
+    /// [`Engine::keep`]; its arguments go back into shared memory). Inside a callback, use
+    /// [`Call::retry`] instead.
     pub(crate) fn retry(&mut self, id: u64) -> Result<(), CallError> {
         self.settle();
         match self.calls.get(id) {

@@ -169,13 +169,7 @@ impl<W: Worker> Engine<W> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             self.collect(sink);
-            let calls = &self.calls;
-            let done = |id: u64| {
-                calls
-                    .get(id)
-                    .is_none_or(|r| r.status.is_final() && !calls.awaits_callbacks(id))
-            };
-            if let Some(k) = ids.iter().position(|&id| done(id)) {
+            if let Some(k) = ids.iter().position(|&id| self.is_done(id)) {
                 return Some(k);
             }
             if ids.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -183,6 +177,15 @@ impl<W: Worker> Engine<W> {
             }
             self.pool.sleep(deadline);
         }
+    }
+
+    /// Whether call `id` is done for its handle: final and its callbacks ran, so that
+    /// [`Engine::take_result`] gives its result now (or unknown, which it then says).
+    pub(crate) fn is_done(&self, id: u64) -> bool {
+        // A call `wait` just delivered is not asked about: its handle went with it.
+        self.calls
+            .get(id)
+            .is_none_or(|r| r.status.is_final() && !self.calls.awaits_callbacks(id))
     }
 
     /// Whether `wait` may skip its first collection: nothing is queued, finished or due for a
