@@ -20,9 +20,11 @@
 //!
 //! let mut primes = PrimesMediator::new("PrimeNumbers", Primes);
 //! primes.workers(4).timeout(Duration::from_secs(60));
-//! let id = primes.sieve(1000, 2000)?;                       // returns at once
-//! let found: Vec<u64> = primes.wait(id, Duration::from_secs(5))?;
+//! let call = primes.sieve(1000, 2000)?;                     // returns at once: a Handle
+//! let id = call.id();                                       // a copyable CallId
+//! let found: Vec<u64> = primes.wait(call, Duration::from_secs(5))?;
 //! assert_eq!(found.first(), Some(&1009));
+//! assert_eq!(primes.status(id), Some(CallStatus::Returned)); // answers after wait too
 //! let direct = primes.inline().sieve(1, 10);                // in this process, no fork
 //! assert_eq!(direct, [2, 3, 5, 7]);
 //! # Ok::<(), forkworker::CallError>(())

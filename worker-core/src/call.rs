@@ -11,8 +11,10 @@ use crate::error::{CallError, WireError};
 use crate::id::{CallOf, Id};
 use crate::worker::Worker;
 
-/// The id of a call whose method returns `R`. Returned at once by every proxy method; pass it
-/// to [`crate::Mediator::wait`] for the typed result or to [`crate::Mediator::status`].
+/// The id of a call whose method returns `R`: [`crate::Handle::id`] of the handle every proxy
+/// method returns. Copy it freely; pass it to [`crate::Mediator::status`],
+/// [`crate::Mediator::timings`] or [`crate::Mediator::worker_pid`] (the handle itself goes
+/// to [`crate::Mediator::wait`]).
 ///
 /// Ids are unique within one mediator for its lifetime, and increase in call order. An
 /// [`Id`]: a number with a kind, cheap to copy; how to decode the return is

@@ -238,8 +238,9 @@ pub enum CallError {
         /// How long `wait` waited.
         waited: Duration,
     },
-    /// No call with this id is known: it never existed, or its result was already taken by
-    /// `wait` or released after the `on_return` handler ran.
+    /// No call with this id is known here: the handle is of another mediator, the mediator
+    /// was shut down since the call was made, or (for [`crate::Mediator::retry`]) the call's
+    /// result was taken or released after its callbacks.
     #[error("no pending result for call {0}: unknown id, or its result was already delivered")]
     UnknownCall(u64),
     /// The pool could not start, or stopped forking workers (see [`PoolError`]).

@@ -123,12 +123,11 @@ pub fn submit<W: Worker, A: Serialize + ?Sized, R: 'static>(
     decode: fn(&[u8]) -> Result<R, WireError>,
 ) -> Result<Handle<R>, CallError> {
     mediator.release_dropped();
-    let dropped = Rc::clone(&mediator.dropped);
     let (engine, mut sink) = mediator.started()?;
     engine.base_mut().decoders.set(method, decode);
     let id = engine.submit_encoded(method, args, &mut sink)?;
     engine.hold(id);
-    Ok(Handle::new(CallId::new(id), &dropped))
+    Ok(Handle::new(CallId::new(id), &mediator.dropped))
 }
 
 impl<W: Worker> Mediator<W> {
