@@ -262,6 +262,57 @@ fn the_status_history_is_bounded() {
     assert_eq!(m.status(ids[29]), None);
 }
 
+/// A held finished call can still be retried: its arguments, which left shared memory with
+/// its result, go back in; the handle then gets the new run's result.
+fn a_held_finished_call_can_be_retried() {
+    let mut m = ResMediator::new("Res", Res);
+    let fired = Rc::new(RefCell::new(Vec::new()));
+    let sink = fired.clone();
+    m.on_return(move |call, _| sink.borrow_mut().push((call.args(), call.retries())));
+    let call = m.hold(&[1, 2, 3], 0).unwrap();
+    let id = call.id();
+    assert!(support::eventually(LONG, || {
+        m.poll();
+        fired.borrow().len() == 1
+    }));
+    assert_eq!(
+        m.stats().shared_memory.1,
+        0,
+        "its arguments left the store too"
+    );
+    m.retry(id.raw()).expect("a held call can be retried");
+    assert_eq!(m.wait(call, LONG), Ok(3));
+    let fired = fired.borrow();
+    assert_eq!(fired.len(), 2);
+    assert_eq!(fired[1].1, 1, "the second run is a retry");
+    assert!(
+        matches!(&fired[1].0, Ok(ResArgs::Hold { data, ms: 0 }) if data == &[1, 2, 3]),
+        "the same arguments"
+    );
+}
+
+/// A persistent mediator keeps a result in its store (for its journal) until a callback or
+/// the handle took it; once its callback ran, a held result moves to the heap as well.
+fn a_persistent_mediator_moves_delivered_results_out_of_its_store() {
+    let mut m = ResMediator::new("Res", Res);
+    let fired = Rc::new(RefCell::new(0u32));
+    let count = fired.clone();
+    m.workers(2)
+        .malloc(1 << 20)
+        .persist(support::app_name(std::process::id()))
+        .on_return(move |_, _| *count.borrow_mut() += 1);
+    // Eight results of 200 KB, held: more than the store could keep at once.
+    let calls: Vec<_> = (0..8).map(|_| m.filled(200_000).unwrap()).collect();
+    assert!(support::eventually(LONG, || {
+        m.poll();
+        *fired.borrow() == 8 && m.pending() == 0
+    }));
+    assert_eq!(m.stats().shared_memory.1, 0);
+    for call in calls {
+        assert_eq!(m.wait(call, LONG).unwrap().len(), 200_000);
+    }
+}
+
 tests![
     three_thousand_calls_with_on_return_all_return_and_all_fire,
     status_after_wait_is_returned_or_timeout,
@@ -269,4 +320,6 @@ tests![
     untaken_results_leave_the_store_to_new_calls,
     waiting_again_and_waiting_for_several,
     the_status_history_is_bounded,
+    a_held_finished_call_can_be_retried,
+    a_persistent_mediator_moves_delivered_results_out_of_its_store,
 ];
