@@ -753,12 +753,14 @@ fn measure_queue_memory(cfg: &Cfg, stamp: usize, arg_len: usize) -> QueueMemory 
         let blocked = t.elapsed() > Duration::from_millis(cfg.nap_ms / 4);
         match id {
             // Room came back once the busy call ended: the previous calls were all that fit.
+            // (A proxy no longer waits for room; kept for the figures of earlier versions.)
             Ok(id) if blocked => {
                 queued.push(id);
                 break queued.len() - 1;
             }
             Ok(id) => queued.push(id),
-            // The queued calls ran, but their results wait for `wait` and keep the room.
+            // The calls queued behind the busy one hold the room with their arguments and
+            // return reservations (finished results would not: they are in the heap).
             Err(CallError::OutOfMemory { .. }) => break queued.len(),
             Err(e) => panic!("queueing: {e}"),
         }

@@ -20,9 +20,11 @@
 //!
 //! let mut primes = PrimesMediator::new("PrimeNumbers", Primes);
 //! primes.workers(4).timeout(Duration::from_secs(60));
-//! let id = primes.sieve(1000, 2000)?;                       // returns at once
-//! let found: Vec<u64> = primes.wait(id, Duration::from_secs(5))?;
+//! let call = primes.sieve(1000, 2000)?;                     // returns at once: a Handle
+//! let id = call.id();                                       // a copyable CallId
+//! let found: Vec<u64> = primes.wait(call, Duration::from_secs(5))?;
 //! assert_eq!(found.first(), Some(&1009));
+//! assert_eq!(primes.status(id), Some(CallStatus::Returned)); // answers after wait too
 //! let direct = primes.inline().sieve(1, 10);                // in this process, no fork
 //! assert_eq!(direct, [2, 3, 5, 7]);
 //! # Ok::<(), forkworker::CallError>(())
@@ -39,11 +41,11 @@ pub use worker_macros::worker;
 // is private; the generated code reaches what it needs through `__private`.
 pub use worker_core::{
     Application, Builder, Call, CallError, CallId, CallStatus, CancelReason, Control, Daemon,
-    DaemonError, Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, ForkStrategy, Id,
-    Inline, LimitMechanism, Log, MAX_REQUEUES, Mediator, MethodStats, OsError, Outcomes, Pending,
-    PoolError, Recycle, ReturnSlot, Sandbox, SharedPool, SpawnError, StartError, Stats,
-    SubmitError, Summary, TaskError, TaskId, Tasks, Timings, WireError, Worker, WorkerKey, Workers,
-    sleep_on,
+    DaemonError, Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, FnPool, ForkStrategy,
+    Handle, Id, Inline, LimitMechanism, Log, MAX_REQUEUES, Mediator, MethodStats, OsError,
+    Outcomes, Pending, PoolError, Recycle, ReturnSlot, Sandbox, SharedPool, SpawnError, StartError,
+    Stats, SubmitError, Summary, TaskError, TaskId, Tasks, Timings, WireError, Worker, WorkerKey,
+    Workers, sleep_on,
 };
 pub use worker_core::{
     closure, daemon, error, id, instance, sandbox, signals, stats, task, this_worker,
@@ -53,9 +55,9 @@ pub use worker_core::{
 pub mod prelude {
     pub use worker_core::{
         Application, Call, CallError, CallId, CallStatus, Control, Daemon, DaemonError,
-        ErrorCounts, ExitCause, FnMediator, ForkStrategy, Log, Mediator, Pending, Recycle,
-        SharedPool, StartError, TaskError, TaskId, Tasks, WireError, Worker, WorkerKey, Workers,
-        this_worker,
+        ErrorCounts, ExitCause, FnMediator, FnPool, ForkStrategy, Handle, Log, Mediator, Pending,
+        Recycle, SharedPool, StartError, TaskError, TaskId, Tasks, WireError, Worker, WorkerKey,
+        Workers, this_worker,
     };
 }
 
@@ -68,6 +70,7 @@ pub mod __private {
     pub use ::std;
     pub use worker_core::__private::*;
     pub use worker_core::{
-        Builder, CallError, CallId, Mediator, Pending, ReturnSlot, SharedPool, WireError, Worker,
+        Builder, CallError, CallId, Handle, Mediator, Pending, ReturnSlot, SharedPool, WireError,
+        Worker,
     };
 }

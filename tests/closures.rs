@@ -65,7 +65,7 @@ fn closure_workers_fire_on_return_with_typed_args_and_return() {
     let mut expected = Vec::new();
     for n in 0..100u64 {
         let id = add.call((n, format!("n{n}:"))).expect("call");
-        expected.push((id.raw(), n, format!("n{n}:"), format!("n{n}:{n}")));
+        expected.push((id.id().raw(), n, format!("n{n}:"), format!("n{n}:{n}")));
     }
     assert!(eventually(LONG, || {
         add.poll();

@@ -70,11 +70,11 @@ impl Application for App {
         let jobs = workers.get(self.jobs.unwrap());
         if let Plan::Queue { n, ms, .. } = self.plan {
             for i in 0..n {
-                jobs.job(i, ms)?;
+                drop(jobs.job(i, ms)?);
             }
         }
         if self.plan == Plan::Secret {
-            jobs.secret()?;
+            drop(jobs.secret()?);
         }
         Ok(())
     }

@@ -58,7 +58,7 @@ impl Faulty {
 /// Runs a crashing call on a fresh pool of 4 and checks that the crash is reported with
 /// `expected` long before the 60 s timeout, and that the pool is back to 4 workers after.
 fn crash_is_reported<R: std::fmt::Debug + 'static>(
-    make_call: impl FnOnce(&mut FaultyMediator) -> CallId<R>,
+    make_call: impl FnOnce(&mut FaultyMediator) -> Handle<R>,
     expected: ExitCause,
 ) {
     let mut m = FaultyMediator::new("Faulty", Faulty);
@@ -72,8 +72,9 @@ fn crash_is_reported<R: std::fmt::Debug + 'static>(
         m.wait(id, LONG).unwrap();
     }
     let t = Instant::now();
-    let id = make_call(&mut m);
-    match m.wait(id, LONG) {
+    let call = make_call(&mut m);
+    let id = call.id();
+    match m.wait(call, LONG) {
         Err(CallError::Crashed { cause, method, .. }) => {
             assert_eq!(cause, expected, "crash of {method}()");
         }
@@ -112,12 +113,13 @@ fn exit_3_is_reported_with_its_code() {
 fn an_external_sigkill_is_reported() {
     crash_is_reported(
         |m| {
-            let id = m.sleep_ms(60_000).unwrap();
+            let call = m.sleep_ms(60_000).unwrap();
+            let id = call.id();
             assert!(eventually(LONG, || m.status(id) == Some(CallStatus::Running)));
             let pid = m.worker_pid(id).expect("a worker holds the call");
             // SAFETY: someone else's SIGKILL, as far as the mediator knows.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            id
+            call
         },
         ExitCause::Signaled(libc::SIGKILL),
     );
@@ -202,7 +204,7 @@ fn chaos_every_call_is_accounted_for_exactly_once() {
     for n in 0..5_000u64 {
         match m.work(n) {
             Ok(id) => {
-                expected.insert(id.raw(), n);
+                expected.insert(id.id().raw(), n);
             }
             Err(e) => panic!("call {n} refused: {e}"),
         }
@@ -303,7 +305,7 @@ fn a_call_whose_worker_died_before_starting_it_is_requeued() {
     m.on_return(move |call, _| sink.borrow_mut().push(call.retries()));
     let id = m.hello().unwrap();
     assert_eq!(
-        m.status(id),
+        m.status(id.id()),
         Some(CallStatus::Called),
         "handed over, not started"
     );
@@ -352,7 +354,7 @@ fn a_forged_answer_in_shared_memory_fails_its_call_only() {
     let mut m = FaultyMediator::new("Forged", Faulty);
     m.workers(1);
     let id = m.sleep_ms(2_000).unwrap();
-    assert!(eventually(LONG, || m.status(id) == Some(CallStatus::Running)));
+    assert!(eventually(LONG, || m.status(id.id()) == Some(CallStatus::Running)));
     let worker = m.pids()[0];
     let (base, _) = support::area_of("Forged", 0).expect("the worker's area");
     let base = base as *mut u8;

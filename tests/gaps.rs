@@ -336,7 +336,8 @@ fn after_fatal_error_the_exiting_worker_takes_no_other_call() {
         sink.borrow_mut().push((call.id(), call.retries()));
     });
     let first = m.fatal().unwrap();
-    let others: Vec<_> = (0..5).map(|n| m.echo(n).unwrap().raw()).collect();
+    let first_id = first.id();
+    let others: Vec<_> = (0..5).map(|n| m.echo(n).unwrap().id().raw()).collect();
     m.wait(first, LONG).unwrap();
     assert!(
         eventually(LONG, || {
@@ -347,7 +348,7 @@ fn after_fatal_error_the_exiting_worker_takes_no_other_call() {
         seen.borrow()
     );
     let seen = seen.borrow();
-    assert_eq!(seen[0], (first.raw(), 0));
+    assert_eq!(seen[0], (first_id.raw(), 0));
     for (id, retries) in seen.iter().skip(1) {
         assert!(others.contains(id));
         assert_eq!(
@@ -394,8 +395,8 @@ fn a_timeout_or_a_crash_is_logged_once() {
     let (a, b) = (fired.clone(), fired.clone());
     m.on_timeout(move |_, _| *a.borrow_mut() += 1)
         .on_error(move |_, _| *b.borrow_mut() += 1);
-    m.sleep_ms(60_000).unwrap();
-    m.segfault().unwrap();
+    drop(m.sleep_ms(60_000).unwrap());
+    drop(m.segfault().unwrap());
     assert!(eventually(LONG, || {
         m.poll();
         *fired.borrow() == 2
@@ -423,8 +424,8 @@ fn stats_count_each_methods_outcomes() {
     assert_eq!(m.wait(id, LONG).unwrap(), 4);
     // Queued behind a running call, then cancelled by the shutdown.
     let running = m.sleep_ms(100).unwrap();
-    m.queued().unwrap();
-    m.queued().unwrap();
+    drop(m.queued().unwrap());
+    drop(m.queued().unwrap());
     let stats = m.stats();
     let outcomes = |name: &str| {
         stats

@@ -101,7 +101,7 @@ fn the_generated_code_works_without_a_prelude() {
 }
 
 /// The proxies type-check; calling them needs worker processes.
-fn proxies(m: &mut PrimesMediator) -> Result<forkworker::CallId<Vec<u8>>, forkworker::CallError> {
-    m.ping()?;
+fn proxies(m: &mut PrimesMediator) -> Result<forkworker::Handle<Vec<u8>>, forkworker::CallError> {
+    let _ = m.ping()?;
     m.bytes(b"data")
 }

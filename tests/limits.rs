@@ -224,9 +224,10 @@ fn over_the_limit_is_reported(m: &mut HungryMediator, check: impl FnOnce(&CallEr
     }
     assert_eq!(call!(m, pid()).unwrap(), first);
     let t = Instant::now();
-    let id = m.touch(2 * LIMIT).unwrap();
+    let call = m.touch(2 * LIMIT).unwrap();
+    let id = call.id();
     let err = m
-        .wait(id, LONG)
+        .wait(call, LONG)
         .expect_err("2x the memory limit must not return");
     assert!(t.elapsed() < LONG, "reported only at the timeout");
     check(&err);

@@ -129,13 +129,15 @@ fn ten_thousand_calls_over_four_workers_return_once() {
     m.workers(4);
     let ids: Vec<_> = (0..10_000u64).map(|n| m.echo(n).expect("call")).collect();
     let mut pids = HashSet::new();
-    for (n, id) in ids.iter().enumerate() {
-        let (got, pid) = m.wait(*id, LONG).expect("result");
+    for (n, call) in ids.into_iter().enumerate() {
+        let id = call.id();
+        let (got, pid) = m.wait(call, LONG).expect("result");
         assert_eq!(got, n as u64);
         pids.insert(pid);
-        // Taken once: a second wait finds nothing.
-        assert_eq!(m.wait(*id, LONG), Err(CallError::UnknownCall(id.raw())));
+        // Taken once (`wait` took the handle); its status stays.
+        assert_eq!(m.status(id), Some(CallStatus::Returned));
     }
+    assert_eq!(m.pending(), 0);
     assert_eq!(pids.len(), 4, "every worker took calls: {pids:?}");
     assert!(!pids.contains(&std::process::id()));
 }
@@ -158,7 +160,7 @@ fn ten_thousand_calls_through_on_return_fire_once_each() {
     });
     let mut expected = Vec::new();
     for n in 0..10_000u64 {
-        expected.push((m.echo(n).expect("call").raw(), n));
+        expected.push((m.echo(n).expect("call").id().raw(), n));
     }
     let end = Instant::now() + LONG;
     while seen.borrow().len() < expected.len() && Instant::now() < end {
@@ -205,7 +207,7 @@ fn payloads_of_every_size_around_the_channel_line_arrive_intact() {
         seen.borrow_mut().push(v.len());
     });
     for len in 0..=40u64 {
-        m.filled(len).expect("call");
+        drop(m.filled(len).expect("call"));
     }
     assert!(support::eventually(LONG, || {
         m.poll();
@@ -294,7 +296,7 @@ fn a_return_waits_for_room_while_other_calls_free_it() {
         .on_error(move |call, _| errors.borrow_mut().push(format!("{:?}", call.error())));
     // Each return takes 40% of the allocation: at most two fit at once.
     for _ in 0..6 {
-        m.filled(400_000).unwrap();
+        drop(m.filled(400_000).unwrap());
     }
     assert!(support::eventually(LONG, || {
         m.poll();
@@ -314,17 +316,17 @@ fn status_goes_called_running_returned_with_ordered_times() {
     let first = m.sleep_ms(300).expect("call");
     let second = m.sleep_ms(10).expect("call");
     assert_eq!(
-        m.status(second),
+        m.status(second.id()),
         Some(CallStatus::Uncalled),
         "queued behind the first"
     );
-    assert!(support::eventually(LONG, || m.status(first) == Some(CallStatus::Running)));
+    assert!(support::eventually(LONG, || m.status(first.id()) == Some(CallStatus::Running)));
     assert!(support::eventually(LONG, || {
         m.poll();
-        m.status(second) == Some(CallStatus::Returned)
+        m.status(second.id()) == Some(CallStatus::Returned)
     }));
-    assert_eq!(m.status(first), Some(CallStatus::Returned));
-    for id in [first, second] {
+    assert_eq!(m.status(first.id()), Some(CallStatus::Returned));
+    for id in [first.id(), second.id()] {
         let t = m.timings(id).expect("known call");
         let order = [
             CallStatus::Uncalled,
@@ -341,11 +343,20 @@ fn status_goes_called_running_returned_with_ordered_times() {
             "{order:?} at {times:?}"
         );
     }
-    let t = m.timings(first).unwrap();
+    let t = m.timings(first.id()).unwrap();
     let ran = t.entered(CallStatus::Returned).unwrap() - t.entered(CallStatus::Running).unwrap();
     assert!(ran >= Duration::from_millis(250), "ran for {ran:?}");
+    let first_id = first.id();
     assert_eq!(m.wait(first, LONG), Ok(300));
-    assert_eq!(m.status(first), None, "taken results are forgotten");
+    assert_eq!(
+        m.status(first_id),
+        Some(CallStatus::Returned),
+        "a taken result's status stays"
+    );
+    assert_eq!(
+        m.timings(first_id).unwrap().entered(CallStatus::Returned),
+        t.entered(CallStatus::Returned)
+    );
 }
 
 fn is_idle_turns_false_when_all_workers_are_busy_and_true_after() {
@@ -470,8 +481,9 @@ fn a_call_that_never_returns_times_out_once_and_the_pool_goes_on() {
     let id = m.pid().unwrap();
     let first_pid = m.wait(id, LONG).unwrap();
     let t = Instant::now();
-    let id = m.sleep_ms(60_000).unwrap();
-    match m.wait(id, LONG) {
+    let call = m.sleep_ms(60_000).unwrap();
+    let id = call.id();
+    match m.wait(call, LONG) {
         Err(CallError::Timeout { method, pid, .. }) => {
             assert_eq!(method, "sleep_ms");
             assert_eq!(pid as u32, first_pid);
@@ -484,6 +496,7 @@ fn a_call_that_never_returns_times_out_once_and_the_pool_goes_on() {
         "{took:?}"
     );
     assert_eq!(*fired.borrow(), [(id.raw(), CallStatus::Timeout)]);
+    assert_eq!(m.status(id), Some(CallStatus::Timeout), "after wait too");
     assert!(
         !process_exists(first_pid as i32),
         "the timed-out worker was killed and reaped"
@@ -506,7 +519,8 @@ fn retrying_from_on_timeout_counts_retries_and_stops_at_three() {
                 call.retry();
             }
         });
-    let id = m.sleep_ms(60_000).unwrap();
+    // Only the callback looks at it: the handle goes at once.
+    let id = m.sleep_ms(60_000).unwrap().id();
     assert!(support::eventually(LONG, || {
         m.poll();
         seen.borrow().len() >= 4
@@ -519,7 +533,9 @@ fn retrying_from_on_timeout_counts_retries_and_stops_at_three() {
     }
     let raw = id.raw();
     assert_eq!(*seen.borrow(), [(raw, 0), (raw, 1), (raw, 2), (raw, 3)]);
-    assert_eq!(m.status(id), None, "released after its last callback");
+    // Released after its last callback; its status stays.
+    assert_eq!(m.retry(raw), Err(CallError::UnknownCall(raw)), "released");
+    assert_eq!(m.status(id), Some(CallStatus::Timeout));
     let id = m.echo(9).unwrap();
     assert_eq!(m.wait(id, LONG).unwrap().0, 9);
 }
@@ -620,7 +636,8 @@ fn check_environment_problems_stop_the_pool() {
 }
 
 /// An id is a number and a type: the id of another mediator's call may name a call here that
-/// returns another type, and waiting on it fails instead of decoding its bytes as that type.
+/// returns another type. Its handle is refused (not decoded as that type), and its own
+/// mediator releases the call.
 fn an_id_of_another_mediator_does_not_decode_a_call_of_another_type() {
     let mut doubles = FnMediator::new("Doubles", |n: u64| n * 2);
     let mut words = FnMediator::new("Words", |n: u64| n.to_string());
@@ -628,15 +645,24 @@ fn an_id_of_another_mediator_does_not_decode_a_call_of_another_type() {
     let doubled = doubles.call(0).expect("call");
     let word = words.call(5).expect("call");
     assert_eq!(
-        doubled.raw(),
-        word.raw(),
+        doubled.id().raw(),
+        word.id().raw(),
         "both mediators number from the same start"
     );
-    match doubles.wait(word, LONG) {
-        Err(CallError::Wire { .. }) => {}
-        other => panic!("expected a wire error, got {other:?}"),
-    }
-    assert_eq!(words.wait(word, LONG).expect("its own mediator"), "5");
+    let word_id = word.id();
+    assert_eq!(
+        doubles.wait(word, LONG),
+        Err(CallError::UnknownCall(word_id.raw()))
+    );
+    assert!(
+        doubles.status(doubled.id()).is_some(),
+        "its own call is untouched"
+    );
+    assert_eq!(doubles.wait(doubled, LONG).expect("its own call"), 0);
+    let word = words.call(6).expect("call");
+    assert_eq!(words.wait(word, LONG).expect("its own mediator"), "6");
+    assert_eq!(words.status(word_id), Some(CallStatus::Returned));
+    assert_eq!(words.pending(), 0);
     let again = doubles.call(4).expect("call");
     assert_eq!(doubles.wait(again, LONG).expect("result"), 8);
 }

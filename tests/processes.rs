@@ -248,7 +248,7 @@ fn a_helper_goes_when_its_call_is_cancelled_at_shutdown() {
     m.workers(1).grace(Duration::from_millis(100));
     let helper = helper_of(&mut m);
     let id = m.sleep_ms(60_000).unwrap();
-    assert!(eventually(LONG, || m.status(id) == Some(CallStatus::Running)));
+    assert!(eventually(LONG, || m.status(id.id()) == Some(CallStatus::Running)));
     m.shutdown();
     assert_gone(&helper, "the shutdown's grace");
 }

@@ -302,7 +302,7 @@ fn pool(file: &TestFile, strict: bool) -> HostileMediator {
 /// that the parent carries on: the next calls run on a replacement.
 fn stopped_at<R: std::fmt::Debug + 'static>(
     m: &mut HostileMediator,
-    call: CallId<R>,
+    call: Handle<R>,
     syscall: libc::c_long,
     name: &str,
 ) {

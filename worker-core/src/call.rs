@@ -11,8 +11,10 @@ use crate::error::{CallError, WireError};
 use crate::id::{CallOf, Id};
 use crate::worker::Worker;
 
-/// The id of a call whose method returns `R`. Returned at once by every proxy method; pass it
-/// to [`crate::Mediator::wait`] for the typed result or to [`crate::Mediator::status`].
+/// The id of a call whose method returns `R`: [`crate::Handle::id`] of the handle every proxy
+/// method returns. Copy it freely; pass it to [`crate::Mediator::status`],
+/// [`crate::Mediator::timings`] or [`crate::Mediator::worker_pid`] (the handle itself goes
+/// to [`crate::Mediator::wait`]).
 ///
 /// Ids are unique within one mediator for its lifetime, and increase in call order. An
 /// [`Id`]: a number with a kind, cheap to copy; how to decode the return is
@@ -198,6 +200,10 @@ impl fmt::Debug for Timings {
     }
 }
 
+/// The journal entry of a call that holds none: a held call whose arguments and result moved
+/// to the parent's own memory (see `Engine::keep`).
+pub(crate) const NO_ENTRY: usize = usize::MAX;
+
 /// The parent's record of one call.
 pub(crate) struct CallRecord {
     pub(crate) id: u64,
@@ -218,10 +224,18 @@ pub(crate) struct CallRecord {
     pub(crate) ret: Option<crate::arena::Span>,
     /// The worker slot and request sequence number the call was posted with.
     pub(crate) posted: Option<crate::channel::PostedAt>,
-    /// Its entry in the shared-memory journal.
+    /// Its entry in the shared-memory journal ([`NO_ENTRY`] once it holds none).
     pub(crate) entry: usize,
-    /// `wait` is waiting for this call: keep its result after `on_return`.
-    pub(crate) awaited: bool,
+    /// A handle to the call exists (see `Engine::hold`): once its callbacks ran, its result
+    /// stays until the handle takes it or is dropped. A call no handle holds is released
+    /// after its callbacks.
+    pub(crate) held: bool,
+    /// The return value in the parent's own memory, once it left shared memory (see
+    /// `Engine::read_answer` and `Engine::keep`).
+    pub(crate) ret_bytes: Option<Vec<u8>>,
+    /// The arguments in the parent's own memory, for a held call whose shared memory was
+    /// given back (see `Engine::keep`): only a retry needs them again.
+    pub(crate) args_bytes: Option<Box<[u8]>>,
 }
 
 impl CallRecord {
@@ -230,6 +244,33 @@ impl CallRecord {
         self.blocks
             .as_ref()
             .map(|b| crate::arena::Span::new(b.block.offset, self.args_len))
+    }
+
+    /// A new call's record, queued, holding `blocks` and journal entry `entry`.
+    pub(crate) fn new(
+        id: u64,
+        method: u32,
+        blocks: Option<crate::arena::Blocks>,
+        args_len: usize,
+        entry: usize,
+    ) -> Self {
+        CallRecord {
+            id,
+            method,
+            status: CallStatus::Uncalled,
+            retries: 0,
+            pid: None,
+            timings: Timings::default(),
+            error: None,
+            blocks,
+            args_len,
+            ret: None,
+            posted: None,
+            entry,
+            held: false,
+            ret_bytes: None,
+            args_bytes: None,
+        }
     }
 
     pub(crate) fn set_status(&mut self, status: CallStatus, at_ns: u64) {

@@ -37,9 +37,10 @@ use std::ops::{Deref, DerefMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::CallId;
 use crate::error::{CallError, WireError};
+use crate::handle::Handle;
 use crate::mediator::{Mediator, submit};
+use crate::shared::{Builder, Pending, SharedPool};
 use crate::wire::{self, ReturnSlot};
 use crate::worker::Worker;
 
@@ -119,7 +120,7 @@ where
 
 /// A pool of worker processes running one closure: the mediator of a closure worker.
 ///
-/// [`FnMediator::call`] queues a call and returns its [`CallId`] at once;
+/// [`FnMediator::call`] queues a call and returns its [`Handle`] at once;
 /// [`FnMediator::inline`] runs the closure in this process. Everything else (`workers`,
 /// `timeout`, `on_return`, `wait`, `status`, `errors`, ...) is [`Mediator`]'s, which this
 /// dereferences to.
@@ -144,7 +145,7 @@ where
 ///     log.info(format_args!("{a} + {b} = {sum}"));
 ///     assert_eq!(call.status(), CallStatus::Returned);
 /// });
-/// let id = add.call((2, 3))?;
+/// drop(add.call((2, 3))?); // the call runs on, for the callback
 /// while add.pending() > 0 {
 ///     add.poll();
 ///     std::thread::sleep(Duration::from_millis(1));
@@ -174,16 +175,17 @@ where
         }
     }
 
-    /// Queues a call of the closure with `arg` for a worker process and returns its id at
-    /// once. Pass the id to [`Mediator::wait`] for the typed result, or install
-    /// [`Mediator::on_return`].
+    /// Queues a call of the closure with `arg` for a worker process and returns its handle at
+    /// once. Pass the handle to [`Mediator::wait`] for the typed result; with
+    /// [`Mediator::on_return`] installed, the callback sees it too (drop the handle if the
+    /// callback is all you need: the call still runs).
     ///
     /// # Errors
     /// As the proxy methods of object workers: [`CallError::TooLarge`] when the encoded
     /// argument cannot fit in the shared memory ([`Mediator::malloc`]), [`CallError::Wire`]
     /// when it cannot be encoded, [`CallError::Pool`] or [`CallError::Environment`] when the
     /// pool cannot start.
-    pub fn call(&mut self, arg: A) -> Result<CallId<R>, CallError> {
+    pub fn call(&mut self, arg: A) -> Result<Handle<R>, CallError> {
         submit(&mut self.inner, 0, &arg, wire::decode::<R>)
     }
 
@@ -220,6 +222,85 @@ where
 {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.inner
+    }
+}
+
+/// A shared pool running one closure: [`FnMediator`]'s shared face, as `XPool` is the
+/// generated mediator's. `Send + Sync + Clone`, driven by a thread of its own; [`FnPool::call`]
+/// returns a [`Pending`] handle to await or wait for. It dereferences to
+/// [`SharedPool<FnWorker<F, A, R>>`].
+///
+/// ```
+/// use forkworker_core::closure::FnPool;
+/// use std::time::Duration;
+///
+/// let square = FnPool::builder("Square", |n: u64| n * n)
+///     .workers(2)
+///     .timeout(Duration::from_secs(5))
+///     .start()?;
+/// let calls: Vec<_> = (1..=3).map(|n| square.call(n)).collect();
+/// let squares: Vec<u64> = calls.into_iter().map(|c| c.wait()).collect::<Result<_, _>>()?;
+/// assert_eq!(squares, [1, 4, 9]);
+/// assert_eq!(square.inline(4), 16); // in this process
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct FnPool<F, A, R>
+where
+    F: FnMut(A) -> R + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    inner: SharedPool<FnWorker<F, A, R>>,
+}
+
+impl<F, A, R> FnPool<F, A, R>
+where
+    F: FnMut(A) -> R + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// A builder for a shared pool named `alias` (in log lines) running `f`: its settings and
+    /// callbacks, then [`Builder::start`].
+    pub fn builder(alias: impl Into<String>, f: F) -> Builder<FnWorker<F, A, R>, Self> {
+        crate::shared::builder(alias, FnWorker::new(f), |inner| FnPool { inner })
+    }
+
+    /// Queues a call of the closure with `arg` and returns its handle at once: await it, or
+    /// `wait()` for it; dropping it cancels the call (see [`Pending`]).
+    pub fn call(&self, arg: A) -> Pending<R> {
+        crate::shared::submit(&self.inner, 0, &arg, wire::decode::<R>)
+    }
+
+    /// Runs the closure in this process, blocking, on the parent's copy of it (behind the
+    /// pool's lock: see [`SharedPool::inline`]).
+    pub fn inline(&self, arg: A) -> R {
+        self.inner.inline().run(arg)
+    }
+}
+
+impl<F, A, R> Clone for FnPool<F, A, R>
+where
+    F: FnMut(A) -> R + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    fn clone(&self) -> Self {
+        FnPool {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<F, A, R> Deref for FnPool<F, A, R>
+where
+    F: FnMut(A) -> R + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
+    type Target = SharedPool<FnWorker<F, A, R>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.inner
     }
 }
 

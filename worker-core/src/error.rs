@@ -110,10 +110,11 @@ pub enum CallError {
         /// Bytes the whole allocation has for payloads.
         allocation: usize,
     },
-    /// The call fits in the allocation, but not in what is free while other calls hold
-    /// their blocks, and no block was freed in time.
+    /// The call fits in the allocation, but not in what is free while calls queued or
+    /// running hold their blocks. Not waited for: the proxy fails at once (finished calls'
+    /// results are in the parent's memory and hold none).
     #[error(
-        "call to {method}() needs {needed} bytes of shared memory; {available} of {allocation} are free and {retained} are held by finished calls whose results were not taken with wait()"
+        "call to {method}() needs {needed} bytes of shared memory; {available} of {allocation} are free: calls queued or running hold the rest ({retained} are a persistent mediator's finished calls not yet delivered)"
     )]
     OutOfMemory {
         /// The method called.
@@ -124,7 +125,8 @@ pub enum CallError {
         available: usize,
         /// Bytes the whole allocation has for payloads.
         allocation: usize,
-        /// Bytes held by finished calls waiting to be taken by `wait`.
+        /// Bytes held by a persistent mediator's finished calls not yet delivered (to a
+        /// callback or their handle); 0 for any other.
         retained: usize,
     },
     /// Every journal entry is taken: too many calls are queued or running at once.
@@ -236,8 +238,9 @@ pub enum CallError {
         /// How long `wait` waited.
         waited: Duration,
     },
-    /// No call with this id is known: it never existed, or its result was already taken by
-    /// `wait` or released after the `on_return` handler ran.
+    /// No call with this id is known here: the handle is of another mediator, the mediator
+    /// was shut down since the call was made, or (for [`crate::Mediator::retry`]) the call's
+    /// result was taken or released after its callbacks.
     #[error("no pending result for call {0}: unknown id, or its result was already delivered")]
     UnknownCall(u64),
     /// The pool could not start, or stopped forking workers (see [`PoolError`]).
@@ -380,10 +383,9 @@ pub enum SubmitError {
         /// Bytes the whole allocation has for payloads.
         allocation: usize,
     },
-    /// As [`CallError::OutOfMemory`]: no room now; taking finished calls' results with
-    /// `wait` frees some.
+    /// As [`CallError::OutOfMemory`]: no room now; calls that finish free some.
     #[error(
-        "call to {method}() needs {needed} bytes of shared memory; {available} of {allocation} are free and {retained} are held by finished calls whose results were not taken with wait()"
+        "call to {method}() needs {needed} bytes of shared memory; {available} of {allocation} are free: calls queued or running hold the rest ({retained} are a persistent mediator's finished calls not yet delivered)"
     )]
     OutOfMemory {
         /// The method called.
@@ -394,7 +396,8 @@ pub enum SubmitError {
         available: usize,
         /// Bytes the whole allocation has for payloads.
         allocation: usize,
-        /// Bytes held by finished calls waiting to be taken by `wait`.
+        /// Bytes held by a persistent mediator's finished calls not yet delivered (to a
+        /// callback or their handle); 0 for any other.
         retained: usize,
     },
     /// As [`CallError::TooManyCalls`]: every journal entry is taken.

@@ -10,7 +10,7 @@
 //! | the seed's face: settings, the proxies' submit, `wait`, `poll`, `status`, callbacks | `mediator` |
 //! | the shared face: `Send + Sync + Clone`, self-driven by a thread of its own, calls as [`Pending`] futures and handles | `shared` (`driver`: the thread's loop; `pending`: the handle) |
 //! | the settings: strategy, recycling | `config` |
-//! | the engine behind a face: submit, dispatch, collect, hand finished calls back | `engine` |
+//! | the engine behind a face: submit, dispatch, collect, hand finished calls back; **where a finished call's return moves to the parent's heap** (`read_answer`) and what a handle keeps (`hold`, `drop_handle`, `keep`) | `engine` |
 //! | encoding straight into the parent's store | `wire` |
 //! | the call table: records, queue, finished calls, moves between statuses | `engine::table` |
 //! | the payload room: blocks, journal entries, return-size hints | `engine::room` |
@@ -35,6 +35,8 @@
 //! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |
 //! | ids of calls, tasks and pools: one generic type | [`id`] |
 //! | a call's status, timings, how its return is decoded; the view handed to callbacks | `call` |
+//! | the mediator's handle on a call: keeps its result, says when it was dropped | `handle` |
+//! | the status and timings of the most recent released calls | `engine::history` |
 //! | per-method timings, error counts, memory | [`stats`] |
 //! | what a method running in a worker can ask: log, error, fatal_error, daemon | [`this_worker`] |
 //! | what can go wrong, by operation | [`error`] |
@@ -69,6 +71,7 @@ mod drive;
 mod engine;
 pub mod error;
 mod fork_server;
+mod handle;
 pub mod id;
 pub mod instance;
 mod journal;
@@ -91,7 +94,7 @@ mod worker;
 mod worker_loop;
 
 pub use call::{Call, CallId, CallStatus, ExitCause, Log, Timings};
-pub use closure::FnMediator;
+pub use closure::{FnMediator, FnPool};
 pub use config::{ForkStrategy, Recycle};
 pub use daemon::{Application, Control, Daemon, DaemonError, WorkerKey, Workers};
 pub use drive::{Drive, sleep_on};
@@ -99,6 +102,7 @@ pub use error::{
     CallError, CancelReason, ErrorCounts, OsError, PoolError, SpawnError, StartError, SubmitError,
     WireError,
 };
+pub use handle::Handle;
 pub use id::Id;
 pub use limits::LimitMechanism;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};

@@ -5,6 +5,7 @@
 //! finished calls back to the mediator's callbacks.
 
 use std::marker::PhantomData;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -16,6 +17,7 @@ use crate::config::{ForkStrategy, Recycle};
 use crate::drive::{Drive, Sleep, Token};
 use crate::engine::{Configured, Engine, Sink};
 use crate::error::{CallError, ErrorCounts, StartError, WireError};
+use crate::handle::{Dropped, Handle};
 use crate::sandbox::Sandbox;
 use crate::stats::Stats;
 use crate::worker::Worker;
@@ -39,11 +41,15 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// take more than a second), reaps every worker and removes the shared-memory segment.
 ///
 /// # Results
-/// Every call is delivered once. A finished call goes to its callback if one is installed for
-/// its outcome (`on_return` for a return, `on_timeout` for a timeout, `on_error` for any other
-/// failure), and is then released, unless [`Mediator::wait`] is waiting for that very call,
-/// which then takes it too. A call with no callback for its outcome is kept, in shared memory,
-/// until `wait` takes it.
+/// A proxy method returns a [`Handle`] on its call. Callbacks observe a call, they do not
+/// consume it: a finished call goes to its callback if one is installed for its outcome
+/// (`on_return` for a return, `on_timeout` for a timeout, `on_error` for any other failure),
+/// and then its result is kept for as long as its handle lives, until [`Mediator::wait`]
+/// takes it (after the callback ran). A handle dropped unwaited lets its call run to its end,
+/// fire its callbacks and be released. Once a call is final its result is in this process's
+/// own memory, not in the shared memory, so results nobody took yet never stand in the way of
+/// new calls. [`Mediator::status`] and [`Mediator::timings`] keep answering for released
+/// calls, the last [`Mediator::status_history`] of them.
 ///
 /// # A callback that panics
 /// A panic in a callback (the mediator's own, or a daemon's) does not unwind into the
@@ -58,14 +64,14 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 /// is as the panic left it.
 ///
 /// # Delivery guarantee
-/// Every call a proxy accepted ends exactly once in a final status and is delivered exactly
-/// once (to its callback or to `wait`) within one run of the program. Its method runs at most
+/// Every call a proxy accepted ends exactly once in a final status, its callback fires once,
+/// and its handle, if still held, gets its result, within one run of the program. Its method runs at most
 /// once per run of the call: a call is requeued behind the caller's back only when its worker
 /// died before starting it (at most [`MAX_REQUEUES`] times); a call that was running when its
 /// worker died ends [`CallStatus::Crashed`] and is re-run only if you [`Call::retry`] it.
 /// Across a crash of the parent, a persistent mediator ([`Mediator::persist`]) recovers every
-/// call that had not been delivered: at least once, since a call whose callback ran just
-/// before the parent died is delivered again.
+/// call that had not been delivered (to a callback, or taken by its handle): at least once,
+/// since a call whose callback ran just before the parent died is delivered again.
 ///
 /// A mediator is not `Send`; create and drive it on a thread that lives as long as it does
 /// (the main thread). Its workers and their descendants go when the process dies, even of
@@ -75,6 +81,8 @@ pub type ExternalHandler<'h, W> = dyn FnMut(&Call<'_, W>, Log<'_>) + 'h;
 pub struct Mediator<W: Worker> {
     stage: Stage<W>,
     callbacks: Callbacks<Handler<W>>,
+    /// The calls whose handles were dropped unwaited, released at the next poll, wait or call.
+    dropped: Rc<Dropped>,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -117,19 +125,21 @@ impl<W: Worker> Sink<W> for Lent<'_, '_, W> {
     }
 }
 
-/// Queues a call of method `method` with encoded-from-borrow `args`. Called by generated proxy
-/// methods; `decode` turns the return bytes into `R`.
+/// Queues a call of method `method` with encoded-from-borrow `args` and returns its handle.
+/// Called by generated proxy methods; `decode` turns the return bytes into `R`.
 #[doc(hidden)]
 pub fn submit<W: Worker, A: Serialize + ?Sized, R: 'static>(
     mediator: &mut Mediator<W>,
     method: u32,
     args: &A,
     decode: fn(&[u8]) -> Result<R, WireError>,
-) -> Result<CallId<R>, CallError> {
+) -> Result<Handle<R>, CallError> {
+    mediator.release_dropped();
     let (engine, mut sink) = mediator.started()?;
     engine.base_mut().decoders.set(method, decode);
     let id = engine.submit_encoded(method, args, &mut sink)?;
-    Ok(CallId::new(id))
+    engine.hold(id);
+    Ok(Handle::new(CallId::new(id), &mediator.dropped))
 }
 
 impl<W: Worker> Mediator<W> {
@@ -140,7 +150,17 @@ impl<W: Worker> Mediator<W> {
         Mediator {
             stage: Stage::Configured(Configured::new(alias.into(), value)),
             callbacks: Callbacks::default(),
+            dropped: Dropped::new(),
             _not_send: PhantomData,
+        }
+    }
+
+    /// Releases the calls whose handles were dropped unwaited (see [`Handle`]): those whose
+    /// callbacks ran go now, the others after their callbacks.
+    #[inline]
+    fn release_dropped(&mut self) {
+        if let Stage::Running(engine) = &mut self.stage {
+            self.dropped.drain(|id| engine.drop_handle(id));
         }
     }
 
@@ -179,6 +199,15 @@ impl<W: Worker> Mediator<W> {
         }
     }
 
+    /// The running engine and its sink, with the dropped handles' calls released first.
+    fn driven<'a, 'h>(
+        &'a mut self,
+        external: Option<&'a mut ExternalHandler<'h, W>>,
+    ) -> Option<(&'a mut Engine<W>, Lent<'a, 'h, W>)> {
+        self.release_dropped();
+        self.running(external)
+    }
+
     /// The running engine, started now if it was not.
     fn started(&mut self) -> Result<(&mut Engine<W>, Lent<'_, 'static, W>), CallError> {
         if !matches!(self.stage, Stage::Running(_)) {
@@ -204,7 +233,7 @@ impl<W: Worker> Mediator<W> {
         external: Option<&mut ExternalHandler<'_, W>>,
         wind: impl FnOnce(&mut Engine<W>, &mut dyn Sink<W>) -> T,
     ) -> Option<T> {
-        let (engine, mut sink) = self.running(external)?;
+        let (engine, mut sink) = self.driven(external)?;
         let out = wind(engine, &mut sink);
         if let Stage::Running(engine) = std::mem::replace(&mut self.stage, Stage::Moving) {
             self.stage = Stage::Configured(engine.stop());
@@ -296,7 +325,8 @@ impl<W: Worker> Mediator<W> {
 
     /// Sets the size in bytes of the memory for arguments and return values (default 8 MiB).
     /// It sizes two things: the parent's store, which holds at once the encoded arguments of
-    /// every call queued or running and the returns not yet delivered; and each worker's own
+    /// every call queued or running (and a persistent mediator's returns not yet delivered:
+    /// any other's finished results are in this process's memory); and each worker's own
     /// area, which holds the call the worker runs, its arguments and its return (so no call's
     /// arguments plus return may exceed it). A pool of `n` workers uses `n + 1` times this
     /// much memory. Takes effect when the pool starts; later calls are ignored with a warning.
@@ -501,30 +531,44 @@ impl<W: Worker> Mediator<W> {
         }
     }
 
-    /// The status of a call, or `None` if the id is unknown or its result was already
-    /// delivered.
+    /// The status of a call (take its id from [`Handle::id`]). A finished call keeps its
+    /// final status while its handle lives, and after that while it is among the last
+    /// [`Mediator::status_history`] calls released (so right after `wait` it is
+    /// [`CallStatus::Returned`], or [`CallStatus::Timeout`] for a call that timed out).
+    /// `None` if the id is unknown or older than that.
     pub fn status<R>(&self, id: CallId<R>) -> Option<CallStatus> {
         match &self.stage {
             Stage::Running(engine) => engine.status(id),
-            _ => None,
+            _ => self.base().past(id.raw()).map(|(status, ..)| status),
         }
     }
 
-    /// When a call entered each status so far, or `None` if the id is unknown.
+    /// When a call entered each status so far, or `None` if the id is unknown (or older than
+    /// the history: see [`Mediator::status`]).
     pub fn timings<R>(&self, id: CallId<R>) -> Option<Timings> {
         match &self.stage {
             Stage::Running(engine) => engine.timings(id),
-            _ => None,
+            _ => self.base().past(id.raw()).map(|(.., t)| t.clone()),
         }
     }
 
     /// The process id of the worker that holds a call (or last held it), or `None` if the
-    /// call is unknown or no worker took it yet.
+    /// call is unknown (or older than the history: see [`Mediator::status`]) or no worker
+    /// took it yet.
     pub fn worker_pid<R>(&self, id: CallId<R>) -> Option<i32> {
         match &self.stage {
             Stage::Running(engine) => engine.worker_pid(id),
-            _ => None,
+            _ => self.base().past(id.raw()).and_then(|(_, pid, _)| pid),
         }
+    }
+
+    /// Sets how many released calls (taken by their handle, or released after their
+    /// callbacks) [`Mediator::status`], [`Mediator::timings`] and [`Mediator::worker_pid`]
+    /// still answer for: the most recent `calls` of them (default 1,024; 0 for none). Only
+    /// their status, worker and timings are kept, about 100 bytes each, no payload.
+    pub fn status_history(&mut self, calls: usize) -> &mut Self {
+        self.base_mut().status_history(calls);
+        self
     }
 
     /// Calls queued or running.
@@ -561,7 +605,7 @@ impl<W: Worker> Mediator<W> {
     /// Processes every event that has arrived (answers, worker deaths, expired timeouts) and
     /// runs the callbacks, without blocking. Returns how many calls finished.
     pub fn poll(&mut self) -> usize {
-        match self.running(None) {
+        match self.driven(None) {
             Some((engine, mut sink)) => engine.collect(&mut sink),
             None => 0,
         }
@@ -571,29 +615,153 @@ impl<W: Worker> Mediator<W> {
     /// go to `handler` (an event loop that owns the state the callbacks act on, such as the
     /// daemon host, lends its callbacks this way).
     pub fn poll_with(&mut self, handler: &mut ExternalHandler<'_, W>) -> usize {
-        match self.running(Some(handler)) {
+        match self.driven(Some(handler)) {
             Some((engine, mut sink)) => engine.collect(&mut sink),
             None => 0,
         }
     }
 
-    /// Blocks until call `id` finishes or `timeout` passes, driving the pool (and its
-    /// callbacks) meanwhile, and returns the typed result.
+    /// Blocks until the call of `handle` finishes and its callback ran, or `timeout` passes,
+    /// driving the pool (and its callbacks) meanwhile, and returns the typed result.
     ///
-    /// If the call already finished and its result was handed to a callback and released,
-    /// this returns [`CallError::UnknownCall`].
-    pub fn wait<R: 'static>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
-        match self.running(None) {
+    /// When the time is up this gives [`CallError::WaitTimeout`] and the handle is gone: the
+    /// call runs on, its callbacks fire, and its result is released. To wait again after a
+    /// timeout, use [`Mediator::wait_timeout`], which gives the handle back.
+    /// [`CallError::UnknownCall`] if the mediator was shut down since the call was made.
+    pub fn wait<R: 'static>(
+        &mut self,
+        handle: Handle<R>,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        if !handle.is_of(&self.dropped) {
+            // Another mediator's: it releases the call when the handle drops.
+            return Err(CallError::UnknownCall(handle.id().raw()));
+        }
+        let result = self.wait_id(handle.id(), timeout);
+        if let Err(CallError::WaitTimeout { .. }) = result {
+            drop(handle);
+            self.release_dropped();
+        } else {
+            handle.disarm();
+        }
+        result
+    }
+
+    /// Waits for call `id`, which a handle holds.
+    fn wait_id<R: 'static>(&mut self, id: CallId<R>, timeout: Duration) -> Result<R, CallError> {
+        match self.driven(None) {
             Some((engine, mut sink)) => engine.wait(id, timeout, &mut sink),
             None => Err(CallError::UnknownCall(id.raw())),
         }
     }
 
+    /// As [`Mediator::wait`], but when `timeout` passes first the handle comes back
+    /// (`Err(handle)`), to wait again later or drop:
+    ///
+    /// ```
+    /// use forkworker_core::closure::FnMediator;
+    /// use std::time::Duration;
+    ///
+    /// let mut slow = FnMediator::new("Slow", |ms: u64| {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// });
+    /// let mut handle = slow.call(300)?;
+    /// let done = loop {
+    ///     match slow.wait_timeout(handle, Duration::from_millis(50)) {
+    ///         Ok(result) => break result?,
+    ///         Err(again) => handle = again, // not yet: do something else, then wait again
+    ///     }
+    /// };
+    /// assert_eq!(done, 300);
+    /// # Ok::<(), forkworker_core::CallError>(())
+    /// ```
+    pub fn wait_timeout<R: 'static>(
+        &mut self,
+        handle: Handle<R>,
+        timeout: Duration,
+    ) -> Result<Result<R, CallError>, Handle<R>> {
+        if !handle.is_of(&self.dropped) {
+            return Ok(Err(CallError::UnknownCall(handle.id().raw())));
+        }
+        match self.wait_id(handle.id(), timeout) {
+            Err(CallError::WaitTimeout { .. }) => Err(handle),
+            result => {
+                handle.disarm();
+                Ok(result)
+            }
+        }
+    }
+
+    /// Waits for every call of `handles` until `timeout` passes (one deadline for all) and
+    /// returns their results in the same order. A call still unfinished at the deadline gives
+    /// [`CallError::WaitTimeout`], as [`Mediator::wait`] does (it runs on, and is released
+    /// after its callbacks).
+    pub fn wait_all<R: 'static>(
+        &mut self,
+        handles: impl IntoIterator<Item = Handle<R>>,
+        timeout: Duration,
+    ) -> Vec<Result<R, CallError>> {
+        let start = Instant::now();
+        handles
+            .into_iter()
+            .map(|handle| self.wait(handle, timeout.saturating_sub(start.elapsed())))
+            .collect()
+    }
+
+    /// Blocks until one of the calls of `handles` finishes (and its callback ran), or
+    /// `timeout` passes; takes that call's handle out of `handles` and returns its id and its
+    /// result. `None` when the time is up first (`handles` is then untouched) or `handles` is
+    /// empty.
+    ///
+    /// ```
+    /// use forkworker_core::closure::FnMediator;
+    /// use std::time::Duration;
+    ///
+    /// let mut square = FnMediator::new("Square", |n: u64| n * n);
+    /// square.workers(2);
+    /// let mut handles = (1..=4).map(|n| square.call(n)).collect::<Result<Vec<_>, _>>()?;
+    /// let mut sum = 0;
+    /// while let Some((_id, result)) = square.wait_any(&mut handles, Duration::from_secs(10)) {
+    ///     sum += result?;
+    /// }
+    /// assert_eq!(sum, 1 + 4 + 9 + 16);
+    /// # Ok::<(), forkworker_core::CallError>(())
+    /// ```
+    pub fn wait_any<R: 'static>(
+        &mut self,
+        handles: &mut Vec<Handle<R>>,
+        timeout: Duration,
+    ) -> Option<(CallId<R>, Result<R, CallError>)> {
+        if handles.is_empty() {
+            return None;
+        }
+        if let Some(k) = handles.iter().position(|h| !h.is_of(&self.dropped)) {
+            // Another mediator's: it releases the call when the handle drops.
+            let id = handles.remove(k).id();
+            return Some((id, Err(CallError::UnknownCall(id.raw()))));
+        }
+        let ids: Vec<u64> = handles.iter().map(|h| h.id().raw()).collect();
+        let Some((engine, mut sink)) = self.driven(None) else {
+            // The pool stopped since the calls were made: they are unknown.
+            let id = handles.remove(0).disarm();
+            return Some((id, Err(CallError::UnknownCall(id.raw()))));
+        };
+        let k = engine.wait_any(&ids, timeout, &mut sink)?;
+        let handle = handles.remove(k);
+        let id = handle.id();
+        let result = engine.take_result(id);
+        handle.disarm();
+        Some((id, result))
+    }
+
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
     /// previous status, result and timings cleared; it goes to the back of the queue.
     ///
-    /// The call must still be held by the mediator: a finished call no callback released and
-    /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
+    /// The call must still be held: a finished call whose [`Handle`] lives and was not
+    /// waited for. Inside a callback, use [`Call::retry`] instead. A held call's arguments
+    /// moved out of shared memory once it finished; they go back in, which fails like a call
+    /// ([`CallError::OutOfMemory`], [`CallError::TooManyCalls`]) when there is no room.
     pub fn retry(&mut self, id: u64) -> Result<(), CallError> {
         match &mut self.stage {
             Stage::Running(engine) => engine.retry(id),

@@ -179,7 +179,7 @@ impl<'a> Generator<'a> {
             format!(
                 " Each proxied method of `{type_name}` has a proxy here, with the same name and \
                  arguments: it queues a call for a worker process and returns the call's \
-                 `CallId` at once. Everything else (`workers`, `timeout`, `wait`, `inline`, ...) \
+                 `Handle` at once. Everything else (`workers`, `timeout`, `wait`, `inline`, ...) \
                  is `Mediator<{type_name}>`, which this dereferences to."
             ),
             String::new(),
@@ -236,14 +236,15 @@ impl<'a> Generator<'a> {
         }
     }
 
-    /// `pub fn sieve(&mut self, start: u64, end: u64) -> Result<CallId<Vec<u64>>, CallError>`
+    /// `pub fn sieve(&mut self, start: u64, end: u64) -> Result<Handle<Vec<u64>>, CallError>`
     fn proxy(&self, index: usize, method: &Method) -> TokenStream {
         let p = &self.p;
         let ident = method.ident;
         let docs = &method.docs;
         let separator = (!docs.is_empty()).then(|| quote!(#[doc = ""]));
         let note = format!(
-            " Proxy of `{}::{}`: queues the call for a worker and returns its id at once.",
+            " Proxy of `{}::{}`: queues the call for a worker and returns its handle at once \
+             (pass it to `wait`; dropped, the call still runs and its callbacks fire).",
             self.type_name, method.name
         );
         let params = method.args.iter().map(|arg| {
@@ -283,7 +284,7 @@ impl<'a> Generator<'a> {
             pub fn #ident(
                 &mut self,
                 #(#params),*
-            ) -> #p::core::result::Result<#p::CallId<#ret>, #p::CallError> {
+            ) -> #p::core::result::Result<#p::Handle<#ret>, #p::CallError> {
                 #submit(
                     &mut self.inner,
                     #index,

@@ -35,8 +35,8 @@ use proc_macro::TokenStream;
 ///
 /// let mut primes = PrimesMediator::new("PrimeNumbers", Primes);
 /// primes.workers(4);                                    // a `Mediator<Primes>` method
-/// let id: CallId<Vec<u64>> = primes.sieve(1000, 2000)?; // returns at once
-/// let found = primes.wait(id, Duration::from_secs(5))?;
+/// let call: Handle<Vec<u64>> = primes.sieve(1000, 2000)?; // returns at once
+/// let found = primes.wait(call, Duration::from_secs(5))?;
 /// let direct = primes.inline().sieve(1, 100);           // in this process
 /// ```
 ///
@@ -44,7 +44,7 @@ use proc_macro::TokenStream;
 ///
 /// - `PrimesMediator`: the parent's handle on the pool. It has `new(alias, value)`, one proxy
 ///   per proxied method (same name, same arguments, the method's docs, returning
-///   `Result<CallId<R>, CallError>` at once), and dereferences to `Mediator<Primes>` for
+///   `Result<Handle<R>, CallError>` at once), and dereferences to `Mediator<Primes>` for
 ///   everything else.
 /// - `impl Worker for Primes`, with `PrimesArgs` and `PrimesReturn`: one variant per proxied
 ///   method, holding its decoded arguments and its return value.

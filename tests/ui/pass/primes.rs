@@ -60,12 +60,12 @@ impl Primes {
 // Proxies type-check without being called (calling needs worker processes).
 #[allow(dead_code)]
 fn proxies(m: &mut PrimesMediator) -> Result<(), CallError> {
-    let _: CallId<Vec<u64>> = m.sieve(1, 2)?;
-    let _: CallId<bool> = m.is_prime(7)?;
-    let _: CallId<Vec<u64>> = m.primes_among(&[1, 2, 3])?;
-    let _: CallId<String> = m.describe("x")?;
-    let _: CallId<Vec<u8>> = m.checksum(vec![1, 2])?;
-    let _: CallId<()> = m.ping()?;
+    let _: Handle<Vec<u64>> = m.sieve(1, 2)?;
+    let _: Handle<bool> = m.is_prime(7)?;
+    let _: Handle<Vec<u64>> = m.primes_among(&[1, 2, 3])?;
+    let _: Handle<String> = m.describe("x")?;
+    let _: Handle<Vec<u8>> = m.checksum(vec![1, 2])?;
+    let _: Handle<()> = m.ping()?;
     Ok(())
 }
 

@@ -2,8 +2,9 @@
 //! `crate::shared`): whether a call is done, its result, holding it for a handle, cancelling
 //! it.
 //!
-//! A handle holds its call: the engine keeps a held call's result after its callbacks ran,
-//! until the handle takes it ([`Engine::take_done`]) or lets it go ([`Engine::let_go`]).
+//! A handle holds its call (`Engine::hold`): the engine keeps a held call's result after its
+//! callbacks ran, until the handle takes it ([`Engine::take_done_bytes`]) or lets it go
+//! (`Engine::drop_handle`).
 
 use super::Engine;
 use crate::call::CallStatus;
@@ -32,23 +33,20 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Marks call `id` as held by a handle (or not): a held call's result stays after its
-    /// callbacks ran.
-    pub(crate) fn hold(&mut self, id: u64, held: bool) {
-        if let Some(record) = self.calls.get_mut(id) {
-            record.awaited = held;
-        }
-    }
-
     /// Takes the result of call `id`, which must be done (see [`Engine::progress`]): the
     /// encoded return value, copied out of shared memory (the caller decodes it), or the
     /// call's error.
     pub(crate) fn take_done_bytes(&mut self, id: u64) -> Result<Vec<u8>, CallError> {
-        let record = self.calls.remove(id).ok_or(CallError::UnknownCall(id))?;
-        let result = match (record.status, record.ret) {
-            (CallStatus::Returned, Some(span)) => {
+        let mut record = self.calls.remove(id).ok_or(CallError::UnknownCall(id))?;
+        self.remember(&record);
+        let result = match record.status {
+            // In the parent's memory already (see `keep`): handed over as it is.
+            CallStatus::Returned if record.ret_bytes.is_some() => {
+                Ok(record.ret_bytes.take().unwrap_or_default())
+            }
+            CallStatus::Returned => {
                 let mut bytes = Vec::new();
-                if let Some(blocks) = record.blocks.as_ref() {
+                if let (Some(span), Some(blocks)) = (record.ret, record.blocks.as_ref()) {
                     self.pool.region().copy_out_in(blocks, span, &mut bytes);
                 }
                 Ok(bytes)
@@ -61,16 +59,6 @@ impl<W: Worker> Engine<W> {
         };
         self.free_record(record);
         result
-    }
-
-    /// The handle of call `id` is gone: a done call is released now, any other after its
-    /// callbacks.
-    pub(crate) fn let_go(&mut self, id: u64) {
-        match self.progress(id) {
-            Progress::Done => self.release(id),
-            Progress::Pending => self.hold(id, false),
-            Progress::Gone => {}
-        }
     }
 
     /// Cancels call `id` if it has not finished: a queued call leaves the queue, a running
@@ -133,7 +121,7 @@ impl<W: Worker> Engine<W> {
     pub(crate) fn held_done(&self) -> Vec<u64> {
         self.calls
             .records()
-            .filter(|r| r.awaited && r.status.is_final() && !self.calls.awaits_callbacks(r.id))
+            .filter(|r| r.held && r.status.is_final() && !self.calls.awaits_callbacks(r.id))
             .map(|r| r.id)
             .collect()
     }
@@ -142,7 +130,7 @@ impl<W: Worker> Engine<W> {
     pub(crate) fn in_use(&self) -> usize {
         self.calls
             .records()
-            .filter(|r| !self.is_delivered(r.id) && (r.awaited || !r.status.is_final()))
+            .filter(|r| !self.is_delivered(r.id) && (r.held || !r.status.is_final()))
             .count()
     }
 }

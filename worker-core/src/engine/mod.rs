@@ -20,6 +20,7 @@ use serde::Serialize;
 
 mod answer;
 mod handles;
+mod history;
 mod recovery;
 mod room;
 mod supervise;
@@ -28,12 +29,13 @@ mod wait;
 
 use self::answer::Outcome;
 pub(crate) use self::handles::Progress;
+use self::history::{History, Past};
 use self::room::{NoRoom, Room};
 use self::supervise::Supervisor;
 use self::table::CallTable;
 use self::wait::{Delivered, delivered_times};
 use crate::arena::{Block, Blocks, Span};
-use crate::call::{Call, CallId, CallRecord, CallStatus, Decoders, Log, Timings};
+use crate::call::{Call, CallId, CallRecord, CallStatus, Decoders, Log, NO_ENTRY, Timings};
 use crate::channel::{self, ArgsAt, PostedAt, Response};
 use crate::clock;
 use crate::clock::to_instant;
@@ -48,8 +50,6 @@ use crate::stats::{self, MethodStats, Outcomes, Recorder, Stats};
 use crate::wire;
 use crate::worker::Worker;
 
-/// How long `submit` waits for running calls to free shared memory before giving up.
-const SPACE_WAIT: Duration = Duration::from_secs(30);
 /// How many times a call is requeued after its worker died before starting it.
 pub const MAX_REQUEUES: u32 = 3;
 
@@ -96,6 +96,8 @@ pub(crate) struct Configured<W: Worker> {
     room: Room,
     /// How each method's return value is decoded (see [`Decoders`]).
     pub(crate) decoders: Decoders,
+    /// The most recent released calls, for `status` (see `history`).
+    history: History,
 }
 
 impl<W: Worker> Configured<W> {
@@ -112,7 +114,18 @@ impl<W: Worker> Configured<W> {
             calls: CallTable::default(),
             room: Room::new(W::METHODS.len()),
             decoders: Decoders::default(),
+            history: History::default(),
         }
+    }
+
+    /// Remembers the status and timings of the last `calls` released calls (see `history`).
+    pub(crate) fn status_history(&mut self, calls: usize) {
+        self.history.set_capacity(calls);
+    }
+
+    /// What the history remembers of call `id`: its status, worker and timings.
+    pub(crate) fn past(&self, id: u64) -> Option<(CallStatus, Option<i32>, &Timings)> {
+        self.history.get(id).map(|p| (p.status, p.pid, &p.timings))
     }
 
     /// Errors counted since the mediator was made, by kind.
@@ -306,6 +319,9 @@ impl<W: Worker> Engine<W> {
         // Dropping the pool stops and reaps the workers, then removes the shared memory. The
         // finished results left point into it, so they go too.
         drop(pool);
+        for record in calls.records().filter(|r| r.status.is_final()) {
+            base.history.add(record.id, Past::of(record));
+        }
         calls.clear();
         base.calls = calls;
         base.room = room;
@@ -336,19 +352,32 @@ impl<W: Worker> Engine<W> {
         live < workers
     }
 
-    /// The status of a call, or `None` if the id is unknown or its result was already
-    /// delivered.
+    /// The status of a call: from its record while the engine holds it, then from the
+    /// history of released calls; `None` if the id is unknown or older than the history.
     pub(crate) fn status<R>(&self, id: CallId<R>) -> Option<CallStatus> {
-        let record = self.record(id.raw())?;
+        let raw = id.raw();
+        let Some(record) = self.record(raw) else {
+            if self.is_delivered(raw) {
+                return Some(CallStatus::Returned);
+            }
+            return self.base.past(raw).map(|(status, ..)| status);
+        };
         if record.status == CallStatus::Called && self.started_ns(record).is_some() {
             return Some(CallStatus::Running);
         }
         Some(record.status)
     }
 
-    /// When a call entered each status so far, or `None` if the id is unknown.
+    /// When a call entered each status so far, or `None` if the id is unknown (or older than
+    /// the history of released calls).
     pub(crate) fn timings<R>(&self, id: CallId<R>) -> Option<Timings> {
-        let record = self.record(id.raw())?;
+        let raw = id.raw();
+        let Some(record) = self.record(raw) else {
+            if let Some(timings) = self.delivered_timings(raw) {
+                return Some(timings);
+            }
+            return self.base.past(raw).map(|(.., timings)| timings.clone());
+        };
         let mut timings = record.timings.clone();
         if record.status == CallStatus::Called
             && let Some(ns) = self.started_ns(record)
@@ -362,9 +391,37 @@ impl<W: Worker> Engine<W> {
     }
 
     /// The process id of the worker that holds a call (or last held it), or `None` if the
-    /// call is unknown or no worker took it yet.
+    /// call is unknown (or older than the history) or no worker took it yet.
     pub(crate) fn worker_pid<R>(&self, id: CallId<R>) -> Option<i32> {
-        self.record(id.raw())?.pid
+        match self.calls.get(id.raw()) {
+            Some(record) => record.pid,
+            None => self.base.past(id.raw()).and_then(|(_, pid, _)| pid),
+        }
+    }
+
+    /// Marks call `id` as held: a handle to it exists, so once its callbacks ran its result
+    /// stays until [`Engine::take_result`] takes it or [`Engine::drop_handle`] lets it go.
+    /// A face calls it right after submitting the call.
+    pub(crate) fn hold(&mut self, id: u64) {
+        if let Some(record) = self.calls.get_mut(id) {
+            record.held = true;
+        }
+    }
+
+    /// The handle of call `id` was dropped without taking its result: a call that is final
+    /// and whose callbacks ran is released now; any other is released after its callbacks
+    /// (it runs on; cancelling it is the face's business).
+    pub(crate) fn drop_handle(&mut self, id: u64) {
+        if self.is_delivered(id) {
+            return;
+        }
+        let Some(record) = self.calls.get_mut(id) else {
+            return;
+        };
+        record.held = false;
+        if record.status.is_final() && !self.calls.awaits_callbacks(id) {
+            self.release(id);
+        }
     }
 
     /// Calls queued or running.
@@ -419,12 +476,16 @@ impl<W: Worker> Engine<W> {
     /// Runs a finished call again: same id and arguments, [`Call::retries`] one higher, its
     /// previous status, result and timings cleared; it goes to the back of the queue.
     ///
-    /// The call must still be held by the mediator: a finished call no callback released and
-    /// `wait` did not take. Inside a callback, use [`Call::retry`] instead.
+    /// The call must still be held: finished, its callbacks ran, and its handle lives (see
+    /// [`Engine::keep`]; its arguments go back into shared memory). Inside a callback, use
+    /// [`Call::retry`] instead.
     pub(crate) fn retry(&mut self, id: u64) -> Result<(), CallError> {
         self.settle();
         match self.calls.get(id) {
             Some(record) if record.status.is_final() && !self.calls.awaits_callbacks(id) => {
+                if record.entry == NO_ENTRY {
+                    self.restore(id)?;
+                }
                 self.requeue(id);
                 self.dispatch_queued();
                 Ok(())
@@ -464,7 +525,7 @@ impl<W: Worker> Engine<W> {
         kept += self
             .calls
             .records()
-            .filter(|r| r.status == CallStatus::Returned)
+            .filter(|r| r.status == CallStatus::Returned && r.entry != NO_ENTRY)
             .count();
         self.pool.keep_segment(kept > 0);
         log::info!(target: &self.base.alias, "suspended with {kept} calls kept in {}", self.pool.region().name());
@@ -639,21 +700,12 @@ impl<W: Worker> Engine<W> {
                 None => journal.write_call(id, method, 0, args_at),
             }
         }
-        self.calls.insert(CallRecord {
-            id,
-            method,
-            status,
-            retries: 0,
-            pid: posted.and_then(|p| pool.pid(p.slot)),
-            timings,
-            error: None,
-            blocks,
-            args_len,
-            ret: None,
-            posted,
-            entry,
-            awaited: false,
-        });
+        let mut record = CallRecord::new(id, method, blocks, args_len, entry);
+        record.status = status;
+        record.pid = posted.and_then(|p| pool.pid(p.slot));
+        record.timings = timings;
+        record.posted = posted;
+        self.calls.insert(record);
         if posted.is_none() {
             self.calls.enqueue(id);
             self.dispatch_queued_at(Some(now));
@@ -727,6 +779,10 @@ impl<W: Worker> Engine<W> {
         if !self.room.has_free_entry() {
             self.settle();
         }
+        if !self.room.has_free_entry() && !self.calls.nothing_finished() {
+            // Finished calls give their entries back once their callbacks ran (see `keep`).
+            self.collect(sink);
+        }
         let Some(entry) = self.room.take_entry() else {
             return Err(SubmitError::TooManyCalls {
                 method: Self::method_name(method),
@@ -742,8 +798,10 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// A block for the arguments plus a return reservation, waiting for running calls to free
-    /// memory if the allocation is full.
+    /// A block for the arguments plus a return reservation. When the allocation is full it
+    /// collects once (finished calls give their blocks back when their callbacks ran: see
+    /// `keep`) and then fails: what holds the room then is calls queued or running, and this
+    /// never blocks (a face that waits for room does so itself, on `OutOfMemory`).
     fn alloc_call_block(
         &mut self,
         method: u32,
@@ -751,8 +809,7 @@ impl<W: Worker> Engine<W> {
         sink: &mut dyn Sink<W>,
     ) -> Result<Block, SubmitError> {
         let name = Self::method_name(method);
-        // Read the clock only once the allocation is full: most calls never wait.
-        let mut start = None;
+        let mut collected = false;
         loop {
             let needed = match self.room.alloc_call(method, args_len) {
                 Ok(block) => return Ok(block),
@@ -769,21 +826,20 @@ impl<W: Worker> Engine<W> {
                 self.settle();
                 continue;
             }
-            let start = *start.get_or_insert_with(Instant::now);
-            if self.never_wait_for_room
-                || !self.calls.any_in_flight()
-                || start.elapsed() > SPACE_WAIT
-            {
-                return Err(SubmitError::OutOfMemory {
-                    method: name,
-                    needed,
-                    available: self.room.available(),
-                    allocation: self.room.size(),
-                    retained: self.calls.retained_bytes(),
-                });
+            // A face whose submit must not run callbacks (the shared pool's: its driver
+            // runs them) does not collect here.
+            if !collected && !self.never_wait_for_room {
+                collected = true;
+                self.collect(sink);
+                continue;
             }
-            self.pool.sleep(Some(start + SPACE_WAIT));
-            self.collect(sink);
+            return Err(SubmitError::OutOfMemory {
+                method: name,
+                needed,
+                available: self.room.available(),
+                allocation: self.room.size(),
+                retained: self.calls.retained_bytes(),
+            });
         }
     }
 
@@ -1008,6 +1064,41 @@ impl<W: Worker> Engine<W> {
         match answer::outcome(&answer, busy.ret) {
             Outcome::Returned { value, inline } => {
                 let len = value.len;
+                if self.base.config.persist.is_none() {
+                    // The value moves once, straight from the worker's area (or the answer)
+                    // into the parent's own memory, where it waits for the callbacks and its
+                    // handle: a finished call holds no room a new call needs. (A persistent
+                    // mediator's journal needs it in the store until it is delivered.)
+                    let mut bytes = heap_buffer(len);
+                    let copied = match &inline {
+                        Some(b) => {
+                            bytes.extend_from_slice(&b[..len]);
+                            true
+                        }
+                        None => self.pool.copy_from_area(i, value, &mut bytes),
+                    };
+                    if copied {
+                        let blocks = self.slot_returned(i, method, len);
+                        // Only the arguments stay in the store: the return reservation goes.
+                        let blocks = blocks.map(|Blocks { block, ret_block }| {
+                            if let Some(rb) = ret_block {
+                                self.room.free(rb);
+                            }
+                            Blocks {
+                                block: self.room.shrink(block, args_len.max(1)),
+                                ret_block: None,
+                            }
+                        });
+                        if let Some(record) = self.calls.get_mut(busy.call) {
+                            record.blocks = blocks;
+                            record.ret_bytes = Some(bytes);
+                        }
+                        self.finish(busy.call, CallStatus::Returned, finished, |_| {
+                            unreachable!("a returned call has no error")
+                        });
+                        return;
+                    }
+                }
                 // The value moves out of the worker's area (or the answer, inline) into the
                 // store, where it waits for `wait` or the callbacks, and the journal sees it.
                 let room = &mut self.room;
@@ -1200,8 +1291,9 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Hands finished calls to `sink` in the order they finished, then releases the calls no
-    /// one waits for. Returns how many calls it handled.
+    /// Hands finished calls to `sink` in the order they finished. Callbacks observe a call,
+    /// they do not consume it: then a call a handle holds keeps its result (see
+    /// [`Engine::keep`]), and any other is released. Returns how many calls it handled.
     pub(crate) fn fire_callbacks(&mut self, sink: &mut dyn Sink<W>) -> usize {
         let finished = self.calls.take_finished();
         for &id in &finished {
@@ -1209,7 +1301,8 @@ impl<W: Worker> Engine<W> {
                 continue;
             };
             // The call is final: its blocks are the parent's. The view gets copies (see
-            // `Region::copy_out`), in buffers kept for the next callback.
+            // `Region::copy_out`), in buffers kept for the next callback; a return already in
+            // the parent's memory is lent as it is.
             let region = self.pool.region();
             let blocks = record.blocks.as_ref();
             let (args, ret) = &mut self.views;
@@ -1217,28 +1310,31 @@ impl<W: Worker> Engine<W> {
                 .args()
                 .zip(blocks)
                 .is_some_and(|(span, b)| region.copy_out(&b.block, span, args));
-            let has_ret = record
-                .ret
-                .zip(blocks)
-                .is_some_and(|(span, b)| region.copy_out_in(b, span, ret));
+            let has_ret = record.ret_bytes.is_none()
+                && record
+                    .ret
+                    .zip(blocks)
+                    .is_some_and(|(span, b)| region.copy_out_in(b, span, ret));
             let call = Call {
                 record,
                 args: if has_args { args } else { &[] },
-                ret: has_ret.then_some(&ret[..]),
+                ret: match &record.ret_bytes {
+                    Some(bytes) => Some(bytes),
+                    None => has_ret.then_some(&ret[..]),
+                },
                 retry: Cell::new(false),
                 _w: PhantomData,
             };
             let delivered =
                 supervise::deliver_guarded(sink, &call, &self.base.alias, &mut self.base.health)
                     .then(|| call.retry.get());
+            let held = record.held;
             match delivered {
-                Some(true) => self.requeue(id),
-                Some(false) => {
-                    if !record.awaited {
-                        // Handled: the callback was the call's one delivery.
-                        self.release(id);
-                    }
+                Some(true) => {
+                    self.requeue(id);
+                    continue;
                 }
+                Some(false) => {}
                 None => {
                     // A timeout, a crash or calls whose workers kept dying were logged when
                     // they were found: once is enough.
@@ -1248,6 +1344,18 @@ impl<W: Worker> Engine<W> {
                         log::warn!(target: &self.base.alias, "call {id}: {error}");
                     }
                 }
+            }
+            if held {
+                self.keep(
+                    id,
+                    Viewed {
+                        args: has_args,
+                        ret: has_ret,
+                        delivered: delivered.is_some(),
+                    },
+                );
+            } else {
+                self.release(id);
             }
         }
         let handled = finished.len();
@@ -1273,16 +1381,120 @@ impl<W: Worker> Engine<W> {
         }
     }
 
-    /// Frees a finished call's shared memory and forgets it.
+    /// A held call's callbacks ran (`viewed` says what they saw) and did not retry it: its
+    /// arguments and result move out of shared memory into the parent's own (from the copies
+    /// the callbacks' view was made of, or where the result already is) and its entry and
+    /// blocks are freed, so that results nobody took yet leave all the room to new calls. The
+    /// arguments are kept only for [`Engine::retry`]. A persistent mediator's call that no
+    /// callback took stays in the store: its journal hands it to the next run should this
+    /// one die before the handle takes it. A call whose blocks are still lent to a worker
+    /// stays as it is.
+    fn keep(&mut self, id: u64, viewed: Viewed) {
+        if self.base.config.persist.is_some() && !viewed.delivered {
+            return;
+        }
+        let Some(record) = self.calls.get_mut(id) else {
+            return;
+        };
+        if record.entry == NO_ENTRY || record.blocks.is_none() {
+            return;
+        }
+        let (args, ret) = &mut self.views;
+        record.args_bytes = Some(if viewed.args {
+            args[..].into()
+        } else {
+            Box::new([])
+        });
+        if record.ret.take().is_some() {
+            // From the store: the view's copy is the value (empty, and failing to decode, if
+            // it could not be read).
+            let mut value = Vec::new();
+            if viewed.ret {
+                std::mem::swap(&mut value, ret);
+            }
+            record.ret_bytes = Some(value);
+        }
+        let entry = std::mem::replace(&mut record.entry, NO_ENTRY);
+        if let Some(Blocks { block, ret_block }) = record.blocks.take() {
+            self.free_call(entry, block, ret_block);
+        }
+    }
+
+    /// A held call whose arguments moved to the parent's memory (see [`Engine::keep`]) is to
+    /// run again: they go back into a fresh entry and block of shared memory.
+    fn restore(&mut self, id: u64) -> Result<(), CallError> {
+        let Some(record) = self.calls.get(id) else {
+            return Err(CallError::UnknownCall(id));
+        };
+        let (method, args_len) = (record.method, record.args_len);
+        let name = Self::method_name(method);
+        let Some(entry) = self.room.take_entry() else {
+            return Err(SubmitError::TooManyCalls {
+                method: name,
+                capacity: self.room.entries(),
+            }
+            .into());
+        };
+        let mut block = match self.room.alloc_call(method, args_len) {
+            Ok(block) => block,
+            Err(no_room) => {
+                self.room.give_entry(entry);
+                return Err(match no_room {
+                    NoRoom::Never { needed, allocation } => SubmitError::TooLarge {
+                        method: name,
+                        needed,
+                        allocation,
+                    },
+                    NoRoom::Full { needed } => SubmitError::OutOfMemory {
+                        method: name,
+                        needed,
+                        available: self.room.available(),
+                        allocation: self.room.size(),
+                        retained: self.calls.retained_bytes(),
+                    },
+                }
+                .into());
+            }
+        };
+        let at = Span::new(block.offset, args_len);
+        let record = self.calls.get_mut(id).expect("looked up above");
+        let args = record.args_bytes.take().unwrap_or_default();
+        if let Some(dst) = self.pool.region().bytes_mut(&mut block, at)
+            && dst.len() == args.len()
+        {
+            dst.copy_from_slice(&args);
+        }
+        record.blocks = Some(Blocks {
+            block,
+            ret_block: None,
+        });
+        record.entry = entry;
+        record.ret_bytes = None;
+        Ok(())
+    }
+
+    /// Frees a finished call's shared memory and forgets it, but for its status and timings
+    /// (see `history`).
     fn release(&mut self, id: u64) {
         if let Some(record) = self.calls.remove(id) {
+            self.remember(&record);
             self.free_record(record);
+        }
+    }
+
+    /// Adds a call leaving the table to the history of released calls, if it is final.
+    #[inline]
+    fn remember(&mut self, record: &CallRecord) {
+        if record.status.is_final() {
+            self.base.history.add(record.id, Past::of(record));
         }
     }
 
     /// Frees the shared memory of a call taken out of `calls`.
     fn free_record(&mut self, record: CallRecord) {
         match record.blocks {
+            // Its arguments and result are in the parent's memory (see `keep`).
+            None if record.entry == NO_ENTRY => {}
             Some(Blocks { block, ret_block }) => self.free_call(record.entry, block, ret_block),
             // Its blocks are lent to a worker: they come back to the arena when it answers
             // or is killed (see `take_back`).
@@ -1302,6 +1514,32 @@ impl<W: Worker> Engine<W> {
         }
         self.room.free_call(entry, block, ret_block);
     }
+}
+
+/// A buffer for a `len`-byte return in the parent's memory: from 2 MiB on, with transparent
+/// huge pages asked for before it is touched (as `wire::copy_to_vec` does), so that a large
+/// return costs a few page faults per 2 MiB rather than one per 4 KiB page.
+fn heap_buffer(len: usize) -> Vec<u8> {
+    const HUGE: usize = 2 << 20;
+    let v = Vec::with_capacity(len);
+    if len >= HUGE {
+        let p = v.as_ptr() as usize;
+        let start = p.next_multiple_of(HUGE);
+        let end = (p + len) & !(HUGE - 1);
+        if end > start {
+            // SAFETY: advice on pages of our own fresh allocation; failure is harmless.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    v
+}
+
+/// What the callbacks' view of a finished call held: its arguments, its return value (copied
+/// from the store), and whether a callback took it at all.
+struct Viewed {
+    args: bool,
+    ret: bool,
+    delivered: bool,
 }
 
 /// Whether a call's failure was logged where it was found (`enforce_timeouts`, `reap_dead`,

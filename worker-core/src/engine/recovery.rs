@@ -4,7 +4,7 @@
 use super::room::Room;
 use super::table::CallTable;
 use crate::arena::Blocks;
-use crate::call::{CallRecord, CallStatus, Timings};
+use crate::call::{CallRecord, CallStatus};
 use crate::clock;
 use crate::journal;
 use crate::pool::Pool;
@@ -113,21 +113,8 @@ pub(crate) fn recover(
         // A call handed to a worker may have started: the worker's running mark was in its
         // area, which went with the earlier run. So it runs again with retries + 1.
         let started = r.progress.is_none() || posted.is_some();
-        let mut record = CallRecord {
-            id: r.id,
-            method: r.method,
-            status: CallStatus::Uncalled,
-            retries: r.retries,
-            pid: None,
-            timings: Timings::default(),
-            error: None,
-            blocks: Some(blocks),
-            args_len: args.len,
-            ret: None,
-            posted: None,
-            entry: r.index,
-            awaited: false,
-        };
+        let mut record = CallRecord::new(r.id, r.method, Some(blocks), args.len, r.index);
+        record.retries = r.retries;
         record.timings.enter(CallStatus::Uncalled, now);
         if state == journal::RETURNED {
             record.ret = ret;

@@ -76,11 +76,6 @@ impl CallTable {
         self.records.values()
     }
 
-    /// Whether any call is queued or running.
-    pub(crate) fn any_in_flight(&self) -> bool {
-        self.records().any(|r| !r.status.is_final())
-    }
-
     /// Bytes of shared memory held by finished calls not yet taken.
     pub(crate) fn retained_bytes(&self) -> usize {
         self.records()
@@ -188,6 +183,7 @@ impl CallTable {
         record.status = CallStatus::Uncalled;
         record.error = None;
         record.ret = None;
+        record.ret_bytes = None;
         record.pid = None;
         record.posted = None;
         record.timings = Timings::default();
@@ -341,21 +337,7 @@ mod tests {
     use super::*;
 
     fn record(id: u64) -> CallRecord {
-        CallRecord {
-            id,
-            method: 0,
-            status: CallStatus::Uncalled,
-            retries: 0,
-            pid: None,
-            timings: Timings::default(),
-            error: None,
-            blocks: None,
-            args_len: 0,
-            ret: None,
-            posted: None,
-            entry: 0,
-            awaited: false,
-        }
+        CallRecord::new(id, 0, None, 0, 0)
     }
 
     #[test]
@@ -368,7 +350,6 @@ mod tests {
             table.enqueue(id);
         }
         assert_eq!(table.dequeue(), Some(a));
-        assert!(table.any_in_flight());
         // A failure keeps its error and waits for callbacks; its time never goes back.
         table
             .get_mut(a)

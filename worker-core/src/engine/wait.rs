@@ -4,9 +4,10 @@
 //! is left in a [`Delivered`] that [`Engine::settle`] completes after the next call is posted,
 //! while that call's worker runs, or before anything else looks at the pool.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::answer::{self, Outcome};
+use super::history::Past;
 use super::{Engine, Sink, record_times};
 use crate::arena::{Block, Blocks, Span};
 use crate::call::{CallId, CallRecord, CallStatus, Timings};
@@ -37,7 +38,7 @@ pub(super) struct Delivered {
 
 /// Where a return value's bytes lie.
 enum From<'a> {
-    /// They came inside the answer.
+    /// They came inside the answer, or lie in the parent's own memory: no copy is needed.
     Inline(&'a [u8]),
     /// In slot `.0`'s area, which its worker no longer writes (it answered).
     Area(usize, Span),
@@ -56,10 +57,11 @@ enum Round {
 }
 
 impl<W: Worker> Engine<W> {
-    /// Blocks until call `id` finishes or `timeout` passes, driving the pool (and its
-    /// callbacks) meanwhile, and returns the typed result.
+    /// Blocks until call `id` finishes and its callbacks ran, or `timeout` passes, driving
+    /// the pool (and its callbacks) meanwhile, and takes the typed result.
     ///
-    /// If the call already finished and its result was handed to a callback and released,
+    /// A call is held while it is waited for (see [`Engine::hold`]). If it is unknown (its
+    /// result was taken, or it was released after its callbacks with no handle holding it),
     /// this returns [`CallError::UnknownCall`].
     pub(crate) fn wait<R: 'static>(
         &mut self,
@@ -74,9 +76,11 @@ impl<W: Worker> Engine<W> {
         // only for a sleep or a full collection.
         let start = self.now_ns();
         let deadline = start.saturating_add(timeout.as_nanos().min(u64::MAX as u128) as u64);
+        let was_held;
         let (status, posted) = match self.calls.get_mut(raw) {
             Some(record) => {
-                record.awaited = true;
+                was_held = record.held;
+                record.held = true;
                 (record.status, record.posted)
             }
             None => return Err(CallError::UnknownCall(raw)),
@@ -123,7 +127,11 @@ impl<W: Worker> Engine<W> {
                 return Err(CallError::UnknownCall(raw));
             };
             if record.status.is_final() {
-                return self.take_result(id);
+                if !self.calls.awaits_callbacks(raw) {
+                    return self.take_result(id);
+                }
+                // Its callbacks run first: the next round is a full collection.
+                continue;
             }
             let posted = record.posted;
             if short {
@@ -131,7 +139,7 @@ impl<W: Worker> Engine<W> {
             }
             if now >= deadline {
                 if let Some(record) = self.calls.get_mut(raw) {
-                    record.awaited = false;
+                    record.held = was_held;
                 }
                 return Err(CallError::WaitTimeout {
                     id: raw,
@@ -147,6 +155,37 @@ impl<W: Worker> Engine<W> {
                 now = self.now_ns();
             }
         }
+    }
+
+    /// Blocks until one of calls `ids` is final and its callbacks ran (or is unknown, which
+    /// [`Engine::take_result`] then says), or `timeout` passes, driving the pool meanwhile.
+    /// Returns the first such call's index in `ids`; `None` when the time is up.
+    pub(crate) fn wait_any(
+        &mut self,
+        ids: &[u64],
+        timeout: Duration,
+        sink: &mut dyn Sink<W>,
+    ) -> Option<usize> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            self.collect(sink);
+            if let Some(k) = ids.iter().position(|&id| self.is_done(id)) {
+                return Some(k);
+            }
+            if ids.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            self.pool.sleep(deadline);
+        }
+    }
+
+    /// Whether call `id` is done for its handle: final and its callbacks ran, so that
+    /// [`Engine::take_result`] gives its result now (or unknown, which it then says).
+    pub(crate) fn is_done(&self, id: u64) -> bool {
+        // A call `wait` just delivered is not asked about: its handle went with it.
+        self.calls
+            .get(id)
+            .is_none_or(|r| r.status.is_final() && !self.calls.awaits_callbacks(id))
     }
 
     /// Whether `wait` may skip its first collection: nothing is queued, finished or due for a
@@ -241,19 +280,33 @@ impl<W: Worker> Engine<W> {
             return;
         };
         let ran = d.ran;
-        if let Some(times) = self
-            .calls
-            .remove_with(d.id, |r| delivered_times(&r.timings, &ran))
-        {
+        if let Some((times, pid, timings)) = self.calls.remove_with(d.id, |r| {
+            let times = delivered_times(&r.timings, &ran);
+            (times, r.pid, returned_timings(&r.timings, times))
+        }) {
             record_times(&mut self.base.timing, d.method, times);
             if let Some(o) = self.base.outcomes.get_mut(d.method as usize) {
                 o.count(CallStatus::Returned);
             }
+            let past = Past {
+                status: CallStatus::Returned,
+                pid,
+                timings,
+            };
+            self.base.history.add(d.id, past);
         }
         if let Some((entry, block)) = d.held {
             self.free_call(entry, block, d.ret_block);
         }
         self.retire_if_worn(d.slot, None);
+    }
+
+    /// The timings of call `id` if `wait` delivered it and its bookkeeping is still due.
+    pub(super) fn delivered_timings(&self, id: u64) -> Option<Timings> {
+        let d = self.delivered.as_ref().filter(|d| d.id == id)?;
+        let record = self.calls.get(id)?;
+        let times = delivered_times(&record.timings, &d.ran);
+        Some(returned_timings(&record.timings, times))
     }
 
     /// Whether call `id` was delivered and only its bookkeeping is due (see [`Delivered`]):
@@ -307,11 +360,18 @@ impl<W: Worker> Engine<W> {
         })
     }
 
-    /// Takes the result of a finished call out of the engine.
-    pub(super) fn take_result<R: 'static>(&mut self, id: CallId<R>) -> Result<R, CallError> {
+    /// Takes the result of a finished call whose callbacks ran out of the engine (a handle
+    /// takes it); its status and timings stay in the history.
+    pub(crate) fn take_result<R: 'static>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
         let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
+        self.remember(&record);
         let result = match (record.status, record.ret) {
+            // In the parent's memory: decoded where it lies.
+            (CallStatus::Returned, _) if record.ret_bytes.is_some() => self.decode_return::<R>(
+                record.method,
+                From::Inline(record.ret_bytes.as_deref().unwrap_or_default()),
+            ),
             (CallStatus::Returned, Some(value)) => {
                 self.decode_return::<R>(record.method, From::Store(record.blocks.as_ref(), value))
             }
@@ -325,6 +385,14 @@ impl<W: Worker> Engine<W> {
         self.free_record(record);
         result
     }
+}
+
+/// A delivered call's timings: its record's, with the times it started running and returned.
+fn returned_timings(timings: &Timings, [_, running, returned]: [u64; 3]) -> Timings {
+    let mut timings = timings.clone();
+    timings.enter(CallStatus::Running, running);
+    timings.enter(CallStatus::Returned, returned);
+    timings
 }
 
 /// A delivered call's times from its record's and its answer's: created, started running,

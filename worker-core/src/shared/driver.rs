@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use super::{Backlogged, Handler, Inner, Life, State};
-use crate::call::{Call, CallStatus, Log};
+use crate::call::{Call, Log};
 use crate::callbacks::{Callbacks, On};
 use crate::clock::time_left;
 use crate::engine::{Engine, Sink};
@@ -71,18 +71,9 @@ impl<W: Worker> Sink<W> for PoolSink<'_, W> {
         if let Some(waker) = self.wakers.remove(&id) {
             self.woken.push(waker);
         }
-        let held = call.record.awaited;
-        if !ran && !held && call.status() != CallStatus::Returned {
-            // Detached, failed, and no callback to tell: the log is the only trace.
-            if let Some(error) = call.error()
-                && !crate::engine::logged_when_found(error)
-            {
-                log::warn!(target: self.alias, "call {id}: {error}");
-            }
-        }
-        // A held call stays for its handle either way (the engine keeps an awaited call);
-        // one nobody holds is released.
-        ran || !held
+        // Without a callback the engine logs a failure; a held call stays for its handle
+        // either way.
+        ran
     }
 }
 
@@ -119,7 +110,7 @@ pub(super) fn run<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
                 if cancel {
                     engine.cancel(id);
                 }
-                engine.let_go(id);
+                engine.drop_handle(id);
             }
             engine.fire_callbacks(&mut sink);
         }
@@ -171,7 +162,7 @@ fn admit_backlog<W: Worker>(
         let raw = Raw(&next.bytes);
         match engine.submit_encoded_as(next.method, &raw, &mut NoSink, Some(next.id)) {
             Ok(id) => {
-                engine.hold(id, true);
+                engine.hold(id);
                 backlog.pop_front();
             }
             Err(SubmitError::OutOfMemory { .. } | SubmitError::TooManyCalls { .. })

@@ -343,7 +343,7 @@ impl<W: Worker> Inner<W> {
         // which a shared pool's engine never does (`never_wait_for_room`).
         match engine.submit_encoded(method, args, &mut driver::NoSink) {
             Ok(id) => {
-                engine.hold(id, true);
+                engine.hold(id);
                 if let Some(until) = state.asleep_until {
                     // The sleeping driver must look again if a worker was forked (its
                     // pidfd is not among those it sleeps on) or the call's deadline is
@@ -483,7 +483,7 @@ impl<W: Worker + Send + 'static> Link for Inner<W> {
                 // Its callbacks run on the driver.
                 self.nudge(&mut state.nudged);
             }
-            engine.let_go(id);
+            engine.drop_handle(id);
             let last = state.life == Life::Orphaned && engine.in_use() == 0;
             if last || !state.backlog.is_empty() {
                 self.nudge(&mut state.nudged);

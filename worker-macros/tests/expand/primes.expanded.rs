@@ -93,7 +93,7 @@ pub enum PrimesReturn {
 }
 /// The parent's handle on a pool of `Primes` workers, written by `#[worker]`.
 ///
-/// Each proxied method of `Primes` has a proxy here, with the same name and arguments: it queues a call for a worker process and returns the call's `CallId` at once. Everything else (`workers`, `timeout`, `wait`, `inline`, ...) is `Mediator<Primes>`, which this dereferences to.
+/// Each proxied method of `Primes` has a proxy here, with the same name and arguments: it queues a call for a worker process and returns the call's `Handle` at once. Everything else (`workers`, `timeout`, `wait`, `inline`, ...) is `Mediator<Primes>`, which this dereferences to.
 ///
 /// `__W` is always `Primes`; leave it out. It exists so that the `Deref` impl does not name `Primes`, which may be private.
 #[allow(dead_code, private_interfaces)]
@@ -115,13 +115,13 @@ impl PrimesMediator {
     }
     /// Every prime in `start..end`.
     ///
-    /// Proxy of `Primes::sieve`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::sieve`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn sieve(
         &mut self,
         start: u64,
         end: u64,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<Vec<u64>>,
+        ::forkworker::__private::Handle<Vec<u64>>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -131,12 +131,12 @@ impl PrimesMediator {
             |__bytes| ::forkworker::__private::decode::<Vec<u64>>(__bytes),
         )
     }
-    /// Proxy of `Primes::is_prime`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::is_prime`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn is_prime(
         &mut self,
         n: u64,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<bool>,
+        ::forkworker::__private::Handle<bool>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -146,12 +146,12 @@ impl PrimesMediator {
             |__bytes| ::forkworker::__private::decode::<bool>(__bytes),
         )
     }
-    /// Proxy of `Primes::primes_among`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::primes_among`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn primes_among(
         &mut self,
         numbers: &[u64],
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<Vec<u64>>,
+        ::forkworker::__private::Handle<Vec<u64>>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -161,12 +161,12 @@ impl PrimesMediator {
             |__bytes| ::forkworker::__private::decode::<Vec<u64>>(__bytes),
         )
     }
-    /// Proxy of `Primes::describe`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::describe`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn describe(
         &mut self,
         label: &str,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<String>,
+        ::forkworker::__private::Handle<String>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -178,12 +178,12 @@ impl PrimesMediator {
     }
     /// Moves as bytes, both ways.
     ///
-    /// Proxy of `Primes::checksum`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::checksum`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn checksum(
         &mut self,
         data: Vec<u8>,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<Vec<u8>>,
+        ::forkworker::__private::Handle<Vec<u8>>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -198,11 +198,11 @@ impl PrimesMediator {
             ),
         )
     }
-    /// Proxy of `Primes::ping`: queues the call for a worker and returns its id at once.
+    /// Proxy of `Primes::ping`: queues the call for a worker and returns its handle at once (pass it to `wait`; dropped, the call still runs and its callbacks fire).
     pub fn ping(
         &mut self,
     ) -> ::forkworker::__private::core::result::Result<
-        ::forkworker::__private::CallId<()>,
+        ::forkworker::__private::Handle<()>,
         ::forkworker::__private::CallError,
     > {
         ::forkworker::__private::submit(
@@ -226,6 +226,132 @@ impl<__W: ::forkworker::__private::Worker> ::forkworker::__private::core::ops::D
 for PrimesMediator<__W> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.inner
+    }
+}
+/// A shared pool of `Primes` workers, written by `#[worker]`: `Send + Sync + Clone`, driven by a thread of its own, usable from any thread and any async executor.
+///
+/// Each proxied method of `Primes` has a proxy here, with the same name and arguments: it encodes the arguments at once and returns the call's `Pending` handle, a future that can also `wait()`. Dropping the handle cancels the call. Everything else (`close`, `shutdown`, `inline`, `stats`, ...) is `SharedPool<Primes>`, which this dereferences to. Make one with `PrimesPool::builder`.
+///
+/// `__W` is always `Primes`; leave it out. It exists so that the `Deref` impl does not name `Primes`, which may be private.
+#[allow(dead_code, private_interfaces)]
+pub struct PrimesPool<__W: ::forkworker::__private::Worker = Primes> {
+    inner: ::forkworker::__private::SharedPool<__W>,
+}
+#[automatically_derived]
+impl<__W: ::forkworker::__private::Worker> ::forkworker::__private::core::clone::Clone
+for PrimesPool<__W> {
+    fn clone(&self) -> Self {
+        PrimesPool {
+            inner: ::forkworker::__private::core::clone::Clone::clone(&self.inner),
+        }
+    }
+}
+#[allow(dead_code, private_interfaces)]
+impl<__W> PrimesPool<__W>
+where
+    __W: ::forkworker::__private::Worker + ::forkworker::__private::core::marker::Send
+        + 'static + ::forkworker::__private::Is<Primes>,
+{
+    /// A builder for a shared pool named `alias` (in logs), whose workers each start from a copy of `value`: its settings and callbacks, then `start()`, which forks.
+    pub fn builder(
+        alias: impl ::forkworker::__private::core::convert::Into<
+            ::forkworker::__private::std::string::String,
+        >,
+        value: __W,
+    ) -> ::forkworker::__private::Builder<__W, Self> {
+        ::forkworker::__private::shared_builder(
+            alias,
+            value,
+            |inner| PrimesPool { inner },
+        )
+    }
+    /// Every prime in `start..end`.
+    ///
+    /// Proxy of `Primes::sieve`: encodes the arguments, queues the call for a worker and returns its handle at once (await it, or `wait()`; dropping it cancels the call).
+    pub fn sieve(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> ::forkworker::__private::Pending<Vec<u64>> {
+        ::forkworker::__private::submit_shared(
+            &self.inner,
+            0u32,
+            &(&start, &end),
+            |__bytes| ::forkworker::__private::decode::<Vec<u64>>(__bytes),
+        )
+    }
+    /// Proxy of `Primes::is_prime`: encodes the arguments, queues the call for a worker and returns its handle at once (await it, or `wait()`; dropping it cancels the call).
+    pub fn is_prime(&self, n: u64) -> ::forkworker::__private::Pending<bool> {
+        ::forkworker::__private::submit_shared(
+            &self.inner,
+            1u32,
+            &(&n,),
+            |__bytes| ::forkworker::__private::decode::<bool>(__bytes),
+        )
+    }
+    /// Proxy of `Primes::primes_among`: encodes the arguments, queues the call for a worker and returns its handle at once (await it, or `wait()`; dropping it cancels the call).
+    pub fn primes_among(
+        &self,
+        numbers: &[u64],
+    ) -> ::forkworker::__private::Pending<Vec<u64>> {
+        ::forkworker::__private::submit_shared(
+            &self.inner,
+            2u32,
+            &(&numbers,),
+            |__bytes| ::forkworker::__private::decode::<Vec<u64>>(__bytes),
+        )
+    }
+    /// Proxy of `Primes::describe`: encodes the arguments, queues the call for a worker and returns its handle at once (await it, or `wait()`; dropping it cancels the call).
+    pub fn describe(&self, label: &str) -> ::forkworker::__private::Pending<String> {
+        ::forkworker::__private::submit_shared(
+            &self.inner,
+            3u32,
+            &(&label,),
+            |__bytes| ::forkworker::__private::decode::<String>(__bytes),
+        )
+    }
+    /// Moves as bytes, both ways.
+    ///
+    /// Proxy of `Primes::checksum`: encodes the arguments, queues the call for a worker and returns its handle at once (await it, or `wait()`; dropping it cancels the call).
+    pub fn checksum(&self, data: Vec<u8>) -> ::forkworker::__private::Pending<Vec<u8>> {
+        ::forkworker::__private::submit_shared(
+            &self.inner,
+            4u32,
+            &(::forkworker::__private::Bytes::new(&data),),
+            |__bytes| ::forkworker::__private::core::result::Result::map(
+                ::forkworker::__private::decode::<
+                    ::forkworker::__private::ByteBuf,
+                >(__bytes),
+                ::forkworker::__private::ByteBuf::into_vec,
+            ),
+        )
+    }
+    /// Proxy of `Primes::ping`: encodes the arguments, queues the call for a worker and returns its handle at once (await it, or `wait()`; dropping it cancels the call).
+    pub fn ping(&self) -> ::forkworker::__private::Pending<()> {
+        ::forkworker::__private::submit_shared(
+            &self.inner,
+            5u32,
+            &(),
+            |__bytes| ::forkworker::__private::decode::<()>(__bytes),
+        )
+    }
+}
+#[automatically_derived]
+impl<__W: ::forkworker::__private::Worker> ::forkworker::__private::core::ops::Deref
+for PrimesPool<__W> {
+    type Target = ::forkworker::__private::SharedPool<__W>;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+#[automatically_derived]
+impl<__W: ::forkworker::__private::Worker> ::forkworker::__private::core::fmt::Debug
+for PrimesPool<__W> {
+    fn fmt(
+        &self,
+        f: &mut ::forkworker::__private::core::fmt::Formatter<'_>,
+    ) -> ::forkworker::__private::core::fmt::Result {
+        ::forkworker::__private::core::fmt::Debug::fmt(&self.inner, f)
     }
 }
 #[automatically_derived]

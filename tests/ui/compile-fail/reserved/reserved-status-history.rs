@@ -1,0 +1,9 @@
+// `status_history` is a public method of the generated mediator; a proxy named so would hide it.
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn status_history(&self) {}
+}
+
+fn main() {}

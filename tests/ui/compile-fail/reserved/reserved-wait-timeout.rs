@@ -1,0 +1,9 @@
+// `wait_timeout` is a public method of the generated mediator; a proxy named so would hide it.
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn wait_timeout(&self) {}
+}
+
+fn main() {}
