@@ -290,6 +290,46 @@ fn a_finished_calls_status_stays_until_its_handle_takes_it() {
     assert!(matches!(hung.wait(), Err(CallError::Timeout { .. })));
 }
 
+fn status_answers_by_id_after_the_handle_and_several_calls_are_waited_for_at_once() {
+    let pool = EchoPool::builder("Echo", Echo)
+        .workers(2)
+        .timeout(Duration::from_millis(200))
+        .status_history(4)
+        .start()
+        .unwrap();
+    let call = pool.echo(1);
+    let id = call.id();
+    assert_eq!(call.wait().unwrap(), 1);
+    assert_eq!(pool.status(id), Some(CallStatus::Returned));
+    assert!(
+        pool.timings(id)
+            .unwrap()
+            .entered(CallStatus::Returned)
+            .is_some()
+    );
+    let hung = pool.slow_echo(1, u64::MAX);
+    let hung_id = hung.id();
+    assert!(matches!(hung.wait(), Err(CallError::Timeout { .. })));
+    assert_eq!(pool.status(hung_id), Some(CallStatus::Timeout));
+    // Only the last 4 are remembered.
+    let results = pool.wait_all((0..6).map(|n| pool.echo(n)), LONG);
+    assert_eq!(
+        results.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>()
+    );
+    assert_eq!(pool.status(id), None, "forgotten past the history");
+    let mut calls = vec![pool.slow_echo(1, 2_000), pool.slow_echo(2, 10)];
+    let (first, result) = pool.wait_any(&mut calls, LONG).unwrap();
+    assert_eq!(result.unwrap(), 2);
+    assert_eq!(pool.status(first), Some(CallStatus::Returned));
+    assert_eq!(calls.len(), 1);
+    assert!(
+        pool.wait_any(&mut calls, Duration::from_millis(10))
+            .is_none()
+    );
+    assert_eq!(calls.len(), 1, "untouched when the time is up");
+}
+
 fn a_crash_is_reported_as_a_crash() {
     let pool = EchoPool::builder("Echo", Echo).workers(1).start().unwrap();
     assert!(matches!(
@@ -563,6 +603,7 @@ tests![
     dropping_a_queued_call_removes_it_and_a_finished_one_is_never_cancelled,
     every_result_comes_back_and_every_callback_fires_3000_times,
     a_finished_calls_status_stays_until_its_handle_takes_it,
+    status_answers_by_id_after_the_handle_and_several_calls_are_waited_for_at_once,
     a_crash_is_reported_as_a_crash,
     a_pool_shared_by_8_threads_and_50_tasks_returns_every_result_once,
     a_ticker_on_the_runtime_never_stalls_while_calls_are_awaited,

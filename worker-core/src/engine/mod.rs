@@ -98,6 +98,10 @@ pub(crate) struct Configured<W: Worker> {
     pub(crate) decoders: Decoders,
     /// The most recent released calls, for `status` (see `history`).
     history: History,
+    /// Set by a face that starts the pool from a thread of its own (the shared pool): the
+    /// program is threaded by design then, and the fork is made safe for it (see
+    /// `process::fork_child`), so starting in a threaded process is not warned about.
+    pub(crate) own_thread: bool,
 }
 
 impl<W: Worker> Configured<W> {
@@ -115,6 +119,7 @@ impl<W: Worker> Configured<W> {
             room: Room::new(W::METHODS.len()),
             decoders: Decoders::default(),
             history: History::default(),
+            own_thread: false,
         }
     }
 
@@ -254,7 +259,7 @@ impl<W: Worker> Engine<W> {
     pub(crate) fn start(
         mut base: Configured<W>,
     ) -> Result<Engine<W>, Box<(Configured<W>, StartError)>> {
-        if let Some(threads) = process::thread_count().filter(|&n| n > 1) {
+        if let Some(threads) = process::thread_count().filter(|&n| n > 1 && !base.own_thread) {
             log::warn!(target: &base.alias,
                 "starting the fork server in a process with {threads} threads: it can inherit a lock another thread held at the fork; call start() before starting threads");
         }

@@ -69,6 +69,13 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
         self
     }
 
+    /// How many finished calls' status and timings [`SharedPool::status`] still gives after
+    /// their handles are gone (default 1,024).
+    pub fn status_history(mut self, calls: usize) -> Self {
+        self.base.status_history(calls);
+        self
+    }
+
     /// How long a worker may stay idle before it exits, while more than
     /// [`Builder::min_workers`] are left; it is forked again when calls come (see
     /// `Mediator::idle_timeout`). Off by default. The pool's thread wakes for it.
@@ -187,6 +194,8 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
             wrap,
         } = self;
         base.check()?;
+        let mut base = base;
+        base.own_thread = true;
         let nudge =
             nudge_fd().map_err(|e| StartError::Pool(PoolError::EventFd(OsError::from(e))))?;
         let alias = base.alias.clone();
@@ -212,6 +221,9 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
         let driven = inner.clone();
         let spawned = std::thread::Builder::new()
             .name(thread_name(&alias))
+            // The fork server is forked from this thread, and every worker from the server:
+            // their main stack is this thread's, so as large as a program's usual one.
+            .stack_size(DRIVER_STACK)
             .spawn(move || {
                 *driven.driver_id.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(std::thread::current().id());
@@ -248,6 +260,10 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
         }
     }
 }
+
+/// The stack of the pool's thread, which the fork server and the workers inherit (address
+/// space; pages are touched only as used).
+const DRIVER_STACK: usize = 8 << 20;
 
 /// The pool thread's name: `fw-` and the alias, cut to Linux's 15 bytes.
 fn thread_name(alias: &str) -> String {

@@ -27,7 +27,7 @@ pub use self::builder::Builder;
 pub use self::builder::builder;
 use self::pending::Link;
 pub use self::pending::Pending;
-use crate::call::{Call, CallStatus, Log, Timings};
+use crate::call::{Call, CallId, CallStatus, Log, Timings};
 use crate::callbacks::Callbacks;
 use crate::engine::{Configured, Engine, Progress};
 use crate::error::{CallError, SubmitError, WireError};
@@ -212,6 +212,85 @@ impl<W: Worker> SharedPool<W> {
             (Some(engine), _) => engine.stats(),
             (None, Some(base)) => base.stats(),
             (None, None) => unreachable!("a pool's engine is running or stopped"),
+        }
+    }
+
+    /// The status of call `id`: while its handle lives, and afterwards for the most recent
+    /// finished calls (see [`Builder::status_history`]); `None` for an unknown call.
+    pub fn status<R>(&self, id: CallId<R>) -> Option<CallStatus> {
+        let state = self.inner().lock();
+        if state.backlog.iter().any(|b| b.id == id.raw()) {
+            return Some(CallStatus::Uncalled);
+        }
+        match (&state.engine, &state.stopped) {
+            (Some(engine), _) => engine.status(id),
+            (None, Some(base)) => base.past(id.raw()).map(|(status, _, _)| status),
+            (None, None) => None,
+        }
+    }
+
+    /// When call `id` entered each status so far (as [`SharedPool::status`], for as long).
+    pub fn timings<R>(&self, id: CallId<R>) -> Option<Timings> {
+        let state = self.inner().lock();
+        match (&state.engine, &state.stopped) {
+            (Some(engine), _) => engine.timings(id),
+            (None, Some(base)) => base.past(id.raw()).map(|(_, _, timings)| timings.clone()),
+            (None, None) => None,
+        }
+    }
+
+    /// Blocks until every call of `handles` ended or `timeout` passed, and returns their
+    /// results in order; a call not finished by then is cancelled (its handle is dropped)
+    /// and its result is [`CallError::WaitTimeout`]. Do not call it on an executor's thread:
+    /// await `futures::future::join_all` there.
+    pub fn wait_all<R>(
+        &self,
+        handles: impl IntoIterator<Item = Pending<R>>,
+        timeout: Duration,
+    ) -> Vec<Result<R, CallError>> {
+        let start = Instant::now();
+        handles
+            .into_iter()
+            .map(|handle| {
+                let id = handle.id().raw();
+                handle
+                    .wait_timeout(timeout.saturating_sub(start.elapsed()))
+                    .unwrap_or_else(|_| {
+                        Err(CallError::WaitTimeout {
+                            id,
+                            waited: start.elapsed(),
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// Blocks until one of the calls of `handles` ends or `timeout` passes; takes that call's
+    /// handle out of `handles` and returns its id and result. `None` when the time is up
+    /// first (`handles` is then untouched) or `handles` is empty. On an executor, use
+    /// `futures::stream::FuturesUnordered` instead.
+    pub fn wait_any<R>(
+        &self,
+        handles: &mut Vec<Pending<R>>,
+        timeout: Duration,
+    ) -> Option<(CallId<R>, Result<R, CallError>)> {
+        if handles.is_empty() {
+            return None;
+        }
+        let deadline = Instant::now() + timeout;
+        let waker = pending::thread_waker();
+        loop {
+            for k in 0..handles.len() {
+                if let Poll::Ready(result) = handles[k].poll_with(&waker) {
+                    let handle = handles.remove(k);
+                    return Some((handle.id(), result));
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            std::thread::park_timeout(left);
         }
     }
 

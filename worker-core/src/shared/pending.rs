@@ -160,7 +160,7 @@ impl<R> Pending<R> {
         }
     }
 
-    fn poll_with(&mut self, waker: &Waker) -> Poll<Result<R, CallError>> {
+    pub(crate) fn poll_with(&mut self, waker: &Waker) -> Poll<Result<R, CallError>> {
         if let Some(error) = self.early.take() {
             return Poll::Ready(Err(error));
         }
@@ -209,6 +209,11 @@ impl<R> fmt::Debug for Pending<R> {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// A waker that unparks the calling thread, for blocking waits.
+pub(crate) fn thread_waker() -> Waker {
+    Waker::from(Arc::new(Parker(std::thread::current())))
 }
 
 /// Wakes a thread blocked in [`Pending::wait`].
