@@ -985,6 +985,8 @@ fn full_table(cfg: &Cfg) {
     progress("pipeline");
     let payloads = measure_payloads(cfg, &mut forked.mpay, &ps1);
     progress("payloads");
+    let shared = measure_shared(cfg, &forked.s1, &forked.s2, &mut forked.m1, &ps1);
+    progress("shared pool");
 
     // ---- Clean up: every pool, every floor process; then check. ----
     drop(ps1);
@@ -999,8 +1001,11 @@ fn full_table(cfg: &Cfg) {
         queue_noop,
         queue_1k,
         loaded,
+        s1,
+        s2,
     } = forked;
     drop((m1, m2, mpay));
+    drop((s1, s2));
     drop(floors);
     let leftovers = cleanup_problems(me);
 
@@ -1010,6 +1015,7 @@ fn full_table(cfg: &Cfg) {
     rows.push(pipeline_row(&pipeline));
     rows.extend(loaded.iter().map(pipeline_row));
     rows.extend(payload_rows(&payloads));
+    rows.extend(shared_rows(cfg, &shared, &throughput));
     rows.extend(fault_rows(cfg, &faults));
     rows.extend(memory_rows(
         cfg,
@@ -1037,6 +1043,147 @@ fn full_table(cfg: &Cfg) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     exit_if_left_behind(&leftovers);
+}
+
+/// The shared pool's figures: an awaited empty call (tokio), a blocking one through its
+/// handle, the mediator's and procspawn's blocking calls in the same rounds, and pipelined
+/// calls awaited from 50 tasks on one and on two workers.
+struct Shared {
+    awaited: Vec<f64>,
+    blocking: Vec<f64>,
+    mediator: Vec<f64>,
+    procspawn: Vec<f64>,
+    tasks_one: Vec<f64>,
+    tasks_two: Vec<f64>,
+}
+
+/// Tasks that await calls at once in the pipelined rows.
+const TASKS: usize = 50;
+
+fn measure_shared(
+    cfg: &Cfg,
+    s1: &BenchPool,
+    s2: &BenchPool,
+    m1: &mut BenchMediator,
+    ps1: &procspawn::Pool,
+) -> Shared {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut s = Shared {
+        awaited: vec![],
+        blocking: vec![],
+        mediator: vec![],
+        procspawn: vec![],
+        tasks_one: vec![],
+        tasks_two: vec![],
+    };
+    let n = cfg.empty_fast;
+    let awaited = |n: usize| {
+        rt.block_on(async {
+            let t = Instant::now();
+            for _ in 0..n {
+                s1.noop().await.expect("noop");
+            }
+            t.elapsed().as_secs_f64() / n as f64
+        })
+    };
+    let tasks = |pool: &BenchPool, n: usize| {
+        rt.block_on(async {
+            let t = Instant::now();
+            let each = n.div_ceil(TASKS);
+            let running: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..each {
+                            pool.noop().await.expect("noop");
+                        }
+                    })
+                })
+                .collect();
+            for r in running {
+                r.await.expect("a task");
+            }
+            (each * TASKS) as f64 / t.elapsed().as_secs_f64()
+        })
+    };
+    awaited(n / 10 + 1);
+    tasks(s1, n / 10 + 1);
+    tasks(s2, n / 10 + 1);
+    for _ in 0..cfg.rounds {
+        s.awaited.push(awaited(n));
+        let t = Instant::now();
+        for _ in 0..n {
+            s1.noop().wait().expect("noop");
+        }
+        s.blocking.push(t.elapsed().as_secs_f64() / n as f64);
+        s.mediator.push(fw_empty(m1, n));
+        s.procspawn.push(ps_empty(ps1, cfg.empty_ps));
+        s.tasks_one.push(tasks(s1, cfg.tp_calls / 4));
+        s.tasks_two.push(tasks(s2, cfg.tp_calls / 4));
+        if cfg.verbose {
+            let l = |v: &[f64]| v[v.len() - 1];
+            eprintln!(
+                "shared round: awaited {} blocking {} mediator {} procspawn {} 50 tasks {} / {}",
+                fmt_time(l(&s.awaited)),
+                fmt_time(l(&s.blocking)),
+                fmt_time(l(&s.mediator)),
+                fmt_time(l(&s.procspawn)),
+                fmt_rate(l(&s.tasks_one)),
+                fmt_rate(l(&s.tasks_two)),
+            );
+        }
+    }
+    s
+}
+
+fn shared_rows(cfg: &Cfg, s: &Shared, t: &Throughput) -> Vec<Row> {
+    let awaited = median(&s.awaited);
+    let mediator = median(&s.mediator);
+    let procspawn = median(&s.procspawn);
+    let blocking = median(&s.blocking);
+    let mut rows = vec![
+        row(
+            "shared pool: awaited empty call (tokio, 1 worker) vs the mediator's blocking call",
+            fmt_time(awaited),
+            fmt_time(mediator),
+            format!("{:.1}x", awaited / mediator),
+        )
+        .target("< 10 us", awaited < 10e-6),
+        row(
+            "shared pool: awaited empty call (tokio, 1 worker) vs procspawn's blocking call",
+            fmt_time(awaited),
+            fmt_time(procspawn),
+            format!("{:.3}x", awaited / procspawn),
+        ),
+        row(
+            "shared pool: blocking wait() on an empty call (1 worker) vs the mediator's",
+            fmt_time(blocking),
+            fmt_time(mediator),
+            format!("{:.1}x", blocking / mediator),
+        ),
+    ];
+    for (workers, fw, ps) in [(1, &s.tasks_one, &t.ps_one), (2, &s.tasks_two, &t.ps_two)] {
+        let (fw, ps) = (median(fw), median(ps));
+        rows.push(
+            row(
+                format!(
+                    "shared pool: {} calls awaited from {TASKS} tasks, {workers} worker{} (procspawn: {} pipelined)",
+                    cfg.tp_calls / 4,
+                    if workers > 1 { "s" } else { "" },
+                    cfg.tp_ps_calls
+                ),
+                fmt_rate(fw),
+                fmt_rate(ps),
+                format!("{:.1}x", fw / ps),
+            )
+            .target(">= 100,000/s", fw >= 100_000.0),
+        );
+    }
+    rows
 }
 
 /// Fails the run if the bench left anything behind; says so if not.
@@ -1071,6 +1218,9 @@ struct Forked {
     /// The pipeline with one CPU kept busy: in a smoke run only (its own `--only` group
     /// otherwise, so that its spinning process disturbs no other row).
     loaded: Option<Pipeline>,
+    /// Shared pools (the `XPool` face) of one and two workers.
+    s1: BenchPool,
+    s2: BenchPool,
 }
 
 impl Forked {
@@ -1103,6 +1253,9 @@ impl Forked {
             )
         });
         assert_single_threaded("end of the forking phase");
+        // Last: each shared pool is a thread, which forks its fork server and workers.
+        let s1 = shared_pool("bench-s1", 1, 64 * MIB, stamp);
+        let s2 = shared_pool("bench-s2", 2, 64 * MIB, stamp);
         Forked {
             m1,
             m2,
@@ -1113,8 +1266,22 @@ impl Forked {
             queue_noop,
             queue_1k,
             loaded,
+            s1,
+            s2,
         }
     }
+}
+
+/// A started shared pool of `workers`, every worker forked (and warmed by one call).
+fn shared_pool(alias: &str, workers: usize, malloc: usize, stamp: usize) -> BenchPool {
+    let pool = BenchPool::builder(alias, Bench { stamp })
+        .workers(workers)
+        .malloc(malloc)
+        .strategy(ForkStrategy::Aggressive)
+        .start()
+        .expect("start a shared pool");
+    pool.noop().wait().expect("noop");
+    pool
 }
 
 /// A started pool of `workers` with `malloc` bytes of shared memory, every worker forked.
