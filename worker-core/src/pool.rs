@@ -123,9 +123,34 @@ pub(crate) struct Pool {
     limits: WorkerLimits,
     /// How workers confine themselves after `setup`.
     sandbox: Option<crate::sandbox::Sandbox>,
-    /// Workers forked so far: a sleeper that made its list of descriptors before a fork
-    /// must look again (see `shared`).
-    forks: u64,
+}
+
+/// The channels of the calls posted when it was made and the sequence number each answer
+/// will carry: whether one of them answered can be seen without the pool (its owner's lock),
+/// from the thread that drives it.
+///
+/// It holds pointers into the pool's areas, which are mapped for the pool's whole life and
+/// never move; a watch must not outlive its pool: the shared pool's driver makes one, spins on
+/// it, and drops it before it next takes its lock, and it alone ever drops the pool. Reading a
+/// channel while another thread changes it (a kill, a spawn) is an atomic read that may see a
+/// stale or a new value: at worst a needless collection, or a spin that runs to its end.
+pub(crate) struct Watch(Vec<(*const Channel, u32)>);
+
+impl Watch {
+    /// Whether there is nothing to watch.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether one of the watched calls answered.
+    #[inline]
+    pub(crate) fn answered(&self) -> bool {
+        self.0.iter().any(|&(channel, seq)| {
+            // SAFETY: the channel lies in an area the pool maps for its whole life, and the
+            // pool outlives the watch (see the type's doc); `answered` is an atomic load.
+            unsafe { &*channel }.answered(seq)
+        })
+    }
 }
 
 /// A number in `[0, 1)`, different for every call.
@@ -211,7 +236,6 @@ impl Pool {
             memory,
             limits,
             sandbox: config.sandbox.clone(),
-            forks: 0,
         };
         let server = pool.start_server(value).map_err(PoolError::ForkServer)?;
         pool.server = Some(Arc::new(Mutex::new(server)));
@@ -299,7 +323,6 @@ impl Pool {
             Err(e) => return Err(e),
         };
         let child = process::adopt(pid, pidfd, server);
-        self.forks += 1;
         let pid = child.pid();
         let jitter = 1.0 - self.recycle.jitter.clamp(0.0, 1.0) * random_fraction();
         self.slots[i] = Slot {
@@ -324,9 +347,24 @@ impl Pool {
         Ok(pid)
     }
 
-    /// How many workers were forked so far.
-    pub(crate) fn forks(&self) -> u64 {
-        self.forks
+    /// Sleeps without spinning first (see `ParentWake::no_spin`).
+    pub(crate) fn no_parent_spin(&mut self) {
+        self.wake.no_spin();
+    }
+
+    /// What to look at, without this pool's lock, for the answers of the calls now posted:
+    /// see [`Watch`].
+    pub(crate) fn watch(&self) -> Watch {
+        Watch(
+            self.slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let b = s.busy.filter(|b| !b.awaiting_room)?;
+                    Some((std::ptr::from_ref(self.channel(i)), b.seq))
+                })
+                .collect(),
+        )
     }
 
     /// The recycling rules for the workers forked from now on (and the memory rule for all).

@@ -343,6 +343,12 @@ impl ParentWake {
         })
     }
 
+    /// Sleeps without spinning first: for a parent that spins elsewhere (the shared pool's
+    /// driver spins without its lock, see `Watch`).
+    pub(crate) fn no_spin(&mut self) {
+        self.budget = Budget::new(0);
+    }
+
     /// The eventfd, for the workers.
     pub(crate) fn bell(&self) -> BorrowedFd<'_> {
         self.bell.as_fd()

@@ -112,9 +112,14 @@ impl<W: Worker> Engine<W> {
         true
     }
 
-    /// How many workers were forked so far: a change means new pidfds to watch.
-    pub(crate) fn forks(&self) -> u64 {
-        self.pool.forks()
+    /// What to spin on, without the face's lock, for the answers of the calls now posted.
+    pub(crate) fn watch(&self) -> crate::pool::Watch {
+        self.pool.watch()
+    }
+
+    /// Sleeps without spinning first: the face spins without its lock instead.
+    pub(crate) fn no_parent_spin(&mut self) {
+        self.pool.no_parent_spin();
     }
 
     /// The calls that are done and held by a handle (their results wait for it).

@@ -216,6 +216,7 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
             nudge,
             driver: Mutex::new(None),
             driver_id: Mutex::new(None),
+            posted: Default::default(),
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let driven = inner.clone();
@@ -230,6 +231,8 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
                 match Engine::start(base) {
                     Ok(mut engine) => {
                         engine.never_wait_for_room = true;
+                        // The driver spins without the lock (see `driver::run`).
+                        engine.no_parent_spin();
                         driven.lock().engine = Some(engine);
                         let _ = started_tx.send(Ok(()));
                         driver::run(driven);

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::Waker;
 
 use super::{Backlogged, Handler, Inner, Life, State};
@@ -82,6 +83,9 @@ pub(super) fn run<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
     let mut fds = Vec::new();
     let mut woken: Vec<Waker> = Vec::new();
     let mut slept = false;
+    // Whether the last spin ran out with nothing seen: then sleep.
+    let mut spun_out = false;
+    let spins = crate::wake::spin_allowed();
     loop {
         let mut guard = inner.lock();
         let state = &mut *guard;
@@ -133,6 +137,23 @@ pub(super) fn run<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
             woken.drain(..).for_each(Waker::wake);
             break;
         }
+        // Calls are running: spin for their answers without the lock, so that the callers
+        // (submitting, taking results) never wait for it while the driver spins.
+        if spins && !spun_out {
+            let watch = engine.watch();
+            if !watch.is_empty() {
+                inner.posted.store(false, Ordering::Relaxed);
+                drop(guard);
+                woken.drain(..).for_each(Waker::wake);
+                let seen = crate::wake::spin_for(crate::wake::SPIN_NS, || {
+                    watch.answered() || inner.posted.load(Ordering::Acquire)
+                });
+                drop(watch);
+                spun_out = !seen;
+                continue;
+            }
+        }
+        spun_out = false;
         fds.clear();
         fds.push(inner.nudge.as_raw_fd());
         let deadline = engine.next_deadline();

@@ -15,6 +15,7 @@ mod pending;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::thread::{JoinHandle, ThreadId};
@@ -94,6 +95,9 @@ pub(crate) struct Inner<W: Worker> {
     /// The driver's thread, to be joined when the pool stops.
     driver: Mutex<Option<JoinHandle<()>>>,
     driver_id: Mutex<Option<ThreadId>>,
+    /// Set by every submit: the driver, spinning without the lock for answers, looks at the
+    /// calls again (a call just posted is not among those it watches).
+    posted: AtomicBool,
 }
 
 /// What the pool's lock guards.
@@ -278,7 +282,8 @@ impl<W: Worker> SharedPool<W> {
             return None;
         }
         let deadline = Instant::now() + timeout;
-        let waker = pending::thread_waker();
+        let parker = pending::Parker::new();
+        let waker = Waker::from(parker.clone());
         loop {
             for k in 0..handles.len() {
                 if let Poll::Ready(result) = handles[k].poll_with(&waker) {
@@ -290,7 +295,7 @@ impl<W: Worker> SharedPool<W> {
             if left.is_zero() {
                 return None;
             }
-            std::thread::park_timeout(left);
+            parker.park(Some(left));
         }
     }
 
@@ -417,24 +422,18 @@ impl<W: Worker> Inner<W> {
             state.backlog.push_back(Backlogged { id, method, bytes });
             return Ok(id);
         }
-        let forks = engine.forks();
         // No callback runs here: the sink only matters to a submit that waits for room,
         // which a shared pool's engine never does (`never_wait_for_room`).
         match engine.submit_encoded(method, args, &mut driver::NoSink) {
             Ok(id) => {
                 engine.hold(id);
-                if let Some(until) = state.asleep_until {
-                    // The sleeping driver must look again if a worker was forked (its
-                    // pidfd is not among those it sleeps on) or the call's deadline is
-                    // nearer than its own.
-                    let nearer = engine
-                        .base()
-                        .config
-                        .timeout
-                        .is_some_and(|t| until.is_none_or(|u| u > Instant::now() + t));
-                    if nearer || engine.forks() != forks {
-                        self.nudge(&mut state.nudged);
-                    }
+                self.posted.store(true, Ordering::Release);
+                // A sleeping driver wakes: to spin for this call's answer (a worker's ring
+                // and the driver's wake-up are then off the call's way back), and because a
+                // worker may have been forked (its pidfd is not among those the driver sleeps
+                // on) or the call's deadline may be nearer than the driver's.
+                if state.asleep_until.is_some() {
+                    self.nudge(&mut state.nudged);
                 }
                 Ok(id)
             }

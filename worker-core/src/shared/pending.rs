@@ -132,12 +132,12 @@ impl<R> Pending<R> {
     /// timeout bounds it, if the pool has one. Do not call it on an async executor's thread:
     /// `.await` the handle there.
     pub fn wait(mut self) -> Result<R, CallError> {
-        let parker = Arc::new(Parker(std::thread::current()));
-        let waker = Waker::from(parker);
+        let parker = Parker::new();
+        let waker = Waker::from(parker.clone());
         loop {
             match self.poll_with(&waker) {
                 Poll::Ready(result) => return result,
-                Poll::Pending => std::thread::park(),
+                Poll::Pending => parker.park(None),
             }
         }
     }
@@ -146,8 +146,8 @@ impl<R> Pending<R> {
     /// the handle back (the call goes on), to wait again, await, cancel or detach.
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Result<R, CallError>, Self> {
         let deadline = Instant::now() + timeout;
-        let parker = Arc::new(Parker(std::thread::current()));
-        let waker = Waker::from(parker);
+        let parker = Parker::new();
+        let waker = Waker::from(parker.clone());
         loop {
             if let Poll::Ready(result) = self.poll_with(&waker) {
                 return Ok(result);
@@ -156,7 +156,7 @@ impl<R> Pending<R> {
             if left.is_zero() {
                 return Err(self);
             }
-            std::thread::park_timeout(left);
+            parker.park(Some(left));
         }
     }
 
@@ -211,20 +211,35 @@ impl<R> fmt::Debug for Pending<R> {
     }
 }
 
-/// A waker that unparks the calling thread, for blocking waits.
-pub(crate) fn thread_waker() -> Waker {
-    Waker::from(Arc::new(Parker(std::thread::current())))
+/// Wakes a thread blocked in [`Pending::wait`]. The thread parks at once: the pool's thread
+/// spins for the answer already, and a waiter spinning too would take a CPU from the worker
+/// (measured: 54 us for an empty call on two CPUs, against 11 us parked; benches/README.md).
+pub(crate) struct Parker {
+    thread: Thread,
 }
 
-/// Wakes a thread blocked in [`Pending::wait`].
-struct Parker(Thread);
+impl Parker {
+    pub(crate) fn new() -> Arc<Parker> {
+        Arc::new(Parker {
+            thread: std::thread::current(),
+        })
+    }
+
+    /// Returns once woken (or spuriously), or after `timeout`.
+    pub(crate) fn park(&self, timeout: Option<Duration>) {
+        match timeout {
+            Some(t) => std::thread::park_timeout(t),
+            None => std::thread::park(),
+        }
+    }
+}
 
 impl Wake for Parker {
     fn wake(self: Arc<Self>) {
-        self.0.unpark();
+        self.thread.unpark();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
+        self.thread.unpark();
     }
 }
