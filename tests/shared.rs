@@ -569,6 +569,93 @@ fn a_callback_may_neither_hang_nor_break_the_pool() {
     holder.lock().unwrap().take();
 }
 
+/// The case: a multi-threaded tokio TCP service parsing untrusted input in a pool.
+/// Hostile input that hangs is killed by the timeout, input that crashes is reported as a
+/// crash, benign input is answered, and a ticker on the same runtime stays on time.
+fn a_tokio_tcp_service_parses_untrusted_input_in_the_pool() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let pool = EchoPool::builder("Parser", Echo)
+        .workers(2)
+        .timeout(Duration::from_millis(300))
+        .start()
+        .unwrap();
+    let rt = runtime();
+    let (replies, worst) = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let pool = pool.clone();
+                    tokio::spawn(async move {
+                        let (read, mut write) = stream.into_split();
+                        let mut lines = BufReader::new(read).lines();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            let reply = match line.as_str() {
+                                "hang" => pool.slow_echo(0, u64::MAX).await.map(|_| 0),
+                                "crash" => pool.crash().await.map(u64::from),
+                                n => pool.echo(n.parse().unwrap_or(0)).await,
+                            };
+                            let text = match reply {
+                                Ok(n) => format!("ok {n}"),
+                                Err(CallError::Timeout { .. }) => "timeout".into(),
+                                Err(CallError::Crashed { .. }) => "crashed".into(),
+                                Err(e) => format!("error {e}"),
+                            };
+                            write
+                                .write_all(format!("{text}\n").as_bytes())
+                                .await
+                                .unwrap();
+                        }
+                    });
+                }
+            })
+        };
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let ticker = tokio::spawn(async move {
+            let mut worst = Duration::ZERO;
+            while !*watch.borrow() {
+                let t = Instant::now();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                worst = worst.max(t.elapsed().saturating_sub(Duration::from_millis(5)));
+            }
+            worst
+        });
+        let inputs = ["1", "hang", "2", "crash", "3", "hang", "4", "crash", "5"];
+        let clients = inputs.iter().map(|&input| async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream
+                .write_all(format!("{input}\n").as_bytes())
+                .await
+                .unwrap();
+            let mut reply = String::new();
+            BufReader::new(&mut stream)
+                .read_line(&mut reply)
+                .await
+                .unwrap();
+            reply.trim().to_owned()
+        });
+        let replies = futures::future::join_all(clients).await;
+        stop.send(true).unwrap();
+        let worst = ticker.await.unwrap();
+        server.abort();
+        (replies, worst)
+    });
+    assert_eq!(
+        replies,
+        [
+            "ok 1", "timeout", "ok 2", "crashed", "ok 3", "timeout", "ok 4", "crashed", "ok 5"
+        ]
+    );
+    println!("worst ticker stall: {worst:?}");
+    assert!(
+        worst < Duration::from_millis(30),
+        "the ticker stalled {worst:?}"
+    );
+    drop(rt);
+}
+
 fn inline_runs_in_this_process() {
     let pool = EchoPool::builder("Echo", Echo).workers(1).start().unwrap();
     assert_eq!(pool.inline().pid(), std::process::id());
@@ -611,6 +698,7 @@ tests![
     close_runs_the_calls_made_and_shutdown_cancels_them,
     calls_wait_for_room_unless_told_to_fail,
     a_callback_may_neither_hang_nor_break_the_pool,
+    a_tokio_tcp_service_parses_untrusted_input_in_the_pool,
     inline_runs_in_this_process,
     a_start_that_fails_says_why_and_leaves_nothing,
 ];

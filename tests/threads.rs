@@ -167,6 +167,53 @@ fn start_and_replace(starter: usize, starts: usize, kills: usize) -> Outcome {
     Ok((starts, replaced))
 }
 
+/// [`start_and_replace`] on the shared face, from an async task: each pool is started inside
+/// the runtime (its own thread forks the fork server) and its calls are awaited.
+async fn start_and_replace_pools(starter: usize, starts: usize, kills: usize) -> Outcome {
+    let mut replaced = 0;
+    for s in 0..starts {
+        let pool = EchoPool::builder(format!("Pool{starter}"), Echo)
+            .workers(2)
+            .timeout(CALL_LIMIT)
+            .start()
+            .map_err(|e| format!("pool starter {starter}, start {s}: {e}"))?;
+        let call = |n: u64| {
+            let call = pool.who(n);
+            async move {
+                match tokio::time::timeout(CALL_LIMIT * 2, call).await {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(format!("pool starter {starter}, start {s}, call {n}: {e}")),
+                    Err(_) => Err(format!(
+                        "pool starter {starter}, start {s}, call {n}: no answer (a deadlock)"
+                    )),
+                }
+            }
+        };
+        let (mut pid, _) = call(0).await?;
+        for k in 0..kills {
+            // SAFETY: someone else's SIGKILL, as far as the pool knows.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let end = Instant::now() + CALL_LIMIT;
+            let mut n = 1;
+            pid = loop {
+                let (p, _) = call(n).await?;
+                if p != pid && !support::process_exists(pid as i32) {
+                    break p;
+                }
+                if Instant::now() > end {
+                    return Err(format!(
+                        "pool starter {starter}, start {s}, kill {k}: worker {pid} was not replaced"
+                    ));
+                }
+                n += 1;
+            };
+            replaced += 1;
+        }
+        drop(pool);
+    }
+    Ok((starts, replaced))
+}
+
 /// Runs `f` on a thread of its own until `stop`, as fast as it goes.
 fn noise(stop: Arc<AtomicBool>, mut f: impl FnMut(u64) + Send + 'static) -> impl FnOnce() {
     move || {
@@ -228,6 +275,10 @@ fn starts_and_replacements_inside_a_tokio_runtime_never_deadlock() {
         starters.push(tokio::spawn(async move {
             tokio::task::block_in_place(|| start_and_replace(STARTERS - 1, per, kills))
         }));
+        // And as many shared pools, started and awaited from a task.
+        starters.push(tokio::spawn(start_and_replace_pools(
+            STARTERS, STARTS, kills,
+        )));
         let all = async {
             let mut total = (0, 0);
             let mut failures = Vec::new();
@@ -270,7 +321,8 @@ fn starts_and_replacements_inside_a_tokio_runtime_never_deadlock() {
     println!(
         "{starts} starts, {replaced} replacements in {took:?}; {lines} stdout lines and {records} log records from the noise threads meanwhile"
     );
-    assert_eq!((starts, replaced), (STARTS, REPLACEMENTS));
+    // The mediators' and the shared pools'.
+    assert_eq!((starts, replaced), (2 * STARTS, 2 * REPLACEMENTS));
     assert!(
         lines > 1000 && records > 1000,
         "the noise ran: {lines} lines, {records} records"
