@@ -12,7 +12,7 @@ use crate::error::{OsError, PoolError, StartError};
 use crate::sandbox::Sandbox;
 use crate::worker::Worker;
 
-/// The settings of a shared pool before it starts (see [`SharedPool::builder`]). The
+/// The settings of a shared pool before it starts (see `SharedPool::builder`). The
 /// settings mean what they mean on the mediator (see `Mediator`'s setters of the same
 /// names).
 ///
@@ -30,7 +30,7 @@ use crate::worker::Worker;
 /// ```
 ///
 /// `P` is the face [`Builder::start`] returns: the generated `XPool` for `XPool::builder`,
-/// [`SharedPool`] itself for [`SharedPool::builder`].
+/// [`SharedPool`] itself for `SharedPool::builder`.
 #[must_use = "a builder does nothing until start()"]
 pub struct Builder<W: Worker + Send + 'static, P = SharedPool<W>> {
     base: Configured<W>,
@@ -235,7 +235,7 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
                         engine.no_parent_spin();
                         driven.lock().engine = Some(engine);
                         let _ = started_tx.send(Ok(()));
-                        driver::run(driven);
+                        driver::run_guarded(driven);
                     }
                     Err(failed) => {
                         let (_, error) = *failed;

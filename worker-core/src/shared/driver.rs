@@ -78,6 +78,31 @@ impl<W: Worker> Sink<W> for PoolSink<'_, W> {
     }
 }
 
+/// [`run`]; if the driver panics (a bug of forkworker's: user code runs only in callbacks,
+/// which are guarded), the pool stops there and then, and every waiting handle is woken, so
+/// that no caller waits forever: its call ends with [`CallError::Closed`].
+pub(super) fn run_guarded<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
+    let driven = inner.clone();
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(driven))) {
+        log::error!(target: &inner.alias,
+            "the pool's thread panicked ({}); the pool stops, and its calls end with CallError::Closed",
+            crate::panics::panic_message(panic.as_ref()));
+        let (engine, wakers) = {
+            let mut state = inner.lock();
+            state.life = Life::Stopped;
+            state.backlog.clear();
+            let wakers: Vec<Waker> = state.wakers.drain().map(|(_, w)| w).collect();
+            (state.engine.take(), wakers)
+        };
+        // Dropping the engine stops and reaps the workers and removes the shared memory.
+        if let Some(engine) = engine {
+            let base = engine.stop();
+            inner.lock().stopped = Some(base);
+        }
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
 /// The driver's loop, until the pool stops.
 pub(super) fn run<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
     let mut fds = Vec::new();

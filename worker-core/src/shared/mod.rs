@@ -43,7 +43,7 @@ pub(crate) type Handler<W> = Box<dyn Fn(&Call<'_, W>, Log<'_>) + Send + Sync>;
 ///
 /// `#[forkworker::worker]` generates an `XPool` beside `XMediator` that wraps this and adds
 /// one proxy per method, returning a [`Pending`] handle. Make one with
-/// [`SharedPool::builder`] (or `XPool::builder`).
+/// `SharedPool::builder` (or `XPool::builder`).
 ///
 /// # Ownership
 /// Clones share one pool. When the last clone is dropped the pool stops as a dropped
@@ -601,11 +601,13 @@ fn take_locked<W: Worker>(
     waker: &Waker,
 ) -> Poll<Result<Vec<u8>, CallError>> {
     let Some(engine) = state.engine.as_mut() else {
+        // A result the pool kept when it stopped, or none: the pool stopped before the call
+        // ended (its thread panicked). The handle names the method.
         return Poll::Ready(
             state
                 .orphans
                 .remove(&id)
-                .unwrap_or(Err(CallError::UnknownCall(id))),
+                .unwrap_or(Err(CallError::Closed { method: "" })),
         );
     };
     if let Some(result) = state.orphans.remove(&id) {

@@ -173,6 +173,12 @@ impl<R> Pending<R> {
         };
         // Taken: nothing left for the drop to let go.
         self.link = None;
+        let taken = taken.map_err(|e| match e {
+            CallError::Closed { .. } => CallError::Closed {
+                method: self.method,
+            },
+            e => e,
+        });
         Poll::Ready(taken.and_then(|bytes| {
             (self.decode)(&bytes).map_err(|source| CallError::Wire {
                 method: self.method,

@@ -1,0 +1,9 @@
+// `is_open` is a name of the generated shared pool's; a proxy named so would hide it.
+pub struct Primes;
+
+#[forkworker::worker]
+impl Primes {
+    pub fn is_open(&self) {}
+}
+
+fn main() {}
