@@ -272,6 +272,47 @@ fn every_result_comes_back_and_every_callback_fires_3000_times() {
     assert_eq!(fired.load(Ordering::SeqCst), 3000);
 }
 
+/// With a store (and call table) smaller than the calls made at once, calls wait in the
+/// backlog; every one returns and every callback fires once (a submit that finds no room must
+/// not deliver finished calls itself, past the callbacks).
+fn a_full_store_loses_no_call_and_no_callback() {
+    let fired = Arc::new(AtomicUsize::new(0));
+    let count = fired.clone();
+    let pool = EchoPool::builder("Echo", Echo)
+        .workers(2)
+        .malloc(64 << 10)
+        .on_return(move |_, _| {
+            count.fetch_add(1, Ordering::SeqCst);
+        })
+        .start()
+        .unwrap();
+    let calls: Vec<_> = (0..3000).map(|n| pool.echo(n)).collect();
+    for (n, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.wait().unwrap(), n as u64);
+    }
+    assert_eq!(fired.load(Ordering::SeqCst), 3000);
+    drop(pool);
+    // The same load fills the table: told to fail, some calls are refused.
+    let pool = EchoPool::builder("Echo", Echo)
+        .workers(2)
+        .malloc(64 << 10)
+        .fail_when_full(true)
+        .start()
+        .unwrap();
+    let calls: Vec<_> = (0..3000).map(|n| pool.echo(n)).collect();
+    let refused = calls
+        .into_iter()
+        .map(Pending::wait)
+        .filter(|r| {
+            matches!(
+                r,
+                Err(CallError::TooManyCalls { .. } | CallError::OutOfMemory { .. })
+            )
+        })
+        .count();
+    assert!(refused > 0, "the table or the store was full");
+}
+
 fn a_finished_calls_status_stays_until_its_handle_takes_it() {
     let pool = EchoPool::builder("Echo", Echo)
         .workers(1)
@@ -689,6 +730,7 @@ tests![
     dropping_a_running_call_kills_its_worker_and_fires_on_error,
     dropping_a_queued_call_removes_it_and_a_finished_one_is_never_cancelled,
     every_result_comes_back_and_every_callback_fires_3000_times,
+    a_full_store_loses_no_call_and_no_callback,
     a_finished_calls_status_stays_until_its_handle_takes_it,
     status_answers_by_id_after_the_handle_and_several_calls_are_waited_for_at_once,
     a_crash_is_reported_as_a_crash,

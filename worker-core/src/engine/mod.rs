@@ -784,7 +784,12 @@ impl<W: Worker> Engine<W> {
         if !self.room.has_free_entry() {
             self.settle();
         }
-        if !self.room.has_free_entry() && !self.calls.nothing_finished() {
+        // A face whose submit must not run callbacks (the shared pool's: its driver runs
+        // them, and its submit's sink delivers nothing) does not collect here.
+        if !self.room.has_free_entry()
+            && !self.calls.nothing_finished()
+            && !self.never_wait_for_room
+        {
             // Finished calls give their entries back once their callbacks ran (see `keep`).
             self.collect(sink);
         }
