@@ -95,6 +95,14 @@ where
 
     const METHODS: &'static [&'static str] = &[METHOD];
 
+    fn interface() -> std::borrow::Cow<'static, str> {
+        std::borrow::Cow::Owned(format!(
+            "fn;call({})->{}",
+            std::any::type_name::<A>(),
+            std::any::type_name::<R>()
+        ))
+    }
+
     fn dispatch(
         &mut self,
         method: u32,

@@ -524,6 +524,7 @@ impl<'a> Generator<'a> {
                 #index => #p::core::result::Result::Ok(#ret::#variant(#value)),
             }
         });
+        let interface = self.interface();
         let u8 = quote!(#p::core::primitive::u8);
         let u32 = quote!(#p::core::primitive::u32);
         quote! {
@@ -533,6 +534,10 @@ impl<'a> Generator<'a> {
                 type Return = #ret;
 
                 const METHODS: &'static [&'static #p::core::primitive::str] = &[#(#names),*];
+
+                fn interface() -> #p::std::borrow::Cow<'static, #p::core::primitive::str> {
+                    #p::std::borrow::Cow::Borrowed(#interface)
+                }
 
                 #(#hooks)*
 
@@ -569,6 +574,43 @@ impl<'a> Generator<'a> {
                 }
             }
         }
+    }
+
+    /// `Primes;sieve(u64,u64)->Vec<u64>;...`: what `Worker::interface` returns, the wire's
+    /// view of the methods (the types arguments are decoded as, and returns), without spaces.
+    fn interface(&self) -> String {
+        let compact = |tokens: TokenStream| {
+            tokens
+                .to_string()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+        };
+        let mut text = self.type_name.clone();
+        for method in &self.input.methods {
+            // As decoded: a reference or a slice travels as the owned value.
+            let args: Vec<String> = method
+                .args
+                .iter()
+                .map(|arg| match &arg.shape {
+                    Shape::Bytes { .. } => "bytes".to_owned(),
+                    Shape::Str => "String".to_owned(),
+                    Shape::Slice(elem) => format!("Vec<{}>", compact(quote!(#elem))),
+                    Shape::Ref(ty) => compact(quote!(#ty)),
+                    Shape::Value => {
+                        let ty = &arg.ty;
+                        compact(quote!(#ty))
+                    }
+                })
+                .collect();
+            let ret = match (&method.ret.ty, method.ret.bytes) {
+                (_, true) => "bytes".to_owned(),
+                (Some(ty), false) => compact(quote!(#ty)),
+                (None, false) => "()".to_owned(),
+            };
+            text.push_str(&format!(";{}({})->{}", method.name, args.join(","), ret));
+        }
+        text
     }
 
     /// `fn setup(&mut self) { <Primes>::setup(self) }`, and the like.

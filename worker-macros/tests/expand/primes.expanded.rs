@@ -366,6 +366,14 @@ impl ::forkworker::__private::Worker for Primes {
         "checksum",
         "ping",
     ];
+    fn interface() -> ::forkworker::__private::std::borrow::Cow<
+        'static,
+        ::forkworker::__private::core::primitive::str,
+    > {
+        ::forkworker::__private::std::borrow::Cow::Borrowed(
+            "Primes;sieve(u64,u64)->Vec<u64>;is_prime(u64)->bool;primes_among(Vec<u64>)->Vec<u64>;describe(String)->String;checksum(bytes)->bytes;ping()->()",
+        )
+    }
     fn setup(&mut self) {
         <Primes>::setup(self)
     }
