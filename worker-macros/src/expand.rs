@@ -247,36 +247,15 @@ impl<'a> Generator<'a> {
              (pass it to `wait`; dropped, the call still runs and its callbacks fire).",
             self.type_name, method.name
         );
-        let params = method.args.iter().map(|arg| {
-            let ident = arg_ident(arg);
-            let ty = &arg.ty;
-            quote!(#ident: #ty)
-        });
-        let encoded = method.args.iter().map(|arg| {
-            let ident = arg_ident(arg);
-            match arg.shape {
-                Shape::Bytes { by_ref: false } => quote!(#p::Bytes::new(&#ident)),
-                Shape::Bytes { by_ref: true } => quote!(#p::Bytes::new(#ident)),
-                _ => quote!(&#ident),
-            }
-        });
-        let ret = match &method.ret.ty {
-            Some(ty) => quote!(#ty),
-            None => quote!(()),
-        };
-        let decode = match (&method.ret.ty, method.ret.bytes) {
-            (_, true) => quote! {
-                #p::core::result::Result::map(
-                    #p::decode::<#p::ByteBuf>(__bytes),
-                    #p::ByteBuf::into_vec,
-                )
-            },
-            _ => quote!(#p::decode::<#ret>(__bytes)),
-        };
-        let index = method_index(index);
+        let Parts {
+            params,
+            encoded,
+            ret,
+            decode,
+            index,
+        } = self.parts(index, method);
         // rustc reports a bad argument type here at the method, not at the attribute.
         let submit = respan(quote!(#p::submit), ident.span());
-        let encoded = respan(quote!(&(#(#encoded,)*)), ident.span());
         quote! {
             #(#docs)*
             #separator
@@ -399,11 +378,46 @@ impl<'a> Generator<'a> {
              its handle at once (await it, or `wait()`; dropping it cancels the call).",
             self.type_name, method.name
         );
-        let params = method.args.iter().map(|arg| {
-            let ident = arg_ident(arg);
-            let ty = &arg.ty;
-            quote!(#ident: #ty)
-        });
+        let Parts {
+            params,
+            encoded,
+            ret,
+            decode,
+            index,
+        } = self.parts(index, method);
+        let submit = respan(quote!(#p::submit_shared), ident.span());
+        quote! {
+            #(#docs)*
+            #separator
+            #[doc = #note]
+            pub fn #ident(
+                &self,
+                #(#params),*
+            ) -> #p::Pending<#ret> {
+                #submit(
+                    &self.inner,
+                    #index,
+                    #encoded,
+                    |__bytes| #decode,
+                )
+            }
+        }
+    }
+
+    /// What both faces' proxies of `method` are made of: their parameters, the encoded
+    /// arguments (a tuple of borrows, spanned at the method so that rustc reports a bad
+    /// argument type there), the return type, its decoder and the method's index.
+    fn parts(&self, index: usize, method: &Method) -> Parts {
+        let p = &self.p;
+        let params = method
+            .args
+            .iter()
+            .map(|arg| {
+                let ident = arg_ident(arg);
+                let ty = &arg.ty;
+                quote!(#ident: #ty)
+            })
+            .collect();
         let encoded = method.args.iter().map(|arg| {
             let ident = arg_ident(arg);
             match arg.shape {
@@ -425,24 +439,12 @@ impl<'a> Generator<'a> {
             },
             _ => quote!(#p::decode::<#ret>(__bytes)),
         };
-        let index = method_index(index);
-        let submit = respan(quote!(#p::submit_shared), ident.span());
-        let encoded = respan(quote!(&(#(#encoded,)*)), ident.span());
-        quote! {
-            #(#docs)*
-            #separator
-            #[doc = #note]
-            pub fn #ident(
-                &self,
-                #(#params),*
-            ) -> #p::Pending<#ret> {
-                #submit(
-                    &self.inner,
-                    #index,
-                    #encoded,
-                    |__bytes| #decode,
-                )
-            }
+        Parts {
+            params,
+            encoded: respan(quote!(&(#(#encoded,)*)), method.ident.span()),
+            ret,
+            decode,
+            index: method_index(index),
         }
     }
 
@@ -704,6 +706,15 @@ impl<'a> Generator<'a> {
             Shape::Bytes { .. } => quote!(#p::std::vec::Vec<#p::core::primitive::u8>),
         }
     }
+}
+
+/// See [`Generator::parts`].
+struct Parts {
+    params: Vec<TokenStream>,
+    encoded: TokenStream,
+    ret: TokenStream,
+    decode: TokenStream,
+    index: Literal,
 }
 
 /// The name of a checked argument (every argument that reaches generation has one).

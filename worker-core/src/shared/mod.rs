@@ -414,13 +414,7 @@ impl<W: Worker> Inner<W> {
         };
         // Calls waiting for room go first.
         if !state.backlog.is_empty() {
-            let bytes = crate::wire::encode_to_vec(args).map_err(|source| CallError::Wire {
-                method: name,
-                source,
-            })?;
-            let id = engine.reserve_id();
-            state.backlog.push_back(Backlogged { id, method, bytes });
-            return Ok(id);
+            return backlog(engine, &mut state.backlog, method, name, args);
         }
         // No callback runs here: the sink only matters to a submit that waits for room,
         // which a shared pool's engine never does (`never_wait_for_room`).
@@ -442,15 +436,8 @@ impl<W: Worker> Inner<W> {
             Err(SubmitError::OutOfMemory { .. } | SubmitError::TooManyCalls { .. })
                 if !state.fail_fast && engine.in_use() > 0 =>
             {
-                // Back-pressure: the call waits, encoded, for calls to end and free room;
-                // the driver hands it to the engine then (see `driver::admit_backlog`).
-                let bytes = crate::wire::encode_to_vec(args).map_err(|source| CallError::Wire {
-                    method: name,
-                    source,
-                })?;
-                let id = engine.reserve_id();
-                state.backlog.push_back(Backlogged { id, method, bytes });
-                Ok(id)
+                // Back-pressure: the call waits for calls to end and free room.
+                backlog(engine, &mut state.backlog, method, name, args)
             }
             Err(e) => Err(e.into()),
         }
@@ -635,6 +622,25 @@ fn take_locked<W: Worker>(
         }
         Progress::Gone => Poll::Ready(Err(CallError::UnknownCall(id))),
     }
+}
+
+/// Puts a call in the backlog of calls waiting for room, its arguments encoded, under an id
+/// reserved now; the driver hands it to the engine when there is room (see
+/// `driver::admit_backlog`).
+fn backlog<W: Worker, A: Serialize + ?Sized>(
+    engine: &mut Engine<W>,
+    backlog: &mut std::collections::VecDeque<Backlogged>,
+    method: u32,
+    name: &'static str,
+    args: &A,
+) -> Result<u64, CallError> {
+    let bytes = crate::wire::encode_to_vec(args).map_err(|source| CallError::Wire {
+        method: name,
+        source,
+    })?;
+    let id = engine.reserve_id();
+    backlog.push_back(Backlogged { id, method, bytes });
+    Ok(id)
 }
 
 /// The final status a call's error stands for (for a result kept after the engine stopped).
