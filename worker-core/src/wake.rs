@@ -283,8 +283,19 @@ fn futex_wake(word: &AtomicU32) {
     }
 }
 
-/// Adds one to an eventfd, waking a parent that sleeps in `poll` on it.
-fn eventfd_signal(fd: BorrowedFd<'_>) {
+/// A new eventfd: non-blocking, not inherited by programs a worker executes.
+pub(crate) fn eventfd() -> Result<OwnedFd, OsError> {
+    // SAFETY: plain eventfd creation; the fd is checked below.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(OsError::last());
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd, waking whoever sleeps in `poll` on it.
+pub(crate) fn eventfd_signal(fd: BorrowedFd<'_>) {
     let one: u64 = 1;
     // SAFETY: writing 8 bytes from a valid u64 to an eventfd. A full counter (EAGAIN) is
     // harmless: the parent is then certainly awake.
@@ -327,16 +338,10 @@ pub(crate) struct ParentWake {
 }
 
 impl ParentWake {
-    /// Creates the eventfd (non-blocking, not inherited by programs a worker executes).
+    /// Creates the eventfd (see [`eventfd`]).
     pub(crate) fn new() -> Result<ParentWake, PoolError> {
-        // SAFETY: plain eventfd creation; the fd is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(PoolError::EventFd(OsError::last()));
-        }
         Ok(ParentWake {
-            // SAFETY: a fresh fd that nothing else owns.
-            bell: unsafe { OwnedFd::from_raw_fd(fd) },
+            bell: eventfd().map_err(PoolError::EventFd)?,
             budget: Budget::new(if spin_allowed() { SPIN_NS } else { 0 }),
             cpus: cpus(),
             waiting: Cell::new(0),

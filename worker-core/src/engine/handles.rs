@@ -37,28 +37,17 @@ impl<W: Worker> Engine<W> {
     /// encoded return value, copied out of shared memory (the caller decodes it), or the
     /// call's error.
     pub(crate) fn take_done_bytes(&mut self, id: u64) -> Result<Vec<u8>, CallError> {
-        let mut record = self.calls.remove(id).ok_or(CallError::UnknownCall(id))?;
-        self.remember(&record);
-        let result = match record.status {
+        self.take_finished(id, |engine, record| {
             // In the parent's memory already (see `keep`): handed over as it is.
-            CallStatus::Returned if record.ret_bytes.is_some() => {
-                Ok(record.ret_bytes.take().unwrap_or_default())
+            if let Some(bytes) = record.ret_bytes.take() {
+                return Ok(bytes);
             }
-            CallStatus::Returned => {
-                let mut bytes = Vec::new();
-                if let (Some(span), Some(blocks)) = (record.ret, record.blocks.as_ref()) {
-                    self.pool.region().copy_out_in(blocks, span, &mut bytes);
-                }
-                Ok(bytes)
+            let mut bytes = Vec::new();
+            if let (Some(span), Some(blocks)) = (record.ret, record.blocks.as_ref()) {
+                engine.pool.region().copy_out_in(blocks, span, &mut bytes);
             }
-            _ => Err(record
-                .error
-                .as_deref()
-                .cloned()
-                .unwrap_or(CallError::UnknownCall(id))),
-        };
-        self.free_record(record);
-        result
+            Ok(bytes)
+        })
     }
 
     /// Cancels call `id` if it has not finished: a queued call leaves the queue, a running

@@ -169,7 +169,10 @@ impl<W: Worker> Engine<W> {
         let deadline = Instant::now().checked_add(timeout);
         loop {
             self.collect(sink);
-            if let Some(k) = ids.iter().position(|&id| self.is_done(id)) {
+            if let Some(k) = ids
+                .iter()
+                .position(|&id| self.progress(id) != super::Progress::Pending)
+            {
                 return Some(k);
             }
             if ids.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -177,15 +180,6 @@ impl<W: Worker> Engine<W> {
             }
             self.pool.sleep(deadline);
         }
-    }
-
-    /// Whether call `id` is done for its handle: final and its callbacks ran, so that
-    /// [`Engine::take_result`] gives its result now (or unknown, which it then says).
-    pub(crate) fn is_done(&self, id: u64) -> bool {
-        // A call `wait` just delivered is not asked about: its handle went with it.
-        self.calls
-            .get(id)
-            .is_none_or(|r| r.status.is_final() && !self.calls.awaits_callbacks(id))
     }
 
     /// Whether `wait` may skip its first collection: nothing is queued, finished or due for a
@@ -364,24 +358,36 @@ impl<W: Worker> Engine<W> {
     /// takes it); its status and timings stay in the history.
     pub(crate) fn take_result<R: 'static>(&mut self, id: CallId<R>) -> Result<R, CallError> {
         let raw = id.raw();
-        let record = self.calls.remove(raw).ok_or(CallError::UnknownCall(raw))?;
-        self.remember(&record);
-        let result = match (record.status, record.ret) {
-            // In the parent's memory: decoded where it lies.
-            (CallStatus::Returned, _) if record.ret_bytes.is_some() => self.decode_return::<R>(
-                record.method,
-                From::Inline(record.ret_bytes.as_deref().unwrap_or_default()),
-            ),
-            (CallStatus::Returned, Some(value)) => {
-                self.decode_return::<R>(record.method, From::Store(record.blocks.as_ref(), value))
+        self.take_finished(raw, |engine, record| {
+            match (&record.ret_bytes, record.ret) {
+                // In the parent's memory: decoded where it lies.
+                (Some(bytes), _) => engine.decode_return::<R>(record.method, From::Inline(bytes)),
+                (None, Some(value)) => engine
+                    .decode_return::<R>(record.method, From::Store(record.blocks.as_ref(), value)),
+                (None, None) => Err(CallError::UnknownCall(raw)),
             }
+        })
+    }
+
+    /// Takes finished call `id` out of the table (its status and timings stay in the
+    /// history): `returned` makes the result of a call that returned from its record; any
+    /// other call gives its error. The call's shared memory is freed afterwards: until then
+    /// the bytes `returned` reads stay where they are.
+    pub(super) fn take_finished<T>(
+        &mut self,
+        id: u64,
+        returned: impl FnOnce(&mut Self, &mut CallRecord) -> Result<T, CallError>,
+    ) -> Result<T, CallError> {
+        let mut record = self.calls.remove(id).ok_or(CallError::UnknownCall(id))?;
+        self.remember(&record);
+        let result = match record.status {
+            CallStatus::Returned => returned(self, &mut record),
             _ => Err(record
                 .error
                 .as_deref()
                 .cloned()
-                .unwrap_or(CallError::UnknownCall(raw))),
+                .unwrap_or(CallError::UnknownCall(id))),
         };
-        // Freed after decoding: until then the bytes must stay where they are.
         self.free_record(record);
         result
     }

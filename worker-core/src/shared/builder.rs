@@ -1,9 +1,9 @@
 //! [`Builder`]: the settings and callbacks of a shared pool, then [`Builder::start`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use super::{Handler, Inner, Life, SharedPool, State, driver, nudge_fd};
+use super::{Handler, Inner, Life, SharedPool, State, driver};
 use crate::call::{Call, Log};
 use crate::callbacks::{Callbacks, On};
 use crate::config::{ForkStrategy, Recycle};
@@ -196,8 +196,7 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
         base.check()?;
         let mut base = base;
         base.own_thread = true;
-        let nudge =
-            nudge_fd().map_err(|e| StartError::Pool(PoolError::EventFd(OsError::from(e))))?;
+        let nudge = crate::wake::eventfd().map_err(|e| StartError::Pool(PoolError::EventFd(e)))?;
         let alias = base.alias.clone();
         let inner = Arc::new(Inner {
             alias: alias.clone(),
@@ -215,7 +214,7 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
             }),
             nudge,
             driver: Mutex::new(None),
-            driver_id: Mutex::new(None),
+            driver_id: OnceLock::new(),
             posted: Default::default(),
         });
         let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -226,8 +225,7 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
             // their main stack is this thread's, so as large as a program's usual one.
             .stack_size(DRIVER_STACK)
             .spawn(move || {
-                *driven.driver_id.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(std::thread::current().id());
+                let _ = driven.driver_id.set(std::thread::current().id());
                 match Engine::start(base) {
                     Ok(mut engine) => {
                         engine.never_wait_for_room = true;

@@ -87,18 +87,17 @@ pub(super) fn run_guarded<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
         log::error!(target: &inner.alias,
             "the pool's thread panicked ({}); the pool stops, and its calls end with CallError::Closed",
             crate::panics::panic_message(panic.as_ref()));
-        let (engine, wakers) = {
+        let wakers: Vec<Waker> = {
             let mut state = inner.lock();
             state.life = Life::Stopped;
             state.backlog.clear();
-            let wakers: Vec<Waker> = state.wakers.drain().map(|(_, w)| w).collect();
-            (state.engine.take(), wakers)
+            // Stopping the engine reaps the workers and removes the shared memory; under the
+            // lock, so that the pool is never seen with neither engine nor what it left.
+            if let Some(engine) = state.engine.take() {
+                state.stopped = Some(engine.stop());
+            }
+            state.wakers.drain().map(|(_, w)| w).collect()
         };
-        // Dropping the engine stops and reaps the workers and removes the shared memory.
-        if let Some(engine) = engine {
-            let base = engine.stop();
-            inner.lock().stopped = Some(base);
-        }
         wakers.into_iter().for_each(Waker::wake);
     }
 }
@@ -153,7 +152,7 @@ pub(super) fn run<W: Worker + Send + 'static>(inner: Arc<Inner<W>>) {
         let stop = match state.life {
             Life::Open => false,
             Life::Closing => engine.pending() == 0 && state.backlog.is_empty(),
-            Life::Orphaned => engine.in_use() == 0 && state.backlog.is_empty(),
+            Life::Orphaned => super::nothing_in_use(engine, &state.backlog),
             Life::Stopping(_) | Life::Stopped => true,
         };
         if stop {

@@ -14,9 +14,9 @@ mod driver;
 mod pending;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Poll, Waker};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -94,7 +94,7 @@ pub(crate) struct Inner<W: Worker> {
     nudge: OwnedFd,
     /// The driver's thread, to be joined when the pool stops.
     driver: Mutex<Option<JoinHandle<()>>>,
-    driver_id: Mutex<Option<ThreadId>>,
+    driver_id: OnceLock<ThreadId>,
     /// Set by every submit: the driver, spinning without the lock for answers, looks at the
     /// calls again (a call just posted is not among those it watches).
     posted: AtomicBool,
@@ -122,6 +122,15 @@ pub(crate) struct State<W: Worker> {
     backlog: std::collections::VecDeque<Backlogged>,
 }
 
+/// Whether no call is in use: none queued, running, waiting for room, or finished with its
+/// result held by a handle. A pool whose last clone is gone stops then.
+pub(crate) fn nothing_in_use<W: Worker>(
+    engine: &Engine<W>,
+    backlog: &std::collections::VecDeque<Backlogged>,
+) -> bool {
+    backlog.is_empty() && engine.in_use() == 0
+}
+
 /// A call waiting for room: its reserved id and its encoded arguments.
 pub(crate) struct Backlogged {
     id: u64,
@@ -142,6 +151,26 @@ pub(crate) enum Life {
     Stopping(Duration),
     /// Stopped.
     Stopped,
+}
+
+impl<W: Worker> State<W> {
+    /// What outlives the engine (the settings, the workers' value, the history): the running
+    /// engine's, or what it left when it stopped.
+    fn base(&self) -> &Configured<W> {
+        match (&self.engine, &self.stopped) {
+            (Some(engine), _) => engine.base(),
+            (None, Some(base)) => base,
+            (None, None) => unreachable!("a pool's engine is running or stopped"),
+        }
+    }
+
+    fn base_mut(&mut self) -> &mut Configured<W> {
+        match (&mut self.engine, &mut self.stopped) {
+            (Some(engine), _) => engine.base_mut(),
+            (None, Some(base)) => base,
+            (None, None) => unreachable!("a pool's engine is running or stopped"),
+        }
+    }
 }
 
 impl Life {
@@ -212,10 +241,9 @@ impl<W: Worker> SharedPool<W> {
     /// A snapshot of the statistics (see [`Stats`]).
     pub fn stats(&self) -> Stats {
         let state = self.inner().lock();
-        match (&state.engine, &state.stopped) {
-            (Some(engine), _) => engine.stats(),
-            (None, Some(base)) => base.stats(),
-            (None, None) => unreachable!("a pool's engine is running or stopped"),
+        match &state.engine {
+            Some(engine) => engine.stats(),
+            None => state.base().stats(),
         }
     }
 
@@ -226,20 +254,18 @@ impl<W: Worker> SharedPool<W> {
         if state.backlog.iter().any(|b| b.id == id.raw()) {
             return Some(CallStatus::Uncalled);
         }
-        match (&state.engine, &state.stopped) {
-            (Some(engine), _) => engine.status(id),
-            (None, Some(base)) => base.past(id.raw()).map(|(status, _, _)| status),
-            (None, None) => None,
+        match &state.engine {
+            Some(engine) => engine.status(id),
+            None => state.base().past(id.raw()).map(|(status, _, _)| status),
         }
     }
 
     /// When call `id` entered each status so far (as [`SharedPool::status`], for as long).
     pub fn timings<R>(&self, id: CallId<R>) -> Option<Timings> {
         let state = self.inner().lock();
-        match (&state.engine, &state.stopped) {
-            (Some(engine), _) => engine.timings(id),
-            (None, Some(base)) => base.past(id.raw()).map(|(_, _, timings)| timings.clone()),
-            (None, None) => None,
+        match &state.engine {
+            Some(engine) => engine.timings(id),
+            None => state.base().past(id.raw()).map(|(_, _, t)| t.clone()),
         }
     }
 
@@ -323,22 +349,13 @@ impl<W: Worker> std::ops::Deref for Inline<'_, W> {
     type Target = W;
 
     fn deref(&self) -> &W {
-        match (&self.state.engine, &self.state.stopped) {
-            (Some(engine), _) => &engine.base().value,
-            (None, Some(base)) => &base.value,
-            (None, None) => unreachable!("a pool's engine is running or stopped"),
-        }
+        &self.state.base().value
     }
 }
 
 impl<W: Worker> std::ops::DerefMut for Inline<'_, W> {
     fn deref_mut(&mut self) -> &mut W {
-        let state = &mut *self.state;
-        match (&mut state.engine, &mut state.stopped) {
-            (Some(engine), _) => &mut engine.base_mut().value,
-            (None, Some(base)) => &mut base.value,
-            (None, None) => unreachable!("a pool's engine is running or stopped"),
-        }
+        &mut self.state.base_mut().value
     }
 }
 
@@ -370,11 +387,7 @@ impl<W: Worker> Inner<W> {
     /// True on the pool's own thread: there, user code runs only inside callbacks, with the
     /// state locked.
     fn on_driver(&self) -> bool {
-        *self
-            .driver_id
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            == Some(std::thread::current().id())
+        self.driver_id.get() == Some(&std::thread::current().id())
     }
 
     /// Wakes the driver (once per sleep).
@@ -383,16 +396,7 @@ impl<W: Worker> Inner<W> {
             return;
         }
         *nudged = true;
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our eventfd; a full counter (EAGAIN)
-        // still wakes the reader.
-        unsafe {
-            libc::write(
-                self.nudge.as_raw_fd(),
-                (&one as *const u64).cast(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        crate::wake::eventfd_signal(self.nudge.as_fd());
     }
 
     fn submit<A: Serialize + ?Sized>(
@@ -481,7 +485,10 @@ impl<W: Worker> Inner<W> {
                 state.life = Life::Orphaned;
             }
             self.nudge(&mut state.nudged);
-            state.engine.as_ref().is_none_or(|e| e.in_use() == 0)
+            state
+                .engine
+                .as_ref()
+                .is_none_or(|e| nothing_in_use(e, &state.backlog))
         };
         if idle {
             self.join();
@@ -549,7 +556,7 @@ impl<W: Worker + Send + 'static> Link for Inner<W> {
                 self.nudge(&mut state.nudged);
             }
             engine.drop_handle(id);
-            let last = state.life == Life::Orphaned && engine.in_use() == 0;
+            let last = state.life == Life::Orphaned && nothing_in_use(engine, &state.backlog);
             if last || !state.backlog.is_empty() {
                 self.nudge(&mut state.nudged);
             }
@@ -570,8 +577,10 @@ impl<W: Worker + Send + 'static> Inner<W> {
         let state = &mut *guard;
         let last = taken.is_ready()
             && state.life == Life::Orphaned
-            && state.backlog.is_empty()
-            && state.engine.as_ref().is_some_and(|e| e.in_use() == 0);
+            && state
+                .engine
+                .as_ref()
+                .is_some_and(|e| nothing_in_use(e, &state.backlog));
         // A taken result freed room that calls waiting for it may take (the driver hands
         // them over).
         if last || (taken.is_ready() && !state.backlog.is_empty()) {
@@ -654,15 +663,4 @@ fn status_of(error: &CallError) -> CallStatus {
         CallError::Cancelled { .. } => CallStatus::Cancelled,
         _ => CallStatus::Failed,
     }
-}
-
-/// An eventfd for nudging the driver.
-fn nudge_fd() -> std::io::Result<OwnedFd> {
-    // SAFETY: eventfd with valid flags; the descriptor is ours.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
