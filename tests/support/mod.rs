@@ -17,6 +17,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+pub mod redis;
+
 /// One test: a name and a function that panics on failure.
 pub struct Test {
     pub name: &'static str,
