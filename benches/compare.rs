@@ -26,7 +26,7 @@
 //! - `procspawn` (re-executes this binary for its workers; IPC through `ipc-channel`) with its
 //!   `Pool`;
 //! - Celery with a Redis broker and result backend, the peer of pools across machines, in a
-//!   full run only (`celery.rs`; `--only celery` runs its rows alone).
+//!   full run only (`compare/celery.rs`; `--only celery` runs its rows alone).
 //!
 //! Order matters: `procspawn::init()` comes first in `main` (a procspawn worker re-enters
 //! `main` and never leaves `init`, so it never reaches forkworker's code); then, in
@@ -53,6 +53,8 @@ use std::time::{Duration, Instant};
 use forkworker::prelude::*;
 use serde_bytes::ByteBuf;
 
+// Not benches/celery.rs: Cargo would take that for a bench target of its own.
+#[path = "compare/celery.rs"]
 mod celery;
 
 const MIB: usize = 1 << 20;

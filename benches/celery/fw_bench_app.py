@@ -1,4 +1,4 @@
-"""The Celery app of forkworker's benchmark (benches/celery.rs starts its worker and client).
+"""The Celery app of forkworker's benchmark (benches/compare/celery.rs starts its worker and client).
 
 Broker and result backend: the bench's own redis-server (FW_BENCH_REDIS, database 1), JSON
 messages, Celery's defaults otherwise. FW_BENCH_QUEUE names the queue that one worker consumes

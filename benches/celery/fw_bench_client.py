@@ -1,4 +1,4 @@
-"""The client side of forkworker's Celery rows, driven by benches/celery.rs over stdin/stdout.
+"""The client side of forkworker's Celery rows, driven by benches/compare/celery.rs over stdin/stdout.
 
 One command per line on stdin, one answer line on stdout ("ok <numbers>" or "err <why>"):
   ready SECONDS  wait until the worker answers an empty call (each try waits 1 s), then warm up
