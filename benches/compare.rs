@@ -24,7 +24,9 @@
 //! - a pipe-pair ping-pong;
 //! - two `memcpy`s of the payload between pre-faulted buffers;
 //! - `procspawn` (re-executes this binary for its workers; IPC through `ipc-channel`) with its
-//!   `Pool`.
+//!   `Pool`;
+//! - Celery with a Redis broker and result backend, the peer of pools across machines, in a
+//!   full run only (`compare/celery.rs`; `--only celery` runs its rows alone).
 //!
 //! Order matters: `procspawn::init()` comes first in `main` (a procspawn worker re-enters
 //! `main` and never leaves `init`, so it never reaches forkworker's code); then, in
@@ -50,6 +52,10 @@ use std::time::{Duration, Instant};
 
 use forkworker::prelude::*;
 use serde_bytes::ByteBuf;
+
+// Not benches/celery.rs: Cargo would take that for a bench target of its own.
+#[path = "compare/celery.rs"]
+mod celery;
 
 const MIB: usize = 1 << 20;
 const LONG: Duration = Duration::from_secs(60);
@@ -987,6 +993,16 @@ fn full_table(cfg: &Cfg) {
     progress("payloads");
     let shared = measure_shared(cfg, &forked.s1, &forked.s2, &mut forked.m1, &ps1);
     progress("shared pool");
+    // Celery, the peer of pools across machines, on this run's Redis server: full runs only
+    // (CI has no PyPI guarantee). An error (no network for pip, say) skips its rows.
+    let peer = if cfg.smoke {
+        Err("a smoke run leaves Celery out".to_string())
+    } else {
+        let redis = celery::RedisServer::start();
+        let c = redis.and_then(|r| celery::measure(&r, celery::Settings::full(), cfg.verbose));
+        progress("celery");
+        c.map_err(|e| e.to_string())
+    };
 
     // ---- Clean up: every pool, every floor process; then check. ----
     drop(ps1);
@@ -1016,6 +1032,7 @@ fn full_table(cfg: &Cfg) {
     rows.extend(loaded.iter().map(pipeline_row));
     rows.extend(payload_rows(&payloads));
     rows.extend(shared_rows(cfg, &shared, &throughput));
+    rows.extend(peer.iter().flat_map(celery::rows));
     rows.extend(fault_rows(cfg, &faults));
     rows.extend(memory_rows(
         cfg,
@@ -1034,6 +1051,9 @@ fn full_table(cfg: &Cfg) {
     println!();
     print_table(&rows);
     println!();
+    if let Err(why) = &peer {
+        println!("celery rows skipped: {why}");
+    }
     let (steal, others) = CpuSample::now().noise_since(cpu_start);
     let met = rows.iter().filter(|r| r.met == "yes").count();
     let targets = rows.iter().filter(|r| r.met != "-").count();
@@ -1842,9 +1862,13 @@ fn profile_only(what: &str, count: Option<usize>, rounds: Option<usize>, smoke: 
             let rounds = rounds.unwrap_or(if smoke { 2 } else { 7 });
             only_pipeline(what == "pipeline-loaded", default(100_000), rounds)
         }
+        "celery" => match celery::only(count, rounds) {
+            0 => return,
+            n => n,
+        },
         _ => {
             eprintln!(
-                "--only takes empty, paired, throughput, throughput2, echo64, futex, futex-long, futex-clock, pipeline or pipeline-loaded"
+                "--only takes empty, paired, throughput, throughput2, echo64, futex, futex-long, futex-clock, pipeline, pipeline-loaded or celery"
             );
             std::process::exit(2);
         }
