@@ -42,13 +42,13 @@ pub use worker_macros::worker;
 pub use worker_core::{
     Application, Builder, Call, CallError, CallId, CallStatus, CancelReason, Control, Daemon,
     DaemonError, Drive, ErrorCounts, ExitCause, ExternalHandler, FnMediator, FnPool, ForkStrategy,
-    Handle, Id, Inline, LimitMechanism, Log, MAX_REQUEUES, Mediator, MethodStats, OsError,
-    Outcomes, Pending, PoolError, Recycle, ReturnSlot, Sandbox, SharedPool, SpawnError, StartError,
-    Stats, SubmitError, Summary, TaskError, TaskId, Tasks, Timings, WireError, Worker, WorkerKey,
-    Workers, sleep_on,
+    Handle, Host, Id, Inline, LimitMechanism, Log, MAX_REQUEUES, Mediator, MethodStats, OsError,
+    Outcomes, Pending, PoolError, Recycle, RemoteBuilder, RemoteError, RemotePool, ReturnSlot,
+    Sandbox, ServeError, SharedPool, SpawnError, StartError, Stats, SubmitError, Summary,
+    TaskError, TaskId, Tasks, Timings, WireError, Worker, WorkerKey, Workers, sleep_on,
 };
 pub use worker_core::{
-    closure, daemon, error, id, instance, sandbox, signals, stats, task, this_worker,
+    closure, daemon, error, id, instance, remote, sandbox, signals, stats, task, this_worker,
 };
 
 /// The names most programs need: `use forkworker::prelude::*;`.
@@ -70,7 +70,7 @@ pub mod __private {
     pub use ::std;
     pub use worker_core::__private::*;
     pub use worker_core::{
-        Builder, CallError, CallId, Handle, Mediator, Pending, ReturnSlot, SharedPool, WireError,
-        Worker,
+        Builder, CallError, CallId, Face, Handle, Mediator, Pending, RemoteBuilder, RemotePool,
+        ReturnSlot, SharedPool, WireError, Worker,
     };
 }

@@ -52,6 +52,9 @@ fn reserved_names_are_the_faces_public_methods() {
     // The shared face: `XPool::builder`, `SharedPool`'s methods, and `Clone::clone`.
     expected.extend(public_methods("shared/mod.rs", "SharedPool"));
     expected.extend(["builder", "clone"].map(String::from));
+    // A connected pool (`XPool::remote`): `RemotePool`'s methods.
+    expected.extend(public_methods("remote/caller.rs", "RemotePool"));
+    expected.insert("remote".to_owned());
 
     let reserved: BTreeSet<String> = RESERVED.iter().map(|name| name.to_string()).collect();
     assert_eq!(

@@ -40,7 +40,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{CallError, WireError};
 use crate::handle::Handle;
 use crate::mediator::{Mediator, submit};
-use crate::shared::{Builder, Pending, SharedPool};
+use crate::remote::{RemoteBuilder, RemotePool};
+use crate::shared::{Builder, Face, Pending, SharedPool};
 use crate::wire::{self, ReturnSlot};
 use crate::worker::Worker;
 
@@ -252,14 +253,19 @@ where
 /// assert_eq!(square.inline(4), 16); // in this process
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct FnPool<F, A, R>
+pub struct FnPool<F, A, R, B = SharedPool<FnWorker<F, A, R>>>
 where
     F: FnMut(A) -> R + Send + 'static,
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    inner: SharedPool<FnWorker<F, A, R>>,
+    inner: B,
+    types: PhantomData<fn(A) -> (F, R)>,
 }
+
+/// A connected [`FnPool`]: its calls run on the hosts serving its alias (see
+/// [`FnPool::remote`]).
+pub type FnRemote<F, A, R> = FnPool<F, A, R, RemotePool<FnWorker<F, A, R>>>;
 
 impl<F, A, R> FnPool<F, A, R>
 where
@@ -268,15 +274,23 @@ where
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     /// A builder for a shared pool named `alias` (in log lines) running `f`: its settings and
-    /// callbacks, then [`Builder::start`].
+    /// callbacks, then [`Builder::start`] (or [`Builder::serve`], for the calls of other
+    /// machines).
     pub fn builder(alias: impl Into<String>, f: F) -> Builder<FnWorker<F, A, R>, Self> {
-        crate::shared::builder(alias, FnWorker::new(f), |inner| FnPool { inner })
+        crate::shared::builder(alias, FnWorker::new(f), |inner| FnPool {
+            inner,
+            types: PhantomData,
+        })
     }
 
-    /// Queues a call of the closure with `arg` and returns its handle at once: await it, or
-    /// `wait()` for it; dropping it cancels the call (see [`Pending`]).
-    pub fn call(&self, arg: A) -> Pending<R> {
-        crate::shared::submit(&self.inner, 0, &arg, wire::decode::<R>)
+    /// A builder for a pool whose calls run on the hosts serving pool `alias` through Redis
+    /// (see [`RemotePool`]): its settings, then `connect(url)`. The closure's type does not
+    /// matter on this side (name it `fn(A) -> R`): only `A` and `R` must match the hosts'.
+    pub fn remote(alias: impl Into<String>) -> RemoteBuilder<FnWorker<F, A, R>, FnRemote<F, A, R>> {
+        crate::remote::remote_builder(alias, |inner| FnPool {
+            inner,
+            types: PhantomData,
+        })
     }
 
     /// Runs the closure in this process, blocking, on the parent's copy of it (behind the
@@ -286,7 +300,21 @@ where
     }
 }
 
-impl<F, A, R> Clone for FnPool<F, A, R>
+impl<F, A, R, B> FnPool<F, A, R, B>
+where
+    F: FnMut(A) -> R + Send + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+    B: Face<FnWorker<F, A, R>>,
+{
+    /// Queues a call of the closure with `arg` and returns its handle at once: await it, or
+    /// `wait()` for it; dropping it cancels the call (see [`Pending`]).
+    pub fn call(&self, arg: A) -> Pending<R> {
+        crate::shared::submit(&self.inner, 0, &arg, wire::decode::<R>)
+    }
+}
+
+impl<F, A, R, B: Clone> Clone for FnPool<F, A, R, B>
 where
     F: FnMut(A) -> R + Send + 'static,
     A: Serialize + DeserializeOwned + Send + 'static,
@@ -295,17 +323,18 @@ where
     fn clone(&self) -> Self {
         FnPool {
             inner: self.inner.clone(),
+            types: PhantomData,
         }
     }
 }
 
-impl<F, A, R> Deref for FnPool<F, A, R>
+impl<F, A, R, B> Deref for FnPool<F, A, R, B>
 where
     F: FnMut(A) -> R + Send + 'static,
     A: Serialize + DeserializeOwned + Send + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
-    type Target = SharedPool<FnWorker<F, A, R>>;
+    type Target = B;
 
     fn deref(&self) -> &Self::Target {
         &self.inner

@@ -212,12 +212,15 @@ pub enum CallError {
         /// The limit in force.
         limit: Duration,
     },
-    /// The call ran longer than the mediator's timeout; its worker was killed.
-    #[error("{method}() ran longer than its timeout of {timeout:?}; worker {pid} was killed")]
+    /// The call ran longer than the mediator's timeout; its worker was killed. For a
+    /// connected pool (pools across machines) whose deadline passed before a host answered,
+    /// `pid` is 0: no worker of the caller's ran it (a host still running it is told to
+    /// stop it).
+    #[error("{method}() ran longer than its timeout of {timeout:?}; {}", timeout_end(*pid))]
     Timeout {
         /// The method called.
         method: &'static str,
-        /// The worker's process id.
+        /// The worker's process id (0: a connected pool's deadline, see above).
         pid: i32,
         /// The timeout in force.
         timeout: Duration,
@@ -266,6 +269,76 @@ pub enum CallError {
     /// The worker's `check_environment` reported problems; no process was forked.
     #[error("check_environment() failed: {}", .0.join("; "))]
     Environment(Vec<String>),
+    /// A call of a connected pool (pools across machines) ran on, or was refused by, host
+    /// `host` and ended with `error`: what the same call gives in a local pool, its `pid`
+    /// a process on that host. Crashes, panics and timeouts on a host are reported at once,
+    /// never redelivered.
+    #[error("on host {host}: {error}")]
+    OnHost {
+        /// The host's id (its machine's name, its process id and a random part).
+        host: String,
+        /// What the host's local pool said.
+        error: Box<CallError>,
+    },
+    /// Hosts died (or stalled past the visibility time) running the call this many times: it
+    /// is not run again, so that it does not kill hosts forever.
+    #[error(
+        "call to {method}() was delivered {deliveries} times and its host died each time; it is poisoned and not run again"
+    )]
+    Poisoned {
+        /// The method called.
+        method: &'static str,
+        /// How many hosts took it and died.
+        deliveries: u32,
+    },
+    /// Host `host` runs a build whose worker interface differs from the caller's (another
+    /// method list or other types, see `Worker::fingerprint`): it refused the call rather
+    /// than run the wrong method.
+    #[error(
+        "host {host} refused the call to {method}(): its worker interface is {theirs:016x}, the caller's is {ours:016x} (different builds)"
+    )]
+    Incompatible {
+        /// The method called.
+        method: &'static str,
+        /// The host's id.
+        host: String,
+        /// The caller's fingerprint.
+        ours: u64,
+        /// The host's fingerprint.
+        theirs: u64,
+    },
+    /// A connected pool could not reach Redis for the call (after its retry time), or Redis
+    /// failed a command.
+    #[error("call to {method}(): {source}")]
+    Remote {
+        /// The method called.
+        method: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<crate::remote::RemoteError>,
+    },
+    /// The encoded arguments (or return value) of a call through Redis are larger than the
+    /// pool's payload limit.
+    #[error(
+        "call to {method}() carries {size} bytes through Redis, more than the payload limit of {limit} bytes; raise it with payload_limit()"
+    )]
+    PayloadTooLarge {
+        /// The method called.
+        method: &'static str,
+        /// The encoded size.
+        size: usize,
+        /// The limit in force.
+        limit: usize,
+    },
+}
+
+/// How a timeout ended, by who ran the call.
+fn timeout_end(pid: i32) -> String {
+    if pid == 0 {
+        "no host answered in time".to_owned()
+    } else {
+        format!("worker {pid} was killed")
+    }
 }
 
 /// How a worker's stderr tail ends a message: after a colon, on lines of its own.

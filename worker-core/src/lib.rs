@@ -30,6 +30,7 @@
 //! | time on the hot path: the tick counter, calibrated against CLOCK_MONOTONIC; `Instant`s | `clock` |
 //! | forking, watching (pidfd), killing and reaping one process; the `Reap` trait for others' children; a forked process's descriptors (`sanitize_fds`) | `process` |
 //! | forking every worker from a single-threaded server; their stderr and its tail; killing their process trees | `fork_server` |
+//! | pools across machines over Redis Streams: the host (`serve`), the connected pool (`remote().connect()`), the entries, the connection and the Redis clock | [`remote`] (`host`, `caller`, `entry`, `link`) |
 //! | confining a worker after `setup`: seccomp, landlock, no_new_privs; naming the call that stopped it | [`sandbox`] |
 //! | the text of a caught panic (a method's, a task's) | `panics` |
 //! | the call journal that survives a crash; recovering or purging it at start | `journal`, `engine::recovery` |
@@ -81,6 +82,7 @@ mod panics;
 mod pool;
 mod private_fs;
 mod process;
+pub mod remote;
 pub mod sandbox;
 mod shared;
 mod shm;
@@ -106,8 +108,9 @@ pub use handle::Handle;
 pub use id::Id;
 pub use limits::LimitMechanism;
 pub use mediator::{ExternalHandler, MAX_REQUEUES, Mediator};
+pub use remote::{Host, RemoteBuilder, RemoteError, RemotePool, ServeError};
 pub use sandbox::Sandbox;
-pub use shared::{Builder, Inline, Pending, SharedPool};
+pub use shared::{Builder, Face, Inline, Pending, SharedPool};
 pub use stats::{MethodStats, Outcomes, Stats, Summary};
 pub use task::{TaskError, TaskId, Tasks};
 pub use wire::ReturnSlot;
@@ -117,6 +120,7 @@ pub use worker::Worker;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::mediator::submit;
+    pub use crate::remote::remote_builder;
     pub use crate::shared::builder as shared_builder;
     pub use crate::shared::submit as submit_shared;
     pub use crate::wire::{ByteBuf, decode, encode_to_vec};

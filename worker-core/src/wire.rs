@@ -119,9 +119,31 @@ impl<'a> ReturnSlot<'a> {
     }
 }
 
+/// Encoded arguments, serialized as they are: postcard writes a tuple of bytes without a
+/// length, byte by byte.
+pub(crate) struct Raw<'a>(pub(crate) &'a [u8]);
+
+impl serde::Serialize for Raw<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for b in self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_bytes_encode_as_themselves() {
+        let encoded = encode_to_vec(&(7u64, "text", vec![1u32, 300])).unwrap();
+        assert_eq!(encode_to_vec(&Raw(&encoded)).unwrap(), encoded);
+        assert_eq!(encode_to_vec(&Raw(&[])).unwrap(), Vec::<u8>::new());
+    }
 
     #[test]
     fn borrowed_tuple_and_owned_tuple_share_an_encoding() {

@@ -307,7 +307,14 @@ impl<'a> Generator<'a> {
         ];
         let builder_doc = " A builder for a shared pool named `alias` (in logs), whose workers \
                            each start from a copy of `value`: its settings and callbacks, then \
-                           `start()`, which forks.";
+                           `start()`, which forks, or `serve(url)`, which also takes the calls \
+                           of other machines through Redis.";
+        let remote_doc = format!(
+            " A builder for a pool whose calls run on the hosts that serve pool `alias` \
+             (`{pool}::builder(alias, value).serve(url)`) on other machines, through Redis: \
+             its settings, then `connect(url)`. The connected pool has the same proxies and \
+             handles, and no `inline()`."
+        );
         let proxies = self
             .input
             .methods
@@ -317,15 +324,19 @@ impl<'a> Generator<'a> {
         quote! {
             #(#[doc = #doc])*
             #[allow(dead_code, private_interfaces)]
-            pub struct #pool<__W: #p::Worker = #self_ty> {
-                inner: #p::SharedPool<__W>,
+            pub struct #pool<__W: #p::Worker = #self_ty, __F = #p::SharedPool<__W>> {
+                inner: __F,
+                worker: #p::core::marker::PhantomData<fn() -> __W>,
             }
 
             #[automatically_derived]
-            impl<__W: #p::Worker> #p::core::clone::Clone for #pool<__W> {
+            impl<__W: #p::Worker, __F: #p::core::clone::Clone> #p::core::clone::Clone
+                for #pool<__W, __F>
+            {
                 fn clone(&self) -> Self {
                     #pool {
                         inner: #p::core::clone::Clone::clone(&self.inner),
+                        worker: #p::core::marker::PhantomData,
                     }
                 }
             }
@@ -343,15 +354,39 @@ impl<'a> Generator<'a> {
                     alias: impl #p::core::convert::Into<#p::std::string::String>,
                     value: __W,
                 ) -> #p::Builder<__W, Self> {
-                    #p::shared_builder(alias, value, |inner| #pool { inner })
+                    #p::shared_builder(alias, value, |inner| #pool {
+                        inner,
+                        worker: #p::core::marker::PhantomData,
+                    })
                 }
+            }
 
+            // A connected pool needs no value and no `Send`: only the methods' list.
+            #[allow(dead_code, private_interfaces)]
+            impl #pool<#self_ty> {
+                #[doc = #remote_doc]
+                pub fn remote(
+                    alias: impl #p::core::convert::Into<#p::std::string::String>,
+                ) -> #p::RemoteBuilder<#self_ty, #pool<#self_ty, #p::RemotePool<#self_ty>>> {
+                    #p::remote_builder(alias, |inner| #pool {
+                        inner,
+                        worker: #p::core::marker::PhantomData,
+                    })
+                }
+            }
+
+            #[allow(dead_code, private_interfaces)]
+            impl<__W, __F> #pool<__W, __F>
+            where
+                __W: #p::Worker + #p::Is<#self_ty>,
+                __F: #p::Face<__W>,
+            {
                 #(#proxies)*
             }
 
             #[automatically_derived]
-            impl<__W: #p::Worker> #p::core::ops::Deref for #pool<__W> {
-                type Target = #p::SharedPool<__W>;
+            impl<__W: #p::Worker, __F> #p::core::ops::Deref for #pool<__W, __F> {
+                type Target = __F;
 
                 fn deref(&self) -> &Self::Target {
                     &self.inner
@@ -359,7 +394,7 @@ impl<'a> Generator<'a> {
             }
 
             #[automatically_derived]
-            impl<__W: #p::Worker> #p::core::fmt::Debug for #pool<__W> {
+            impl<__W: #p::Worker, __F: #p::core::fmt::Debug> #p::core::fmt::Debug for #pool<__W, __F> {
                 fn fmt(&self, f: &mut #p::core::fmt::Formatter<'_>) -> #p::core::fmt::Result {
                     #p::core::fmt::Debug::fmt(&self.inner, f)
                 }

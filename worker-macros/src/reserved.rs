@@ -1,7 +1,8 @@
 // The public methods of the two generated faces: of `{Type}Mediator`, its constructor, every
 // public method of `Mediator` (reached through `Deref`) and the `Deref`/`DerefMut` methods
 // themselves; of `{Type}Pool`, its `builder`, every public method of `SharedPool` (reached
-// through `Deref`) and `clone`. A proxy method with one of these names would hide a face's
+// through `Deref`) and `clone`; and of a connected `{Type}Pool`, `remote` and every public
+// method of `RemotePool`. A proxy method with one of these names would hide a face's
 // own method, so the macro rejects it.
 //
 // `tests/reserved.rs` (root package) `include!`s this file and checks the list against
@@ -56,4 +57,6 @@ pub const RESERVED: &[&str] = &[
     "clone",
     "close",
     "is_open",
+    "remote",
+    "caller_id",
 ];

@@ -93,12 +93,18 @@ fn check_method(method: &Method, mediator: &str, cx: &Ctxt) -> bool {
                 format!("`DerefMut::deref_mut`, which the generated `{mediator}` implements")
             }
             // The shared face's own (see reserved.rs); `mediator` ends with "Mediator".
-            "builder" | "clone" | "close" | "is_open" => {
+            "builder" | "clone" | "close" | "is_open" | "remote" | "caller_id" => {
                 let pool = format!("{}Pool", mediator.trim_end_matches("Mediator"));
                 match name.as_str() {
                     "builder" => {
                         format!("`{pool}::builder`, the constructor of the generated `{pool}`")
                     }
+                    "remote" => format!(
+                        "`{pool}::remote`, the constructor of the generated `{pool}`'s connected face"
+                    ),
+                    "caller_id" => format!(
+                        "`RemotePool::caller_id`, a method of the generated `{pool}` when connected"
+                    ),
                     "clone" => format!("`Clone::clone`, which the generated `{pool}` implements"),
                     _ => format!("`SharedPool::{name}`, a method of the generated `{pool}`"),
                 }

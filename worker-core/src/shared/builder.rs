@@ -9,6 +9,7 @@ use crate::callbacks::{Callbacks, On};
 use crate::config::{ForkStrategy, Recycle};
 use crate::engine::{Configured, Engine};
 use crate::error::{OsError, PoolError, StartError};
+use crate::remote::{Host, HostSettings, ServeError};
 use crate::sandbox::Sandbox;
 use crate::worker::Worker;
 
@@ -37,6 +38,8 @@ pub struct Builder<W: Worker + Send + 'static, P = SharedPool<W>> {
     callbacks: Callbacks<Handler<W>>,
     fail_fast: bool,
     wrap: fn(SharedPool<W>) -> P,
+    /// The settings of [`Builder::serve`].
+    host: HostSettings,
 }
 
 /// A builder whose `start` returns `wrap(pool)`: how a generated `XPool::builder` makes one.
@@ -51,6 +54,14 @@ pub fn builder<W: Worker + Send + 'static, P>(
         callbacks: Callbacks::default(),
         fail_fast: false,
         wrap,
+        host: HostSettings {
+            prefix: crate::remote::DEFAULT_PREFIX.to_owned(),
+            visibility: crate::remote::DEFAULT_VISIBILITY,
+            max_deliveries: crate::remote::DEFAULT_MAX_DELIVERIES,
+            payload_limit: crate::remote::DEFAULT_PAYLOAD_LIMIT,
+            result_ttl: crate::remote::DEFAULT_RESULT_TTL,
+            root_ca: None,
+        },
     }
 }
 
@@ -187,11 +198,100 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
     /// [`StartError::Pool`] if the shared memory, an eventfd, the fork server or the pool's
     /// thread cannot be had. Nothing is left behind.
     pub fn start(self) -> Result<P, StartError> {
+        let wrap = self.wrap;
+        self.start_pool().map(wrap)
+    }
+
+    /// The prefix of the pool's stream names in Redis, for [`Builder::serve`] (default
+    /// `forkworker`): a host takes the calls of `{prefix}:{alias}:calls`. Hosts and callers
+    /// must agree on it.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.host.prefix = prefix.into();
+        self
+    }
+
+    /// For [`Builder::serve`]: how long a call may stay with a host that does not refresh its
+    /// claim (it died, stalled, or lost Redis) before another host claims it and runs it
+    /// (default 30 s, [`crate::remote::DEFAULT_VISIBILITY`]). A live host refreshes the claims
+    /// of the calls it runs four times per visibility time, however long they run. Shorter
+    /// recovers calls sooner; it must stay well above a host's longest pause (a slow Redis
+    /// round trip, a stopped process) or live calls are run twice.
+    pub fn visibility(mut self, visibility: Duration) -> Self {
+        self.host.visibility = visibility.max(Duration::from_millis(100));
+        self
+    }
+
+    /// For [`Builder::serve`]: after how many deliveries whose host died a call ends
+    /// [`crate::CallError::Poisoned`] instead of being run again (default 3).
+    pub fn max_deliveries(mut self, deliveries: u32) -> Self {
+        self.host.max_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// For [`Builder::serve`]: the largest call arguments and return values a host takes and
+    /// writes through Redis (default 16 MiB, [`crate::remote::DEFAULT_PAYLOAD_LIMIT`]); a
+    /// larger return value ends its call [`crate::CallError::PayloadTooLarge`].
+    pub fn payload_limit(mut self, bytes: usize) -> Self {
+        self.host.payload_limit = bytes;
+        self
+    }
+
+    /// For [`Builder::serve`]: how long results wait in Redis for a caller that stopped
+    /// reading them before they expire (default 10 minutes).
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.host.result_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
+    /// For [`Builder::serve`] with a `rediss://` URL: trust this certificate authority (PEM)
+    /// instead of the system's.
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.host.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Starts the pool (as [`Builder::start`]) and serves it at `url` as a host of a pool
+    /// across machines: its workers take the calls that callers make through
+    /// `XPool::remote(alias).connect(url)`, the alias naming the pool in Redis.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use forkworker_core::closure::FnPool;
+    ///
+    /// let host = FnPool::builder("Double", |n: u64| n * 2)
+    ///     .workers(4)
+    ///     .timeout(Duration::from_secs(2))
+    ///     .serve("redis://127.0.0.1:6379")?;
+    /// // ... until the program ends:
+    /// host.stop(Duration::from_secs(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// Arguments and results travel through Redis as they are: in the clear on the network
+    /// unless the URL is `rediss://`.
+    ///
+    /// # Errors
+    /// [`ServeError::Start`] if the local pool cannot start, [`ServeError::Remote`] if Redis
+    /// cannot be reached (the local pool is then stopped).
+    pub fn serve(self, url: &str) -> Result<Host, ServeError> {
+        let settings = self.host.clone();
+        let grace = self.base.config.grace;
+        let pool = self.start_pool()?;
+        match Host::start(pool.clone(), url, settings, grace) {
+            Ok(host) => Ok(host),
+            Err(e) => {
+                pool.shutdown(Duration::ZERO);
+                Err(ServeError::Remote(e))
+            }
+        }
+    }
+
+    fn start_pool(self) -> Result<SharedPool<W>, StartError> {
         let Builder {
             base,
             callbacks,
             fail_fast,
-            wrap,
+            ..
         } = self;
         base.check()?;
         let mut base = base;
@@ -245,7 +345,7 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
         match started_rx.recv() {
             Ok(Ok(())) => {
                 *inner.driver.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-                Ok(wrap(SharedPool::from_inner(inner)))
+                Ok(SharedPool::from_inner(inner))
             }
             Ok(Err(error)) => {
                 let _ = handle.join();

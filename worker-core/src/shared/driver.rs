@@ -204,7 +204,7 @@ fn admit_backlog<W: Worker>(
     woken: &mut Vec<Waker>,
 ) {
     while let Some(next) = backlog.front() {
-        let raw = Raw(&next.bytes);
+        let raw = crate::wire::Raw(&next.bytes);
         match engine.submit_encoded_as(next.method, &raw, &mut NoSink, Some(next.id)) {
             Ok(id) => {
                 engine.hold(id);
@@ -267,34 +267,4 @@ fn stop_engine<W: Worker + Send + 'static>(
     woken.extend(state.wakers.drain().map(|(_, w)| w));
     state.stopped = Some(engine.stop());
     state.life = Life::Stopped;
-}
-
-/// Encoded arguments, serialized as they are: postcard writes a tuple of bytes without a
-/// length, byte by byte.
-struct Raw<'a>(&'a [u8]);
-
-impl serde::Serialize for Raw<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let mut t = s.serialize_tuple(self.0.len())?;
-        for b in self.0 {
-            t.serialize_element(b)?;
-        }
-        t.end()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_bytes_encode_as_themselves() {
-        let encoded = crate::wire::encode_to_vec(&(7u64, "text", vec![1u32, 300])).unwrap();
-        assert_eq!(crate::wire::encode_to_vec(&Raw(&encoded)).unwrap(), encoded);
-        assert_eq!(
-            crate::wire::encode_to_vec(&Raw(&[])).unwrap(),
-            Vec::<u8>::new()
-        );
-    }
 }

@@ -11,7 +11,7 @@
 
 mod builder;
 mod driver;
-mod pending;
+pub(crate) mod pending;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -278,21 +278,7 @@ impl<W: Worker> SharedPool<W> {
         handles: impl IntoIterator<Item = Pending<R>>,
         timeout: Duration,
     ) -> Vec<Result<R, CallError>> {
-        let start = Instant::now();
-        handles
-            .into_iter()
-            .map(|handle| {
-                let id = handle.id().raw();
-                handle
-                    .wait_timeout(timeout.saturating_sub(start.elapsed()))
-                    .unwrap_or_else(|_| {
-                        Err(CallError::WaitTimeout {
-                            id,
-                            waited: start.elapsed(),
-                        })
-                    })
-            })
-            .collect()
+        pending::wait_all(handles, timeout)
     }
 
     /// Blocks until one of the calls of `handles` ends or `timeout` passes; takes that call's
@@ -304,25 +290,7 @@ impl<W: Worker> SharedPool<W> {
         handles: &mut Vec<Pending<R>>,
         timeout: Duration,
     ) -> Option<(CallId<R>, Result<R, CallError>)> {
-        if handles.is_empty() {
-            return None;
-        }
-        let deadline = Instant::now() + timeout;
-        let parker = pending::Parker::new();
-        let waker = Waker::from(parker.clone());
-        loop {
-            for k in 0..handles.len() {
-                if let Poll::Ready(result) = handles[k].poll_with(&waker) {
-                    let handle = handles.remove(k);
-                    return Some((handle.id(), result));
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            parker.park(Some(left));
-        }
+        pending::wait_any(handles, timeout)
     }
 
     /// Whether the pool still takes calls (it was not closed or shut down).
@@ -359,24 +327,80 @@ impl<W: Worker> std::ops::DerefMut for Inline<'_, W> {
     }
 }
 
-/// Queues a call of method `method` of a shared pool, its arguments encoded now, and returns
-/// its handle. Called by generated proxy methods; `decode` turns the return bytes into `R`.
+/// The pool behind a generated `XPool`: a local [`SharedPool`], or a connected
+/// [`crate::RemotePool`] whose calls run on other machines. Not public API: the generated
+/// proxies call it through [`submit`].
 #[doc(hidden)]
-pub fn submit<W: Worker + Send + 'static, A: Serialize + ?Sized, R: Send + 'static>(
-    pool: &SharedPool<W>,
+pub trait Face<W: Worker>: Clone + Send + Sync + 'static {
+    /// Queues a call of method `method`, its arguments encoded now, and returns its handle;
+    /// `decode` turns the return bytes into `R`.
+    fn submit_call<A: Serialize + ?Sized, R: Send + 'static>(
+        &self,
+        method: u32,
+        args: &A,
+        decode: fn(&[u8]) -> Result<R, WireError>,
+    ) -> Pending<R>;
+}
+
+impl<W: Worker + Send + 'static> Face<W> for SharedPool<W> {
+    fn submit_call<A: Serialize + ?Sized, R: Send + 'static>(
+        &self,
+        method: u32,
+        args: &A,
+        decode: fn(&[u8]) -> Result<R, WireError>,
+    ) -> Pending<R> {
+        let inner = self.inner();
+        let name = method_name::<W>(method);
+        match inner.submit(method, name, args) {
+            Ok(id) => Pending::new(inner.clone(), id, name, decode),
+            Err(error) => Pending::failed(error, name, decode),
+        }
+    }
+}
+
+impl<W: Worker + Send + 'static> SharedPool<W> {
+    /// A call of method `method` whose arguments are already encoded: a host runs the calls
+    /// it reads from Redis so. The handle gives the encoded return value.
+    pub(crate) fn submit_encoded(&self, method: u32, args: &[u8]) -> Pending<Vec<u8>> {
+        let decode: fn(&[u8]) -> Result<Vec<u8>, WireError> = |b| Ok(b.to_vec());
+        if W::METHODS.get(method as usize).is_none() {
+            return Pending::failed(
+                CallError::Wire {
+                    method: "<unknown>",
+                    source: WireError::UnknownMethod(method),
+                },
+                "<unknown>",
+                decode,
+            );
+        }
+        self.submit_call(method, &crate::wire::Raw(args), decode)
+    }
+
+    /// The number of workers the pool was configured with.
+    pub(crate) fn configured_workers(&self) -> usize {
+        self.inner().lock().base().config.workers
+    }
+}
+
+/// The name of method `method` of `W`.
+pub(crate) fn method_name<W: Worker>(method: u32) -> &'static str {
+    W::METHODS
+        .get(method as usize)
+        .copied()
+        .unwrap_or("<unknown>")
+}
+
+/// Queues a call of method `method` of a generated `XPool`'s pool (local or connected), its
+/// arguments encoded now, and returns its handle. Called by generated proxy methods; `decode`
+/// turns the return bytes into `R`.
+#[doc(hidden)]
+pub fn submit<W: Worker, F: Face<W>, A: Serialize + ?Sized, R: Send + 'static>(
+    pool: &F,
     method: u32,
     args: &A,
     decode: fn(&[u8]) -> Result<R, WireError>,
 ) -> Pending<R> {
-    let inner = pool.inner();
-    let name = W::METHODS
-        .get(method as usize)
-        .copied()
-        .unwrap_or("<unknown>");
-    match inner.submit(method, name, args) {
-        Ok(id) => Pending::new(inner.clone(), id, name, decode),
-        Err(error) => Pending::failed(error, name, decode),
-    }
+    pool.submit_call(method, args, decode)
 }
 
 impl<W: Worker> Inner<W> {
@@ -653,8 +677,9 @@ fn backlog<W: Worker, A: Serialize + ?Sized>(
 }
 
 /// The final status a call's error stands for (for a result kept after the engine stopped).
-fn status_of(error: &CallError) -> CallStatus {
+pub(crate) fn status_of(error: &CallError) -> CallStatus {
     match error {
+        CallError::OnHost { error, .. } => status_of(error),
         CallError::Timeout { .. } => CallStatus::Timeout,
         CallError::Crashed { .. } | CallError::MemoryLimit { .. } | CallError::CpuLimit { .. } => {
             CallStatus::Crashed

@@ -217,6 +217,54 @@ impl<R> fmt::Debug for Pending<R> {
     }
 }
 
+/// See `SharedPool::wait_all`: the handles' pool does not matter.
+pub(crate) fn wait_all<R>(
+    handles: impl IntoIterator<Item = Pending<R>>,
+    timeout: Duration,
+) -> Vec<Result<R, CallError>> {
+    let start = Instant::now();
+    handles
+        .into_iter()
+        .map(|handle| {
+            let id = handle.id().raw();
+            handle
+                .wait_timeout(timeout.saturating_sub(start.elapsed()))
+                .unwrap_or_else(|_| {
+                    Err(CallError::WaitTimeout {
+                        id,
+                        waited: start.elapsed(),
+                    })
+                })
+        })
+        .collect()
+}
+
+/// See `SharedPool::wait_any`.
+pub(crate) fn wait_any<R>(
+    handles: &mut Vec<Pending<R>>,
+    timeout: Duration,
+) -> Option<(CallId<R>, Result<R, CallError>)> {
+    if handles.is_empty() {
+        return None;
+    }
+    let deadline = Instant::now() + timeout;
+    let parker = Parker::new();
+    let waker = Waker::from(parker.clone());
+    loop {
+        for k in 0..handles.len() {
+            if let Poll::Ready(result) = handles[k].poll_with(&waker) {
+                let handle = handles.remove(k);
+                return Some((handle.id(), result));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        parker.park(Some(left));
+    }
+}
+
 /// Wakes a thread blocked in [`Pending::wait`]. The thread parks at once: the pool's thread
 /// spins for the answer already, and a waiter spinning too would take a CPU from the worker
 /// (measured: 54 us for an empty call on two CPUs, against 11 us parked; benches/README.md).

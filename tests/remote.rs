@@ -1,0 +1,777 @@
+//! Pools across machines over a real Redis: each test starts its own `redis-server` on a free
+//! port (and stops it), hosts run in this process or in child processes of this test binary
+//! (`FW_ROLE=host`), and kills are real SIGKILLs.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use forkworker::prelude::*;
+use forkworker::remote::RemoteError;
+use support::eventually;
+use support::redis::RedisServer;
+
+pub struct Parser;
+
+#[forkworker::worker]
+impl Parser {
+    pub fn echo(&self, n: u64) -> u64 {
+        n
+    }
+
+    /// Where it ran: the host's name (as its process was told) and the worker's pid.
+    pub fn where_ran(&self) -> (String, u32) {
+        (
+            std::env::var("FW_HOST_NAME").unwrap_or_default(),
+            std::process::id(),
+        )
+    }
+
+    /// Writes `n` to the run log (one line per run, appended), then returns it.
+    pub fn logged(&self, n: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(1));
+        if let Ok(path) = std::env::var("FW_RUN_LOG") {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .expect("run log");
+            f.write_all(format!("{n}\n").as_bytes()).expect("log");
+        }
+        n
+    }
+
+    pub fn slow(&self, n: u64, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        n
+    }
+
+    /// Sleeps `ms`, then creates file `path`: a call killed before never does.
+    pub fn touch_after(&self, path: String, ms: u64) -> bool {
+        std::thread::sleep(Duration::from_millis(ms));
+        std::fs::write(path, b"ran").is_ok()
+    }
+
+    pub fn crash(&self) -> u8 {
+        // SAFETY: not safe at all; crashing the worker is the point.
+        unsafe { std::ptr::write_volatile(std::ptr::null_mut::<u8>(), 1) };
+        0
+    }
+
+    pub fn panics(&self) -> u8 {
+        panic!("parser exploded")
+    }
+
+    /// SIGKILLs the host process that runs it (told by `FW_HOST_PID`), as a poisonous
+    /// input would.
+    pub fn kill_host(&self) -> u8 {
+        let pid: i32 = std::env::var("FW_HOST_PID").unwrap().parse().unwrap();
+        // SAFETY: signalling a process by pid.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_secs(60));
+        0
+    }
+
+    pub fn bytes(&self, data: Vec<u8>) -> usize {
+        data.len()
+    }
+}
+
+/// Another build's worker under the same alias: its interface differs.
+pub struct ParserV2;
+
+#[forkworker::worker]
+impl ParserV2 {
+    pub fn echo(&self, n: u32) -> u32 {
+        n
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The keys of pool "Parser" left in Redis, with their lengths (streams) or types.
+fn keys_left(redis: &RedisServer) -> HashMap<String, i64> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    keys.into_iter()
+        .map(|k| {
+            let len: i64 = redis::cmd("XLEN").arg(&k).query(&mut con).unwrap_or(-1);
+            (k, len)
+        })
+        .collect()
+}
+
+/// Asserts that every stream of the pool is empty: calls, results, control.
+fn assert_streams_empty(redis: &RedisServer) {
+    let left = keys_left(redis);
+    let nonempty: Vec<_> = left.iter().filter(|&(_, &len)| len != 0).collect();
+    assert!(nonempty.is_empty(), "streams not empty: {nonempty:?}");
+}
+
+/// A host in a child process of this test binary: `FW_ROLE=host`. Killed (and reaped) on
+/// drop; [`HostProcess::stop`] closes its stdin, which stops it cleanly.
+struct HostProcess {
+    child: Option<Child>,
+}
+
+impl HostProcess {
+    fn start(url: &str, name: &str, workers: usize, visibility: Duration) -> HostProcess {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env("FW_ROLE", "host")
+            .env("FW_URL", url)
+            .env("FW_HOST_NAME", name)
+            .env("FW_WORKERS", workers.to_string())
+            .env("FW_VISIBILITY_MS", visibility.as_millis().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a host process");
+        let mut host = HostProcess { child: Some(child) };
+        // It says "serving" once it reads calls.
+        let mut out = host.child.as_mut().unwrap().stdout.take().unwrap();
+        let mut line = [0u8; 8];
+        let mut got = 0;
+        while got < line.len() {
+            match std::io::Read::read(&mut out, &mut line[got..]) {
+                Ok(0) | Err(_) => panic!("host {name} did not start"),
+                Ok(n) => got += n,
+            }
+        }
+        assert_eq!(&line, b"serving\n");
+        host
+    }
+
+    /// SIGKILL, and reaps it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Closes its stdin: it stops with a grace period and exits.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            let status = child.wait().unwrap();
+            assert!(status.success(), "host process: {status}");
+        }
+    }
+
+    /// Reaps it if it died (by its own method); whether it did.
+    fn died(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                true
+            }
+            None => true,
+            _ => false,
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The host role: serves "Parser" until its stdin closes.
+fn host_role() {
+    let url = std::env::var("FW_URL").unwrap();
+    let workers: usize = std::env::var("FW_WORKERS").unwrap().parse().unwrap();
+    let visibility =
+        Duration::from_millis(std::env::var("FW_VISIBILITY_MS").unwrap().parse().unwrap());
+    // SAFETY: single-threaded here, before any thread starts.
+    unsafe { std::env::set_var("FW_HOST_PID", std::process::id().to_string()) };
+    let host = ParserPool::builder("Parser", Parser)
+        .workers(workers)
+        .timeout(Duration::from_secs(20))
+        .visibility(visibility)
+        .serve(&url)
+        .expect("serve");
+    println!("serving");
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    host.stop(Duration::from_secs(5));
+}
+
+fn a_call_runs_on_a_host_and_comes_back_typed() {
+    let redis = RedisServer::start();
+    let host = ParserPool::builder("Parser", Parser)
+        .workers(2)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    assert_eq!(pool.echo(42).wait().unwrap(), 42);
+    let calls: Vec<_> = (0..500).map(|n| pool.echo(n)).collect();
+    for (n, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.wait().unwrap(), n as u64);
+    }
+    let stats = pool.stats();
+    let echo = stats.methods.iter().find(|m| m.method == "echo").unwrap();
+    assert_eq!(echo.outcomes.returned, 501);
+    assert_eq!(echo.round_trip.count, 501);
+    // The host's statistics are its local pool's.
+    assert_eq!(
+        host.stats()
+            .methods
+            .iter()
+            .find(|m| m.method == "echo")
+            .unwrap()
+            .outcomes
+            .returned,
+        501
+    );
+    pool.close();
+    host.stop(Duration::from_secs(1));
+    assert_streams_empty(&redis);
+}
+
+fn an_awaited_call_works_on_tokio() {
+    let redis = RedisServer::start();
+    let host = ParserPool::builder("Parser", Parser)
+        .workers(2)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sum = rt.block_on(async {
+        let calls = (0..100).map(|n| pool.echo(n));
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .sum::<u64>()
+    });
+    assert_eq!(sum, 4950);
+    drop(rt);
+    drop(pool);
+    host.stop(Duration::from_secs(1));
+}
+
+fn crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again() {
+    let redis = RedisServer::start();
+    let host = ParserPool::builder("Parser", Parser)
+        .workers(1)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    let started = Instant::now();
+    let err = pool.crash().wait().unwrap_err();
+    let CallError::OnHost { host: on, error } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(on, host.id());
+    assert!(
+        matches!(
+            **error,
+            CallError::Crashed {
+                method: "crash",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains(host.id()), "{err}");
+    let err = pool.panics().wait().unwrap_err();
+    assert!(err.to_string().contains("parser exploded"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Each ran once on the host.
+    let stats = host.stats();
+    let count = |m: &str| {
+        stats
+            .methods
+            .iter()
+            .find(|s| s.method == m)
+            .unwrap()
+            .outcomes
+            .total()
+    };
+    assert_eq!((count("crash"), count("panics")), (1, 1));
+    assert_eq!(pool.echo(7).wait().unwrap(), 7);
+    drop(pool);
+    host.stop(Duration::from_secs(1));
+    assert_streams_empty(&redis);
+}
+
+fn a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing() {
+    let redis = RedisServer::start();
+    let pool = ParserPool::remote("Parser")
+        .timeout(Duration::from_millis(300))
+        .connect(&redis.url())
+        .unwrap();
+    let started = Instant::now();
+    let err = pool.echo(1).wait().unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, CallError::Timeout { pid: 0, .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    // A call dropped before its deadline ends cancelled.
+    let dropped = pool.echo(2).id();
+    assert_eq!(pool.status(dropped), Some(CallStatus::Cancelled));
+    // Its entry was deleted: a host started now never runs it.
+    assert!(eventually(Duration::from_secs(2), || keys_left(&redis)
+        .iter()
+        .all(|(_, len)| *len == 0)));
+    drop(pool);
+}
+
+fn a_dropped_call_is_deleted_if_queued_and_killed_if_running() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("fw-remote-cancel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let queued_marker = dir.join("queued");
+    let running_marker = dir.join("running");
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    // Queued (no host yet), then dropped: deleted from the stream.
+    let queued = pool.touch_after(queued_marker.display().to_string(), 0);
+    assert!(eventually(Duration::from_secs(2), || keys_left(&redis)
+        .get("forkworker:Parser:calls")
+        == Some(&1)));
+    drop(queued);
+    assert!(eventually(Duration::from_secs(2), || keys_left(&redis)
+        .get("forkworker:Parser:calls")
+        == Some(&0)));
+    let host = ParserPool::builder("Parser", Parser)
+        .workers(1)
+        .serve(&redis.url())
+        .unwrap();
+    // Running on the host, then cancelled: its worker is killed before it writes.
+    let running = pool.touch_after(running_marker.display().to_string(), 1500);
+    assert!(eventually(Duration::from_secs(5), || host.running() == 1));
+    let worker = host.pids();
+    running.cancel();
+    assert!(
+        eventually(Duration::from_secs(5), || host.running() == 0),
+        "the host did not end the cancelled call"
+    );
+    assert!(eventually(Duration::from_secs(5), || host.pids() != worker));
+    std::thread::sleep(Duration::from_millis(1700));
+    assert!(
+        !running_marker.exists(),
+        "the cancelled call ran to its end"
+    );
+    assert!(!queued_marker.exists(), "the deleted call ran");
+    let cancelled = host
+        .stats()
+        .methods
+        .iter()
+        .find(|m| m.method == "touch_after")
+        .unwrap()
+        .outcomes
+        .cancelled;
+    assert_eq!(cancelled, 1);
+    assert_eq!(pool.echo(3).wait().unwrap(), 3);
+    drop(pool);
+    host.stop(Duration::from_secs(1));
+    assert_streams_empty(&redis);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn a_host_with_another_interface_refuses_the_call() {
+    let redis = RedisServer::start();
+    let host = ParserPool::builder("Parser", Parser)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserV2Pool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    let err = pool.echo(1).wait().unwrap_err();
+    match &err {
+        CallError::Incompatible {
+            method: "echo",
+            host: h,
+            ours,
+            theirs,
+        } => {
+            assert_eq!(h, host.id());
+            assert_eq!(*ours, <ParserV2 as forkworker::Worker>::fingerprint());
+            assert_eq!(*theirs, <Parser as forkworker::Worker>::fingerprint());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(host.stats().methods.iter().all(|m| m.outcomes.total() == 0));
+    drop(pool);
+    host.stop(Duration::from_secs(1));
+}
+
+fn a_payload_over_the_limit_is_refused_at_call_time() {
+    let redis = RedisServer::start();
+    let pool = ParserPool::remote("Parser")
+        .payload_limit(1000)
+        .connect(&redis.url())
+        .unwrap();
+    let err = pool.bytes(vec![0; 2000]).wait().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::PayloadTooLarge {
+                method: "bytes",
+                limit: 1000,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("payload_limit"), "{err}");
+    assert_eq!(keys_left(&redis).get("forkworker:Parser:calls"), Some(&0));
+}
+
+fn redis_unreachable_at_connect_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = ParserPool::remote("Parser")
+        .connect(&format!("redis://127.0.0.1:{port}"))
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Unreachable { .. }), "{err:?}");
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    let err = ParserPool::builder("Parser", Parser)
+        .serve(&format!("redis://127.0.0.1:{port}"))
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot reach Redis"), "{err}");
+    let err = ParserPool::remote("Parser")
+        .connect("nonsense://x")
+        .unwrap_err();
+    assert!(matches!(err, RemoteError::Url { .. }), "{err:?}");
+}
+
+fn redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect() {
+    let mut redis = RedisServer::start();
+    let host = ParserPool::builder("Parser", Parser)
+        .workers(1)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserPool::remote("Parser")
+        .redis_retry(Some(Duration::from_millis(800)))
+        .connect(&redis.url())
+        .unwrap();
+    assert_eq!(pool.echo(1).wait().unwrap(), 1);
+    redis.kill();
+    let started = Instant::now();
+    let err = pool.echo(2).wait().unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(&err, CallError::Remote { source, .. } if matches!(**source, RemoteError::Gone { .. })),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    redis.restart();
+    // Both reconnect: calls work again.
+    let back = Instant::now();
+    loop {
+        match pool.echo(3).wait_timeout(Duration::from_secs(10)) {
+            Ok(Ok(3)) => break,
+            other => {
+                assert!(
+                    back.elapsed() < Duration::from_secs(15),
+                    "no reconnect: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    drop(pool);
+    host.stop(Duration::from_secs(1));
+}
+
+fn a_result_written_twice_reaches_the_caller_once() {
+    let redis = RedisServer::start();
+    let host = ParserPool::builder("Parser", Parser)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    let first = pool.echo(5);
+    let id = first.id();
+    assert_eq!(first.wait().unwrap(), 5);
+    // A second result for the same call (as a host that died after writing it, before
+    // acknowledging, and the host that ran it again would write), and one for a call still
+    // running: the second of each is dropped.
+    let running = pool.slow(9, 500);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let stream = format!("forkworker:Parser:results:{}", pool.caller_id());
+    let encoded_9 = postcard_u64(9);
+    let encoded_77 = postcard_u64(77);
+    for (seq, value) in [(id.raw(), &encoded_77), (running.id().raw(), &encoded_9)] {
+        let _: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("seq")
+            .arg(seq.to_string())
+            .arg("host")
+            .arg("forged")
+            .arg("ok")
+            .arg(value.as_slice())
+            .query(&mut con)
+            .unwrap();
+    }
+    assert_eq!(running.wait().unwrap(), 9);
+    let stats = pool.stats();
+    let total: u64 = stats.methods.iter().map(|m| m.outcomes.total()).sum();
+    assert_eq!(total, 2, "{stats}");
+    assert_eq!(pool.status(id), Some(CallStatus::Returned));
+    std::thread::sleep(Duration::from_millis(700));
+    drop(pool);
+    host.stop(Duration::from_secs(1));
+    assert_streams_empty(&redis);
+}
+
+/// `n` as postcard encodes a `u64` (a varint).
+fn postcard_u64(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn a_stopping_host_hands_its_running_calls_to_another() {
+    let redis = RedisServer::start();
+    let first = ParserPool::builder("Parser", Parser)
+        .workers(1)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    let call = pool.slow(11, 1000);
+    assert!(eventually(Duration::from_secs(5), || first.running() == 1));
+    first.stop(Duration::ZERO);
+    let second = ParserPool::builder("Parser", Parser)
+        .workers(1)
+        .serve(&redis.url())
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(call.wait().unwrap(), 11);
+    // Handed back at once, not after a visibility time.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(pool);
+    second.stop(Duration::from_secs(1));
+    assert_streams_empty(&redis);
+}
+
+fn two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("fw-remote-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("runs.log");
+    // SAFETY: before any thread of this test process starts.
+    unsafe { std::env::set_var("FW_RUN_LOG", &log) };
+    let visibility = Duration::from_secs(1);
+    let mut a = HostProcess::start(&redis.url(), "a", 2, visibility);
+    let mut b = HostProcess::start(&redis.url(), "b", 2, visibility);
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    const CALLS: u64 = 2000;
+    let mut calls: Vec<_> = (0..CALLS).map(|n| pool.logged(n)).collect();
+    // Kill host a once a quarter of the calls came back.
+    let mut results = Vec::new();
+    for (k, call) in calls.drain(..).enumerate() {
+        if k == (CALLS / 4) as usize {
+            a.kill();
+        }
+        results.push(call.wait());
+    }
+    for (n, r) in results.iter().enumerate() {
+        assert_eq!(r, &Ok(n as u64), "call {n}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut runs: HashMap<u64, u32> = HashMap::new();
+    for line in text.lines() {
+        *runs.entry(line.parse().unwrap()).or_default() += 1;
+    }
+    assert_eq!(runs.len() as u64, CALLS, "every call ran");
+    let twice: Vec<_> = runs.iter().filter(|&(_, &c)| c > 1).collect();
+    // Host a held at most its 2 workers' calls when it died.
+    assert!(twice.len() <= 2, "ran more than once: {twice:?}");
+    println!("ran twice: {twice:?}");
+    drop(pool);
+    b.stop();
+    assert_streams_empty(&redis);
+    drop(a);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries() {
+    let redis = RedisServer::start();
+    let visibility = Duration::from_millis(500);
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    let call = pool.kill_host();
+    let mut hosts_killed = 0;
+    let mut host = HostProcess::start(&redis.url(), "h0", 1, visibility);
+    let outcome = loop {
+        if host.died() {
+            hosts_killed += 1;
+            assert!(hosts_killed <= 3, "a fourth host died");
+            host = HostProcess::start(&redis.url(), &format!("h{hosts_killed}"), 1, visibility);
+        }
+        match call_done(&pool, call.id()) {
+            Some(_) => break call.wait(),
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let err = outcome.unwrap_err();
+    assert_eq!(
+        err,
+        CallError::Poisoned {
+            method: "kill_host",
+            deliveries: 3
+        }
+    );
+    assert_eq!(hosts_killed, 3);
+    assert_eq!(pool.echo(1).wait().unwrap(), 1);
+    drop(pool);
+    host.stop();
+    assert_streams_empty(&redis);
+}
+
+/// The status of a call if it finished.
+fn call_done<R>(
+    pool: &ParserPool<Parser, forkworker::RemotePool<Parser>>,
+    id: CallId<R>,
+) -> Option<CallStatus> {
+    pool.status(id).filter(|s| *s != CallStatus::Uncalled)
+}
+
+fn redis_killed_and_restarted_with_persistence_loses_no_call() {
+    let mut redis = RedisServer::builder().persistence().start();
+    let visibility = Duration::from_secs(1);
+    let mut a = HostProcess::start(&redis.url(), "a", 2, visibility);
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .redis_retry(Some(Duration::from_secs(30)))
+        .connect(&redis.url())
+        .unwrap();
+    const CALLS: u64 = 1000;
+    let calls: Vec<_> = (0..CALLS).map(|n| pool.slow(n, 1)).collect();
+    let mut results = Vec::new();
+    for (k, call) in calls.into_iter().enumerate() {
+        if k == 200 {
+            redis.kill();
+            std::thread::sleep(Duration::from_millis(300));
+            redis.restart();
+        }
+        results.push(call.wait());
+    }
+    for (n, r) in results.iter().enumerate() {
+        assert_eq!(r, &Ok(n as u64), "call {n}");
+    }
+    drop(pool);
+    a.stop();
+    assert_streams_empty(&redis);
+}
+
+fn main() {
+    if std::env::var("FW_ROLE").as_deref() == Ok("host") {
+        host_role();
+        return;
+    }
+    support::main(&[
+        support::Test {
+            name: "a_call_runs_on_a_host_and_comes_back_typed",
+            run: a_call_runs_on_a_host_and_comes_back_typed,
+        },
+        support::Test {
+            name: "an_awaited_call_works_on_tokio",
+            run: an_awaited_call_works_on_tokio,
+        },
+        support::Test {
+            name: "crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again",
+            run: crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again,
+        },
+        support::Test {
+            name: "a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing",
+            run: a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing,
+        },
+        support::Test {
+            name: "a_dropped_call_is_deleted_if_queued_and_killed_if_running",
+            run: a_dropped_call_is_deleted_if_queued_and_killed_if_running,
+        },
+        support::Test {
+            name: "a_host_with_another_interface_refuses_the_call",
+            run: a_host_with_another_interface_refuses_the_call,
+        },
+        support::Test {
+            name: "a_payload_over_the_limit_is_refused_at_call_time",
+            run: a_payload_over_the_limit_is_refused_at_call_time,
+        },
+        support::Test {
+            name: "redis_unreachable_at_connect_is_a_clear_error",
+            run: redis_unreachable_at_connect_is_a_clear_error,
+        },
+        support::Test {
+            name: "redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect",
+            run: redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect,
+        },
+        support::Test {
+            name: "a_result_written_twice_reaches_the_caller_once",
+            run: a_result_written_twice_reaches_the_caller_once,
+        },
+        support::Test {
+            name: "a_stopping_host_hands_its_running_calls_to_another",
+            run: a_stopping_host_hands_its_running_calls_to_another,
+        },
+        support::Test {
+            name: "two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once",
+            run: two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once,
+        },
+        support::Test {
+            name: "a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries",
+            run: a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries,
+        },
+        support::Test {
+            name: "redis_killed_and_restarted_with_persistence_loses_no_call",
+            run: redis_killed_and_restarted_with_persistence_loses_no_call,
+        },
+    ]);
+}
