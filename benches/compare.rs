@@ -56,6 +56,11 @@ use serde_bytes::ByteBuf;
 // Not benches/celery.rs: Cargo would take that for a bench target of its own.
 #[path = "compare/celery.rs"]
 mod celery;
+#[path = "compare/remote.rs"]
+mod remote;
+
+/// A connected pool of the bench's worker (pools across machines).
+type RemoteBench = BenchPool<Bench, forkworker::RemotePool<Bench>>;
 
 const MIB: usize = 1 << 20;
 const LONG: Duration = Duration::from_secs(60);
@@ -995,11 +1000,24 @@ fn full_table(cfg: &Cfg) {
     progress("shared pool");
     // Celery, the peer of pools across machines, on this run's Redis server: full runs only
     // (CI has no PyPI guarantee). An error (no network for pip, say) skips its rows.
+    // Pools across machines, through the run's Redis server.
+    let remote = forked
+        .hosts
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|hosts| {
+            let pipelined = if cfg.smoke { 200 } else { 5_000 };
+            remote::measure(hosts, cfg.rounds, cfg.empty_ps, pipelined, cfg.verbose)
+        });
+    progress("remote pools");
     let peer = if cfg.smoke {
         Err("a smoke run leaves Celery out".to_string())
     } else {
-        let redis = celery::RedisServer::start();
-        let c = redis.and_then(|r| celery::measure(&r, celery::Settings::full(), cfg.verbose));
+        let c = match &forked.hosts {
+            Ok(hosts) => celery::measure(&hosts.redis, celery::Settings::full(), cfg.verbose),
+            Err(_) => celery::RedisServer::start()
+                .and_then(|r| celery::measure(&r, celery::Settings::full(), cfg.verbose)),
+        };
         progress("celery");
         c.map_err(|e| e.to_string())
     };
@@ -1019,9 +1037,11 @@ fn full_table(cfg: &Cfg) {
         loaded,
         s1,
         s2,
+        hosts,
     } = forked;
     drop((m1, m2, mpay));
     drop((s1, s2));
+    drop(hosts);
     drop(floors);
     let leftovers = cleanup_problems(me);
 
@@ -1033,6 +1053,9 @@ fn full_table(cfg: &Cfg) {
     rows.extend(payload_rows(&payloads));
     rows.extend(shared_rows(cfg, &shared, &throughput));
     rows.extend(peer.iter().flat_map(celery::rows));
+    if let Ok(figures) = &remote {
+        rows.extend(remote::rows(figures, peer.as_ref().ok()));
+    }
     rows.extend(fault_rows(cfg, &faults));
     rows.extend(memory_rows(
         cfg,
@@ -1053,6 +1076,9 @@ fn full_table(cfg: &Cfg) {
     println!();
     if let Err(why) = &peer {
         println!("celery rows skipped: {why}");
+    }
+    if let Err(why) = &remote {
+        println!("remote rows skipped: {why}");
     }
     let (steal, others) = CpuSample::now().noise_since(cpu_start);
     let met = rows.iter().filter(|r| r.met == "yes").count();
@@ -1241,6 +1267,8 @@ struct Forked {
     /// Shared pools (the `XPool` face) of one and two workers.
     s1: BenchPool,
     s2: BenchPool,
+    /// The run's Redis server and the hosts of the remote rows (or why they could not start).
+    hosts: Result<remote::Hosts, String>,
 }
 
 impl Forked {
@@ -1276,6 +1304,8 @@ impl Forked {
         // Last: each shared pool is a thread, which forks its fork server and workers.
         let s1 = shared_pool("bench-s1", 1, 64 * MIB, stamp);
         let s2 = shared_pool("bench-s2", 2, 64 * MIB, stamp);
+        // Hosts are shared pools too.
+        let hosts = remote::Hosts::start(stamp);
         Forked {
             m1,
             m2,
@@ -1288,6 +1318,7 @@ impl Forked {
             loaded,
             s1,
             s2,
+            hosts,
         }
     }
 }
@@ -1866,9 +1897,13 @@ fn profile_only(what: &str, count: Option<usize>, rounds: Option<usize>, smoke: 
             0 => return,
             n => n,
         },
+        "remote" => match remote::only(count, rounds, smoke) {
+            0 => return,
+            n => n,
+        },
         _ => {
             eprintln!(
-                "--only takes empty, paired, throughput, throughput2, echo64, futex, futex-long, futex-clock, pipeline, pipeline-loaded or celery"
+                "--only takes empty, paired, throughput, throughput2, echo64, futex, futex-long, futex-clock, pipeline, pipeline-loaded, celery or remote"
             );
             std::process::exit(2);
         }

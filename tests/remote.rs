@@ -7,6 +7,8 @@ mod support;
 use std::collections::HashMap;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use forkworker::prelude::*;
@@ -319,8 +321,14 @@ fn crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again() {
 
 fn a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing() {
     let redis = RedisServer::start();
+    let timeouts = Arc::new(AtomicUsize::new(0));
+    let counted = timeouts.clone();
     let pool = ParserPool::remote("Parser")
         .timeout(Duration::from_millis(300))
+        .on_timeout(move |call| {
+            assert_eq!((call.method(), call.host()), ("echo", None));
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
         .connect(&redis.url())
         .unwrap();
     let started = Instant::now();
@@ -331,6 +339,7 @@ fn a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing() {
         took >= Duration::from_millis(300) && took < Duration::from_millis(900),
         "{took:?}"
     );
+    assert_eq!(timeouts.load(Ordering::SeqCst), 1);
     // A call dropped before its deadline ends cancelled.
     let dropped = pool.echo(2).id();
     assert_eq!(pool.status(dropped), Some(CallStatus::Cancelled));
@@ -511,8 +520,22 @@ fn a_result_written_twice_reaches_the_caller_once() {
     let host = ParserPool::builder("Parser", Parser)
         .serve(&redis.url())
         .unwrap();
+    let fired = Arc::new(Mutex::new(Vec::new()));
+    let seen = fired.clone();
     let pool = ParserPool::remote("Parser")
         .timeout(LONG)
+        .on_return(move |call| {
+            let value = call.return_value().map(|r| match r.unwrap() {
+                ParserReturn::Echo(n) | ParserReturn::Slow(n) => n.to_string(),
+                _ => "other".to_owned(),
+            });
+            seen.lock().unwrap().push((
+                call.id(),
+                call.method(),
+                call.host().map(str::to_owned),
+                value,
+            ));
+        })
         .connect(&redis.url())
         .unwrap();
     let first = pool.echo(5);
@@ -540,12 +563,24 @@ fn a_result_written_twice_reaches_the_caller_once() {
             .query(&mut con)
             .unwrap();
     }
+    let running_id = running.id().raw();
     assert_eq!(running.wait().unwrap(), 9);
     let stats = pool.stats();
     let total: u64 = stats.methods.iter().map(|m| m.outcomes.total()).sum();
     assert_eq!(total, 2, "{stats}");
     assert_eq!(pool.status(id), Some(CallStatus::Returned));
+    // The host's own result for the running call came after the forged one: dropped too.
     std::thread::sleep(Duration::from_millis(700));
+    // The callbacks fired once per call, with the first result to arrive: the host's for the
+    // first call, the forged one for the second (the host's came 500 ms later).
+    let fired = fired.lock().unwrap().clone();
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert_eq!(fired[0].0, id.raw());
+    assert_eq!(fired[0].2.as_deref(), Some(host.id()));
+    assert_eq!(fired[0].3.as_deref(), Some("5"));
+    assert_eq!(fired[1].0, running_id);
+    assert_eq!(fired[1].2.as_deref(), Some("forged"));
+    assert_eq!(fired[1].3.as_deref(), Some("9"));
     drop(pool);
     host.stop(Duration::from_secs(1));
     assert_streams_empty(&redis);

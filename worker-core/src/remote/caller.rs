@@ -25,6 +25,7 @@ use super::entry::{CallEntry, ResultEntry};
 use super::link::{self, Endpoint, Redis, RedisClock};
 use super::{GROUP, Keys, RemoteError};
 use crate::call::{CallId, CallStatus, Timings};
+use crate::callbacks::{Callbacks, On};
 use crate::error::{CallError, CancelReason, WireError};
 use crate::shared::{Face, Pending, method_name, pending::Link, status_of};
 use crate::stats::{Outcomes, Recorder, Summary};
@@ -55,8 +56,12 @@ const HISTORY: usize = 1024;
 pub struct RemoteBuilder<W: Worker, P> {
     alias: String,
     settings: CallerSettings,
+    callbacks: Callbacks<Handler>,
     wrap: fn(RemotePool<W>) -> P,
 }
+
+/// A callback of a connected pool, whatever the worker type.
+type Handler = Box<dyn Fn(&Finished<'_>) + Send + Sync>;
 
 #[derive(Debug, Clone)]
 struct CallerSettings {
@@ -83,6 +88,7 @@ pub fn remote_builder<W: Worker, P>(
             redis_retry: Some(super::DEFAULT_REDIS_RETRY),
             root_ca: None,
         },
+        callbacks: Callbacks::default(),
         wrap,
     }
 }
@@ -121,6 +127,38 @@ impl<W: Worker + 'static, P> RemoteBuilder<W, P> {
         self
     }
 
+    /// The callback for calls that returned: runs once per call (a result written twice by
+    /// two hosts fires it once), on one of the pool's threads, before the call's handle gets
+    /// the result. Keep it short; it may make calls (they are queued), but must not wait for
+    /// one. A callback that panics is logged, and the pool carries on.
+    pub fn on_return(
+        mut self,
+        handler: impl Fn(&RemoteCall<'_, W>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.set(On::Return, erase(handler));
+        self
+    }
+
+    /// The callback for calls whose deadline passed, at the caller (no host answered in
+    /// time) or on their host (its local timeout killed the worker).
+    pub fn on_timeout(
+        mut self,
+        handler: impl Fn(&RemoteCall<'_, W>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.set(On::Timeout, erase(handler));
+        self
+    }
+
+    /// The callback for calls that failed otherwise: crashed, panicked or refused on their
+    /// host, poisoned, cancelled, or failed for want of Redis.
+    pub fn on_error(
+        mut self,
+        handler: impl Fn(&RemoteCall<'_, W>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.set(On::Error, erase(handler));
+        self
+    }
+
     /// For `rediss://` URLs: trust this certificate authority (PEM) instead of the system's.
     pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.settings.root_ca = Some(pem.into());
@@ -141,6 +179,7 @@ impl<W: Worker + 'static, P> RemoteBuilder<W, P> {
         let RemoteBuilder {
             alias,
             settings,
+            callbacks,
             wrap,
         } = self;
         let endpoint = Endpoint::new(url, settings.root_ca.as_deref())?;
@@ -159,6 +198,7 @@ impl<W: Worker + 'static, P> RemoteBuilder<W, P> {
             methods: W::METHODS,
             fingerprint: W::fingerprint(),
             settings,
+            callbacks,
             started: Instant::now(),
             state: Mutex::new(CallerState::default()),
             outbox: Condvar::new(),
@@ -265,6 +305,7 @@ struct Caller {
     methods: &'static [&'static str],
     fingerprint: u64,
     settings: CallerSettings,
+    callbacks: Callbacks<Handler>,
     started: Instant,
     state: Mutex<CallerState>,
     /// Signalled when the sender has work (and at a stop).
@@ -284,6 +325,8 @@ struct CallerState {
     closed: bool,
     history: VecDeque<(u64, CallStatus, Timings)>,
     stats: HashMap<u32, (Recorder, Outcomes)>,
+    /// Calls that ended, waiting for their callbacks (see `Caller::fire`).
+    ending: Vec<Ending>,
 }
 
 /// A call in flight, or finished with its result not yet taken.
@@ -298,7 +341,16 @@ struct Remote {
     waker: Option<Waker>,
     /// A handle waits for it (else it was detached: its result is dropped when it comes).
     held: bool,
+    /// It ended and its callback is about to run: a second result is ignored.
+    ending: bool,
     timings: Timings,
+}
+
+impl Remote {
+    /// Not ended yet (no outcome, no callback about to run).
+    fn in_flight(&self) -> bool {
+        self.outcome.is_none() && !self.ending
+    }
 }
 
 /// Work for the sender.
@@ -334,35 +386,107 @@ impl Caller {
         }
     }
 
-    /// Records the end of call `seq` (its outcome, once: a second is ignored), wakes its
-    /// handle, and lets the call go if nobody waits for it.
-    fn end(&self, state: &mut CallerState, seq: u64, outcome: Result<Vec<u8>, CallError>) {
+    /// Records the end of call `seq` (its outcome, once: a second is ignored, as is a result
+    /// for a call that ended already). With no callback for it, the handle gets it now;
+    /// otherwise it waits for [`Caller::fire`], which the thread that ended it calls once it
+    /// released the lock.
+    fn end(
+        &self,
+        state: &mut CallerState,
+        seq: u64,
+        outcome: Result<Vec<u8>, CallError>,
+        host: Option<String>,
+    ) {
         let Some(call) = state.calls.get_mut(&seq) else {
             return;
         };
-        if call.outcome.is_some() {
+        if call.outcome.is_some() || call.ending {
             return;
         }
         let status = match &outcome {
             Ok(_) => CallStatus::Returned,
             Err(e) => status_of(e),
         };
-        call.timings.enter(status, crate::clock::now_ns());
-        let started = call.timings.entered_ns(CallStatus::Uncalled).unwrap_or(0);
-        let method = call.method;
-        let (recorder, outcomes) = state.stats.entry(method).or_default();
-        recorder.record_ns(crate::clock::now_ns().saturating_sub(started));
-        outcomes.count(status);
-        let call = state.calls.get_mut(&seq).expect("looked up above");
-        call.outcome = Some(outcome);
+        let now = crate::clock::now_ns();
+        call.timings.enter(status, now);
         call.args = None;
-        if let Some(waker) = call.waker.take() {
-            waker.wake();
+        let started = call.timings.entered_ns(CallStatus::Uncalled).unwrap_or(now);
+        let method = call.method;
+        let round_trip = Duration::from_nanos(now.saturating_sub(started));
+        let (recorder, outcomes) = state.stats.entry(method).or_default();
+        recorder.record_ns(round_trip.as_nanos() as u64);
+        outcomes.count(status);
+        if self.callbacks.get(On::of(status)).is_none() {
+            commit(state, seq, outcome);
+            return;
         }
-        if !call.held {
-            let _ = release(state, seq);
+        state.calls.get_mut(&seq).expect("looked up above").ending = true;
+        state.ending.push(Ending {
+            seq,
+            method,
+            status,
+            host,
+            outcome,
+            round_trip,
+        });
+    }
+
+    /// Runs the callbacks of the calls that ended (see [`Caller::end`]), without the lock,
+    /// then hands their results to their handles. Called after the lock is released by the
+    /// thread that ended calls.
+    fn fire(&self) {
+        loop {
+            let ended = std::mem::take(&mut self.lock().ending);
+            if ended.is_empty() {
+                return;
+            }
+            for e in &ended {
+                if let Some(handler) = self.callbacks.get(On::of(e.status)) {
+                    let finished = Finished {
+                        seq: e.seq,
+                        method: e.method,
+                        name: self.method(e.method),
+                        status: e.status,
+                        host: e.host.as_deref(),
+                        outcome: &e.outcome,
+                        round_trip: e.round_trip,
+                    };
+                    let on = On::of(e.status);
+                    crate::callbacks::guarded(&self.alias, e.seq, on, || handler(&finished));
+                }
+            }
+            let mut state = self.lock();
+            for e in ended {
+                commit(&mut state, e.seq, e.outcome);
+            }
         }
     }
+}
+
+/// Hands call `seq`'s outcome to its handle (and wakes it), or lets the call go if nobody
+/// waits for it.
+fn commit(state: &mut CallerState, seq: u64, outcome: Result<Vec<u8>, CallError>) {
+    let Some(call) = state.calls.get_mut(&seq) else {
+        return;
+    };
+    call.ending = false;
+    call.outcome = Some(outcome);
+    if let Some(waker) = call.waker.take() {
+        waker.wake();
+    }
+    if !call.held {
+        let _ = release(state, seq);
+    }
+}
+
+/// A call that ended, waiting for its callback.
+struct Ending {
+    seq: u64,
+    method: u32,
+    status: CallStatus,
+    host: Option<String>,
+    outcome: Result<Vec<u8>, CallError>,
+    round_trip: Duration,
 }
 
 /// Forgets call `seq`, keeping its status for [`RemotePool::status`]; returns it.
@@ -434,6 +558,7 @@ impl Caller {
                 outcome: None,
                 waker: None,
                 held: true,
+                ending: false,
                 timings,
             },
         );
@@ -497,7 +622,7 @@ impl Link for Caller {
             let Some(call) = state.calls.get_mut(&id) else {
                 return;
             };
-            if call.outcome.is_some() {
+            if !call.in_flight() {
                 let _ = release(&mut state, id);
             } else if cancel {
                 let method = self.method(call.method);
@@ -509,6 +634,7 @@ impl Link for Caller {
                         method,
                         reason: CancelReason::ByCaller,
                     }),
+                    None,
                 );
                 let _ = release(&mut state, id);
                 match entry {
@@ -526,6 +652,7 @@ impl Link for Caller {
             }
             Caller::idle_orphan(&state)
         };
+        self.fire();
         if last {
             self.finish();
         }
@@ -575,7 +702,7 @@ impl<W: Worker> RemotePool<W> {
             .lock()
             .calls
             .values()
-            .filter(|c| c.outcome.is_none())
+            .filter(|c| c.in_flight())
             .count()
     }
 
@@ -599,7 +726,7 @@ impl<W: Worker> RemotePool<W> {
         let caller = self.caller();
         caller.lock().closed = true;
         loop {
-            let busy = caller.lock().calls.values().any(|c| c.outcome.is_none());
+            let busy = caller.lock().calls.values().any(Remote::in_flight);
             if !busy || caller.stop.load(Ordering::Acquire) {
                 break;
             }
@@ -619,7 +746,7 @@ impl<W: Worker> RemotePool<W> {
             let open: Vec<u64> = state
                 .calls
                 .iter()
-                .filter(|(_, c)| c.outcome.is_none())
+                .filter(|(_, c)| c.in_flight())
                 .map(|(&s, _)| s)
                 .collect();
             for seq in open {
@@ -635,10 +762,12 @@ impl<W: Worker> RemotePool<W> {
                         method,
                         reason: CancelReason::Shutdown,
                     }),
+                    None,
                 );
             }
             state.outbox.retain(|o| matches!(o, Out::Cancel { .. }));
         }
+        caller.fire();
         caller.outbox.notify_all();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline && !caller.lock().outbox.is_empty() {
@@ -665,7 +794,7 @@ impl<W: Worker> RemotePool<W> {
         RemoteStats {
             alias: caller.alias.clone(),
             uptime: caller.started.elapsed(),
-            in_flight: state.calls.values().filter(|c| c.outcome.is_none()).count(),
+            in_flight: state.calls.values().filter(|c| c.in_flight()).count(),
             methods,
         }
     }
@@ -882,11 +1011,12 @@ fn send_loop(caller: &Arc<Caller>, mut redis: Redis, mut clock: RedisClock) {
                                     reason,
                                 }),
                             }),
+                            None,
                         );
                         continue;
                     };
                     match state.calls.get_mut(seq) {
-                        Some(call) if call.outcome.is_none() => {
+                        Some(call) if call.in_flight() => {
                             call.entry = Some(id.to_owned());
                             call.args = None;
                             call.timings
@@ -899,6 +1029,8 @@ fn send_loop(caller: &Arc<Caller>, mut redis: Redis, mut clock: RedisClock) {
                         }),
                     }
                 }
+                drop(state);
+                caller.fire();
             }
             Err(e) => {
                 // Try again, in order, once Redis is back (an entry Redis added before the
@@ -1011,13 +1143,13 @@ fn deliver(caller: &Caller, reply: &Value, last: &mut String) -> Vec<String> {
             let method = caller.method(call.method);
             let outcome = result
                 .outcome
-                .map_err(|f| f.into_error(method, result.host, caller.fingerprint));
-            caller.end(&mut state, result.seq, outcome);
+                .map_err(|f| f.into_error(method, result.host.clone(), caller.fingerprint));
+            caller.end(&mut state, result.seq, outcome, Some(result.host));
         }
     }
-    let last_one = Caller::idle_orphan(&state);
     drop(state);
-    if last_one {
+    caller.fire();
+    if Caller::idle_orphan(&caller.lock()) {
         caller.stop.store(true, Ordering::Release);
         caller.outbox.notify_all();
     }
@@ -1030,7 +1162,7 @@ fn next_deadline(caller: &Caller) -> Option<Instant> {
         .lock()
         .calls
         .values()
-        .filter(|c| c.outcome.is_none())
+        .filter(|c| c.in_flight())
         .filter_map(|c| c.deadline)
         .min()
 }
@@ -1049,7 +1181,7 @@ fn sweep(caller: &Caller) {
     let ended: Vec<(u64, CallError, Option<String>)> = state
         .calls
         .iter()
-        .filter(|(_, c)| c.outcome.is_none())
+        .filter(|(_, c)| c.in_flight())
         .filter_map(|(&seq, c)| {
             let method = caller.method(c.method);
             if c.deadline.is_some_and(|d| d <= now) {
@@ -1092,7 +1224,7 @@ fn sweep(caller: &Caller) {
         return;
     }
     for (seq, error, entry) in ended {
-        caller.end(&mut state, seq, Err(error));
+        caller.end(&mut state, seq, Err(error), None);
         match entry {
             Some(entry) => state.outbox.push_back(Out::Cancel { seq, entry }),
             None => state
@@ -1100,11 +1232,89 @@ fn sweep(caller: &Caller) {
                 .retain(|o| !matches!(o, Out::Submit(s) if *s == seq)),
         }
     }
-    let last_one = Caller::idle_orphan(&state);
     drop(state);
     caller.outbox.notify_one();
-    if last_one {
+    caller.fire();
+    if Caller::idle_orphan(&caller.lock()) {
         caller.stop.store(true, Ordering::Release);
         caller.outbox.notify_all();
+    }
+}
+
+/// A user's callback, typed for `W`, as the pool (which is not generic) keeps it.
+fn erase<W: Worker>(handler: impl Fn(&RemoteCall<'_, W>) + Send + Sync + 'static) -> Handler {
+    Box::new(move |finished: &Finished<'_>| {
+        handler(&RemoteCall {
+            finished,
+            worker: PhantomData,
+        })
+    })
+}
+
+/// What a callback of a connected pool is handed, whatever the worker type.
+pub(crate) struct Finished<'a> {
+    seq: u64,
+    method: u32,
+    name: &'static str,
+    status: CallStatus,
+    host: Option<&'a str>,
+    outcome: &'a Result<Vec<u8>, CallError>,
+    round_trip: Duration,
+}
+
+/// A finished call of a connected pool, as its callbacks see it (see
+/// [`RemoteBuilder::on_return`]).
+pub struct RemoteCall<'a, W: Worker> {
+    finished: &'a Finished<'a>,
+    worker: PhantomData<fn() -> W>,
+}
+
+impl<W: Worker> RemoteCall<'_, W> {
+    /// The call's id (as its handle's `id()`).
+    pub fn id(&self) -> u64 {
+        self.finished.seq
+    }
+
+    /// The name of the method called.
+    pub fn method(&self) -> &'static str {
+        self.finished.name
+    }
+
+    /// The call's final status.
+    pub fn status(&self) -> CallStatus {
+        self.finished.status
+    }
+
+    /// The id of the host whose answer this is; `None` for a call that ended at the caller
+    /// (its deadline passed, it was cancelled, Redis stayed away).
+    pub fn host(&self) -> Option<&str> {
+        self.finished.host
+    }
+
+    /// From the call to its answer reaching this process.
+    pub fn round_trip(&self) -> Duration {
+        self.finished.round_trip
+    }
+
+    /// Why it failed, if it did.
+    pub fn error(&self) -> Option<&CallError> {
+        self.finished.outcome.as_ref().err()
+    }
+
+    /// The return value, decoded, if the call returned.
+    pub fn return_value(&self) -> Option<Result<W::Return, WireError>> {
+        let bytes = self.finished.outcome.as_ref().ok()?;
+        Some(W::decode_return(self.finished.method, bytes))
+    }
+}
+
+impl<W: Worker> fmt::Debug for RemoteCall<'_, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteCall")
+            .field("id", &self.id())
+            .field("method", &self.method())
+            .field("status", &self.status())
+            .field("host", &self.host())
+            .finish_non_exhaustive()
     }
 }

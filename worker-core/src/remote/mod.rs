@@ -14,7 +14,7 @@
 //! | the host writes the result to the caller's stream `{prefix}:{alias}:results:{caller}`, and acknowledges and deletes the call, in one transaction | `host`, `entry` |
 //! | the caller's receiver reads the result (`XREAD`), deletes it, and hands it to the call's handle once | `caller` |
 //!
-//! What Redis holds and why: [`entry`] (the fields of calls and results), `redis` (a
+//! What Redis holds and why: `entry` (the fields of calls and results), `link` (a
 //! connection that reconnects, the Redis clock in which deadlines are written).
 
 mod caller;
@@ -27,7 +27,7 @@ use std::time::Duration;
 #[doc(hidden)]
 pub use self::caller::remote_builder;
 pub use self::caller::{RemoteBuilder, RemotePool};
-pub use self::caller::{RemoteMethodStats, RemoteStats};
+pub use self::caller::{RemoteCall, RemoteMethodStats, RemoteStats};
 pub use self::host::Host;
 pub(crate) use self::host::HostSettings;
 
