@@ -80,6 +80,18 @@ impl Parser {
     pub fn bytes(&self, data: Vec<u8>) -> usize {
         data.len()
     }
+
+    /// Appends a line to file `path`, then sleeps `ms`: the file counts the runs.
+    pub fn count_run(&self, path: String, ms: u64) -> u64 {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .expect("run count file");
+        f.write_all(b"ran\n").expect("count");
+        std::thread::sleep(Duration::from_millis(ms));
+        ms
+    }
 }
 
 /// Another build's worker under the same alias: its interface differs.
@@ -746,67 +758,162 @@ fn redis_killed_and_restarted_with_persistence_loses_no_call() {
     assert_streams_empty(&redis);
 }
 
+/// A scratch directory of this test process, removed by the test.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fw-remote-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn a_live_call_longer_than_the_visibility_time_is_not_stolen() {
+    let redis = RedisServer::start();
+    let dir = scratch("claims");
+    let runs = dir.join("runs");
+    let visibility = Duration::from_millis(400);
+    let serve = || {
+        ParserPool::builder("Parser", Parser)
+            .workers(1)
+            .visibility(visibility)
+            .serve(&redis.url())
+            .unwrap()
+    };
+    let (a, b) = (serve(), serve());
+    let pool = ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .unwrap();
+    // Six visibility times long: the other host, idle all along, would claim it if its
+    // host did not keep its claim fresh.
+    assert_eq!(
+        pool.count_run(runs.display().to_string(), 2400).wait(),
+        Ok(2400)
+    );
+    let text = std::fs::read_to_string(&runs).unwrap();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "the call ran {} times",
+        text.lines().count()
+    );
+    drop(pool);
+    a.stop(Duration::from_secs(1));
+    b.stop(Duration::from_secs(1));
+    assert_streams_empty(&redis);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn a_host_drops_a_call_whose_deadline_passed_instead_of_running_it() {
+    let redis = RedisServer::start();
+    let dir = scratch("deadline");
+    let client = redis.client();
+    let mut con = client.get_connection().unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut con).unwrap();
+    let now_ms = secs * 1000 + micros / 1000;
+    let method = <Parser as forkworker::Worker>::METHODS
+        .iter()
+        .position(|m| *m == "touch_after")
+        .unwrap();
+    let fingerprint = format!("{:016x}", <Parser as forkworker::Worker>::fingerprint());
+    // Two calls written as a caller writes them (in Redis's clock): one whose deadline
+    // passed a second ago, one with a minute left.
+    for (seq, deadline) in [(1u64, now_ms - 1000), (2, now_ms + 60_000)] {
+        let marker = dir.join(format!("call{seq}")).display().to_string();
+        let args = forkworker::__private::encode_to_vec(&(marker.as_str(), 0u64)).unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg("forkworker:Parser:calls")
+            .arg("*")
+            .arg("v")
+            .arg("1")
+            .arg("caller")
+            .arg("forged")
+            .arg("seq")
+            .arg(seq.to_string())
+            .arg("reply")
+            .arg("forkworker:Parser:results:forged")
+            .arg("fp")
+            .arg(&fingerprint)
+            .arg("m")
+            .arg(method.to_string())
+            .arg("dl")
+            .arg(deadline.to_string())
+            .arg("args")
+            .arg(args)
+            .query(&mut con)
+            .unwrap();
+    }
+    let host = ParserPool::builder("Parser", Parser)
+        .serve(&redis.url())
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || dir
+        .join("call2")
+        .exists()));
+    assert!(eventually(Duration::from_secs(5), || {
+        keys_left(&redis).get("forkworker:Parser:calls") == Some(&0)
+    }));
+    assert!(!dir.join("call1").exists(), "a call past its deadline ran");
+    // Only the live call was answered.
+    let answered: i64 = redis::cmd("XLEN")
+        .arg("forkworker:Parser:results:forged")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(answered, 1);
+    host.stop(Duration::from_secs(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn a_caller_that_asked_to_wait_for_redis_gets_its_result_when_redis_is_back() {
+    let mut redis = RedisServer::builder().persistence().start();
+    let host = ParserPool::builder("Parser", Parser)
+        .workers(1)
+        .serve(&redis.url())
+        .unwrap();
+    let pool = ParserPool::remote("Parser")
+        .timeout(Duration::from_secs(30))
+        .redis_retry(None)
+        .connect(&redis.url())
+        .unwrap();
+    assert_eq!(pool.echo(1).wait().unwrap(), 1);
+    redis.kill();
+    let call = pool.echo(2);
+    // Longer than the default retry time would allow? Not needed: it must simply not fail
+    // while Redis is away.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(call.status(), Some(CallStatus::Uncalled));
+    redis.restart();
+    assert_eq!(call.wait().unwrap(), 2);
+    drop(pool);
+    host.stop(Duration::from_secs(1));
+}
+
+/// The test list: `support::Test`s named after their functions.
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        &[$(support::Test { name: stringify!($name), run: $name }),*]
+    };
+}
+
 fn main() {
     if std::env::var("FW_ROLE").as_deref() == Ok("host") {
         host_role();
         return;
     }
-    support::main(&[
-        support::Test {
-            name: "a_call_runs_on_a_host_and_comes_back_typed",
-            run: a_call_runs_on_a_host_and_comes_back_typed,
-        },
-        support::Test {
-            name: "an_awaited_call_works_on_tokio",
-            run: an_awaited_call_works_on_tokio,
-        },
-        support::Test {
-            name: "crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again",
-            run: crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again,
-        },
-        support::Test {
-            name: "a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing",
-            run: a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing,
-        },
-        support::Test {
-            name: "a_dropped_call_is_deleted_if_queued_and_killed_if_running",
-            run: a_dropped_call_is_deleted_if_queued_and_killed_if_running,
-        },
-        support::Test {
-            name: "a_host_with_another_interface_refuses_the_call",
-            run: a_host_with_another_interface_refuses_the_call,
-        },
-        support::Test {
-            name: "a_payload_over_the_limit_is_refused_at_call_time",
-            run: a_payload_over_the_limit_is_refused_at_call_time,
-        },
-        support::Test {
-            name: "redis_unreachable_at_connect_is_a_clear_error",
-            run: redis_unreachable_at_connect_is_a_clear_error,
-        },
-        support::Test {
-            name: "redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect",
-            run: redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect,
-        },
-        support::Test {
-            name: "a_result_written_twice_reaches_the_caller_once",
-            run: a_result_written_twice_reaches_the_caller_once,
-        },
-        support::Test {
-            name: "a_stopping_host_hands_its_running_calls_to_another",
-            run: a_stopping_host_hands_its_running_calls_to_another,
-        },
-        support::Test {
-            name: "two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once",
-            run: two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once,
-        },
-        support::Test {
-            name: "a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries",
-            run: a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries,
-        },
-        support::Test {
-            name: "redis_killed_and_restarted_with_persistence_loses_no_call",
-            run: redis_killed_and_restarted_with_persistence_loses_no_call,
-        },
+    support::main(cases![
+        a_call_runs_on_a_host_and_comes_back_typed,
+        an_awaited_call_works_on_tokio,
+        crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again,
+        a_call_with_no_host_up_ends_timeout_at_its_deadline_and_leaves_nothing,
+        a_dropped_call_is_deleted_if_queued_and_killed_if_running,
+        a_host_with_another_interface_refuses_the_call,
+        a_payload_over_the_limit_is_refused_at_call_time,
+        redis_unreachable_at_connect_is_a_clear_error,
+        redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect,
+        a_result_written_twice_reaches_the_caller_once,
+        a_stopping_host_hands_its_running_calls_to_another,
+        two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once,
+        a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries,
+        redis_killed_and_restarted_with_persistence_loses_no_call,
+        a_live_call_longer_than_the_visibility_time_is_not_stolen,
+        a_host_drops_a_call_whose_deadline_passed_instead_of_running_it,
+        a_caller_that_asked_to_wait_for_redis_gets_its_result_when_redis_is_back,
     ]);
 }
