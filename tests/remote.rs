@@ -106,6 +106,25 @@ impl ParserV2 {
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// A connected pool of "Parser".
+type Remote = ParserPool<Parser, forkworker::RemotePool<Parser>>;
+
+/// A host of "Parser" in this process, with `workers` workers.
+fn serve(redis: &RedisServer, workers: usize) -> forkworker::Host {
+    ParserPool::builder("Parser", Parser)
+        .workers(workers)
+        .serve(&redis.url())
+        .expect("serve")
+}
+
+/// A connected pool of "Parser" whose calls may take a minute.
+fn connect(redis: &RedisServer) -> Remote {
+    ParserPool::remote("Parser")
+        .timeout(LONG)
+        .connect(&redis.url())
+        .expect("connect")
+}
+
 /// The keys of pool "Parser" left in Redis, with their lengths (streams) or types.
 fn keys_left(redis: &RedisServer) -> HashMap<String, i64> {
     let client = redis::Client::open(redis.url()).unwrap();
@@ -217,14 +236,8 @@ fn host_role() {
 
 fn a_call_runs_on_a_host_and_comes_back_typed() {
     let redis = RedisServer::start();
-    let host = ParserPool::builder("Parser", Parser)
-        .workers(2)
-        .serve(&redis.url())
-        .unwrap();
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 2);
+    let pool = connect(&redis);
     assert_eq!(pool.echo(42).wait().unwrap(), 42);
     let calls: Vec<_> = (0..500).map(|n| pool.echo(n)).collect();
     for (n, call) in calls.into_iter().enumerate() {
@@ -252,14 +265,8 @@ fn a_call_runs_on_a_host_and_comes_back_typed() {
 
 fn an_awaited_call_works_on_tokio() {
     let redis = RedisServer::start();
-    let host = ParserPool::builder("Parser", Parser)
-        .workers(2)
-        .serve(&redis.url())
-        .unwrap();
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 2);
+    let pool = connect(&redis);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -281,14 +288,8 @@ fn an_awaited_call_works_on_tokio() {
 
 fn crashes_and_panics_on_a_host_are_reported_at_once_and_not_run_again() {
     let redis = RedisServer::start();
-    let host = ParserPool::builder("Parser", Parser)
-        .workers(1)
-        .serve(&redis.url())
-        .unwrap();
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 1);
+    let pool = connect(&redis);
     let started = Instant::now();
     let err = pool.crash().wait().unwrap_err();
     let CallError::OnHost { host: on, error } = &err else {
@@ -368,10 +369,7 @@ fn a_dropped_call_is_deleted_if_queued_and_killed_if_running() {
     std::fs::create_dir_all(&dir).unwrap();
     let queued_marker = dir.join("queued");
     let running_marker = dir.join("running");
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let pool = connect(&redis);
     // Queued (no host yet), then dropped: deleted from the stream.
     let queued = pool.touch_after(queued_marker.display().to_string(), 0);
     assert!(eventually(Duration::from_secs(2), || keys_left(&redis)
@@ -381,10 +379,7 @@ fn a_dropped_call_is_deleted_if_queued_and_killed_if_running() {
     assert!(eventually(Duration::from_secs(2), || keys_left(&redis)
         .get("forkworker:Parser:calls")
         == Some(&0)));
-    let host = ParserPool::builder("Parser", Parser)
-        .workers(1)
-        .serve(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 1);
     // Running on the host, then cancelled: its worker is killed before it writes.
     let running = pool.touch_after(running_marker.display().to_string(), 1500);
     assert!(eventually(Duration::from_secs(5), || host.running() == 1));
@@ -419,9 +414,7 @@ fn a_dropped_call_is_deleted_if_queued_and_killed_if_running() {
 
 fn a_host_with_another_interface_refuses_the_call() {
     let redis = RedisServer::start();
-    let host = ParserPool::builder("Parser", Parser)
-        .serve(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 1);
     let pool = ParserV2Pool::remote("Parser")
         .timeout(LONG)
         .connect(&redis.url())
@@ -490,10 +483,7 @@ fn redis_unreachable_at_connect_is_a_clear_error() {
 
 fn redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect() {
     let mut redis = RedisServer::start();
-    let host = ParserPool::builder("Parser", Parser)
-        .workers(1)
-        .serve(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 1);
     let pool = ParserPool::remote("Parser")
         .redis_retry(Some(Duration::from_millis(800)))
         .connect(&redis.url())
@@ -529,9 +519,7 @@ fn redis_going_away_fails_calls_after_the_retry_time_and_both_sides_reconnect() 
 
 fn a_result_written_twice_reaches_the_caller_once() {
     let redis = RedisServer::start();
-    let host = ParserPool::builder("Parser", Parser)
-        .serve(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 1);
     let fired = Arc::new(Mutex::new(Vec::new()));
     let seen = fired.clone();
     let pool = ParserPool::remote("Parser")
@@ -618,10 +606,7 @@ fn a_stopping_host_hands_its_running_calls_to_another() {
         .workers(1)
         .serve(&redis.url())
         .unwrap();
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let pool = connect(&redis);
     let call = pool.slow(11, 1000);
     assert!(eventually(Duration::from_secs(5), || first.running() == 1));
     first.stop(Duration::ZERO);
@@ -652,10 +637,7 @@ fn two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once() {
     let visibility = Duration::from_secs(1);
     let mut a = HostProcess::start(&redis.url(), "a", 2, visibility);
     let mut b = HostProcess::start(&redis.url(), "b", 2, visibility);
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let pool = connect(&redis);
     const CALLS: u64 = 2000;
     let mut calls: Vec<_> = (0..CALLS).map(|n| pool.logged(n)).collect();
     // Kill host a once a quarter of the calls came back.
@@ -689,10 +671,7 @@ fn two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once() {
 fn a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries() {
     let redis = RedisServer::start();
     let visibility = Duration::from_millis(500);
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let pool = connect(&redis);
     let call = pool.kill_host();
     let mut hosts_killed = 0;
     let mut host = HostProcess::start(&redis.url(), "h0", 1, visibility);
@@ -723,10 +702,7 @@ fn a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries() {
 }
 
 /// The status of a call if it finished.
-fn call_done<R>(
-    pool: &ParserPool<Parser, forkworker::RemotePool<Parser>>,
-    id: CallId<R>,
-) -> Option<CallStatus> {
+fn call_done<R>(pool: &Remote, id: CallId<R>) -> Option<CallStatus> {
     pool.status(id).filter(|s| *s != CallStatus::Uncalled)
 }
 
@@ -778,10 +754,7 @@ fn a_live_call_longer_than_the_visibility_time_is_not_stolen() {
             .unwrap()
     };
     let (a, b) = (serve(), serve());
-    let pool = ParserPool::remote("Parser")
-        .timeout(LONG)
-        .connect(&redis.url())
-        .unwrap();
+    let pool = connect(&redis);
     // Six visibility times long: the other host, idle all along, would claim it if its
     // host did not keep its claim fresh.
     assert_eq!(
@@ -841,9 +814,7 @@ fn a_host_drops_a_call_whose_deadline_passed_instead_of_running_it() {
             .query(&mut con)
             .unwrap();
     }
-    let host = ParserPool::builder("Parser", Parser)
-        .serve(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 1);
     assert!(eventually(Duration::from_secs(5), || dir
         .join("call2")
         .exists()));
@@ -863,10 +834,7 @@ fn a_host_drops_a_call_whose_deadline_passed_instead_of_running_it() {
 
 fn a_caller_that_asked_to_wait_for_redis_gets_its_result_when_redis_is_back() {
     let mut redis = RedisServer::builder().persistence().start();
-    let host = ParserPool::builder("Parser", Parser)
-        .workers(1)
-        .serve(&redis.url())
-        .unwrap();
+    let host = serve(&redis, 1);
     let pool = ParserPool::remote("Parser")
         .timeout(Duration::from_secs(30))
         .redis_retry(None)

@@ -37,6 +37,15 @@ pub fn encode_to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireEr
     })
 }
 
+/// The encoded arguments of a call to `method`, on the heap (a call waiting for room, a call
+/// through Redis).
+pub(crate) fn encode_call<A: Serialize + ?Sized>(
+    args: &A,
+    method: &'static str,
+) -> Result<Vec<u8>, crate::error::CallError> {
+    encode_to_vec(args).map_err(|source| crate::error::CallError::Wire { method, source })
+}
+
 /// The encoded size of `value`, without allocating.
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError> {
     postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default()).map_err(|e| {

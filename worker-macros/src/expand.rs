@@ -297,12 +297,16 @@ impl<'a> Generator<'a> {
                  handle, a future that can also `wait()`. Dropping the handle cancels the call. \
                  Everything else (`close`, `shutdown`, `inline`, `stats`, ...) is \
                  `SharedPool<{type_name}>`, which this dereferences to. Make one with \
-                 `{pool}::builder`."
+                 `{pool}::builder` (`.start()`, or `.serve(url)` to take calls from other \
+                 machines too), or connect to hosts with `{pool}::remote`."
             ),
             String::new(),
             format!(
                 " `__W` is always `{type_name}`; leave it out. It exists so that the `Deref` \
-                 impl does not name `{type_name}`, which may be private."
+                 impl does not name `{type_name}`, which may be private. `__F` is the pool \
+                 behind the proxies: `SharedPool<{type_name}>` (the default), or \
+                 `RemotePool<{type_name}>` for a pool connected to hosts on other machines \
+                 (`{pool}::remote`), which has no `inline()`."
             ),
         ];
         let builder_doc = " A builder for a shared pool named `alias` (in logs), whose workers \

@@ -205,22 +205,10 @@ impl<W: Worker + 'static, P> RemoteBuilder<W, P> {
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
         });
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(f)
-                .map_err(|e| RemoteError::Start(format!("cannot start the pool's thread: {e}")))
-        };
         let c = caller.clone();
-        let send = spawn(
-            "fw-remote-send",
-            Box::new(move || send_loop(&c, sender, clock)),
-        );
+        let send = super::spawn("fw-remote-send", move || send_loop(&c, sender, clock));
         let c = caller.clone();
-        let receive = spawn(
-            "fw-remote-recv",
-            Box::new(move || receive_loop(&c, receiver)),
-        );
+        let receive = super::spawn("fw-remote-recv", move || receive_loop(&c, receiver));
         let mut threads = Vec::new();
         let mut failed = None;
         for t in [send, receive] {
@@ -514,10 +502,9 @@ impl<W: Worker + 'static> Face<W> for RemotePool<W> {
         decode: fn(&[u8]) -> Result<R, WireError>,
     ) -> Pending<R> {
         let name = method_name::<W>(method);
-        match self.owner.caller.submit(method, name, args) {
-            Ok(seq) => Pending::new(self.owner.caller.clone(), seq, name, decode),
-            Err(error) => Pending::failed(error, name, decode),
-        }
+        let caller = &self.owner.caller;
+        let submitted = caller.submit(method, name, args);
+        Pending::submitted(submitted, || caller.clone(), name, decode)
     }
 }
 
@@ -528,10 +515,7 @@ impl Caller {
         name: &'static str,
         args: &A,
     ) -> Result<u64, CallError> {
-        let bytes = crate::wire::encode_to_vec(args).map_err(|source| CallError::Wire {
-            method: name,
-            source,
-        })?;
+        let bytes = crate::wire::encode_call(args, name)?;
         let limit = self.settings.payload_limit;
         if bytes.len() > limit {
             return Err(CallError::PayloadTooLarge {

@@ -213,23 +213,15 @@ impl Host {
         });
         let pool: Arc<dyn LocalPool> = Arc::new(pool);
         let mut threads = Vec::new();
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.to_owned())
-                .spawn(f)
-                .map_err(|e| RemoteError::Start(format!("cannot start the host's thread: {e}")))
-        };
         let w = shared.clone();
-        threads.push(spawn(
-            "fw-host-write",
-            Box::new(move || write_loop(&w, writer)),
-        )?);
+        threads.push(super::spawn("fw-host-write", move || {
+            write_loop(&w, writer)
+        })?);
         let r = shared.clone();
         let local = pool.clone();
-        let spawned = spawn(
-            "fw-host-read",
-            Box::new(move || read_loop(&r, reader, clock, &*local)),
-        );
+        let spawned = super::spawn("fw-host-read", move || {
+            read_loop(&r, reader, clock, &*local)
+        });
         let mut host = Host {
             shared,
             pool,

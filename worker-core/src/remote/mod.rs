@@ -143,6 +143,17 @@ pub enum RemoteError {
     Start(String),
 }
 
+/// Starts a thread of a host or a connected pool.
+pub(crate) fn spawn(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, RemoteError> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(f)
+        .map_err(|e| RemoteError::Start(format!("cannot start thread {name}: {e}")))
+}
+
 /// 16 random hex digits (from the kernel's random source): call ids and host names made
 /// of them are unique across machines.
 pub(crate) fn random_hex() -> String {

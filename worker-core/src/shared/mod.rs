@@ -351,10 +351,8 @@ impl<W: Worker + Send + 'static> Face<W> for SharedPool<W> {
     ) -> Pending<R> {
         let inner = self.inner();
         let name = method_name::<W>(method);
-        match inner.submit(method, name, args) {
-            Ok(id) => Pending::new(inner.clone(), id, name, decode),
-            Err(error) => Pending::failed(error, name, decode),
-        }
+        let submitted = inner.submit(method, name, args);
+        Pending::submitted(submitted, || inner.clone(), name, decode)
     }
 }
 
@@ -667,10 +665,7 @@ fn backlog<W: Worker, A: Serialize + ?Sized>(
     name: &'static str,
     args: &A,
 ) -> Result<u64, CallError> {
-    let bytes = crate::wire::encode_to_vec(args).map_err(|source| CallError::Wire {
-        method: name,
-        source,
-    })?;
+    let bytes = crate::wire::encode_call(args, name)?;
     let id = engine.reserve_id();
     backlog.push_back(Backlogged { id, method, bytes });
     Ok(id)

@@ -78,6 +78,20 @@ impl<R> Pending<R> {
         }
     }
 
+    /// The handle of a submission: on call `id` of the pool behind `link`, or on a call
+    /// refused before it existed.
+    pub(crate) fn submitted(
+        submitted: Result<u64, CallError>,
+        link: impl FnOnce() -> Arc<dyn Link>,
+        method: &'static str,
+        decode: fn(&[u8]) -> Result<R, WireError>,
+    ) -> Self {
+        match submitted {
+            Ok(id) => Pending::new(link(), id, method, decode),
+            Err(error) => Pending::failed(error, method, decode),
+        }
+    }
+
     /// A handle on a call refused before it existed: it resolves to `error` at once.
     pub(crate) fn failed(
         error: CallError,

@@ -230,19 +230,26 @@ for PrimesMediator<__W> {
 }
 /// A shared pool of `Primes` workers, written by `#[worker]`: `Send + Sync + Clone`, driven by a thread of its own, usable from any thread and any async executor.
 ///
-/// Each proxied method of `Primes` has a proxy here, with the same name and arguments: it encodes the arguments at once and returns the call's `Pending` handle, a future that can also `wait()`. Dropping the handle cancels the call. Everything else (`close`, `shutdown`, `inline`, `stats`, ...) is `SharedPool<Primes>`, which this dereferences to. Make one with `PrimesPool::builder`.
+/// Each proxied method of `Primes` has a proxy here, with the same name and arguments: it encodes the arguments at once and returns the call's `Pending` handle, a future that can also `wait()`. Dropping the handle cancels the call. Everything else (`close`, `shutdown`, `inline`, `stats`, ...) is `SharedPool<Primes>`, which this dereferences to. Make one with `PrimesPool::builder` (`.start()`, or `.serve(url)` to take calls from other machines too), or connect to hosts with `PrimesPool::remote`.
 ///
-/// `__W` is always `Primes`; leave it out. It exists so that the `Deref` impl does not name `Primes`, which may be private.
+/// `__W` is always `Primes`; leave it out. It exists so that the `Deref` impl does not name `Primes`, which may be private. `__F` is the pool behind the proxies: `SharedPool<Primes>` (the default), or `RemotePool<Primes>` for a pool connected to hosts on other machines (`PrimesPool::remote`), which has no `inline()`.
 #[allow(dead_code, private_interfaces)]
-pub struct PrimesPool<__W: ::forkworker::__private::Worker = Primes> {
-    inner: ::forkworker::__private::SharedPool<__W>,
+pub struct PrimesPool<
+    __W: ::forkworker::__private::Worker = Primes,
+    __F = ::forkworker::__private::SharedPool<__W>,
+> {
+    inner: __F,
+    worker: ::forkworker::__private::core::marker::PhantomData<fn() -> __W>,
 }
 #[automatically_derived]
-impl<__W: ::forkworker::__private::Worker> ::forkworker::__private::core::clone::Clone
-for PrimesPool<__W> {
+impl<
+    __W: ::forkworker::__private::Worker,
+    __F: ::forkworker::__private::core::clone::Clone,
+> ::forkworker::__private::core::clone::Clone for PrimesPool<__W, __F> {
     fn clone(&self) -> Self {
         PrimesPool {
             inner: ::forkworker::__private::core::clone::Clone::clone(&self.inner),
+            worker: ::forkworker::__private::core::marker::PhantomData,
         }
     }
 }
@@ -252,7 +259,7 @@ where
     __W: ::forkworker::__private::Worker + ::forkworker::__private::core::marker::Send
         + 'static + ::forkworker::__private::Is<Primes>,
 {
-    /// A builder for a shared pool named `alias` (in logs), whose workers each start from a copy of `value`: its settings and callbacks, then `start()`, which forks.
+    /// A builder for a shared pool named `alias` (in logs), whose workers each start from a copy of `value`: its settings and callbacks, then `start()`, which forks, or `serve(url)`, which also takes the calls of other machines through Redis.
     pub fn builder(
         alias: impl ::forkworker::__private::core::convert::Into<
             ::forkworker::__private::std::string::String,
@@ -262,9 +269,39 @@ where
         ::forkworker::__private::shared_builder(
             alias,
             value,
-            |inner| PrimesPool { inner },
+            |inner| PrimesPool {
+                inner,
+                worker: ::forkworker::__private::core::marker::PhantomData,
+            },
         )
     }
+}
+#[allow(dead_code, private_interfaces)]
+impl PrimesPool<Primes> {
+    /// A builder for a pool whose calls run on the hosts that serve pool `alias` (`PrimesPool::builder(alias, value).serve(url)`) on other machines, through Redis: its settings, then `connect(url)`. The connected pool has the same proxies and handles, and no `inline()`.
+    pub fn remote(
+        alias: impl ::forkworker::__private::core::convert::Into<
+            ::forkworker::__private::std::string::String,
+        >,
+    ) -> ::forkworker::__private::RemoteBuilder<
+        Primes,
+        PrimesPool<Primes, ::forkworker::__private::RemotePool<Primes>>,
+    > {
+        ::forkworker::__private::remote_builder(
+            alias,
+            |inner| PrimesPool {
+                inner,
+                worker: ::forkworker::__private::core::marker::PhantomData,
+            },
+        )
+    }
+}
+#[allow(dead_code, private_interfaces)]
+impl<__W, __F> PrimesPool<__W, __F>
+where
+    __W: ::forkworker::__private::Worker + ::forkworker::__private::Is<Primes>,
+    __F: ::forkworker::__private::Face<__W>,
+{
     /// Every prime in `start..end`.
     ///
     /// Proxy of `Primes::sieve`: encodes the arguments, queues the call for a worker and returns its handle at once (await it, or `wait()`; dropping it cancels the call).
@@ -337,16 +374,18 @@ where
     }
 }
 #[automatically_derived]
-impl<__W: ::forkworker::__private::Worker> ::forkworker::__private::core::ops::Deref
-for PrimesPool<__W> {
-    type Target = ::forkworker::__private::SharedPool<__W>;
+impl<__W: ::forkworker::__private::Worker, __F> ::forkworker::__private::core::ops::Deref
+for PrimesPool<__W, __F> {
+    type Target = __F;
     fn deref(&self) -> &Self::Target {
         &self.inner
     }
 }
 #[automatically_derived]
-impl<__W: ::forkworker::__private::Worker> ::forkworker::__private::core::fmt::Debug
-for PrimesPool<__W> {
+impl<
+    __W: ::forkworker::__private::Worker,
+    __F: ::forkworker::__private::core::fmt::Debug,
+> ::forkworker::__private::core::fmt::Debug for PrimesPool<__W, __F> {
     fn fmt(
         &self,
         f: &mut ::forkworker::__private::core::fmt::Formatter<'_>,
