@@ -734,6 +734,74 @@ fn redis_killed_and_restarted_with_persistence_loses_no_call() {
     assert_streams_empty(&redis);
 }
 
+/// The caller role: makes a slow call under prefix "gone", says so, and waits to be killed.
+fn caller_role() {
+    let url = std::env::var("FW_URL").unwrap();
+    let pool = ParserPool::remote("Parser")
+        .prefix("gone")
+        .connect(&url)
+        .expect("connect");
+    let call = pool.slow(1, 500);
+    // Sent once the stream has it.
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_connection().unwrap();
+    while redis::cmd("XLEN")
+        .arg("gone:Parser:calls")
+        .query::<i64>(&mut con)
+        .unwrap()
+        == 0
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!("called");
+    std::thread::sleep(Duration::from_secs(60));
+    drop(call);
+}
+
+fn results_for_a_caller_that_went_away_expire() {
+    let redis = RedisServer::start();
+    let host = ParserPool::builder("Parser", Parser)
+        .prefix("gone")
+        .result_ttl(Duration::from_secs(1))
+        .serve(&redis.url())
+        .unwrap();
+    let mut caller = Command::new(std::env::current_exe().unwrap())
+        .env("FW_ROLE", "caller")
+        .env("FW_URL", redis.url())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(caller.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "called\n");
+    // The caller dies (no cleanup) while its call runs on the host.
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let results = || -> Vec<String> {
+        let mut con = redis.client().get_connection().unwrap();
+        redis::cmd("KEYS")
+            .arg("gone:Parser:results:*")
+            .query(&mut con)
+            .unwrap()
+    };
+    // The host answers it into the dead caller's stream, which expires after result_ttl.
+    assert!(eventually(Duration::from_secs(5), || results().len() == 1));
+    let started = Instant::now();
+    assert!(eventually(Duration::from_secs(5), || results().is_empty()));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    host.stop(Duration::from_secs(1));
+    // Nothing of the prefix is left (the calls stream is empty).
+    assert_streams_empty(&redis);
+}
+
 /// A scratch directory of this test process, removed by the test.
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("fw-remote-{name}-{}", std::process::id()));
@@ -865,6 +933,10 @@ fn main() {
         host_role();
         return;
     }
+    if std::env::var("FW_ROLE").as_deref() == Ok("caller") {
+        caller_role();
+        return;
+    }
     support::main(cases![
         a_call_runs_on_a_host_and_comes_back_typed,
         an_awaited_call_works_on_tokio,
@@ -883,5 +955,6 @@ fn main() {
         a_live_call_longer_than_the_visibility_time_is_not_stolen,
         a_host_drops_a_call_whose_deadline_passed_instead_of_running_it,
         a_caller_that_asked_to_wait_for_redis_gets_its_result_when_redis_is_back,
+        results_for_a_caller_that_went_away_expire,
     ]);
 }
