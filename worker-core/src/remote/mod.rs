@@ -14,7 +14,7 @@
 //! | the host writes the result to the caller's stream `{prefix}:{alias}:results:{caller}`, and acknowledges and deletes the call, in one transaction | `host`, `entry` |
 //! | the caller's receiver reads the result (`XREAD`), deletes it, and hands it to the call's handle once | `caller` |
 //!
-//! What Redis holds and why: [`entry`] (the fields of calls and results), `redis` (a
+//! What Redis holds and why: `entry` (the fields of calls and results), `link` (a
 //! connection that reconnects, the Redis clock in which deadlines are written).
 
 mod caller;
@@ -101,7 +101,8 @@ impl Keys {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RemoteError {
-    /// The URL is not one the Redis client understands.
+    /// The URL is not one the Redis client understands, or the TLS settings do not fit it
+    /// (a root CA that holds no certificate, or one given with a `redis://` URL).
     #[error("invalid Redis URL {url}: {reason}")]
     Url {
         /// The URL, its password left out.
