@@ -160,6 +160,12 @@ impl<W: Worker + 'static, P> RemoteBuilder<W, P> {
     }
 
     /// For `rediss://` URLs: trust this certificate authority (PEM) instead of the system's.
+    ///
+    /// It replaces the system's roots (it does not add to them): only servers whose
+    /// certificate it signed are accepted. Without it a `rediss://` URL trusts the system's
+    /// roots, which `SSL_CERT_FILE` (a PEM file) or `SSL_CERT_DIR` can name, as for OpenSSL.
+    /// With a `redis://` URL, or a `pem` that holds no certificate, [`RemoteBuilder::connect`]
+    /// fails with [`RemoteError::Url`].
     pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.settings.root_ca = Some(pem.into());
         self
@@ -168,13 +174,20 @@ impl<W: Worker + 'static, P> RemoteBuilder<W, P> {
     /// Connects to Redis at `url` (`redis://[:password@]host:port[/db]`, or `rediss://...`
     /// for TLS) and starts the pool's two threads.
     ///
+    /// The password (with a user name for Redis's ACLs: `redis://user:password@...`) is sent
+    /// as `AUTH` on each connection; percent-encode characters such as `@`, `:` or `/` in it.
+    /// Errors and logs show the URL with the password as `***`. TLS (`rediss://`) checks the
+    /// server's certificate against the system's roots or [`RemoteBuilder::tls_root_ca`], and
+    /// its name against the URL's host.
+    ///
     /// Arguments and results travel through Redis as they are: in the clear on the network
     /// unless the URL is `rediss://`, and readable by whoever may read the Redis keys.
     ///
     /// # Errors
-    /// [`RemoteError::Url`] for a URL the client does not understand,
-    /// [`RemoteError::Unreachable`] if Redis cannot be reached now (or refuses the password
-    /// or the TLS handshake).
+    /// [`RemoteError::Url`] for a URL the client does not understand (or a `tls_root_ca`
+    /// that holds no certificate), [`RemoteError::Unreachable`] if Redis cannot be reached
+    /// now or refuses the connection: a wrong or missing password, a certificate it does not
+    /// trust, plain `redis://` to a TLS port.
     pub fn connect(self, url: &str) -> Result<P, RemoteError> {
         let RemoteBuilder {
             alias,

@@ -29,6 +29,26 @@ impl Endpoint {
     /// `root_ca` (PEM), TLS trusts that certificate authority instead of the system's.
     pub(crate) fn new(url: &str, root_ca: Option<&[u8]>) -> Result<Endpoint, RemoteError> {
         let shown = redact(url);
+        if url.starts_with("rediss://") || root_ca.is_some() {
+            // The redis crate builds its TLS configuration with `ClientConfig::builder()`,
+            // which panics when no crypto provider is installed and the build holds several
+            // (a program whose other crates enable rustls's aws-lc-rs as well as our ring):
+            // install ring unless the program installed one. A no-op after the first time.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        if let Some(pem) = root_ca {
+            // A text without any certificate would make an empty trust store, and every
+            // handshake would fail as if the server's certificate were unknown.
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            if !CertificateDer::pem_slice_iter(pem).any(|c| c.is_ok()) {
+                return Err(RemoteError::Url {
+                    url: shown,
+                    reason: "tls_root_ca holds no PEM certificate \
+                             (-----BEGIN CERTIFICATE-----)"
+                        .to_owned(),
+                });
+            }
+        }
         let client = match root_ca {
             None => Client::open(url),
             Some(pem) => Client::build_with_tls(
@@ -64,15 +84,37 @@ impl Endpoint {
     }
 }
 
-/// The URL without its password.
+/// The URL without its password: the `pass=` (or `password=`) of its query, where the
+/// client takes it for `unix://` sockets, and then its user information (`scheme://user:pw@`,
+/// up to the last `@`, so that a password with an `@` is hidden whole). When in doubt it
+/// hides more than the password, never less.
 fn redact(url: &str) -> String {
+    let url = match url.split_once('?') {
+        Some((base, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key == "pass" || key == "password" => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", query.join("&"))
+        }
+        None => url.to_owned(),
+    };
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let user_info = &url[scheme + 3..at];
             let user = user_info.split(':').next().unwrap_or("");
+            // A "user" that looks like a path or a query is not one: hide it as well.
+            let user = if user.contains(['/', '?', '#', '=', '&']) {
+                ""
+            } else {
+                user
+            };
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
         }
-        _ => url.to_owned(),
+        _ => url,
     }
 }
 
@@ -136,15 +178,25 @@ impl Redis {
         match f(con) {
             Ok(value) => Ok(value),
             Err(e) => {
+                // A Redis that asks for a password the URL did not give answers the first
+                // command NOAUTH: that refuses the connection, as a wrong password does.
+                let unauthenticated = e.code() == Some("NOAUTH");
                 let broken = e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_timeout()
-                    || e.is_unrecoverable_error();
+                    || e.is_unrecoverable_error()
+                    || unauthenticated;
                 if broken {
                     self.con = None;
+                    let mut reason = e.to_string();
+                    if unauthenticated {
+                        reason.push_str(
+                            " (give the password in the URL: redis://:PASSWORD@host:port)",
+                        );
+                    }
                     Err(RemoteError::Unreachable {
                         url: self.endpoint.shown.clone(),
-                        reason: e.to_string(),
+                        reason,
                     })
                 } else {
                     Err(RemoteError::Command {
@@ -284,6 +336,34 @@ mod tests {
             "rediss://app:***@host:6380"
         );
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("redis://:p@ss@host:1"), "redis://:***@host:1");
+        assert_eq!(
+            redact("unix:///run/redis.sock?db=2&pass=secret"),
+            "unix:///run/redis.sock?db=2&pass=***"
+        );
+        assert_eq!(
+            redact("redis+unix:///s?user=app&password=secret"),
+            "redis+unix:///s?user=app&password=***"
+        );
+        assert_eq!(redact("unix:///s?pass=x@secret"), "unix:///s?pass=***");
+        assert_eq!(redact("redis://:pa?ss@host:1"), "redis://:***@host:1");
+    }
+
+    #[test]
+    fn tls_installs_a_crypto_provider() {
+        // Whatever else runs first in this process, after a rediss:// endpoint rustls has a
+        // process-wide provider, so the redis crate's ClientConfig::builder() cannot panic.
+        Endpoint::new("rediss://127.0.0.1:1", None).expect("a rediss:// endpoint");
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+    }
+
+    #[test]
+    fn a_root_ca_without_a_certificate_is_refused() {
+        let err = Endpoint::new("rediss://127.0.0.1:1", Some(b"no PEM here"))
+            .err()
+            .expect("refused");
+        assert!(matches!(err, RemoteError::Url { .. }), "{err}");
+        assert!(err.to_string().contains("tls_root_ca"), "{err}");
     }
 
     #[test]

@@ -101,7 +101,8 @@ impl Keys {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RemoteError {
-    /// The URL is not one the Redis client understands.
+    /// The URL is not one the Redis client understands, or the TLS settings do not fit it
+    /// (a root CA that holds no certificate, or one given with a `redis://` URL).
     #[error("invalid Redis URL {url}: {reason}")]
     Url {
         /// The URL, its password left out.

@@ -245,6 +245,11 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
 
     /// For [`Builder::serve`] with a `rediss://` URL: trust this certificate authority (PEM)
     /// instead of the system's.
+    ///
+    /// It replaces the system's roots (it does not add to them). Without it a `rediss://` URL
+    /// trusts the system's roots, which `SSL_CERT_FILE` (a PEM file) or `SSL_CERT_DIR` can
+    /// name, as for OpenSSL. With a `redis://` URL, or a `pem` that holds no certificate,
+    /// [`Builder::serve`] fails with [`crate::remote::RemoteError::Url`].
     pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.host.root_ca = Some(pem.into());
         self
@@ -267,12 +272,17 @@ impl<W: Worker + Send + 'static, P> Builder<W, P> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
+    /// The URL is `redis://[[user]:password@]host:port[/db]`, or `rediss://...` for TLS, as
+    /// for `XPool::remote(alias).connect(url)` (see there for the password and the
+    /// certificates); errors show it with the password as `***`.
+    ///
     /// Arguments and results travel through Redis as they are: in the clear on the network
     /// unless the URL is `rediss://`.
     ///
     /// # Errors
     /// [`ServeError::Start`] if the local pool cannot start, [`ServeError::Remote`] if Redis
-    /// cannot be reached (the local pool is then stopped).
+    /// cannot be reached or refuses the connection (a wrong or missing password, a
+    /// certificate it does not trust): the local pool is then stopped.
     pub fn serve(self, url: &str) -> Result<Host, ServeError> {
         let settings = self.host.clone();
         let grace = self.base.config.grace;
