@@ -128,9 +128,11 @@ impl<W: Worker + 'static, P> RemoteBuilder<W, P> {
     }
 
     /// The callback for calls that returned: runs once per call (a result written twice by
-    /// two hosts fires it once), on one of the pool's threads, before the call's handle gets
-    /// the result. Keep it short; it may make calls (they are queued), but must not wait for
-    /// one. A callback that panics is logged, and the pool carries on.
+    /// two hosts fires it once), before the call's handle gets the result, without the pool's
+    /// lock, on one of the pool's threads (for a call cancelled by its caller: on the thread
+    /// that cancelled it). Keep it short; it may make calls (they are queued), but must not
+    /// wait for one: the pool's thread would wait for itself. A callback that panics is
+    /// logged, and the pool carries on.
     pub fn on_return(
         mut self,
         handler: impl Fn(&RemoteCall<'_, W>) + Send + Sync + 'static,
