@@ -858,13 +858,13 @@ impl fmt::Display for RemoteStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "Remote calls of {} (up {:?}, {} in flight)",
+            "Remote calls of {} (up {:.1?}, {} in flight)",
             self.alias, self.uptime, self.in_flight
         )?;
         writeln!(
             f,
             "   {:<20} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8}",
-            "Method", "Mean", "Median", "P99", "Count", "Ok", "Timeout", "Failed"
+            "Method", "Mean", "Median", "P99", "Count", "Returned", "Timeout", "Failed"
         )?;
         for m in &self.methods {
             let o = &m.outcomes;
