@@ -802,6 +802,32 @@ fn results_for_a_caller_that_went_away_expire() {
     assert_streams_empty(&redis);
 }
 
+fn a_deadline_holds_while_redis_is_away() {
+    let mut redis = RedisServer::start();
+    let pool = ParserPool::remote("Parser")
+        .timeout(Duration::from_millis(500))
+        .redis_retry(None)
+        .connect(&redis.url())
+        .unwrap();
+    redis.kill();
+    let started = Instant::now();
+    let err = pool.echo(1).wait().unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, CallError::Timeout { pid: 0, .. }), "{err:?}");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    // Dropping the pool with Redis gone does not hang either.
+    let dropped = Instant::now();
+    drop(pool);
+    assert!(
+        dropped.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        dropped.elapsed()
+    );
+}
+
 /// A scratch directory of this test process, removed by the test.
 fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("fw-remote-{name}-{}", std::process::id()));
@@ -956,5 +982,6 @@ fn main() {
         a_host_drops_a_call_whose_deadline_passed_instead_of_running_it,
         a_caller_that_asked_to_wait_for_redis_gets_its_result_when_redis_is_back,
         results_for_a_caller_that_went_away_expire,
+        a_deadline_holds_while_redis_is_away,
     ]);
 }
