@@ -59,6 +59,32 @@ pub(crate) struct HostSettings {
 /// claim fresh.
 ///
 /// [`Host::stop`] ends it; dropping it stops it with the pool's grace period.
+///
+/// A host program's loop, with the seed's signals: SIGUSR1 prints the local pool's
+/// statistics table, SIGTERM stops the host.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use forkworker_core::closure::FnPool;
+/// use forkworker_core::signals::Signals;
+///
+/// let host = FnPool::builder("Double", |n: u64| n * 2)
+///     .workers(4)
+///     .serve("redis://127.0.0.1:6379")?;
+/// let signals = Signals::install()?;
+/// loop {
+///     forkworker_core::sleep_on(&mut [], &[signals.wake_fd()], None);
+///     let events = signals.take();
+///     if events.stats {
+///         eprintln!("{}", host.stats()); // the local pool's table
+///     }
+///     if events.shutdown {
+///         break;
+///     }
+/// }
+/// host.stop(Duration::from_secs(10));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Host {
     shared: Arc<HostShared>,
     pool: Arc<dyn LocalPool>,
