@@ -235,6 +235,11 @@ fn host_role() {
 }
 
 fn a_call_runs_on_a_host_and_comes_back_typed() {
+    // A connected pool is shared as a local one is; a host can move to another thread.
+    fn shared<T: Send + Sync + Clone + 'static>() {}
+    fn movable<T: Send + Sync + 'static>() {}
+    shared::<Remote>();
+    movable::<forkworker::Host>();
     let redis = RedisServer::start();
     let host = serve(&redis, 2);
     let pool = connect(&redis);
