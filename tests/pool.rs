@@ -142,6 +142,59 @@ fn ten_thousand_calls_over_four_workers_return_once() {
     assert!(!pids.contains(&std::process::id()));
 }
 
+fn pipelined_tiny_calls_stay_on_one_worker_of_two() {
+    let mut m = ProbeMediator::new("Probe", probe());
+    m.workers(2);
+    // The method's run time is measured first: it is short.
+    for _ in 0..40 {
+        let call = m.pid().expect("call");
+        m.wait(call, LONG).expect("pid");
+    }
+    let calls: Vec<_> = (0..400).map(|_| m.pid().expect("call")).collect();
+    let mut by_pid = std::collections::HashMap::<u32, usize>::new();
+    for call in calls {
+        *by_pid.entry(m.wait(call, LONG).expect("pid")).or_default() += 1;
+    }
+    // Spread, they would be about half and half.
+    let busiest = by_pid.values().copied().max().unwrap_or(0);
+    assert!(
+        busiest >= 300,
+        "tiny calls spread over both workers: {by_pid:?}"
+    );
+}
+
+fn a_short_methods_hanging_call_does_not_hold_the_queue() {
+    let mut m = ProbeMediator::new("Probe", probe());
+    m.workers(2);
+    for _ in 0..40 {
+        let call = m.sleep_ms(0).expect("call");
+        m.wait(call, LONG).expect("sleep_ms");
+    }
+    // The method is short on average; this call of it is not, and the next goes to the other
+    // worker once the hold (20 us) is over, not after the long one.
+    let long = m.sleep_ms(1000).expect("call");
+    let started = Instant::now();
+    let quick = m.sleep_ms(0).expect("call");
+    assert_eq!(m.wait(quick, LONG), Ok(0));
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "the queued call waited {:?} for the long one",
+        started.elapsed()
+    );
+    assert_eq!(m.wait(long, LONG), Ok(1000));
+    // Long calls run side by side.
+    let started = Instant::now();
+    let calls: Vec<_> = (0..2).map(|_| m.sleep_ms(300).expect("call")).collect();
+    for call in calls {
+        assert_eq!(m.wait(call, LONG), Ok(300));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 fn ten_thousand_calls_through_on_return_fire_once_each() {
     let mut m = ProbeMediator::new("Probe", probe());
     let seen = Rc::new(RefCell::new(Vec::new()));
@@ -688,4 +741,6 @@ tests![
     stats_count_every_method_and_error,
     fatal_error_restarts_the_worker_after_its_call,
     an_id_of_another_mediator_does_not_decode_a_call_of_another_type,
+    pipelined_tiny_calls_stay_on_one_worker_of_two,
+    a_short_methods_hanging_call_does_not_hold_the_queue,
 ];

@@ -34,6 +34,12 @@ impl Recorder {
         }
     }
 
+    /// The mean in nanoseconds, once at least `samples` durations were recorded.
+    #[inline]
+    pub(crate) fn mean_ns_after(&self, samples: u64) -> Option<u64> {
+        (self.count >= samples.max(1)).then(|| self.sum_ns / self.count)
+    }
+
     pub(crate) fn summary(&self) -> Summary {
         let mut sorted = self.recent.clone();
         sorted.sort_unstable();

@@ -146,7 +146,9 @@ impl<W: Worker> Engine<W> {
                     waited: Duration::from_nanos(now - start),
                 });
             }
-            self.pool.sleep_with(|| Some(to_instant(deadline)));
+            // Queued calls held for a short call (see `held_for_short_call`) go out then.
+            let until = self.held_until.map_or(deadline, |h| h.min(deadline));
+            self.pool.sleep_with(|| Some(to_instant(until)));
             if let Some(i) = self.answered_slot(posted) {
                 round = Round::Answer(i);
             }
@@ -178,7 +180,8 @@ impl<W: Worker> Engine<W> {
             if ids.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
                 return None;
             }
-            self.pool.sleep(deadline);
+            let held = self.held_until.map(to_instant);
+            self.pool.sleep(deadline.into_iter().chain(held).min());
         }
     }
 
