@@ -171,7 +171,7 @@ fn a_short_methods_hanging_call_does_not_hold_the_queue() {
         m.wait(call, LONG).expect("sleep_ms");
     }
     // The method is short on average; this call of it is not, and the next goes to the other
-    // worker once the hold (20 us) is over, not after the long one.
+    // worker once the hold (100 us) is over, not after the long one.
     let long = m.sleep_ms(1000).expect("call");
     let started = Instant::now();
     let quick = m.sleep_ms(0).expect("call");

@@ -240,8 +240,10 @@ const SHORT_CALL_NS: u64 = 5_000;
 /// Calls of a method measured before it counts as short.
 const SHORT_SAMPLES: u64 = 16;
 /// How long a short call may keep the queue from an idle worker: past it (a short method's
-/// call that hangs), queued calls go to the idle worker.
-const HOLD_NS: u64 = 20_000;
+/// call that hangs, or a worker the scheduler put aside), queued calls go to the idle
+/// worker. 20 us let the second worker in too often on a loaded machine (two workers at
+/// 0.85-0.92x of one in the full table, against 1.10-1.15x with 100 us).
+const HOLD_NS: u64 = 100_000;
 
 impl<W: Worker> Engine<W> {
     /// The state the engine started from, as it is now.
@@ -767,7 +769,8 @@ impl<W: Worker> Engine<W> {
     /// worker runs a short call handed over less than [`HOLD_NS`] ago. Pipelined tiny calls
     /// then stay on one worker, and the others sleep instead of taking CPU time from the
     /// parent, which does every call's bookkeeping: two workers ran 100,000 pipelined empty
-    /// calls at 0.66-0.82x the speed of one on two CPUs, and at 1.00x when kept to one.
+    /// calls at 0.66-0.82x the speed of one on two CPUs, and at 1.00x when kept to one
+    /// (1.10-1.15x with this hold, in the bench's full table).
     /// Records until when it holds ([`Engine::next_deadline`] wakes the parent then).
     fn held_for_short_call(&mut self, idle: usize, method: u32) -> bool {
         let workers = self.base.config.workers.min(self.pool.size());
