@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use forkworker::prelude::*;
 use forkworker::remote::RemoteError;
 use support::eventually;
+use support::host_process::HostProcess;
 use support::redis::RedisServer;
 
 pub struct Parser;
@@ -166,77 +167,15 @@ fn pending_under(redis: &RedisServer, pid: u32) -> usize {
         .expect("host a's consumer")
 }
 
-/// A host in a child process of this test binary: `FW_ROLE=host`. Killed (and reaped) on
-/// drop; [`HostProcess::stop`] closes its stdin, which stops it cleanly.
-struct HostProcess {
-    child: Option<Child>,
-}
-
-impl HostProcess {
-    fn start(url: &str, name: &str, workers: usize, visibility: Duration) -> HostProcess {
-        let child = Command::new(std::env::current_exe().unwrap())
-            .env("FW_ROLE", "host")
-            .env("FW_URL", url)
-            .env("FW_HOST_NAME", name)
-            .env("FW_WORKERS", workers.to_string())
-            .env("FW_VISIBILITY_MS", visibility.as_millis().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start a host process");
-        let mut host = HostProcess { child: Some(child) };
-        // It says "serving" once it reads calls.
-        let mut out = host.child.as_mut().unwrap().stdout.take().unwrap();
-        let mut line = [0u8; 8];
-        let mut got = 0;
-        while got < line.len() {
-            match std::io::Read::read(&mut out, &mut line[got..]) {
-                Ok(0) | Err(_) => panic!("host {name} did not start"),
-                Ok(n) => got += n,
-            }
-        }
-        assert_eq!(&line, b"serving\n");
-        host
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// SIGKILL, and reaps it.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Closes its stdin: it stops with a grace period and exits.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            let status = child.wait().unwrap();
-            assert!(status.success(), "host process: {status}");
-        }
-    }
-
-    /// Reaps it if it died (by its own method); whether it did.
-    fn died(&mut self) -> bool {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(Some(_))) => {
-                self.child = None;
-                true
-            }
-            None => true,
-            _ => false,
-        }
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A host of "Parser" in a child process (see `support::host_process`), named `name` (its
+/// workers say so), with `workers` workers and a visibility time.
+fn start_host(url: &str, name: &str, workers: usize, visibility: Duration) -> HostProcess {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .env("FW_HOST_NAME", name)
+        .env("FW_WORKERS", workers.to_string())
+        .env("FW_VISIBILITY_MS", visibility.as_millis().to_string());
+    HostProcess::start(command, url)
 }
 
 /// The host role: serves "Parser" until its stdin closes.
@@ -665,8 +604,8 @@ fn two_thousand_calls_with_a_host_killed_mid_run_complete_exactly_once() {
     // SAFETY: before any thread of this test process starts.
     unsafe { std::env::set_var("FW_RUN_LOG", &log) };
     let visibility = Duration::from_secs(1);
-    let mut a = HostProcess::start(&redis.url(), "a", 2, visibility);
-    let mut b = HostProcess::start(&redis.url(), "b", 2, visibility);
+    let mut a = start_host(&redis.url(), "a", 2, visibility);
+    let mut b = start_host(&redis.url(), "b", 2, visibility);
     let pool = connect(&redis);
     const CALLS: u64 = 2000;
     let mut calls: Vec<_> = (0..CALLS).map(|n| pool.logged(n)).collect();
@@ -717,12 +656,12 @@ fn a_call_that_kills_its_hosts_ends_poisoned_after_three_deliveries() {
     let pool = connect(&redis);
     let call = pool.kill_host();
     let mut hosts_killed = 0;
-    let mut host = HostProcess::start(&redis.url(), "h0", 1, visibility);
+    let mut host = start_host(&redis.url(), "h0", 1, visibility);
     let outcome = loop {
         if host.died() {
             hosts_killed += 1;
             assert!(hosts_killed <= 3, "a fourth host died");
-            host = HostProcess::start(&redis.url(), &format!("h{hosts_killed}"), 1, visibility);
+            host = start_host(&redis.url(), &format!("h{hosts_killed}"), 1, visibility);
         }
         match call_done(&pool, call.id()) {
             Some(_) => break call.wait(),
@@ -752,7 +691,7 @@ fn call_done<R>(pool: &Remote, id: CallId<R>) -> Option<CallStatus> {
 fn redis_killed_and_restarted_with_persistence_loses_no_call() {
     let mut redis = RedisServer::builder().persistence().start();
     let visibility = Duration::from_secs(1);
-    let mut a = HostProcess::start(&redis.url(), "a", 2, visibility);
+    let mut a = start_host(&redis.url(), "a", 2, visibility);
     let pool = ParserPool::remote("Parser")
         .timeout(LONG)
         .redis_retry(Some(Duration::from_secs(30)))

@@ -8,11 +8,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use forkworker::prelude::*;
 use forkworker::remote::{RemoteError, ServeError};
+use support::host_process::HostProcess;
 use support::netns::NetNs;
 use support::redis::RedisServer;
 
@@ -403,64 +403,6 @@ fn tls_with_ssl_cert_file_works_without_a_root_ca() {
 }
 
 // --- A host in a network namespace ----------------------------------------------------------
-
-/// A host in a child process of this test binary (`FW_ROLE=host`), started by `command`
-/// (directly, or through `ip netns exec`). Killed (and reaped) on drop;
-/// [`HostProcess::stop`] closes its stdin, which stops it cleanly.
-struct HostProcess {
-    child: Option<Child>,
-}
-
-impl HostProcess {
-    fn start(mut command: Command, url: &str) -> HostProcess {
-        let child = command
-            .env("FW_ROLE", "host")
-            .env("FW_URL", url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start a host process");
-        let mut host = HostProcess { child: Some(child) };
-        // It says "serving" once it reads calls.
-        let mut out = host.child.as_mut().unwrap().stdout.take().unwrap();
-        let mut line = [0u8; 8];
-        let mut got = 0;
-        while got < line.len() {
-            match std::io::Read::read(&mut out, &mut line[got..]) {
-                Ok(0) | Err(_) => {
-                    let status = host.child.as_mut().unwrap().wait();
-                    host.child = None;
-                    panic!("the host did not start: {status:?}")
-                }
-                Ok(n) => got += n,
-            }
-        }
-        assert_eq!(&line, b"serving\n");
-        host
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    /// Closes its stdin: it stops with a grace period and exits; asserts it exited 0.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            drop(child.stdin.take());
-            let status = child.wait().unwrap();
-            assert!(status.success(), "host process: {status}");
-        }
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// The host role: serves "Net" at `FW_URL` until its stdin closes.
 fn host_role() {

@@ -17,6 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod host_process;
 pub mod netns;
 pub mod redis;
 
