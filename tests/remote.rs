@@ -192,10 +192,7 @@ fn host_role() {
         .visibility(visibility)
         .serve(&url)
         .expect("serve");
-    println!("serving");
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-    host.stop(Duration::from_secs(5));
+    support::host_process::serve_until_stdin_closes(host);
 }
 
 fn a_call_runs_on_a_host_and_comes_back_typed() {

@@ -412,10 +412,7 @@ fn host_role() {
         .timeout(Duration::from_secs(20))
         .serve(&url)
         .expect("serve");
-    println!("serving");
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-    host.stop(Duration::from_secs(5));
+    support::host_process::serve_until_stdin_closes(host);
 }
 
 /// A host in its own network namespace reaches Redis (bound to the root end of a veth pair)

@@ -3,6 +3,16 @@
 //! prints `serving` once it takes calls and stops cleanly when its stdin closes.
 
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The child's side: says it serves, waits until its stdin closes, then stops `host` with a
+/// grace period of 5 s.
+pub fn serve_until_stdin_closes(host: forkworker::Host) {
+    println!("serving");
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    host.stop(Duration::from_secs(5));
+}
 
 /// A host process; killed (SIGKILL) and reaped on drop.
 pub struct HostProcess {
