@@ -928,10 +928,11 @@ fn send_loop(caller: &Arc<Caller>, mut redis: Redis, mut clock: RedisClock) {
                 };
                 let entry = match &out {
                     Out::Submit(seq) => {
-                        let Some(call) = state.calls.get(seq) else {
+                        let Some(call) = state.calls.get_mut(seq) else {
                             continue;
                         };
-                        let Some(args) = call.args.clone() else {
+                        // Taken, not copied: put back if the append fails.
+                        let Some(args) = call.args.take() else {
                             continue;
                         };
                         let deadline = call.deadline.map(|d| {
@@ -1036,7 +1037,13 @@ fn send_loop(caller: &Arc<Caller>, mut redis: Redis, mut clock: RedisClock) {
                 // connection broke is added twice: the caller keeps the first result).
                 redis_down(caller, e);
                 let mut state = caller.lock();
-                for (out, _) in batch.into_iter().rev() {
+                for (out, entry) in batch.into_iter().rev() {
+                    if let (Out::Submit(seq), Some(entry)) = (&out, entry)
+                        && let Some(call) = state.calls.get_mut(seq)
+                        && call.in_flight()
+                    {
+                        call.args = Some(entry.args);
+                    }
                     state.outbox.push_front(out);
                 }
                 let _ = caller

@@ -17,6 +17,8 @@
 //! A result (on the caller's stream): `seq`, `host` (the host's id), and either `ok` (the
 //! encoded return value) or `err` (a [`Failure`], encoded).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::call::ExitCause;
@@ -53,17 +55,23 @@ pub(crate) enum Unreadable {
 }
 
 impl CallEntry {
-    /// The entry's fields, for `XADD`.
-    pub(crate) fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+    /// The entry's fields, for `XADD`: the arguments borrowed, not copied.
+    pub(crate) fn fields(&self) -> Vec<(&'static str, Cow<'_, [u8]>)> {
         vec![
-            ("v", VERSION.as_bytes().to_vec()),
-            ("caller", self.caller.as_bytes().to_vec()),
-            ("seq", self.seq.to_string().into_bytes()),
-            ("reply", self.reply.as_bytes().to_vec()),
-            ("fp", format!("{:016x}", self.fingerprint).into_bytes()),
-            ("m", self.method.to_string().into_bytes()),
-            ("dl", self.deadline.unwrap_or(0).to_string().into_bytes()),
-            ("args", self.args.clone()),
+            ("v", Cow::Borrowed(VERSION.as_bytes())),
+            ("caller", Cow::Borrowed(self.caller.as_bytes())),
+            ("seq", Cow::Owned(self.seq.to_string().into_bytes())),
+            ("reply", Cow::Borrowed(self.reply.as_bytes())),
+            (
+                "fp",
+                Cow::Owned(format!("{:016x}", self.fingerprint).into_bytes()),
+            ),
+            ("m", Cow::Owned(self.method.to_string().into_bytes())),
+            (
+                "dl",
+                Cow::Owned(self.deadline.unwrap_or(0).to_string().into_bytes()),
+            ),
+            ("args", Cow::Borrowed(&self.args)),
         ]
     }
 
@@ -116,20 +124,9 @@ pub(crate) struct ResultEntry {
 
 impl ResultEntry {
     /// The entry's fields, for `XADD`.
-    pub(crate) fn fields(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut fields = vec![
-            ("seq", self.seq.to_string().into_bytes()),
-            ("host", self.host.as_bytes().to_vec()),
-        ];
-        match &self.outcome {
-            Ok(bytes) => fields.push(("ok", bytes.clone())),
-            Err(failure) => fields.push((
-                "err",
-                // A failure is plain data: encoding it cannot fail.
-                postcard::to_allocvec(failure).unwrap_or_default(),
-            )),
-        }
-        fields
+    #[cfg(test)]
+    pub(crate) fn fields(&self) -> Vec<(&'static str, Cow<'_, [u8]>)> {
+        result_fields(self.seq, &self.host, self.outcome.as_deref())
     }
 
     /// Reads an entry's fields back; `None` if they are not a result.
@@ -152,6 +149,28 @@ impl ResultEntry {
         };
         Some(ResultEntry { seq, host, outcome })
     }
+}
+
+/// The fields of a result entry (see [`ResultEntry`]), for `XADD`: the return value borrowed,
+/// not copied.
+pub(crate) fn result_fields<'a>(
+    seq: u64,
+    host: &'a str,
+    outcome: Result<&'a [u8], &Failure>,
+) -> Vec<(&'static str, Cow<'a, [u8]>)> {
+    let last = match outcome {
+        Ok(bytes) => ("ok", Cow::Borrowed(bytes)),
+        // A failure is plain data: encoding it cannot fail.
+        Err(failure) => (
+            "err",
+            Cow::Owned(postcard::to_allocvec(failure).unwrap_or_default()),
+        ),
+    };
+    vec![
+        ("seq", Cow::Owned(seq.to_string().into_bytes())),
+        ("host", Cow::Borrowed(host.as_bytes())),
+        last,
+    ]
 }
 
 /// How a call failed on a host, as it travels to the caller: what a local [`CallError`]
@@ -435,8 +454,8 @@ mod tests {
         }
     }
 
-    fn as_read(fields: &[(&'static str, Vec<u8>)]) -> Vec<(&'static str, Vec<u8>)> {
-        fields.to_vec()
+    fn as_read(fields: &[(&'static str, Cow<'_, [u8]>)]) -> Vec<(&'static str, Vec<u8>)> {
+        fields.iter().map(|(k, v)| (*k, v.to_vec())).collect()
     }
 
     #[test]

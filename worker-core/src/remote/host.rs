@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use super::entry::{CallEntry, Failure, ResultEntry, Unreadable};
+use super::entry::{CallEntry, Failure, Unreadable, result_fields};
 use super::link::{self, Endpoint, Redis, RedisClock};
 use super::{GROUP, Keys, RemoteError};
 use crate::error::{CallError, CancelReason};
@@ -889,22 +889,19 @@ fn write_answers(
     for (_, entry, call, answer) in batch {
         match answer {
             Answer::Result(outcome) => {
+                let too_large;
                 let outcome = match outcome {
                     Ok(bytes) if bytes.len() > shared.settings.payload_limit => {
-                        Err(Failure::PayloadTooLarge {
+                        too_large = Failure::PayloadTooLarge {
                             size: bytes.len(),
                             limit: shared.settings.payload_limit,
-                        })
+                        };
+                        Err(&too_large)
                     }
-                    other => other.clone(),
-                };
-                let result = ResultEntry {
-                    seq: call.seq,
-                    host: shared.id.clone(),
-                    outcome,
+                    other => other.as_deref(),
                 };
                 let cmd = pipe.cmd("XADD").arg(&call.reply).arg("*");
-                for (k, v) in result.fields() {
+                for (k, v) in result_fields(call.seq, &shared.id, outcome) {
                     cmd.arg(k).arg(v);
                 }
                 pipe.ignore();
