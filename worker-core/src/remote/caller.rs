@@ -1079,8 +1079,11 @@ return -1
 fn receive_loop(caller: &Arc<Caller>, mut redis: Redis) {
     let mut last = "0-0".to_owned();
     let mut backoff = Duration::from_millis(20);
+    // The nearest deadline of a call in flight, as the last sweep left them (a call made
+    // since has a later one: every call has the pool's timeout).
+    let mut next: Option<Instant> = None;
     while !caller.stop.load(Ordering::Acquire) {
-        let block = next_deadline(caller)
+        let block = next
             .map_or(READ_BLOCK, |d| d.saturating_duration_since(Instant::now()))
             .clamp(Duration::from_millis(1), READ_BLOCK);
         let read: Result<Value, RemoteError> = redis.run_blocking("XREAD", block, |con| {
@@ -1113,14 +1116,14 @@ fn receive_loop(caller: &Arc<Caller>, mut redis: Redis) {
             }
             Err(e) => {
                 redis_down(caller, e);
-                let pause = next_deadline(caller)
+                let pause = next
                     .map_or(backoff, |d| d.saturating_duration_since(Instant::now()))
                     .clamp(Duration::from_millis(1), backoff);
                 std::thread::sleep(pause);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-        sweep(caller);
+        next = sweep(caller);
     }
     // A caller that leaves deletes its results stream.
     let _: Result<Value, _> =
@@ -1162,20 +1165,10 @@ fn deliver(caller: &Caller, reply: &Value, last: &mut String) -> Vec<String> {
     read
 }
 
-/// The nearest deadline of a call in flight.
-fn next_deadline(caller: &Caller) -> Option<Instant> {
-    caller
-        .lock()
-        .calls
-        .values()
-        .filter(|c| c.in_flight())
-        .filter_map(|c| c.deadline)
-        .min()
-}
-
 /// Ends the calls whose deadline passed (their hosts are told), and, when Redis has been
-/// away longer than the retry time, every call in flight.
-fn sweep(caller: &Caller) {
+/// away longer than the retry time, every call in flight. Returns the nearest deadline of
+/// the calls still in flight.
+fn sweep(caller: &Caller) -> Option<Instant> {
     let now = Instant::now();
     let mut state = caller.lock();
     let gone = match (&state.down_since, caller.settings.redis_retry) {
@@ -1184,6 +1177,7 @@ fn sweep(caller: &Caller) {
         }
         _ => None,
     };
+    let mut next: Option<Instant> = None;
     let ended: Vec<(u64, CallError, Option<String>)> = state
         .calls
         .iter()
@@ -1202,6 +1196,11 @@ fn sweep(caller: &Caller) {
                     c.entry.clone(),
                 ))
             } else {
+                if gone.is_none()
+                    && let Some(d) = c.deadline
+                {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                }
                 gone.as_ref().map(|(waited, error)| {
                     let reason = match error {
                         RemoteError::Unreachable { reason, .. } => reason.clone(),
@@ -1227,7 +1226,7 @@ fn sweep(caller: &Caller) {
         })
         .collect();
     if ended.is_empty() {
-        return;
+        return next;
     }
     for (seq, error, entry) in ended {
         caller.end(&mut state, seq, Err(error), None);
@@ -1245,6 +1244,7 @@ fn sweep(caller: &Caller) {
         caller.stop.store(true, Ordering::Release);
         caller.outbox.notify_all();
     }
+    next
 }
 
 /// A user's callback, typed for `W`, as the pool (which is not generic) keeps it.
